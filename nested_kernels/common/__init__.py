@@ -1,0 +1,1 @@
+"""Pieces shared by the ops: input normalisation, validation, activations, chunk gate algebra."""

@@ -1,0 +1,122 @@
+"""Argument checks shared by every public op: each error names the argument, what was
+expected and what was given (TypeError for types and dtypes, ValueError for the rest)."""
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def check_tensor(
+    name: str,
+    t,
+    *,
+    ndim: Optional[int] = None,
+    shape: Optional[Sequence[Optional[int]]] = None,
+    dims: str = "",
+    dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """Check type, dtype, rank, shape (None entries are free) and device of `t`."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if shape is not None:
+        ndim = len(shape)
+    if ndim is not None and t.dim() != ndim:
+        layout = f" {dims}" if dims else ""
+        raise ValueError(f"{name}: expected a {ndim}-d tensor{layout}, got shape {_fmt_shape(t.shape)}")
+    if shape is not None and any(e is not None and e != s for e, s in zip(shape, t.shape)):
+        want = _fmt_shape("*" if e is None else e for e in shape)
+        raise ValueError(f"{name}: expected shape {want}{' ' + dims if dims else ''}, got {_fmt_shape(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the device of the inputs), got {t.device}")
+    return t
+
+
+def check_same_dtype(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        given = ", ".join(f"{n}={t.dtype}" for n, t in zip(names, tensors))
+        raise TypeError(f"{'/'.join(names)}: expected one dtype, got {given}")
+
+
+def check_gate(name: str, gate, B: int, T: int, H: int, device: torch.device, *, optional: bool = False):
+    """A gate is a Python float (broadcast) or a float tensor `[B, T, H]`."""
+    if gate is None and optional:
+        return None
+    if isinstance(gate, bool) or not isinstance(gate, (int, float, torch.Tensor)):
+        raise TypeError(f"{name}: expected a float or a tensor [B, T, H], got {type(gate).__name__}")
+    if isinstance(gate, torch.Tensor):
+        check_tensor(name, gate, shape=(B, T, H), dims="[B, T, H]", device=device)
+    return gate
+
+
+def check_chunk_size(chunk_size, name: str = "chunk_size") -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"{name}: expected an int >= 1, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {chunk_size}")
+    return chunk_size
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+def check_cu_seqlens(cu_seqlens, B: int, T: int, device: torch.device) -> int:
+    """Validate fla-style `cu_seqlens` and return the number of sequences N (B when absent)."""
+    if cu_seqlens is None:
+        return B
+    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dims="[N + 1]", dtypes=(torch.int32, torch.int64), device=device)
+    if B != 1:
+        raise ValueError(f"cu_seqlens: expected batch size B == 1 with cu_seqlens, got B = {B}")
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens: expected at least 2 entries [N + 1], got {cu_seqlens.numel()}")
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0 or offsets[-1] != T:
+        raise ValueError(f"cu_seqlens: expected to start at 0 and end at T = {T}, got {offsets[0]} ... {offsets[-1]}")
+    if any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"cu_seqlens: expected non-decreasing offsets, got {offsets}")
+    return len(offsets) - 1
+
+
+def check_state_tensor(name: str, t, shape: Sequence[int], dims: str, device: torch.device) -> torch.Tensor:
+    return check_tensor(name, t, shape=shape, dims=dims, dtypes=(torch.float32, torch.float64), device=device)
+
+
+def check_qkv(q, k, v):
+    """q, k `[B, T, H, K]` and v `[B, T, H, V]` of one float dtype on one device; returns (B, T, H, K, V)."""
+    check_tensor("q", q, ndim=4, dims="[B, T, H, K]")
+    B, T, H, K = q.shape
+    check_tensor("k", k, shape=(B, T, H, K), dims="[B, T, H, K] (the shape of q)", device=q.device)
+    check_tensor("v", v, shape=(B, T, H, None), dims="[B, T, H, V]", device=q.device)
+    check_same_dtype(("q", "k", "v"), (q, k, v))
+    return B, T, H, K, v.shape[-1]
+
+
+def check_memory_gates(lr, retention, momentum, B: int, T: int, H: int, device: torch.device) -> None:
+    check_gate("lr", lr, B, T, H, device)
+    check_gate("retention", retention, B, T, H, device)
+    check_gate("momentum", momentum, B, T, H, device, optional=True)
+
+
+def check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
+def check_momentum_state(name: str, state, momentum, shape: Sequence[int], dims: str, device: torch.device) -> None:
+    """A momentum state is only meaningful when the op runs with a `momentum` gate."""
+    if state is None:
+        return
+    if momentum is None:
+        raise ValueError(f"{name}: expected None when momentum=None (no momentum state), got a tensor")
+    check_state_tensor(name, state, shape, dims, device)

@@ -1,0 +1,78 @@
+"""Input factories and comparisons shared by the op tests (SPEC §7)."""
+import torch
+import torch.nn.functional as F
+
+from nested_kernels.linear_memory import LinearMemoryState
+from nested_kernels.mlp_memory import MLPMemoryState
+
+F64 = torch.float64
+
+
+def gates(B, T, H, *, momentum=True, dtype=F64, lr_max=0.5):
+    """Gates in their stable ranges: η ∈ [0, lr_max], α ∈ [0.5, 1], μ ∈ [0, 0.9]."""
+    lr = torch.rand(B, T, H, dtype=dtype) * lr_max
+    retention = 0.5 + 0.5 * torch.rand(B, T, H, dtype=dtype)
+    mom = 0.9 * torch.rand(B, T, H, dtype=dtype) if momentum else None
+    return lr, retention, mom
+
+
+def qkv(B, T, H, K, V, dtype=F64):
+    q = torch.randn(B, T, H, K, dtype=dtype)
+    k = F.normalize(torch.randn(B, T, H, K, dtype=dtype), dim=-1)
+    v = torch.randn(B, T, H, V, dtype=dtype)
+    return q, k, v
+
+
+def linear_state(N, H, K, V, *, momentum=True, dtype=F64):
+    return LinearMemoryState(
+        0.3 * torch.randn(N, H, K, V, dtype=dtype),
+        0.1 * torch.randn(N, H, K, V, dtype=dtype) if momentum else None,
+    )
+
+
+def mlp_state(N, H, K, Dh, V, *, momentum=True, shared=False, dtype=F64):
+    lead = 1 if shared else N
+    return MLPMemoryState(
+        torch.randn(lead, H, K, Dh, dtype=dtype) / K**0.5,
+        torch.randn(lead, H, Dh, V, dtype=dtype) / Dh**0.5,
+        0.05 * torch.randn(N, H, K, Dh, dtype=dtype) if momentum else None,
+        0.05 * torch.randn(N, H, Dh, V, dtype=dtype) if momentum else None,
+    )
+
+
+def leaves(*xs):
+    """Detached copies that require grad (None and floats pass through)."""
+    return [x.detach().clone().requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in xs]
+
+
+def state_leaves(state):
+    return None if state is None else type(state)(*leaves(*state))
+
+
+def loss_with_state(o, state, seed=7):
+    """⟨o, do⟩ + Σ ⟨h_T, dh_T⟩ with fixed random cotangents, so gradients flow through the final state."""
+    gen = torch.Generator().manual_seed(seed)
+    total = (o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum()
+    for h in state:
+        if h is not None:
+            total = total + (h * torch.randn(h.shape, generator=gen, dtype=h.dtype)).sum()
+    return total
+
+
+def grads(loss, tensors):
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    return torch.autograd.grad(loss, tensors, allow_unused=True)
+
+
+def assert_all_close(names, expected, actual, atol=1e-10, rtol=1e-10):
+    for name, e, a in zip(names, expected, actual):
+        if e is None and a is None:
+            continue
+        assert e is not None and a is not None, f"{name}: one side is None"
+        torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def rms_ratio(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """fla's error ratio rms(ref − out) / rms(ref), computed in fp64."""
+    ref, out = ref.double(), out.double()
+    return ((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
