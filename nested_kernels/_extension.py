@@ -18,7 +18,7 @@ if importlib.util.find_spec(f"{__package__}._C") is not None:
 
         EXTENSION_AVAILABLE = True
         _LOAD_ERROR = None
-    except ImportError as e:
+    except (ImportError, OSError, RuntimeError) as e:  # RuntimeError: e.g. the ops registered twice
         _LOAD_ERROR = f"nested_kernels._C failed to load: {e}"
         warnings.warn(
             f"{_LOAD_ERROR}. The compiled (cpp/cuda) backends are unavailable; rebuild with "

@@ -1,0 +1,173 @@
+// Token-by-token forward of `linear_memory` (SPEC §2) on the CPU: one task per (sequence, head),
+// state M (and S, M^c) as K×V row-major buffers, V innermost.
+#include "linear_memory/linear_memory_ops.h"
+#include "linear_memory/linear_memory_recurrent.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+namespace nested_kernels {
+namespace linear_memory {
+namespace {
+
+// Inputs of one call, contiguous, gates and initial states already in acc_t.
+template <typename scalar_t, typename acc_t>
+struct RecurrentParams {
+  const scalar_t* q;          // [B, T, H, K]
+  const scalar_t* k;          // [B, T, H, K]
+  const scalar_t* v;          // [B, T, H, V]
+  const acc_t* lr;            // [B, T, H] η
+  const acc_t* retention;     // [B, T, H] α
+  const acc_t* momentum;      // [B, T, H] μ, null without momentum
+  const int64_t* cu_seqlens;  // [N + 1] token offsets into batch row 0, null when dense
+  scalar_t* o;                // [B, T, H, V]
+  acc_t* memory;              // [N, H, K, V] holds the initial memory on entry, the final one on exit
+  acc_t* mom_state;           // [N, H, K, V] same for S, null without momentum
+  int64_t T, H, K, V, N;
+  int64_t chunk_size;
+  acc_t scale;
+};
+
+template <typename scalar_t, typename acc_t, bool HAS_MOMENTUM, bool DGD>
+void recurrent_fwd_cpu(const RecurrentParams<scalar_t, acc_t>& p) {
+  const int64_t H = p.H, K = p.K, V = p.V;
+  at::parallel_for(0, p.N * H, 1, [&](int64_t begin, int64_t end) {
+    // Per-task scratch: the chunk-start memory M^c, the token's rows, the residual r_t,
+    // the dgd read p_t = k_t M_{t−1} and the output row.
+    std::vector<acc_t> chunk_mem(p.chunk_size > 1 ? K * V : 0);
+    std::vector<acc_t> k_row(K), q_row(K), r(V), kM(DGD ? V : 0), o_row(V);
+    for (int64_t nh = begin; nh < end; ++nh) {
+      const int64_t n = nh / H, h = nh % H;
+      const int64_t b = p.cu_seqlens ? 0 : n;
+      const int64_t start = p.cu_seqlens ? p.cu_seqlens[n] : 0;
+      const int64_t stop = p.cu_seqlens ? p.cu_seqlens[n + 1] : p.T;
+      acc_t* M = p.memory + nh * K * V;
+      acc_t* S = HAS_MOMENTUM ? p.mom_state + nh * K * V : nullptr;
+      // With chunk_size 1 the chunk-start memory is the running memory.
+      const acc_t* Mc = p.chunk_size > 1 ? chunk_mem.data() : M;
+
+      for (int64_t t = start; t < stop; ++t) {
+        if (p.chunk_size > 1 && (t - start) % p.chunk_size == 0) {
+          std::copy(M, M + K * V, chunk_mem.begin());  // M^c
+        }
+        const int64_t row = (b * p.T + t) * H + h;  // token (b, t), head h
+        const scalar_t* k_in = p.k + row * K;
+        const scalar_t* q_in = p.q + row * K;
+        const scalar_t* v_in = p.v + row * V;
+        for (int64_t i = 0; i < K; ++i) {
+          k_row[i] = static_cast<acc_t>(k_in[i]);
+          q_row[i] = static_cast<acc_t>(q_in[i]);
+        }
+        const acc_t eta = p.lr[row], alpha = p.retention[row];
+        const acc_t mu = HAS_MOMENTUM ? p.momentum[row] : acc_t(0);
+
+        // r_t = k_t M^c − v_t; with dgd also k_t M_{t−1}.
+        std::fill(r.begin(), r.end(), acc_t(0));
+        for (int64_t i = 0; i < K; ++i) {
+          row_axpy(r.data(), Mc + i * V, k_row[i], V);
+        }
+        if (DGD) {
+          if (p.chunk_size > 1) {
+            std::fill(kM.begin(), kM.end(), acc_t(0));
+            for (int64_t i = 0; i < K; ++i) {
+              row_axpy(kM.data(), M + i * V, k_row[i], V);
+            }
+          } else {
+            std::copy(r.begin(), r.end(), kM.begin());
+          }
+        }
+        for (int64_t j = 0; j < V; ++j) {
+          r[j] -= static_cast<acc_t>(v_in[j]);
+        }
+
+        // S_t, M_t row by row, and o_t = q_t M_t accumulated on the way.
+        std::fill(o_row.begin(), o_row.end(), acc_t(0));
+        for (int64_t i = 0; i < K; ++i) {
+          update_row<HAS_MOMENTUM, DGD>(M + i * V, HAS_MOMENTUM ? S + i * V : nullptr, r.data(),
+                                        DGD ? kM.data() : nullptr, alpha, mu, eta * k_row[i], q_row[i],
+                                        o_row.data(), V);
+        }
+        scalar_t* o_out = p.o + row * V;
+        for (int64_t j = 0; j < V; ++j) {
+          o_out[j] = static_cast<scalar_t>(p.scale * o_row[j]);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void dispatch_flags(const RecurrentParams<scalar_t, acc_t>& p, bool dgd) {
+  const bool has_momentum = p.momentum != nullptr;
+  if (has_momentum) {
+    dgd ? recurrent_fwd_cpu<scalar_t, acc_t, true, true>(p) : recurrent_fwd_cpu<scalar_t, acc_t, true, false>(p);
+  } else {
+    dgd ? recurrent_fwd_cpu<scalar_t, acc_t, false, true>(p) : recurrent_fwd_cpu<scalar_t, acc_t, false, false>(p);
+  }
+}
+
+at::Tensor state_or_zeros(const std::optional<at::Tensor>& init, at::IntArrayRef shape, const at::TensorOptions& opts) {
+  if (init.has_value()) {
+    // A fresh copy: the kernel updates it in place into the final state.
+    return init->to(opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  }
+  return at::zeros(shape, opts);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd) {
+  const RecurrentSizes s = check_linear_memory_recurrent_args(q, k, v, lr, retention, momentum, initial_memory,
+                                                              initial_momentum, cu_seqlens, chunk_size, at::kCPU,
+                                                              /*check_cu_seqlens_values=*/true);
+  const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::TensorOptions acc_opts = q.options().dtype(acc_type);
+
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor lr_c = lr.to(acc_type).contiguous();
+  const at::Tensor ret_c = retention.to(acc_type).contiguous();
+  const at::Tensor mom_c = momentum.has_value() ? momentum->to(acc_type).contiguous() : at::Tensor();
+  const at::Tensor cu_c = cu_seqlens.has_value() ? cu_seqlens->to(at::kLong).contiguous() : at::Tensor();
+
+  const std::vector<int64_t> state_shape{s.N, s.H, s.K, s.V};
+  at::Tensor final_memory = state_or_zeros(initial_memory, state_shape, acc_opts);
+  at::Tensor final_momentum = momentum.has_value() ? state_or_zeros(initial_momentum, state_shape, acc_opts)
+                                                   : at::empty({0}, acc_opts);
+  at::Tensor o = at::empty({s.B, s.T, s.H, s.V}, v.options().memory_format(at::MemoryFormat::Contiguous));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_recurrent_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    RecurrentParams<scalar_t, acc_t> p;
+    p.q = qc.const_data_ptr<scalar_t>();
+    p.k = kc.const_data_ptr<scalar_t>();
+    p.v = vc.const_data_ptr<scalar_t>();
+    p.lr = lr_c.const_data_ptr<acc_t>();
+    p.retention = ret_c.const_data_ptr<acc_t>();
+    p.momentum = momentum.has_value() ? mom_c.const_data_ptr<acc_t>() : nullptr;
+    p.cu_seqlens = cu_seqlens.has_value() ? cu_c.const_data_ptr<int64_t>() : nullptr;
+    p.o = o.mutable_data_ptr<scalar_t>();
+    p.memory = final_memory.mutable_data_ptr<acc_t>();
+    p.mom_state = momentum.has_value() ? final_momentum.mutable_data_ptr<acc_t>() : nullptr;
+    p.T = s.T;
+    p.H = s.H;
+    p.K = s.K;
+    p.V = s.V;
+    p.N = s.N;
+    p.chunk_size = chunk_size;
+    p.scale = static_cast<acc_t>(scale);
+    dispatch_flags(p, dgd);
+  });
+  return {o, final_memory, final_momentum};
+}
+
+}  // namespace linear_memory
+}  // namespace nested_kernels

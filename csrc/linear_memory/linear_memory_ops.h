@@ -1,0 +1,56 @@
+// Host entry points of the `linear_memory` ops (SPEC §2). Schemas: csrc/registration.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+namespace nested_kernels {
+namespace linear_memory {
+
+// Sizes of one validated `linear_memory_recurrent` call.
+struct RecurrentSizes {
+  int64_t B;  // batch rows of q/k/v
+  int64_t T;  // tokens per batch row
+  int64_t H;  // heads
+  int64_t K;  // key width (rows of M)
+  int64_t V;  // value width (columns of M)
+  int64_t N;  // sequences: B dense, cu_seqlens.size(0) - 1 varlen
+};
+
+// Checks every argument of `linear_memory_recurrent` (shapes, dtypes, q a `device_type` tensor
+// and every other tensor on q's device, chunk_size ≥ 1, cu_seqlens) and raises c10::Error
+// naming the argument.
+// `check_cu_seqlens_values` also reads cu_seqlens (0 first, T last, non-decreasing); it needs
+// cu_seqlens in host memory.
+RecurrentSizes check_linear_memory_recurrent_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, c10::DeviceType device_type,
+    bool check_cu_seqlens_values);
+
+// Token-by-token forward of SPEC §2 on the CPU. q, k: [B, T, H, K]; v: [B, T, H, V];
+// lr, retention, momentum: [B, T, H]; initial states [N, H, K, V]; cu_seqlens int32/int64
+// [N + 1] with B == 1. Returns (o [B, T, H, V] in v's dtype, final memory [N, H, K, V],
+// final momentum [N, H, K, V] or an empty [0] tensor without momentum); states are float32,
+// float64 for float64 inputs.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
+
+// The same on a CUDA device (csrc/linear_memory/cuda/, CUDA builds only). K <= 256.
+// cu_seqlens values are not read back (no device sync): they must be valid.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
+
+}  // namespace linear_memory
+}  // namespace nested_kernels

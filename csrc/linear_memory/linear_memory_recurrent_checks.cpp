@@ -1,0 +1,110 @@
+// Argument checks of `linear_memory_recurrent`, shared by the CPU and CUDA entry points.
+#include "linear_memory/linear_memory_ops.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace nested_kernels {
+namespace linear_memory {
+namespace {
+
+constexpr const char* kOp = "linear_memory_recurrent: ";
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// Every tensor on q's device (q itself checked against the kernel's device type first).
+void check_device(const at::Tensor& t, const char* name, const c10::Device& device) {
+  TORCH_CHECK(t.device() == device, kOp, name, " must be on ", device, " (the device of q), got a tensor on ",
+              t.device());
+}
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(is_float_dtype(t.scalar_type()), kOp, name,
+              " must be float32, float64, bfloat16 or float16, got ", t.scalar_type());
+}
+
+void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected, const char* layout) {
+  TORCH_CHECK(t.sizes() == expected, kOp, name, " must have shape ", layout, " = ", expected, ", got ",
+              t.sizes());
+}
+
+void check_gate(const at::Tensor& t, const char* name, const RecurrentSizes& s, const c10::Device& device) {
+  check_device(t, name, device);
+  check_float(t, name);
+  check_shape(t, name, {s.B, s.T, s.H}, "[B, T, H]");
+}
+
+void check_state(const at::Tensor& t, const char* name, const RecurrentSizes& s, const c10::Device& device) {
+  check_device(t, name, device);
+  check_float(t, name);
+  check_shape(t, name, {s.N, s.H, s.K, s.V}, "[N, H, K, V]");
+}
+
+}  // namespace
+
+RecurrentSizes check_linear_memory_recurrent_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, c10::DeviceType device_type,
+    bool check_cu_seqlens_values) {
+  TORCH_CHECK(q.device().type() == device_type, kOp, "q must be a ", c10::DeviceTypeName(device_type),
+              " tensor for this kernel, got a tensor on ", q.device());
+  const c10::Device device = q.device();
+  check_device(k, "k", device);
+  check_device(v, "v", device);
+  TORCH_CHECK(q.dim() == 4, kOp, "q must be 4-D [B, T, H, K], got shape ", q.sizes());
+  check_float(q, "q");
+  RecurrentSizes s{q.size(0), q.size(1), q.size(2), q.size(3), 0, q.size(0)};
+  check_shape(k, "k", q.sizes(), "[B, T, H, K] (the shape of q)");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type(), kOp, "k must have the dtype of q (", q.scalar_type(),
+              "), got ", k.scalar_type());
+  TORCH_CHECK(v.dim() == 4, kOp, "v must be 4-D [B, T, H, V], got shape ", v.sizes());
+  s.V = v.size(3);
+  check_shape(v, "v", {s.B, s.T, s.H, s.V}, "[B, T, H, V]");
+  TORCH_CHECK(v.scalar_type() == q.scalar_type(), kOp, "v must have the dtype of q (", q.scalar_type(),
+              "), got ", v.scalar_type());
+  TORCH_CHECK(chunk_size >= 1, kOp, "chunk_size must be >= 1, got ", chunk_size);
+
+  if (cu_seqlens.has_value()) {
+    const at::Tensor& cu = *cu_seqlens;
+    check_device(cu, "cu_seqlens", device);
+    TORCH_CHECK(cu.scalar_type() == at::kInt || cu.scalar_type() == at::kLong, kOp,
+                "cu_seqlens must be int32 or int64, got ", cu.scalar_type());
+    TORCH_CHECK(cu.dim() == 1 && cu.size(0) >= 1, kOp, "cu_seqlens must be 1-D [N + 1] with N >= 0, got shape ",
+                cu.sizes());
+    TORCH_CHECK(s.B == 1, kOp, "cu_seqlens requires batch size B == 1 (sequences packed along T), got B = ",
+                s.B);
+    s.N = cu.size(0) - 1;
+    if (check_cu_seqlens_values) {
+      const at::Tensor offsets = cu.to(at::kLong).contiguous();
+      const int64_t* o = offsets.const_data_ptr<int64_t>();
+      TORCH_CHECK(o[0] == 0, kOp, "cu_seqlens must start at 0, got cu_seqlens[0] = ", o[0]);
+      TORCH_CHECK(o[s.N] == s.T, kOp, "cu_seqlens must end at T = ", s.T, ", got cu_seqlens[", s.N, "] = ", o[s.N]);
+      for (int64_t n = 0; n < s.N; ++n) {
+        TORCH_CHECK(o[n] <= o[n + 1], kOp, "cu_seqlens must be non-decreasing, got cu_seqlens[", n, "] = ", o[n],
+                    " > cu_seqlens[", n + 1, "] = ", o[n + 1]);
+      }
+    }
+  }
+
+  check_gate(lr, "lr", s, device);
+  check_gate(retention, "retention", s, device);
+  if (momentum.has_value()) {
+    check_gate(*momentum, "momentum", s, device);
+  }
+  if (initial_memory.has_value()) {
+    check_state(*initial_memory, "initial_memory", s, device);
+  }
+  if (initial_momentum.has_value()) {
+    TORCH_CHECK(momentum.has_value(), kOp,
+                "initial_momentum was given but momentum is None (a call without momentum has no momentum state)");
+    check_state(*initial_momentum, "initial_momentum", s, device);
+  }
+  return s;
+}
+
+}  // namespace linear_memory
+}  // namespace nested_kernels

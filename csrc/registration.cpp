@@ -1,0 +1,54 @@
+// The `torch.ops.nested_kernels` library: every op schema, defined once, and the CPU kernels.
+// CUDA kernels register themselves in their .cu files (only compiled in CUDA builds).
+// Built as the Python extension `nested_kernels._C` (TORCH_EXTENSION_NAME defined), this file
+// also holds the pybind11 module; the C++ tests link it without Python.
+#include <torch/library.h>
+
+#include "linear_memory/linear_memory_ops.h"
+
+TORCH_LIBRARY(nested_kernels, m) {
+  // SPEC §2, forward only. Returns (o, final_memory, final_momentum); final_momentum is an
+  // empty [0] tensor when momentum is None.
+  m.def(
+      "linear_memory_recurrent(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
+      "Tensor? initial_memory, Tensor? initial_momentum, Tensor? cu_seqlens, int chunk_size, float scale, "
+      "bool dgd) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(nested_kernels, CPU, m) {
+  m.impl("linear_memory_recurrent", &nested_kernels::linear_memory::linear_memory_recurrent_cpu);
+}
+
+#ifdef TORCH_EXTENSION_NAME
+#include <pybind11/pybind11.h>
+
+#ifndef NK_WITH_CUDA
+#define NK_WITH_CUDA 0
+#endif
+#ifndef NK_CUDA_ARCHS
+#define NK_CUDA_ARCHS ""
+#endif
+#ifndef NK_TORCH_VERSION
+#define NK_TORCH_VERSION "unknown"
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Compiled kernels of nested_kernels; the ops live in torch.ops.nested_kernels.";
+  m.def(
+      "build_info",
+      [] {
+        pybind11::dict info;
+        info["built"] = true;
+        info["cuda"] = static_cast<bool>(NK_WITH_CUDA);
+        info["cuda_archs"] = std::string(NK_CUDA_ARCHS);
+#ifdef _OPENMP
+        info["openmp"] = true;
+#else
+        info["openmp"] = false;
+#endif
+        info["torch_version"] = std::string(NK_TORCH_VERSION);
+        return info;
+      },
+      "How this extension was built: cuda (bool), cuda_archs (str), openmp (bool), torch_version (str).");
+}
+#endif  // TORCH_EXTENSION_NAME
