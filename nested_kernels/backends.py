@@ -21,6 +21,7 @@ def _always(call: dict) -> Optional[str]:
 class _Impl(NamedTuple):
     fn: Callable
     supports: Supports
+    auto: Supports        # None when `backend="auto"` may pick it for this call (it can run and is fast here)
 
 
 class OpBackends:
@@ -30,9 +31,9 @@ class OpBackends:
         self.op = op
         self._impls: Dict[str, _Impl] = {}
 
-    def register(self, backend: str, fn: Callable, supports: Supports = _always) -> None:
+    def register(self, backend: str, fn: Callable, supports: Supports = _always, auto: Supports = _always) -> None:
         assert backend in BACKENDS, backend
-        self._impls[backend] = _Impl(fn, supports)
+        self._impls[backend] = _Impl(fn, supports, auto)
 
     def implemented(self):
         return [b for b in BACKENDS if b in self._impls]
@@ -45,7 +46,7 @@ class OpBackends:
         if backend == "auto":
             for name in AUTO_ORDER:
                 impl = self._impls.get(name)
-                if impl is not None and impl.supports(call) is None:
+                if impl is not None and impl.supports(call) is None and impl.auto(call) is None:
                     return impl.fn
             raise RuntimeError(f"{self.op}: no backend can run this call (implemented: {self.implemented()})")
         if backend not in BACKENDS:

@@ -18,6 +18,11 @@ class Case(NamedTuple):
     backends: object                      # the op's OpBackends registry
     make: Callable[[], tuple]             # () -> (tensors, options) in fp64; tensors are differentiable
     call: Callable                        # (backend, *tensors, **options) -> (output, final_state)
+    facts: dict                           # what backends decide support on: K, V, chunk_size
+
+    def backend_call(self, device: torch.device, requires_grad: bool) -> dict:
+        """The call description the op's backends judge (backends run the check in fp32)."""
+        return {"device": device, "requires_grad": requires_grad, "dtype": torch.float32, **self.facts}
 
 
 def _qkv_gates(B, T, H, K, V):
@@ -41,7 +46,8 @@ def _linear_case(varlen: bool):
         return linear_memory(q, k, v, lr, ret, mom, initial_state=LinearMemoryState(m0, s0),
                                      output_final_state=True, backend=backend, **options)
 
-    return Case("linear_memory", "varlen" if varlen else "mom+dgd", LINEAR_BACKENDS, make, call)
+    facts = dict(K=16, V=16, chunk_size=32) if varlen else dict(K=32, V=24, chunk_size=32)
+    return Case("linear_memory", "varlen" if varlen else "mom+dgd", LINEAR_BACKENDS, make, call, facts)
 
 
 def _mlp_case(read: str, varlen: bool):
@@ -62,7 +68,8 @@ def _mlp_case(read: str, varlen: bool):
                                output_final_state=True, backend=backend, **options)
 
     name = f"{read}{'+varlen' if varlen else ''}"
-    return Case("mlp_memory", name, MLP_BACKENDS, make, call)
+    facts = dict(K=8, V=8, chunk_size=16) if varlen else dict(K=16, V=16, chunk_size=16)
+    return Case("mlp_memory", name, MLP_BACKENDS, make, call, facts)
 
 
 def _cms_case(signal: str):
@@ -77,7 +84,7 @@ def _cms_case(signal: str):
         return cms_level(x, w1, w2, lr=lr, retention=0.9, output_final_state=True, backend=backend,
                               **{signal: signal_tensor}, **options)
 
-    return Case("cms_level", signal, CMS_BACKENDS, make, call)
+    return Case("cms_level", signal, CMS_BACKENDS, make, call, dict(period=16))
 
 
 CASES: List[Case] = [
@@ -118,7 +125,7 @@ def check_case(case: Case, backend: str, device: torch.device) -> Row:
     tensors, options = case.make()
     tensors = [t.to(device, torch.float64) for t in tensors]
     options = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in options.items()}
-    trainable = backend in case.backends.available({"device": device, "requires_grad": True})
+    trainable = backend in case.backends.available(case.backend_call(device, requires_grad=True))
     try:
         ref_out, ref_grads = _run(case, "reference", tensors, options, torch.float64, trainable)
         out, grads = _run(case, backend, tensors, options, torch.float32, trainable)
@@ -138,7 +145,7 @@ def plan(device: torch.device, ops: Optional[List[str]] = None):
     for case in CASES:
         if ops and case.op not in ops:
             continue
-        for backend in case.backends.available({"device": device, "requires_grad": False}):
+        for backend in case.backends.available(case.backend_call(device, requires_grad=False)):
             if backend != "reference":
                 pairs.append((case, backend))
     return pairs

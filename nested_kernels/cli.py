@@ -26,15 +26,15 @@ def _info(args) -> int:
         print(f"compiled extension nested_kernels._C: built ({extras})")
     else:
         print(f"compiled extension nested_kernels._C: not available ({info.get('error')})")
-    print("backends (implemented; runnable here for a CPU inference / training call):")
+    print("backends (implemented; runnable here for a small fp32 CPU inference / training call):")
     seen = set()
     for case in CASES:
         if case.op in seen:
             continue
         seen.add(case.op)
         reg = case.backends
-        infer = reg.available({"device": torch.device("cpu"), "requires_grad": False})
-        train = reg.available({"device": torch.device("cpu"), "requires_grad": True})
+        infer = reg.available(case.backend_call(torch.device("cpu"), requires_grad=False))
+        train = reg.available(case.backend_call(torch.device("cpu"), requires_grad=True))
         print(f"  {case.op:14s} {', '.join(reg.implemented()):32s} inference: {', '.join(infer)}; training: {', '.join(train)}")
     return 0
 

@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# Before anything imports Triton: on a machine without a GPU this selects Triton's interpreter,
+# so the triton backends run on CPU tensors (see triton_kernels/__init__.py).
+import nested_kernels.triton_kernels  # noqa: F401,E402
+
 
 @pytest.fixture(autouse=True)
 def seed():

@@ -13,12 +13,14 @@ from .chunked import linear_memory_chunked
 from .cpp import linear_memory_cpp, unsupported_reason as _cpp_unsupported
 from .reference import linear_memory_reference
 from .state import LinearMemoryState
+from .triton import auto_reason as _triton_auto, linear_memory_triton, unsupported_reason as _triton_unsupported
 
 __all__ = ["linear_memory", "LinearMemoryState", "BACKENDS"]
 
 BACKENDS = OpBackends("linear_memory")
 BACKENDS.register("reference", linear_memory_reference)
 BACKENDS.register("torch", linear_memory_chunked)
+BACKENDS.register("triton", linear_memory_triton, _triton_unsupported, _triton_auto)
 BACKENDS.register("cpp", linear_memory_cpp, _cpp_unsupported)
 
 
@@ -101,7 +103,7 @@ def linear_memory(
     """
     _check(q, k, v, lr, retention, momentum, dgd, chunk_size, scale, initial_state, output_final_state, cu_seqlens)
     call = {
-        "device": q.device,
+        "device": q.device, "dtype": q.dtype, "K": q.shape[-1], "V": v.shape[-1], "chunk_size": chunk_size,
         "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *(initial_state or ())),
     }
     impl = BACKENDS.resolve(backend, call)

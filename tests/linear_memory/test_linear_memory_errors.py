@@ -53,7 +53,6 @@ CASES = {
     "state-momentum-without-gate": (dict(momentum=None), ValueError,
                                     "initial_state.momentum: expected None when momentum=None"),
     "backend-unknown": (dict(backend="jax"), ValueError, "backend: expected one of"),
-    "backend-triton": (dict(backend="triton"), NotImplementedError, "backend 'triton' is not implemented yet"),
     "backend-cuda": (dict(backend="cuda"), NotImplementedError, "backend 'cuda' is not implemented yet"),
 }
 
@@ -93,3 +92,22 @@ def test_chunk_packed_good_arguments_run():
     """The base cases of the error tables are themselves valid calls."""
     linear_memory(**good())
     linear_memory(**packed())
+
+
+def test_auto_picks_a_runnable_fast_backend(monkeypatch):
+    """auto: cpp for CPU inference when built (never the interpreted triton), torch for training."""
+    from nested_kernels._extension import has_cpp_op
+    from nested_kernels.linear_memory import BACKENDS
+
+    args = good()
+    args.pop("backend")
+    picked = []
+    for name in ("torch", "cpp", "triton"):
+        impl = BACKENDS._impls.get(name)
+        if impl is not None:
+            monkeypatch.setitem(BACKENDS._impls, name, impl._replace(fn=lambda *a, _n=name, **k: picked.append(_n)))
+    linear_memory(**args, backend="auto")
+    assert picked == (["cpp"] if has_cpp_op("linear_memory_recurrent") else ["torch"])
+    args["q"] = args["q"].requires_grad_()
+    linear_memory(**args, backend="auto")
+    assert picked[-1] == "torch"

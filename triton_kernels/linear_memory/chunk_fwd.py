@@ -1,0 +1,170 @@
+"""Forward kernels of `linear_memory` (SPEC §2) on chunks laid out flat: [T', H, ·] where every
+sequence is padded to whole chunks of BT tokens. Gate matrices come from
+`nested_kernels.common.chunk_gates` ([H, NC, BT+1, BT]: β, f, G, E); see README.md here.
+
+`linear_memory_fwd_kernel_h` carries (M, S) through the chunks of one sequence in fp32
+registers (one program per value tile and sequence × head) and stores each chunk's start
+state, the residuals R = K M^c − V and the DGD pseudo-values W. `linear_memory_fwd_kernel_o`
+then reads every chunk in parallel.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["NC"])
+def linear_memory_fwd_kernel_h(
+    k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, last_rows, dgd_inv,
+    chunk_offsets, h0, s0, h, s, res, pseudo, ht, st,
+    NC,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
+    c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_state = (i_nh.to(tl.int64) * K + o_k[:, None]) * V + o_v[None, :]
+
+    b_x = tl.zeros([BK, BV], dtype=tl.float32)
+    b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_INITIAL_STATE:
+        b_x += tl.load(h0 + o_state, mask=m_kv, other=0.0)
+        if USE_MOMENTUM:
+            b_s += tl.load(s0 + o_state, mask=m_kv, other=0.0)
+
+    for i_c in range(c_start, c_end):
+        o_tok = i_c * BT + o_t                                                # rows of the flat layout
+        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_v = tl.load(v + (o_tok[:, None] * H + i_h) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
+        o_chunk = i_h * NC + i_c                                              # gate matrices [H, NC, ...]
+        o_hc = ((o_chunk * K + o_k[:, None]) * V + o_v[None, :])
+        tl.store(h + o_hc, b_x, mask=m_kv)                                    # M^c
+        if USE_MOMENTUM:
+            tl.store(s + o_hc, b_s, mask=m_kv)                                # S^c
+
+        b_kx = tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_r = b_kx - b_v.to(tl.float32)                                       # R = K M^c − V
+        o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+        tl.store(res + o_tv, b_r, mask=m_v[None, :])
+
+        i_last = tl.load(last_rows + i_c)
+        o_gate = o_chunk * (BT + 1)
+        b_write_last = tl.load(write + (o_gate + i_last) * BT + o_t)          # G[last, :]
+        b_upd = b_write_last[:, None] * b_r
+        if USE_DGD:
+            b_ks = tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION)
+            b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
+            b_write = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])   # G rows 0..BT−1
+            b_decay = tl.load(decay + o_gate + o_t)
+            b_p = b_decay[:, None] * b_kx - tl.dot(b_kk * b_write, b_r, input_precision=DOT_PRECISION)
+            if USE_MOMENTUM:
+                b_p += tl.load(carry + o_gate + o_t)[:, None] * b_ks
+            b_inv = tl.load(dgd_inv + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])
+            b_w = tl.dot(b_inv, b_p, input_precision=DOT_PRECISION)          # W = (I + L)^{-1} P
+            tl.store(pseudo + o_tv, b_w, mask=m_v[None, :])
+            b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
+
+        b_x_new = tl.load(decay + o_gate + i_last) * b_x - tl.dot(
+            tl.trans(b_k), b_upd.to(b_k.dtype), input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:                                                      # M += f S^c, S = m S^c − Kᵀ(N ⊙ R)
+            b_x_new += tl.load(carry + o_gate + i_last) * b_s
+            b_mom_upd = tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r
+            b_s = tl.load(mom_decay_last + o_chunk) * b_s - tl.dot(
+                tl.trans(b_k), b_mom_upd.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_x = b_x_new
+
+    if STORE_FINAL_STATE:
+        tl.store(ht + o_state, b_x, mask=m_kv)
+        if USE_MOMENTUM:
+            tl.store(st + o_state, b_s, mask=m_kv)
+
+
+@triton.jit(do_not_specialize=["NC"])
+def linear_memory_fwd_kernel_o(
+    q, k, decay, carry, write, dgd_write, h, s, res, pseudo, o, scale,
+    NC,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """O = scale · (diag(β) Q M^c + diag(f) Q S^c − ((Q Kᵀ) ⊙ G) R − [dgd] ((Q Kᵀ) ⊙ E) W), rows 1..BT."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    o_tok = i_c * BT + o_t
+    b_q = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+    b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+    o_chunk = i_h * NC + i_c
+    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+    o_gate = o_chunk * (BT + 1) + 1                                           # rows 1..BT: after each token
+
+    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+    b_qk = tl.where(o_t[:, None] >= o_t[None, :], b_qk, 0.0)
+    b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+    b_o = tl.load(decay + o_gate + o_t)[:, None] * tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION)
+    if USE_MOMENTUM:
+        b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+        b_o += tl.load(carry + o_gate + o_t)[:, None] * tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION)
+    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
+    b_write = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
+    b_o -= tl.dot(b_qk * b_write, b_r, input_precision=DOT_PRECISION)
+    if USE_DGD:
+        b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
+        b_dgd_write = tl.load(dgd_write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
+        b_o -= tl.dot(b_qk * b_dgd_write, b_w, input_precision=DOT_PRECISION)
+    tl.store(o + o_tv, (scale * b_o).to(o.dtype.element_ty), mask=m_v[None, :])
+
+
+def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
+                      out_dtype):
+    """Launch both forward kernels. q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout;
+    `gates` = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`;
+    h0, s0 `[N, H, K, V]` or None. Returns o (in `out_dtype`), the chunk-start states h, s, R, W and ht, st."""
+    import torch
+
+    from ..utils.launch import launch
+
+    decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
+    Tp, H, K = k.shape
+    V = v.shape[-1]
+    BT = write.shape[-1]
+    NC = Tp // BT
+    N = chunk_offsets.numel() - 1
+    assert K <= 256 and V <= 256, f"linear_memory triton: K and V up to 256, got K={K}, V={V}"
+    assert BT in (16, 32, 64), f"linear_memory triton: chunk_size in (16, 32, 64), got {BT}"
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 128 else 32)
+    use_momentum = carry is not None
+    precision = "ieee" if k.dtype == torch.float32 else "tf32"
+    f32 = dict(dtype=torch.float32, device=k.device)
+    h = torch.empty(H, NC, K, V, **f32)
+    s = torch.empty(H, NC, K, V, **f32) if use_momentum else None
+    res = torch.empty(Tp, H, V, **f32)
+    pseudo = torch.empty(Tp, H, V, **f32) if dgd else None
+    ht = torch.empty(N, H, K, V, **f32) if output_final_state else None
+    st = torch.empty(N, H, K, V, **f32) if output_final_state and use_momentum else None
+    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=use_momentum, USE_DGD=dgd,
+                  DOT_PRECISION=precision)
+    launch(
+        linear_memory_fwd_kernel_h, (triton.cdiv(V, BV), N * H), k.device,
+        k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
+        mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
+        h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
+        USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common,
+    )
+    o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
+    launch(
+        linear_memory_fwd_kernel_o, (triton.cdiv(V, BV), NC, H), k.device,
+        q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res, pseudo=pseudo,
+        o=o, scale=scale, **common,
+    )
+    return o, h, s, res, pseudo, ht, st
