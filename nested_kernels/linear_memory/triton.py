@@ -23,8 +23,6 @@ def unsupported_reason(call: dict) -> Optional[str]:
         return "triton is not installed"
     if call["device"].type not in ("cpu", "cuda"):
         return f"it runs on CUDA devices (or interpreted on the CPU), the inputs are on {call['device']}"
-    if call["requires_grad"]:
-        return "its backward is not written yet; use backend='torch' for training"
     if call["dtype"] not in DTYPES:
         return f"it takes fp32/bf16/fp16 inputs, got {call['dtype']} (use backend='torch' or 'reference')"
     if call["chunk_size"] not in CHUNK_SIZES:
@@ -45,11 +43,47 @@ def _last_row(x: torch.Tensor, last_rows: torch.Tensor) -> torch.Tensor:
     return x[:, chunks, last_rows.long()].contiguous()
 
 
+class ChunkLinearMemoryFunction(torch.autograd.Function):
+    """The Triton chunk kernels with their hand-written backward. Inputs are in the flat chunk
+    layout; the gate matrices and the DGD inverse are inputs too, so autograd carries their
+    gradients on to lr, retention, momentum and k through the torch gate algebra. The backward
+    recomputes the chunk states from the inputs (only inputs and per-chunk gates are saved)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
+                chunk_offsets, last_rows, scale, dgd, out_dtype):
+        from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
+
+        gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
+        o, *_, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
+                                          dgd=dgd, output_final_state=True, out_dtype=out_dtype)
+        ctx.save_for_backward(q, k, v, *gates, dgd_inv, h0, s0, chunk_offsets, last_rows)
+        ctx.scale, ctx.dgd = scale, dgd
+        ctx.set_materialize_grads(False)
+        return o, ht, st
+
+    @staticmethod
+    def backward(ctx, do, dht, dst):
+        from ..triton_kernels.linear_memory.chunk_bwd import linear_memory_bwd
+        from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
+
+        q, k, v, *gates, dgd_inv, h0, s0, chunk_offsets, last_rows = ctx.saved_tensors
+        _, h, s, res, pseudo, _, _ = linear_memory_fwd(
+            q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=ctx.scale, dgd=ctx.dgd,
+            output_final_state=False, out_dtype=v.dtype)
+        if do is None:
+            do = torch.zeros_like(v)
+        dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
+            q, k, do.contiguous(), dht, dst, gates, dgd_inv, chunk_offsets, last_rows, (h, s, res, pseudo),
+            scale=ctx.scale, dgd=ctx.dgd)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *d_gates, d_inv,
+                None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None)
+
+
 def linear_memory_triton(
     q, k, v, lr, retention, momentum=None, *, dgd=False, chunk_size=64, scale=1.0,
     initial_state: Optional[LinearMemoryState] = None, output_final_state=False, cu_seqlens=None,
 ):
-    from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd  # noqa: imports triton
     from ..triton_kernels.utils.launch import interpreted
 
     B, T, H, K = q.shape
@@ -81,9 +115,7 @@ def linear_memory_triton(
         h0 = initial_state.memory.to(f32).contiguous()
         if use_momentum:
             s0 = torch.zeros_like(h0) if initial_state.momentum is None else initial_state.momentum.to(f32).contiguous()
-    o, *_, ht, st = linear_memory_fwd(
-        qf, kf, vf, gates, dgd_inv, layout.chunk_offsets, layout.last_rows, h0, s0,
-        scale=float(scale), dgd=dgd, output_final_state=output_final_state, out_dtype=v.dtype,
-    )
+    o, ht, st = ChunkLinearMemoryFunction.apply(
+        qf, kf, vf, *gates, dgd_inv, h0, s0, layout.chunk_offsets, layout.last_rows, float(scale), dgd, v.dtype)
     final_state = LinearMemoryState(ht, st) if output_final_state else None
     return layout.unflatten(o, B, T), final_state

@@ -1,0 +1,1 @@
+"""Triton kernels of `linear_memory` (SPEC §2); see README.md here for the algorithm."""

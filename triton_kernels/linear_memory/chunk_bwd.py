@@ -1,0 +1,276 @@
+"""Backward kernels of `linear_memory` on the flat chunk layout (see chunk_fwd.py, README.md).
+
+`linear_memory_bwd_kernel_dh` runs the chunks of a sequence in reverse, carrying the adjoints
+(dM, dS) of the chunk-end state in fp32 registers per value tile; per chunk it stores them and
+the adjoints dR, dW, dP of the residuals, the DGD pseudo-values and the DGD right-hand side.
+`linear_memory_bwd_kernel_dqkg` then forms, in parallel over chunks, dQ, dK and the gradients
+of the gate matrices and of the DGD inverse, as partial sums per value tile.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["NC"])
+def linear_memory_bwd_kernel_dh(
+    q, k, do, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, last_rows, dgd_inv,
+    chunk_offsets, dht, dst, dh, ds, dres, dpseudo, drhs, dh0, ds0, scale,
+    NC,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
+    c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    m_causal = o_t[:, None] >= o_t[None, :]
+    o_state = (i_nh.to(tl.int64) * K + o_k[:, None]) * V + o_v[None, :]
+
+    b_dx = tl.zeros([BK, BV], dtype=tl.float32)
+    b_ds = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_FINAL_STATE_GRADIENT:
+        b_dx += tl.load(dht + o_state, mask=m_kv, other=0.0)
+        if USE_MOMENTUM:
+            b_ds += tl.load(dst + o_state, mask=m_kv, other=0.0)
+
+    for i_r in range(c_start, c_end):
+        i_c = c_start + c_end - 1 - i_r                                       # chunks in reverse
+        o_tok = i_c * BT + o_t
+        b_q = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+        b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
+        o_chunk = i_h * NC + i_c
+        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+        tl.store(dh + o_hc, b_dx, mask=m_kv)                                  # ∂L/∂M at the chunk end
+        if USE_MOMENTUM:
+            tl.store(ds + o_hc, b_ds, mask=m_kv)
+
+        i_last = tl.load(last_rows + i_c)
+        o_gate = o_chunk * (BT + 1)
+        b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
+        b_kdx = tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_write_after = tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :])
+        # dR = −G[last] ⊙ K dM − N[last] ⊙ K dS − ((Q Kᵀ) ⊙ G)ᵀ dO
+        b_dr = -tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx - tl.dot(
+            tl.trans(b_qk * b_write_after), b_do, input_precision=DOT_PRECISION)
+        b_decay_after = tl.load(decay + o_gate + 1 + o_t)
+        b_dx_new = tl.load(decay + o_gate + i_last) * b_dx + tl.dot(
+            tl.trans(b_q), (b_decay_after[:, None] * b_do).to(b_q.dtype), input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:
+            b_kds = tl.dot(b_k, b_ds.to(b_k.dtype), input_precision=DOT_PRECISION)
+            b_dr -= tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_kds
+            b_carry_after = tl.load(carry + o_gate + 1 + o_t)
+            b_ds_new = tl.load(carry + o_gate + i_last) * b_dx + tl.load(mom_decay_last + o_chunk) * b_ds + tl.dot(
+                tl.trans(b_q), (b_carry_after[:, None] * b_do).to(b_q.dtype), input_precision=DOT_PRECISION)
+        if USE_DGD:
+            b_dgd_after = tl.load(dgd_write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :])
+            # dW = −E[last] ⊙ K dM − ((Q Kᵀ) ⊙ E)ᵀ dO;  dP = (I + L)^{-T} dW
+            b_dw = -tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx - tl.dot(
+                tl.trans(b_qk * b_dgd_after), b_do, input_precision=DOT_PRECISION)
+            tl.store(dpseudo + o_tv, b_dw, mask=m_v[None, :])
+            b_inv = tl.load(dgd_inv + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])
+            b_dp = tl.dot(tl.trans(b_inv), b_dw, input_precision=DOT_PRECISION)
+            tl.store(drhs + o_tv, b_dp, mask=m_v[None, :])
+            b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
+            b_write_before = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
+            b_dr -= tl.dot(tl.trans(b_kk * b_write_before), b_dp, input_precision=DOT_PRECISION)
+            b_dx_new += tl.dot(tl.trans(b_k), (tl.load(decay + o_gate + o_t)[:, None] * b_dp).to(b_k.dtype),
+                               input_precision=DOT_PRECISION)
+            if USE_MOMENTUM:
+                b_ds_new += tl.dot(tl.trans(b_k), (tl.load(carry + o_gate + o_t)[:, None] * b_dp).to(b_k.dtype),
+                                   input_precision=DOT_PRECISION)
+        tl.store(dres + o_tv, b_dr, mask=m_v[None, :])
+        b_dx = b_dx_new + tl.dot(tl.trans(b_k), b_dr.to(b_k.dtype), input_precision=DOT_PRECISION)  # R = K M^c − V
+        if USE_MOMENTUM:
+            b_ds = b_ds_new
+
+    tl.store(dh0 + o_state, b_dx, mask=m_kv)
+    if USE_MOMENTUM:
+        tl.store(ds0 + o_state, b_ds, mask=m_kv)
+
+
+@triton.jit(do_not_specialize=["NC"])
+def linear_memory_bwd_kernel_dqkg(
+    q, k, do, decay, carry, write, dgd_write, mom_write_last, last_rows, dgd_inv,
+    h, s, res, pseudo, dh, ds, dres, dpseudo, drhs,
+    dq, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom, d_dgd_inv, scale,
+    NC,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Partial sums over one value tile i_v. Gate gradients are split by which rows they touch:
+    d_decay/d_carry [NV, H, NC, 3, BT] (after each token, before it, and [last] in slot 0 of the
+    third row), d_write/d_dgd_write [NV, H, NC, 3, BT, BT] likewise, d_mom [NV, H, NC, 2, BT]
+    (N[last, :] and m[last] in slot 0 of the second row)."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    NV = tl.num_programs(0)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    m_causal = o_t[:, None] >= o_t[None, :]
+    o_tok = i_c * BT + o_t
+    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
+    o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+    o_chunk = i_h * NC + i_c
+    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+    o_gate = o_chunk * (BT + 1)
+    o_part = i_v * H * NC + o_chunk                                           # [NV, H, NC] slot of this program
+    i_last = tl.load(last_rows + i_c)
+
+    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
+    b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+    b_dx = tl.load(dh + o_hc, mask=m_kv, other=0.0)
+    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
+    b_dr = tl.load(dres + o_tv, mask=m_v[None, :], other=0.0)
+    b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
+    b_kdx = tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
+    b_dor = tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION)
+    b_write_after = tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :])
+    b_dqk = -b_dor * b_write_after
+    b_write_last = tl.load(write + (o_gate + i_last) * BT + o_t)
+
+    b_dq = tl.load(decay + o_gate + 1 + o_t)[:, None] * tl.dot(b_do, tl.trans(b_x), input_precision=DOT_PRECISION)
+    b_upd = b_write_last[:, None] * b_r                                       # rows whose Kᵀ(·) enters M[last]
+    b_dk = tl.dot(b_dr, tl.trans(b_x), input_precision=DOT_PRECISION)
+    # d decay: rows after each token, and [last]
+    o_dvec = o_part * 3 * BT
+    tl.store(d_decay + o_dvec + o_t, tl.sum(b_do * tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION), 1))
+    b_last_slot = tl.where(o_t == 0, 1.0, 0.0)
+    tl.store(d_decay + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(tl.sum(b_dx * b_x, 1), 0))
+    o_dmat = o_part * 3 * BT * BT + o_t[:, None] * BT + o_t[None, :]
+    tl.store(d_write + o_dmat, -b_qk * b_dor)                                 # G rows after each token
+    tl.store(d_write + o_part * 3 * BT * BT + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_r, 1))   # G[last, :]
+
+    if USE_MOMENTUM:
+        b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+        b_dsn = tl.load(ds + o_hc, mask=m_kv, other=0.0)
+        b_kds = tl.dot(b_k, b_dsn.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_dq += tl.load(carry + o_gate + 1 + o_t)[:, None] * tl.dot(b_do, tl.trans(b_s), input_precision=DOT_PRECISION)
+        b_n_last = tl.load(mom_write_last + o_chunk * BT + o_t)
+        b_dk -= tl.dot((b_n_last[:, None] * b_r).to(b_k.dtype), tl.trans(b_dsn.to(b_k.dtype)),
+                       input_precision=DOT_PRECISION)
+        tl.store(d_carry + o_dvec + o_t, tl.sum(b_do * tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION), 1))
+        tl.store(d_carry + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(tl.sum(b_dx * b_s, 1), 0))
+        tl.store(d_mom + o_part * 2 * BT + o_t, -tl.sum(b_kds * b_r, 1))     # N[last, :]
+        tl.store(d_mom + o_part * 2 * BT + BT + o_t, b_last_slot * tl.sum(tl.sum(b_dsn * b_s, 1), 0))  # m[last]
+
+    if USE_DGD:
+        b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
+        b_dw = tl.load(dpseudo + o_tv, mask=m_v[None, :], other=0.0)
+        b_dp = tl.load(drhs + o_tv, mask=m_v[None, :], other=0.0)
+        b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
+        b_dgd_after = tl.load(dgd_write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :])
+        b_dow = tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION)
+        b_dqk -= b_dow * b_dgd_after
+        b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
+        tl.store(d_dgd_write + o_dmat, -b_qk * b_dow)                         # E rows after each token
+        tl.store(d_dgd_write + o_part * 3 * BT * BT + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_w, 1))  # E[last, :]
+        # P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R, rows before each token
+        b_kx = tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_write_before = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
+        b_decay_before = tl.load(decay + o_gate + o_t)
+        b_p = b_decay_before[:, None] * b_kx - tl.dot(b_kk * b_write_before, b_r, input_precision=DOT_PRECISION)
+        b_dk += b_decay_before[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
+        tl.store(d_decay + o_dvec + BT + o_t, tl.sum(b_dp * b_kx, 1))
+        if USE_MOMENTUM:
+            b_ks = tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION)
+            b_carry_before = tl.load(carry + o_gate + o_t)
+            b_p += b_carry_before[:, None] * b_ks
+            b_dk += b_carry_before[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
+            tl.store(d_carry + o_dvec + BT + o_t, tl.sum(b_dp * b_ks, 1))
+        b_dpr = tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION)
+        b_dkk = -b_dpr * b_write_before
+        tl.store(d_write + o_part * 3 * BT * BT + BT * BT + o_t[:, None] * BT + o_t[None, :], -b_kk * b_dpr)
+        b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
+        tl.store(d_dgd_inv + (o_part * BT + o_t[:, None]) * BT + o_t[None, :],
+                 tl.dot(b_dw, tl.trans(b_p), input_precision=DOT_PRECISION))  # d(I + L)^{-1} = dW Pᵀ
+
+    b_dqk = tl.where(m_causal, b_dqk, 0.0)
+    b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
+    b_dk += tl.dot(tl.trans(b_dqk), b_q.to(tl.float32), input_precision=DOT_PRECISION)
+    b_dk -= tl.dot(b_upd.to(b_k.dtype), tl.trans(b_dx.to(b_k.dtype)), input_precision=DOT_PRECISION)
+    o_part_tk = (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :]
+    tl.store(dq + o_part_tk, b_dq, mask=m_k[None, :])
+    tl.store(dk + o_part_tk, b_dk, mask=m_k[None, :])
+
+
+def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, fwd, *, scale, dgd):
+    """Launch both backward kernels. `fwd` = (h, s, R, W) from `linear_memory_fwd` (stored or
+    recomputed). Returns dq, dk, dv (fp32, flat layout), the gradients of `gates` (same order and
+    shapes), of `dgd_inv`, and dh0, ds0."""
+    import torch
+
+    from ..utils.launch import launch
+
+    decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
+    h, s, res, pseudo = fwd
+    Tp, H, K = k.shape
+    V = do.shape[-1]
+    BT = write.shape[-1]
+    NC = Tp // BT
+    N = chunk_offsets.numel() - 1
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 128 else 32)
+    NV = triton.cdiv(V, BV)
+    use_momentum = carry is not None
+    precision = "ieee" if k.dtype == torch.float32 else "tf32"
+    f32 = dict(dtype=torch.float32, device=k.device)
+    dh, dres = torch.empty(H, NC, K, V, **f32), torch.empty(Tp, H, V, **f32)
+    ds = torch.empty(H, NC, K, V, **f32) if use_momentum else None
+    dpseudo = torch.empty(Tp, H, V, **f32) if dgd else None
+    drhs = torch.empty(Tp, H, V, **f32) if dgd else None
+    dh0 = torch.empty(N, H, K, V, **f32)
+    ds0 = torch.empty(N, H, K, V, **f32) if use_momentum else None
+    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=use_momentum, USE_DGD=dgd,
+                  DOT_PRECISION=precision)
+    launch(
+        linear_memory_bwd_kernel_dh, (NV, N * H), k.device,
+        q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
+        mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
+        dht=dht, dst=dst, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs, dh0=dh0, ds0=ds0, scale=scale,
+        USE_FINAL_STATE_GRADIENT=dht is not None, **common,
+    )
+    partial = lambda *shape: torch.zeros(NV, H, NC, *shape, **f32)            # slots a kernel may leave unwritten
+    dq, dk = torch.empty(NV, Tp, H, K, **f32), torch.empty(NV, Tp, H, K, **f32)
+    d_decay, d_write = partial(3, BT), partial(3, BT, BT)
+    d_carry = partial(3, BT) if use_momentum else None
+    d_mom = partial(2, BT) if use_momentum else None
+    d_dgd_write = partial(3, BT, BT)
+    d_dgd_inv = partial(BT, BT) if dgd else None
+    launch(
+        linear_memory_bwd_kernel_dqkg, (NV, NC, H), k.device,
+        q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last,
+        last_rows=last_rows, dgd_inv=dgd_inv, h=h, s=s, res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres,
+        dpseudo=dpseudo, drhs=drhs, dq=dq, dk=dk, d_decay=d_decay, d_carry=d_carry, d_write=d_write,
+        d_dgd_write=d_dgd_write, d_mom=d_mom, d_dgd_inv=d_dgd_inv, scale=scale, **common,
+    )
+    rows = last_rows.long()
+    chunks = torch.arange(NC, device=k.device)
+
+    def rows_of(split):                                                       # [H, NC, 3, ...] -> [H, NC, BT+1, ...]
+        full = split.new_zeros(H, NC, BT + 1, *split.shape[4:])
+        full[:, :, 1:] += split[:, :, 0]                                      # after each token
+        full[:, :, :BT] += split[:, :, 1]                                     # before each token (DGD)
+        full[:, chunks, rows] += split[:, :, 2, 0]                            # at the last real token
+        return full
+
+    grads = (
+        rows_of(d_decay.sum(0)),
+        rows_of(d_carry.sum(0)) if use_momentum else None,
+        rows_of(d_write.sum(0)),
+        rows_of(d_dgd_write.sum(0)),
+        d_mom.sum(0)[:, :, 1, 0] if use_momentum else None,
+        d_mom.sum(0)[:, :, 0] if use_momentum else None,
+    )
+    dv = -dres
+    return dq.sum(0), dk.sum(0), dv, grads, None if d_dgd_inv is None else d_dgd_inv.sum(0), dh0, ds0
