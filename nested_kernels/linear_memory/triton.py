@@ -3,7 +3,7 @@ on the flat chunk layout. The gate matrices and the DGD system's inverse are sma
 tensors built here in PyTorch (`common/chunk_gates.py`, `common/chunk_state.py`); the kernels
 do the state-sized work. On a CPU the kernels run in Triton's interpreter."""
 import importlib.util
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -43,47 +43,98 @@ def _last_row(x: torch.Tensor, last_rows: torch.Tensor) -> torch.Tensor:
     return x[:, chunks, last_rows.long()].contiguous()
 
 
-class ChunkLinearMemoryFunction(torch.autograd.Function):
-    """The Triton chunk kernels with their hand-written backward. Inputs are in the flat chunk
-    layout; the gate matrices and the DGD inverse are inputs too, so autograd carries their
-    gradients on to lr, retention, momentum and k through the torch gate algebra. The backward
-    recomputes the chunk states from the inputs (only inputs and per-chunk gates are saved)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
-                chunk_offsets, last_rows, scale, dgd, out_dtype):
-        from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
-
-        gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
-        o, *_, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
-                                          dgd=dgd, output_final_state=True, out_dtype=out_dtype)
-        ctx.save_for_backward(q, k, v, *gates, dgd_inv, h0, s0, chunk_offsets, last_rows)
-        ctx.scale, ctx.dgd = scale, dgd
-        ctx.set_materialize_grads(False)
-        return o, ht, st
-
-    @staticmethod
-    def backward(ctx, do, dht, dst):
-        from ..triton_kernels.linear_memory.chunk_bwd import linear_memory_bwd
-        from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
-
-        q, k, v, *gates, dgd_inv, h0, s0, chunk_offsets, last_rows = ctx.saved_tensors
-        _, h, s, res, pseudo, _, _ = linear_memory_fwd(
-            q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=ctx.scale, dgd=ctx.dgd,
-            output_final_state=False, out_dtype=v.dtype)
-        if do is None:
-            do = torch.zeros_like(v)
-        dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
-            q, k, do.contiguous(), dht, dst, gates, dgd_inv, chunk_offsets, last_rows, (h, s, res, pseudo),
-            scale=ctx.scale, dgd=ctx.dgd)
-        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *d_gates, d_inv,
-                None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None)
+def _empty_if_none(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0) if x is None else x
 
 
-def linear_memory_triton(
-    q, k, v, lr, retention, momentum=None, *, dgd=False, chunk_size=64, scale=1.0,
-    initial_state: Optional[LinearMemoryState] = None, output_final_state=False, cu_seqlens=None,
-):
+def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
+    return None if x.numel() == 0 else x
+
+
+# The kernels as torch.library custom ops (opaque to torch.compile, with fake kernels), and the
+# hand-written backward as their autograd formula. Inputs are in the flat chunk layout; the gate
+# matrices and the DGD inverse are inputs too, so autograd carries their gradients on to lr,
+# retention, momentum and k through the torch gate algebra. Absent optional results are empty.
+
+
+@torch.library.custom_op("nested_kernels::linear_memory_triton_fwd", mutates_args=())
+def _triton_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor],
+    write: torch.Tensor, dgd_write: torch.Tensor, mom_decay_last: Optional[torch.Tensor],
+    mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
+    s0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor, scale: float, dgd: bool,
+    out_dtype: torch.dtype,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
+
+    gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
+    o, *_, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
+                                      dgd=dgd, output_final_state=True, out_dtype=out_dtype)
+    return o, ht, _empty_if_none(st, ht)
+
+
+@_triton_fwd.register_fake
+def _(q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, chunk_offsets,
+      last_rows, scale, dgd, out_dtype):
+    H, K, V = k.shape[1], k.shape[2], v.shape[2]
+    ht = k.new_empty(chunk_offsets.shape[0] - 1, H, K, V, dtype=torch.float32)
+    return v.new_empty(v.shape, dtype=out_dtype), ht, ht.new_empty(ht.shape if carry is not None else (0,))
+
+
+@torch.library.custom_op("nested_kernels::linear_memory_triton_bwd", mutates_args=())
+def _triton_bwd(
+    do: torch.Tensor, dht: Optional[torch.Tensor], dst: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor,
+    v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor], write: torch.Tensor, dgd_write: torch.Tensor,
+    mom_decay_last: Optional[torch.Tensor], mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor],
+    h0: Optional[torch.Tensor], s0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor,
+    scale: float, dgd: bool,
+) -> List[torch.Tensor]:
+    from ..triton_kernels.linear_memory.chunk_bwd import linear_memory_bwd
+    from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
+
+    gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
+    _, h, s, res, pseudo, _, _ = linear_memory_fwd(                           # recompute the chunk states
+        q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
+        output_final_state=False, out_dtype=v.dtype)
+    contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
+    dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
+        q, k, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, (h, s, res, pseudo),
+        scale=scale, dgd=dgd)
+    grads = [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *d_gates, d_inv, dh0, ds0]
+    return [_empty_if_none(g, dq) for g in grads]
+
+
+@_triton_bwd.register_fake
+def _(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
+      chunk_offsets, last_rows, scale, dgd):
+    N, H, K, V = chunk_offsets.shape[0] - 1, k.shape[1], k.shape[2], v.shape[2]
+    like = [q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv]
+    grads = [q.new_empty(0) if x is None else torch.empty_like(x) for x in like]
+    state = q.new_empty(N, H, K, V, dtype=torch.float32)
+    return grads + [state, torch.empty_like(state) if carry is not None else q.new_empty(0)]
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, scale, dgd, _ = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.scale, ctx.dgd = scale, dgd
+
+
+def _backward(ctx, do, dht, dst):
+    q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows = \
+        ctx.saved_tensors
+    grads = _triton_bwd(
+        torch.zeros_like(v) if do is None else do, dht, None if carry is None else dst, q, k, v, decay, carry, write,
+        dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows, ctx.scale, ctx.dgd)
+    *grads, dh0, ds0 = [_none_if_empty(g) for g in grads]
+    return (*grads, None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None)
+
+
+_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, initial_state, cu_seqlens):
+    """The layout and the arguments of `nested_kernels::linear_memory_triton_fwd` for one call."""
     from ..triton_kernels.utils.launch import interpreted
 
     B, T, H, K = q.shape
@@ -115,7 +166,16 @@ def linear_memory_triton(
         h0 = initial_state.memory.to(f32).contiguous()
         if use_momentum:
             s0 = torch.zeros_like(h0) if initial_state.momentum is None else initial_state.momentum.to(f32).contiguous()
-    o, ht, st = ChunkLinearMemoryFunction.apply(
-        qf, kf, vf, *gates, dgd_inv, h0, s0, layout.chunk_offsets, layout.last_rows, float(scale), dgd, v.dtype)
-    final_state = LinearMemoryState(ht, st) if output_final_state else None
-    return layout.unflatten(o, B, T), final_state
+    args = (qf, kf, vf, *gates, dgd_inv, h0, s0, layout.chunk_offsets, layout.last_rows, float(scale), dgd, v.dtype)
+    return layout, args
+
+
+def linear_memory_triton(
+    q, k, v, lr, retention, momentum=None, *, dgd=False, chunk_size=64, scale=1.0,
+    initial_state: Optional[LinearMemoryState] = None, output_final_state=False, cu_seqlens=None,
+):
+    layout, args = triton_op_args(q, k, v, lr, retention, momentum, dgd=dgd, chunk_size=chunk_size, scale=scale,
+                                  initial_state=initial_state, cu_seqlens=cu_seqlens)
+    o, ht, st = _triton_fwd(*args)
+    final_state = LinearMemoryState(ht, st if momentum is not None else None) if output_final_state else None
+    return layout.unflatten(o, *q.shape[:2]), final_state

@@ -106,3 +106,37 @@ GPU_MATRIX = list(itertools.product((1, 63, 1000), ((64, 64), (128, 128), (100, 
                                                 for c in GPU_MATRIX])
 def test_triton_chunk_gpu(T, KV, C, use_mom, dgd, dtype):
     check(2, T, 4, *KV, C, use_mom, dgd, True, dtype=dtype)
+
+
+@pytest.mark.parametrize("use_mom,dgd", [(True, True), (False, False)], ids=["mom-dgd", "plain"])
+def test_triton_opcheck(use_mom, dgd):
+    """The custom op's schema, fake kernel and autograd registration (torch.library.opcheck)."""
+    from nested_kernels.linear_memory.triton import triton_op_args
+
+    B, T, H, K, V = 1, 20, 1, 16, 16
+    q, k, v = (x.to(DEVICE).requires_grad_() for x in qkv(B, T, H, K, V, dtype=torch.float32))
+    lr, ret, mom = (None if x is None else x.to(DEVICE) for x in gates(B, T, H, momentum=use_mom, dtype=torch.float32))
+    h0 = LinearMemoryState(*(None if x is None else x.to(DEVICE)
+                             for x in linear_state(B, H, K, V, momentum=use_mom, dtype=torch.float32)))
+    _, args = triton_op_args(q, k, v, lr, ret, mom, dgd=dgd, chunk_size=16, scale=0.5, initial_state=h0,
+                             cu_seqlens=None)
+    args = tuple(x.detach().requires_grad_() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                 for x in args)
+    torch.library.opcheck(torch.ops.nested_kernels.linear_memory_triton_fwd.default, args)
+
+
+def test_triton_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces the op (opaque, through its fake kernel) with the gate algebra."""
+    B, T, H, K, V = 2, 32, 2, 16, 16
+    q, k, v = (x.to(DEVICE) for x in qkv(B, T, H, K, V, dtype=torch.float32))
+    lr, ret, mom = (x.to(DEVICE) for x in gates(B, T, H, dtype=torch.float32))
+
+    def fn(q, k, v, lr, ret, mom):
+        o, state = linear_memory(q, k, v, lr, ret, mom, dgd=True, chunk_size=16, output_final_state=True,
+                                 backend="triton")
+        return o, state.memory
+
+    compiler = "inductor" if DEVICE == "cuda" else "aot_eager"
+    expected, actual = fn(q, k, v, lr, ret, mom), torch.compile(fn, fullgraph=True, backend=compiler)(q, k, v, lr, ret, mom)
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
