@@ -63,8 +63,10 @@ def main(argv=None) -> int:
     check.add_argument("--device", default="cpu", help="device to check on (default: cpu)")
     check.add_argument("--op", action="append", help="only this op (repeatable)")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .compile_report import add_arguments, run as _compile_report
+    add_arguments(sub.add_parser("compile-report", help="compile Triton kernels for sm_90/80, no GPU"))
     args = parser.parse_args(argv)
-    return {"info": _info, "check": _check}[args.command](args)
+    return {"info": _info, "check": _check, "compile-report": _compile_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""The ahead-of-time compile report (SPEC §7): kernels compile for sm_90/sm_80 with no GPU, and
+the report sees registers, spills and the matrix units. The demo kernels live only here, so the
+shipped registry holds only real kernels."""
+import pytest
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from nested_kernels import cli, compile_report  # noqa: E402
+
+compile_report.triton_kernels_package()
+from nested_kernels.triton_kernels import aot_registry  # noqa: E402
+from nested_kernels.triton_kernels.utils.aot import (  # noqa: E402
+    ARCHS, AotSpec, compile_spec, compile_specs, format_report,
+)
+
+
+@triton.jit
+def demo_gemm_kernel(a, b, c, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """c[M, N] = a[M, K] @ b[K, N], bf16 in and out, fp32 accumulation."""
+    i_m, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    o_m, o_n, o_k = i_m * BM + tl.arange(0, BM), i_n * BN + tl.arange(0, BN), tl.arange(0, BK)
+    m_m, m_n = o_m < M, o_n < N
+    b_c = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        m_k = (k0 + o_k) < K
+        b_a = tl.load(a + o_m[:, None] * K + (k0 + o_k)[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+        b_b = tl.load(b + (k0 + o_k)[:, None] * N + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
+        b_c = tl.dot(b_a, b_b, b_c)
+    tl.store(c + o_m[:, None] * N + o_n[None, :], b_c.to(tl.bfloat16), mask=m_m[:, None] & m_n[None, :])
+
+
+@triton.jit
+def demo_scale_kernel(x, y, n, BLOCK: tl.constexpr, SCALE: tl.constexpr = 2.0):
+    """y = SCALE * x, elementwise."""
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = o < n
+    tl.store(y + o, (tl.load(x + o, mask=m, other=0.0) * SCALE).to(y.dtype.element_ty), mask=m)
+
+
+# Module level, so a session running under TRITON_INTERPRET=1 can import it again in a fresh process.
+demo_scale_kernel_tuned = triton.heuristics({"SCALE": lambda args: 3.0})(
+    triton.autotune([triton.Config({"BLOCK": 256})], key=["n"])(demo_scale_kernel))
+
+GEMM_SIG = dict(a="*bf16", b="*bf16", c="*bf16", M="i32", N="i32", K="i32")
+SCALE_SIG = dict(x="*fp32", y="*bf16", n="i32")
+# 4 warps (one warpgroup) and a 64-row tile: what Hopper's wgmma needs.
+GEMM = AotSpec("demo_gemm_kernel", demo_gemm_kernel, GEMM_SIG, dict(BM=64, BN=64, BK=32),
+               num_warps=4, num_stages=3, gemm_heavy=True)
+# A 128x64 fp32 accumulator in one warp is 256 registers per thread for the accumulator alone.
+GEMM_SPILLING = AotSpec("demo_gemm_kernel_spilling", demo_gemm_kernel, GEMM_SIG, dict(BM=128, BN=64, BK=32),
+                        num_warps=1, num_stages=1, gemm_heavy=True)
+SCALE = AotSpec("demo_scale_kernel", demo_scale_kernel, SCALE_SIG, dict(BLOCK=1024))
+
+JOBS = {
+    "gemm-90": (GEMM, 90),
+    "gemm-80": (GEMM, 80),
+    "scale-90": (SCALE, 90),
+    "scale-80": (SCALE, 80),
+    "spilling-80": (GEMM_SPILLING, 80),
+    "scale-as-gemm-90": (AotSpec("not_a_gemm", demo_scale_kernel, SCALE_SIG, dict(BLOCK=1024), gemm_heavy=True), 90),
+    "bad-block-90": (AotSpec("bad_block", demo_scale_kernel, SCALE_SIG, dict(BLOCK=48)), 90),  # not a power of 2
+    "no-type-90": (AotSpec("no_type", demo_scale_kernel, dict(x="*fp32", y="*bf16"), dict(BLOCK=64)), 90),
+    "tuned-80": (AotSpec("tuned", demo_scale_kernel_tuned, SCALE_SIG, dict(BLOCK=256, SCALE=3.0)), 80),
+}
+
+
+@pytest.fixture(scope="module")
+def report():
+    """All demo compiles at once (one fresh process for all of them if this session interprets Triton)."""
+    return dict(zip(JOBS, compile_specs(list(JOBS.values()))))
+
+
+@pytest.mark.parametrize("arch, unit", [(90, "wgmma"), (80, "mma")])
+def test_gemm_uses_matrix_units(report, arch, unit):
+    r = report[f"gemm-{arch}"]
+    assert r.error is None, r.error
+    assert r.registers > 0
+    assert (r.spill_stores, r.spill_loads, r.stack_bytes) == (0, 0, 0)
+    assert r.shared_bytes > 0                                         # pipelined tiles of a and b
+    assert r.matrix_unit == unit
+    assert r.ok, r.status
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_elementwise_uses_no_matrix_unit(report, arch):
+    r = report[f"scale-{arch}"]
+    assert r.error is None, r.error
+    assert r.registers > 0 and not r.spills
+    assert r.matrix_unit == "none"
+    assert r.ok and r.status == "ok"
+
+
+def test_spills_are_detected(report):
+    r = report["spilling-80"]
+    assert r.error is None, r.error
+    assert r.spill_stores > 0 and r.spill_loads > 0 and r.stack_bytes > 0
+    assert not r.ok and "spills" in r.status
+
+
+def test_gemm_heavy_without_wgmma_fails(report):
+    r = report["scale-as-gemm-90"]
+    assert r.error is None and r.matrix_unit == "none"
+    assert not r.ok and "wgmma" in r.status
+
+
+def test_compile_error_is_a_result(report):
+    r = report["bad-block-90"]
+    assert r.error and not r.ok and r.status.startswith("error")
+    assert "'n'" in report["no-type-90"].error
+
+
+def test_autotune_and_heuristics_wrappers_are_unwrapped(report):
+    r = report["tuned-80"]
+    assert r.error is None and r.ok, r.status
+
+
+def test_compile_spec(report):
+    r = compile_spec(SCALE, 80)
+    assert (r.spec, r.arch, r.registers, r.error) == (SCALE, 80, report["scale-80"].registers, None)
+
+
+def test_compile_specs_in_a_fresh_process(report):
+    """Forced into a fresh process (the path taken when this process interprets Triton, as the
+    CPU test session does), a compile gives the numbers of `report` and the caller's spec back."""
+    (r,) = compile_specs([JOBS["scale-80"]], fresh_process=True)
+    assert r.error is None, r.error
+    assert (r.registers, r.shared_bytes, r.matrix_unit) == (report["scale-80"].registers,
+                                                            report["scale-80"].shared_bytes, "none")
+    assert r.spec is SCALE
+
+
+def test_format_report(report):
+    results = [report["gemm-90"], report["spilling-80"]]
+    lines = format_report(results).splitlines()
+    assert len(lines) == 2 + len(results)
+    assert "demo_gemm_kernel" in lines[2] and "BM=64, BN=64, BK=32, warps=4, stages=3" in lines[2]
+    assert "sm_90" in lines[2] and "wgmma" in lines[2] and lines[2].endswith("| ok |")
+    assert "demo_gemm_kernel_spilling" in lines[3] and "spills" in lines[3]
+
+
+def test_cli_empty_registry(monkeypatch, capsys):
+    monkeypatch.setattr(aot_registry, "OP_MODULES", ("no_such_op",))
+    assert aot_registry.aot_specs() == []
+    assert cli.main(["compile-report", "--arch", "90"]) == 0
+    assert "no kernels registered yet" in capsys.readouterr().out
+
+
+def test_cli_fails_on_spills(monkeypatch, capsys, tmp_path, report):
+    bad = AotSpec("bad_block", demo_scale_kernel, SCALE_SIG, dict(BLOCK=48))
+    monkeypatch.setattr(aot_registry, "aot_specs", lambda: [SCALE, GEMM_SPILLING, bad])
+    out = tmp_path / "report.md"
+    assert compile_report.main(["--arch", "80", "--kernel", "scale", "--out", str(out)]) == 0
+    assert "demo_scale_kernel" in out.read_text() and "spilling" not in out.read_text()
+    assert compile_report.main(["--arch", "80"]) == 1
+    text = capsys.readouterr().out
+    assert "1 ok, 2 failed" in text and "must be a power of 2" in text
+    assert compile_report.main(["--kernel", "nothing_matches"]) == 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shipped_kernels_compile_clean(arch):
+    """Every registered kernel compiles without spills and, GEMM-heavy on sm_90, with wgmma."""
+    failed = [r for r in compile_specs([(spec, arch) for spec in aot_registry.aot_specs()]) if not r.ok]
+    assert not failed, format_report(failed)
