@@ -160,6 +160,15 @@ def test_cli_fails_on_spills(monkeypatch, capsys, tmp_path, report):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shipped_kernels_compile_clean(arch):
-    """Every registered kernel compiles without spills and, GEMM-heavy on sm_90, with wgmma."""
-    failed = [r for r in compile_specs([(spec, arch) for spec in aot_registry.aot_specs()]) if not r.ok]
-    assert not failed, format_report(failed)
+    """Every registered kernel compiles without spills and, GEMM-heavy on sm_90, with wgmma; the
+    only exceptions are the spills an op lists in KNOWN_SPILLS, which must still be spills (and
+    nothing worse), so a fix has to take its entry off the list."""
+    results = compile_specs([(spec, arch) for spec in aot_registry.aot_specs()])
+    known = aot_registry.known_spills(arch)
+    unexpected = [r for r in results if not r.ok and r.spec.name not in known]
+    assert not unexpected, format_report(unexpected)
+    failing = {r.spec.name: r for r in results if not r.ok}
+    fixed = sorted(known - set(failing))
+    assert not fixed, f"no longer spilling on sm_{arch}, take them off KNOWN_SPILLS: {fixed}"
+    worse = [r for name, r in failing.items() if r.problems() != [p for p in r.problems() if p.startswith("spills")]]
+    assert not worse, format_report(worse)

@@ -3,8 +3,9 @@
 `linear_memory_bwd_kernel_dh` runs the chunks of a sequence in reverse, carrying the adjoints
 (dM, dS) of the chunk-end state in fp32 registers per value tile; per chunk it stores them and
 the adjoints dR, dW, dP of the residuals, the DGD pseudo-values and the DGD right-hand side.
-`linear_memory_bwd_kernel_dqkg` then forms, in parallel over chunks, dQ, dK and the gradients
-of the gate matrices and of the DGD inverse, as partial sums per value tile.
+`linear_memory_bwd_kernel_dq` (the reads' side) and `linear_memory_bwd_kernel_dk` (the writes'
+side) then form, in parallel over chunks, dQ, dK and the gradients of the gate matrices and of
+the DGD inverse, as partial sums per value tile.
 """
 import triton
 import triton.language as tl
@@ -96,20 +97,17 @@ def linear_memory_bwd_kernel_dh(
 
 
 @triton.jit(do_not_specialize=["NC"])
-def linear_memory_bwd_kernel_dqkg(
-    q, k, do, decay, carry, write, dgd_write, mom_write_last, last_rows, dgd_inv,
-    h, s, res, pseudo, dh, ds, dres, dpseudo, drhs,
-    dq, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom, d_dgd_inv, scale,
+def linear_memory_bwd_kernel_dq(
+    q, k, do, decay, carry, write, dgd_write, h, s, res, pseudo, dq, dqk, d_decay, d_carry, d_write, d_dgd_write,
+    scale,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Partial sums over one value tile i_v. Gate gradients are split by which rows they touch:
-    d_decay/d_carry [NV, H, NC, 3, BT] (after each token, before it, and [last] in slot 0 of the
-    third row), d_write/d_dgd_write [NV, H, NC, 3, BT, BT] likewise, d_mom [NV, H, NC, 2, BT]
-    (N[last, :] and m[last] in slot 0 of the second row)."""
+    """The reads' side, partial over value tile i_v: dQ, dQ̃ = tril(−(Ō Rᵀ) ⊙ G − (Ō Wᵀ) ⊙ E) (kept for dK),
+    and the gradients of β, f, G, E on the rows after each token. Partial outputs are laid out
+    [NV, H, NC, 3, ...] with slot 0 = rows after each token (see `linear_memory_bwd`)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
-    NV = tl.num_programs(0)
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -121,64 +119,101 @@ def linear_memory_bwd_kernel_dqkg(
     o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
     o_chunk = i_h * NC + i_c
     o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
-    o_gate = o_chunk * (BT + 1)
-    o_part = i_v * H * NC + o_chunk                                           # [NV, H, NC] slot of this program
-    i_last = tl.load(last_rows + i_c)
+    o_gate = o_chunk * (BT + 1) + 1                                           # rows after each token
+    o_part = i_v * H * NC + o_chunk
+    o_mat = o_t[:, None] * BT + o_t[None, :]
 
     b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
     b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
     b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
     b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
+    b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
+    b_dor = tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION)
+    tl.store(d_write + o_part * 3 * BT * BT + o_mat, -b_qk * b_dor)
+    b_dqk = -b_dor * tl.load(write + o_gate * BT + o_mat)
+    b_dq = tl.load(decay + o_gate + o_t)[:, None] * tl.dot(b_do, tl.trans(b_x), input_precision=DOT_PRECISION)
+    tl.store(d_decay + o_part * 3 * BT + o_t,
+             tl.sum(b_do * tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION), 1))
+    if USE_MOMENTUM:
+        b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+        b_dq += tl.load(carry + o_gate + o_t)[:, None] * tl.dot(b_do, tl.trans(b_s), input_precision=DOT_PRECISION)
+        tl.store(d_carry + o_part * 3 * BT + o_t,
+                 tl.sum(b_do * tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION), 1))
+    if USE_DGD:
+        b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
+        b_dow = tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION)
+        tl.store(d_dgd_write + o_part * 3 * BT * BT + o_mat, -b_qk * b_dow)
+        b_dqk -= b_dow * tl.load(dgd_write + o_gate * BT + o_mat)
+    b_dqk = tl.where(m_causal, b_dqk, 0.0)
+    tl.store(dqk + o_part * BT * BT + o_mat, b_dqk)
+    b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
+    tl.store(dq + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dq, mask=m_k[None, :])
+
+
+@triton.jit(do_not_specialize=["NC"])
+def linear_memory_bwd_kernel_dk(
+    q, k, decay, carry, write, dgd_write, mom_write_last, last_rows, h, s, res, pseudo, dh, ds, dres, dpseudo, drhs,
+    dqk, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom, d_dgd_inv,
+    NC,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The writes' side, partial over value tile i_v: dK, the gradients of the last-row gates
+    (slot 2; G[last], E[last] as the first row of slot 2, β[last], f[last] as its first entry),
+    of N[last] and m[last] (d_mom [NV, H, NC, 2, BT]) and, with DGD, of β, f, G on the rows
+    before each token (slot 1) and of the DGD inverse."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_tok = i_c * BT + o_t
+    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
+    o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+    o_chunk = i_h * NC + i_c
+    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+    o_gate = o_chunk * (BT + 1)
+    o_part = i_v * H * NC + o_chunk
+    o_mat = o_t[:, None] * BT + o_t[None, :]
+    o_dvec = o_part * 3 * BT
+    o_dmat = o_part * 3 * BT * BT
+    i_last = tl.load(last_rows + i_c)
+    b_last_slot = tl.where(o_t == 0, 1.0, 0.0)
+
+    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
     b_dx = tl.load(dh + o_hc, mask=m_kv, other=0.0)
     b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
     b_dr = tl.load(dres + o_tv, mask=m_v[None, :], other=0.0)
-    b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
     b_kdx = tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
-    b_dor = tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION)
-    b_write_after = tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :])
-    b_dqk = -b_dor * b_write_after
-    b_write_last = tl.load(write + (o_gate + i_last) * BT + o_t)
-
-    b_dq = tl.load(decay + o_gate + 1 + o_t)[:, None] * tl.dot(b_do, tl.trans(b_x), input_precision=DOT_PRECISION)
-    b_upd = b_write_last[:, None] * b_r                                       # rows whose Kᵀ(·) enters M[last]
-    b_dk = tl.dot(b_dr, tl.trans(b_x), input_precision=DOT_PRECISION)
-    # d decay: rows after each token, and [last]
-    o_dvec = o_part * 3 * BT
-    tl.store(d_decay + o_dvec + o_t, tl.sum(b_do * tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION), 1))
-    b_last_slot = tl.where(o_t == 0, 1.0, 0.0)
+    b_dk = tl.dot(tl.trans(tl.load(dqk + o_part * BT * BT + o_mat)), b_q.to(tl.float32), input_precision=DOT_PRECISION)
+    b_dk += tl.dot(b_dr, tl.trans(b_x), input_precision=DOT_PRECISION)       # R = K M^c − V
+    b_upd = tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_r      # rows whose Kᵀ(·) enters M[last]
     tl.store(d_decay + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(tl.sum(b_dx * b_x, 1), 0))
-    o_dmat = o_part * 3 * BT * BT + o_t[:, None] * BT + o_t[None, :]
-    tl.store(d_write + o_dmat, -b_qk * b_dor)                                 # G rows after each token
-    tl.store(d_write + o_part * 3 * BT * BT + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_r, 1))   # G[last, :]
-
+    tl.store(d_write + o_dmat + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_r, 1))
     if USE_MOMENTUM:
         b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
         b_dsn = tl.load(ds + o_hc, mask=m_kv, other=0.0)
         b_kds = tl.dot(b_k, b_dsn.to(b_k.dtype), input_precision=DOT_PRECISION)
-        b_dq += tl.load(carry + o_gate + 1 + o_t)[:, None] * tl.dot(b_do, tl.trans(b_s), input_precision=DOT_PRECISION)
         b_n_last = tl.load(mom_write_last + o_chunk * BT + o_t)
         b_dk -= tl.dot((b_n_last[:, None] * b_r).to(b_k.dtype), tl.trans(b_dsn.to(b_k.dtype)),
                        input_precision=DOT_PRECISION)
-        tl.store(d_carry + o_dvec + o_t, tl.sum(b_do * tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION), 1))
         tl.store(d_carry + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(tl.sum(b_dx * b_s, 1), 0))
         tl.store(d_mom + o_part * 2 * BT + o_t, -tl.sum(b_kds * b_r, 1))     # N[last, :]
         tl.store(d_mom + o_part * 2 * BT + BT + o_t, b_last_slot * tl.sum(tl.sum(b_dsn * b_s, 1), 0))  # m[last]
-
     if USE_DGD:
         b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
-        b_dw = tl.load(dpseudo + o_tv, mask=m_v[None, :], other=0.0)
-        b_dp = tl.load(drhs + o_tv, mask=m_v[None, :], other=0.0)
-        b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
-        b_dgd_after = tl.load(dgd_write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :])
-        b_dow = tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION)
-        b_dqk -= b_dow * b_dgd_after
         b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
-        tl.store(d_dgd_write + o_dmat, -b_qk * b_dow)                         # E rows after each token
-        tl.store(d_dgd_write + o_part * 3 * BT * BT + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_w, 1))  # E[last, :]
-        # P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R, rows before each token
+        tl.store(d_dgd_write + o_dmat + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_w, 1))
+        b_dp = tl.load(drhs + o_tv, mask=m_v[None, :], other=0.0)
+        # P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R on the rows before each token
         b_kx = tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
-        b_write_before = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
         b_decay_before = tl.load(decay + o_gate + o_t)
+        b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
+        b_write_before = tl.load(write + o_gate * BT + o_mat)
         b_p = b_decay_before[:, None] * b_kx - tl.dot(b_kk * b_write_before, b_r, input_precision=DOT_PRECISION)
         b_dk += b_decay_before[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
         tl.store(d_decay + o_dvec + BT + o_t, tl.sum(b_dp * b_kx, 1))
@@ -189,19 +224,14 @@ def linear_memory_bwd_kernel_dqkg(
             b_dk += b_carry_before[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
             tl.store(d_carry + o_dvec + BT + o_t, tl.sum(b_dp * b_ks, 1))
         b_dpr = tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION)
+        tl.store(d_write + o_dmat + BT * BT + o_mat, -b_kk * b_dpr)
         b_dkk = -b_dpr * b_write_before
-        tl.store(d_write + o_part * 3 * BT * BT + BT * BT + o_t[:, None] * BT + o_t[None, :], -b_kk * b_dpr)
         b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
-        tl.store(d_dgd_inv + (o_part * BT + o_t[:, None]) * BT + o_t[None, :],
+        b_dw = tl.load(dpseudo + o_tv, mask=m_v[None, :], other=0.0)
+        tl.store(d_dgd_inv + o_part * BT * BT + o_mat,
                  tl.dot(b_dw, tl.trans(b_p), input_precision=DOT_PRECISION))  # d(I + L)^{-1} = dW Pᵀ
-
-    b_dqk = tl.where(m_causal, b_dqk, 0.0)
-    b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
-    b_dk += tl.dot(tl.trans(b_dqk), b_q.to(tl.float32), input_precision=DOT_PRECISION)
     b_dk -= tl.dot(b_upd.to(b_k.dtype), tl.trans(b_dx.to(b_k.dtype)), input_precision=DOT_PRECISION)
-    o_part_tk = (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :]
-    tl.store(dq + o_part_tk, b_dq, mask=m_k[None, :])
-    tl.store(dk + o_part_tk, b_dk, mask=m_k[None, :])
+    tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
 
 
 def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, fwd, *, scale, dgd):
@@ -211,6 +241,7 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     import torch
 
     from ..utils.launch import launch
+    from .configs import launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     h, s, res, pseudo = fwd
@@ -219,9 +250,6 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     BT = write.shape[-1]
     NC = Tp // BT
     N = chunk_offsets.numel() - 1
-    BK = max(16, triton.next_power_of_2(K))
-    BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 128 else 32)
-    NV = triton.cdiv(V, BV)
     use_momentum = carry is not None
     precision = "ieee" if k.dtype == torch.float32 else "tf32"
     f32 = dict(dtype=torch.float32, device=k.device)
@@ -231,28 +259,38 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     drhs = torch.empty(Tp, H, V, **f32) if dgd else None
     dh0 = torch.empty(N, H, K, V, **f32)
     ds0 = torch.empty(N, H, K, V, **f32) if use_momentum else None
-    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=use_momentum, USE_DGD=dgd,
-                  DOT_PRECISION=precision)
+    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
+    cfg = launch_config("bwd_dh", K, V, BT)
     launch(
-        linear_memory_bwd_kernel_dh, (NV, N * H), k.device,
+        linear_memory_bwd_kernel_dh, (triton.cdiv(V, cfg.BV), N * H), k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
         dht=dht, dst=dst, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs, dh0=dh0, ds0=ds0, scale=scale,
-        USE_FINAL_STATE_GRADIENT=dht is not None, **common,
+        USE_FINAL_STATE_GRADIENT=dht is not None, **common, **cfg._asdict(),
     )
+    cfg_dq, cfg_dk = launch_config("bwd_dq", K, V, BT), launch_config("bwd_dk", K, V, BT)
+    assert cfg_dq.BV == cfg_dk.BV, "dK reads the dQ kernel's per-tile dQ̃: one value tiling for both"
+    NV = triton.cdiv(V, cfg_dq.BV)
     partial = lambda *shape: torch.zeros(NV, H, NC, *shape, **f32)            # slots a kernel may leave unwritten
     dq, dk = torch.empty(NV, Tp, H, K, **f32), torch.empty(NV, Tp, H, K, **f32)
+    dqk = torch.empty(NV, H, NC, BT, BT, **f32)
     d_decay, d_write = partial(3, BT), partial(3, BT, BT)
     d_carry = partial(3, BT) if use_momentum else None
     d_mom = partial(2, BT) if use_momentum else None
     d_dgd_write = partial(3, BT, BT)
     d_dgd_inv = partial(BT, BT) if dgd else None
     launch(
-        linear_memory_bwd_kernel_dqkg, (NV, NC, H), k.device,
-        q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last,
-        last_rows=last_rows, dgd_inv=dgd_inv, h=h, s=s, res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres,
-        dpseudo=dpseudo, drhs=drhs, dq=dq, dk=dk, d_decay=d_decay, d_carry=d_carry, d_write=d_write,
-        d_dgd_write=d_dgd_write, d_mom=d_mom, d_dgd_inv=d_dgd_inv, scale=scale, **common,
+        linear_memory_bwd_kernel_dq, (NV, NC, H), k.device,
+        q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res,
+        pseudo=pseudo, dq=dq, dqk=dqk, d_decay=d_decay, d_carry=d_carry, d_write=d_write, d_dgd_write=d_dgd_write,
+        scale=scale, **common, **cfg_dq._asdict(),
+    )
+    launch(
+        linear_memory_bwd_kernel_dk, (NV, NC, H), k.device,
+        q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last,
+        last_rows=last_rows, h=h, s=s, res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs,
+        dqk=dqk, dk=dk, d_decay=d_decay, d_carry=d_carry, d_write=d_write, d_dgd_write=d_dgd_write, d_mom=d_mom,
+        d_dgd_inv=d_dgd_inv, **common, **cfg_dk._asdict(),
     )
     rows = last_rows.long()
     chunks = torch.arange(NC, device=k.device)

@@ -132,6 +132,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     import torch
 
     from ..utils.launch import launch
+    from .configs import launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
@@ -141,8 +142,6 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     N = chunk_offsets.numel() - 1
     assert K <= 256 and V <= 256, f"linear_memory triton: K and V up to 256, got K={K}, V={V}"
     assert BT in (16, 32, 64), f"linear_memory triton: chunk_size in (16, 32, 64), got {BT}"
-    BK = max(16, triton.next_power_of_2(K))
-    BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 128 else 32)
     use_momentum = carry is not None
     precision = "ieee" if k.dtype == torch.float32 else "tf32"
     f32 = dict(dtype=torch.float32, device=k.device)
@@ -152,19 +151,20 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     pseudo = torch.empty(Tp, H, V, **f32) if dgd else None
     ht = torch.empty(N, H, K, V, **f32) if output_final_state else None
     st = torch.empty(N, H, K, V, **f32) if output_final_state and use_momentum else None
-    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=use_momentum, USE_DGD=dgd,
-                  DOT_PRECISION=precision)
+    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
+    cfg = launch_config("fwd_h", K, V, BT)
     launch(
-        linear_memory_fwd_kernel_h, (triton.cdiv(V, BV), N * H), k.device,
+        linear_memory_fwd_kernel_h, (triton.cdiv(V, cfg.BV), N * H), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
-        USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common,
+        USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common, **cfg._asdict(),
     )
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
+    cfg = launch_config("fwd_o", K, V, BT)
     launch(
-        linear_memory_fwd_kernel_o, (triton.cdiv(V, BV), NC, H), k.device,
+        linear_memory_fwd_kernel_o, (triton.cdiv(V, cfg.BV), NC, H), k.device,
         q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res, pseudo=pseudo,
-        o=o, scale=scale, **common,
+        o=o, scale=scale, **common, **cfg._asdict(),
     )
     return o, h, s, res, pseudo, ht, st
