@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine: build, verify and time nested_kernels, and write a report.
+#
+#   bash benchmarks/gpu_check.sh
+#
+# Steps, in this order (each under its own time limit; a failed step is recorded and the next runs):
+#   1. build     pip install --no-build-isolation --no-deps --no-index -e .  (no downloads: the
+#                machine has no internet); if pip fails, python setup.py build_ext --inplace
+#   2. info      python -m nested_kernels info                  (= `nested-kernels info`)
+#   3. check     python -m nested_kernels check --device cuda   (every op x tier against the reference)
+#   4. bench     python benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --budget-s ...
+#   5. compile   python -m nested_kernels compile-report --arch 90 --out ...
+#   6. pytest    python -m pytest -m gpu -q
+# The benchmark runs before pytest: `pytest -m gpu` is the long, open-ended step (a few hundred
+# cases against the float64 token-loop reference), so it gets whatever time is left, while the
+# benchmark (which gates itself on correctness) and the compile report always get theirs.
+#
+# Time: the whole script keeps within TOTAL_S seconds (default 540, under the device tool's
+# 10-minute limit). Shapes: BENCH_SHAPES=auto (default) passes `--shapes all` with a time budget,
+# so the benchmark does the two small shapes first and the two big ones (B2-T16384, B1-T65536)
+# only while its budget lasts (rows it cannot reach read "not measured (time budget)"); set
+# BENCH_SHAPES=small or all to force either.
+#
+# Environment:
+#   OUT_DIR               where results go; default $OUT when set (the device tool copies $OUT
+#                         back), else benchmarks/results
+#   PYTHON                interpreter (default: python, else python3)
+#   TOTAL_S               time budget of the whole script in seconds (default 540)
+#   BENCH_SHAPES          auto | small | all (default auto)
+#   SKIP_BUILD=1          reuse the extension already built (e.g. a second run on a warm machine)
+#   TORCH_CUDA_ARCH_LIST  default: this card's compute capability (a single arch builds faster)
+#
+# Output in OUT_DIR: gpu-check-<stamp>.md (the report: card, driver, versions, pass/fail and time
+# of each step, result files), gpu-check-<stamp>-logs/<step>.log, linear_memory-<tag>.md/.json,
+# compile-report-sm90-<stamp>.md. Exit status: 0 when every step passed, else 1.
+set -u
+
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd)
+PYTHON=${PYTHON:-$(command -v python || command -v python3 || echo python3)}
+TOTAL_S=${TOTAL_S:-540}
+BENCH_SHAPES=${BENCH_SHAPES:-auto}
+RESERVE_S=15                                   # kept back for writing the report
+STAMP=$(date -u +%Y-%m-%dT%H%MZ)
+OUT_DIR=${OUT_DIR:-${OUT:-benchmarks/results}}
+mkdir -p "$OUT_DIR" || exit 1
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+LOG_DIR="$OUT_DIR/gpu-check-$STAMP-logs"
+mkdir -p "$LOG_DIR" || exit 1
+REPORT="$OUT_DIR/gpu-check-$STAMP.md"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+FAILED=0
+FAILED_STEPS=()
+
+# ---------------------------------------------------------------------------------------------
+
+py_version() {  # py_version MODULE: its __version__, or "not installed"
+    "$PYTHON" -c "import importlib, sys
+try:
+    print(getattr(importlib.import_module(sys.argv[1]), '__version__', 'installed'))
+except Exception as e:
+    print('not installed (%s)' % type(e).__name__)" "$1" 2>/dev/null || echo "unknown"
+}
+
+left_s() { echo $(( TOTAL_S - SECONDS - RESERVE_S )); }
+
+# run_step NAME CAP_S CMD...: run CMD with a time limit of min(CAP_S, time left), log it, and add
+# a row to the report. Returns the command's exit status (124: timed out).
+run_step() {
+    local name=$1 cap=$2
+    shift 2
+    local log="$LOG_DIR/$name.log" left rc t0 status
+    left=$(left_s)
+    if (( left < 10 )); then
+        echo "| $name | SKIPPED (out of time) | 0 | — |" >> "$REPORT"
+        echo "== $name: skipped, out of time" >&2
+        FAILED=1
+        FAILED_STEPS+=("$name")
+        return 1
+    fi
+    (( cap > left )) && cap=$left
+    echo "== $name (limit ${cap} s): $*" | tee "$log" >&2
+    t0=$SECONDS
+    timeout --kill-after=15 "$cap" "$@" 2>&1 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    case $rc in
+        0) status="pass" ;;
+        124|137) status="FAIL (timed out after ${cap} s)" ;;
+        *) status="FAIL (exit $rc)" ;;
+    esac
+    if (( rc != 0 )); then
+        FAILED=1
+        FAILED_STEPS+=("$name")
+    fi
+    echo "| $name | $status | $(( SECONDS - t0 )) | \`${log#"$OUT_DIR"/}\` |" >> "$REPORT"
+    echo "== $name: $status in $(( SECONDS - t0 )) s" >&2
+    return "$rc"
+}
+
+# shellcheck disable=SC2317  # (called through `bash -c`, which shellcheck cannot see)
+build_cmd() {  # the build: pip editable install without network, else an in-place build
+    if "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -e .; then
+        echo "build: pip install -e . succeeded"
+        return 0
+    fi
+    echo "build: pip install -e . failed; falling back to python setup.py build_ext --inplace"
+    "$PYTHON" setup.py build_ext --inplace
+}
+export -f build_cmd
+export PYTHON
+
+# ---------------------------------------------------------------------------------------------
+# Report header: the card and the versions
+
+GPU_LINE="nvidia-smi not found"
+if command -v nvidia-smi > /dev/null; then
+    GPU_LINE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -n 4 | paste -sd ';' -)
+fi
+NVCC_LINE=$(nvcc --version 2>/dev/null | tail -n 1)
+if [[ -z ${TORCH_CUDA_ARCH_LIST:-} ]]; then
+    ARCH=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
+    [[ -n $ARCH ]] && export TORCH_CUDA_ARCH_LIST=$ARCH
+fi
+{
+    echo "# GPU check $STAMP"
+    echo
+    echo "* card (nvidia-smi name, driver): ${GPU_LINE:-not found}"
+    echo "* python $("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null),"\
+         "torch $(py_version torch) (CUDA $("$PYTHON" -c 'import torch; print(torch.version.cuda)' 2>/dev/null)),"\
+         "triton $(py_version triton), fla $(py_version fla)"
+    echo "* nvcc: ${NVCC_LINE:-not found}; ncu: $(command -v ncu || echo 'not found');"\
+         "compute-sanitizer: $(command -v compute-sanitizer || echo 'not found')"
+    echo "* git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown);"\
+         "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-default}; time budget ${TOTAL_S} s"
+    echo
+    echo "| step | status | seconds | log |"
+    echo "|---|---|---:|---|"
+} > "$REPORT"
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+if [[ ${SKIP_BUILD:-0} == 1 ]]; then
+    echo "| build | skipped (SKIP_BUILD=1) | 0 | — |" >> "$REPORT"
+else
+    run_step build 300 bash -c build_cmd
+fi
+
+run_step info 60 "$PYTHON" -m nested_kernels info
+run_step check 120 "$PYTHON" -m nested_kernels check --device cuda --quiet
+
+# The benchmark's limit leaves about 120 s for the compile report and pytest.
+BENCH_TAG="gpu-check-$STAMP"
+BENCH_CAP=$(( $(left_s) - 120 ))
+(( BENCH_CAP > 300 )) && BENCH_CAP=300
+(( BENCH_CAP < 60 )) && BENCH_CAP=60
+case $BENCH_SHAPES in
+    small) SHAPE_ARGS=(--shapes small) ;;
+    all) SHAPE_ARGS=(--shapes all) ;;
+    *) SHAPE_ARGS=(--shapes all --budget-s $(( BENCH_CAP - 45 ))) ;;
+esac
+run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
+    "${SHAPE_ARGS[@]}"
+
+COMPILE_OUT="$OUT_DIR/compile-report-sm90-$STAMP.md"
+run_step compile-report 150 "$PYTHON" -m nested_kernels compile-report --arch 90 --out "$COMPILE_OUT"
+
+# pyproject's addopts name --benchmark-skip, which needs pytest-benchmark; without it, override.
+PYTEST_ARGS=(-m gpu -q -p no:cacheprovider)
+if ! "$PYTHON" -c "import pytest_benchmark" 2>/dev/null; then
+    PYTEST_ARGS+=(-o "addopts=")
+fi
+run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
+
+# ---------------------------------------------------------------------------------------------
+# Result files and failing steps' tails
+
+{
+    echo
+    echo "Total: $SECONDS s; overall: $([[ $FAILED == 0 ]] && echo pass || echo FAIL)"
+    echo
+    echo "## Result files"
+    echo
+    for f in "$OUT_DIR/linear_memory-$BENCH_TAG.md" "$OUT_DIR/linear_memory-$BENCH_TAG.json" "$COMPILE_OUT"; do
+        if [[ -f $f ]]; then echo "* \`$f\`"; else echo "* \`$f\` (not written)"; fi
+    done
+    echo "* logs: \`$LOG_DIR/\`"
+    for name in "${FAILED_STEPS[@]}"; do
+        log="$LOG_DIR/$name.log"
+        [[ -f $log ]] || continue
+        echo
+        echo "## Last 40 lines of the failed step $name"
+        echo
+        echo '```'
+        tail -n 40 "$log"
+        echo '```'
+    done
+    if [[ -f "$OUT_DIR/linear_memory-$BENCH_TAG.md" ]]; then
+        echo
+        echo "## Benchmark"
+        echo
+        sed -e 's/^# /### /' -e 's/^## /#### /' "$OUT_DIR/linear_memory-$BENCH_TAG.md"
+    fi
+} >> "$REPORT"
+
+echo
+cat "$REPORT"
+echo
+echo "== steps"
+grep -E '^\| (build|info|check|bench|compile-report|pytest-gpu) \|' "$REPORT"
+echo "report: $REPORT"
+exit "$FAILED"

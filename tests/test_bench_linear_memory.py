@@ -1,0 +1,109 @@
+"""`benchmarks/bench_linear_memory.py`: its CPU mode runs end to end and writes its table, and its
+FLOP / byte / roofline formulas give the hand-computed counts of tiny cases."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_linear_memory.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_linear_memory", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_cpu_mode(bench, tmp_path):
+    code = bench.main(["--device", "cpu", "--out-dir", str(tmp_path), "--tag", "test", "--shapes", "small",
+                       "--cpu-min-runs", "1", "--cpu-budget-s", "0", "--cpu-max-row-s", "0"])
+    assert code == 0
+    md = (tmp_path / "linear_memory-test.md").read_text()
+    data = json.loads((tmp_path / "linear_memory-test.json").read_text())
+    assert "not measured (no CUDA device)" in md
+    assert data["complete"] and data["meta"]["gpu"] is None
+    gpu_rows = [r for r in data["rows"] if r["device"] == "cuda"]
+    # small = 2 shapes × 2 modes × (2 variants × (triton, torch) + fla + sdpa)
+    assert len(gpu_rows) == 2 * 2 * (2 * 2 + 2)
+    assert all(r["status"] == "not measured (no CUDA device)" and r["ms"] is None for r in gpu_rows)
+    assert {r["shape"] for r in gpu_rows} == {"B8-T2048-H16-D64", "B4-T4096-H16-D128"}
+    cpu_rows = [r for r in data["rows"] if r["device"] == "cpu"]
+    torch_rows = [r for r in cpu_rows if r["backend"] == "torch"]
+    assert {(r["variant"], r["mode"]) for r in torch_rows} == {(v, m) for v in ("nodgd", "dgd") for m in ("fwd", "fwdbwd")}
+    assert all(r["status"] == "ok" and r["ms"] > 0 and r["tokens_per_s"] > 0 for r in torch_rows)
+    assert all(r["shape"] == "B1-T512-H4-D64" for r in cpu_rows)
+    # the cpp tier is forward-only: a fwd row per variant (timed, or saying why it is not available)
+    assert {(r["variant"], r["mode"]) for r in cpu_rows if r["backend"] == "cpp"} == {("nodgd", "fwd"), ("dgd", "fwd")}
+
+
+# Tiny cases by hand. Units per chunk of c tokens: [ckv] = 2·c·K·V, [cck] = 2·c²·K, [ccv] = 2·c²·V.
+# K = 3, V = 5; c = 2: [ckv] = 60, [cck] = 24, [ccv] = 40;  c = 1: [ckv] = 30, [cck] = 6, [ccv] = 10.
+
+
+def test_linear_memory_chunk_flops(bench):
+    f = bench.linear_memory_chunk_flops
+    # forward, momentum, no dgd: 5 [ckv] + 1 [cck] + 1 [ccv] = 300 + 24 + 40
+    assert f(2, 3, 5, momentum=True, dgd=False, backward=False) == 364
+    # forward, no momentum, no dgd: 3 [ckv] + 1 [cck] + 1 [ccv] = 180 + 24 + 40
+    assert f(2, 3, 5, momentum=False, dgd=False, backward=False) == 244
+    # forward, momentum, dgd: 7 [ckv] + 2 [cck] + 4 [ccv] = 420 + 48 + 160
+    assert f(2, 3, 5, momentum=True, dgd=True, backward=False) == 628
+    # backward, momentum, no dgd: 10 [ckv] + 3 [cck] + 2 [ccv] = 600 + 72 + 80
+    assert f(2, 3, 5, momentum=True, dgd=False, backward=True) == 752
+    # backward, momentum, dgd: 15 [ckv] + 6 [cck] + 8 [ccv] = 900 + 144 + 320
+    assert f(2, 3, 5, momentum=True, dgd=True, backward=True) == 1364
+    # backward, no momentum, dgd: 9 [ckv] + 6 [cck] + 8 [ccv] = 540 + 144 + 320
+    assert f(2, 3, 5, momentum=False, dgd=True, backward=True) == 1004
+
+
+def test_linear_memory_flops_chunks_and_modes(bench):
+    f = bench.linear_memory_flops
+    # one full chunk, B = H = 1
+    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 364
+    # T = 3, C = 2: a full chunk (364) and a 1-token chunk: 5·30 + 6 + 10 = 166
+    assert f(1, 3, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 530
+    # B = 2, H = 3 scale it by 6; fwd+bwd adds the backward (752)
+    assert f(2, 2, 3, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 6 * 364
+    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwdbwd") == 364 + 752
+    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd+bwd") == 364 + 752
+    with pytest.raises(ValueError, match="mode"):
+        f(1, 2, 1, 3, 5, mode="bwd")
+
+
+def test_linear_memory_bytes(bench):
+    b = bench.linear_memory_bytes
+    # B = 1, T = 2, H = 1, K = 3, V = 5, momentum:
+    # q, k, v: 2 tokens × (3 + 3 + 5) × 2 B = 44; gates: 2 × 3 × 4 B = 24; o: 2 × 5 × 2 B = 20;
+    # final memory and momentum: 2 × 3 × 5 × 4 B = 120
+    assert b(1, 2, 1, 3, 5, momentum=True, mode="fwd") == 208
+    assert b(1, 2, 1, 3, 5, momentum=True, mode="fwd", final_state=False) == 88
+    # no momentum: gates 2 × 2 × 4 = 16, one state 60
+    assert b(1, 2, 1, 3, 5, momentum=False, mode="fwd") == 44 + 16 + 20 + 60
+    # backward: q, k, v, do 2 × 16 × 2 = 64, gates 24; dq, dk, dv 44, d gates 24
+    assert b(1, 2, 1, 3, 5, momentum=True, mode="fwdbwd") == 208 + 64 + 24 + 44 + 24
+
+
+def test_sdpa_counts(bench):
+    # B = 1, T = 4, H = 2, D = 8: causal forward 4 · 1 · 2 · 16 · 8 / 2 = 512; fwd+bwd 3.5 ×
+    assert bench.sdpa_flops(1, 4, 2, 8, mode="fwd") == 512
+    assert bench.sdpa_flops(1, 4, 2, 8, mode="fwdbwd") == 1792
+    # 4 tensors of 1 · 4 · 2 · 8 bf16 values (128 B) forward, 12 forward + backward
+    assert bench.sdpa_bytes(1, 4, 2, 8, mode="fwd") == 512
+    assert bench.sdpa_bytes(1, 4, 2, 8, mode="fwdbwd") == 1536
+
+
+def test_roofline_fraction(bench):
+    # compute-bound: 800 GFLOP at 800 TFLOP/s is 1 ms; measured 2 ms -> 0.5
+    assert bench.roofline_fraction(800e9, 1e6, 2.0) == pytest.approx(0.5)
+    # memory-bound: 3 GB at 3 TB/s is 1 ms; measured 4 ms -> 0.25
+    assert bench.roofline_fraction(1e9, 3e9, 4.0) == pytest.approx(0.25)
+    # overridden peaks
+    assert bench.roofline_fraction(400e9, 1e6, 1.0, peak_tflops=400, peak_tbps=1) == pytest.approx(1.0)
+
+
+def test_percentiles(bench):
+    assert bench._percentiles([4.0, 1.0, 3.0, 2.0, 5.0]) == pytest.approx([3.0, 1.8, 4.2])
+    assert bench._percentiles([7.0]) == [7.0, 7.0, 7.0]
