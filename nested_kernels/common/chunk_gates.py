@@ -14,7 +14,7 @@ Without momentum (μ ≡ 0) P^μ = I, hence f = 0 and G = E.
 Segment products are cumulative products of masked gate matrices rather than ratios of
 prefix products, so a retention of exactly 0 stays exact, in value and in gradient.
 """
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -56,3 +56,9 @@ def chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[to
     write = (p_alpha[..., :, 1:] @ p_mu[..., 1:, 1:]) * lr[..., None, :]
     mom_write = p_mu[..., :, 1:] * lr[..., None, :]
     return ChunkGates(decay, carry, write, mom_decay, mom_write, dgd_write)
+
+
+def padded_chunk_gates(lr, retention, momentum, chunk: Callable[[torch.Tensor, float], torch.Tensor]) -> ChunkGates:
+    """`chunk_gates` of per-token gates cut into chunks by `chunk(gate, pad_value)`. Padding
+    tokens (the tail of a partial chunk) get η = 0 and α = μ = 1, so they change nothing before them."""
+    return chunk_gates(chunk(lr, 0.0), chunk(retention, 1.0), None if momentum is None else chunk(momentum, 1.0))

@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..common.chunk_gates import chunk_gates
+from ..common.chunk_gates import padded_chunk_gates
 from ..common.chunk_state import dgd_inverse
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
@@ -147,7 +147,7 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
     def gate(x, pad):
         return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))
 
-    g = chunk_gates(gate(lr, 0.0), gate(retention, 1.0), None if momentum is None else gate(momentum, 1.0))
+    g = padded_chunk_gates(lr, retention, momentum, gate)
     dgd_inv = None
     if dgd:
         kc = kf.float().unflatten(0, (-1, chunk_size)).permute(2, 0, 1, 3)                 # [H, NC, C, K]

@@ -9,7 +9,7 @@ form, Aq = φ(Zq), then W2's dual form with keys A and queries Aq.
 import torch
 
 from ..common.activations import get_activation
-from ..common.chunk_gates import chunk_gates
+from ..common.chunk_gates import padded_chunk_gates
 from ..common.chunk_state import chunk_end_state, chunk_read, dgd_inverse, dgd_pseudo_values
 from ..common.chunking import from_chunks, last_row, optional_stack, to_chunks
 from ..common.inputs import as_gate, compute_dtype, sequence_bounds
@@ -23,11 +23,7 @@ def _mlp_memory_dense(q, k, v, eta, alpha, mu, w1, w2, s1, s2, *, phi, residual,
     if T == 0:                                                                # nothing to read or write
         return v.new_zeros(v.shape), (w1, w2, s1, s2)
     Q, Kc, Vc = (to_chunks(x, chunk_size) for x in (q, k, v))                # [B, H, NT, C, ·]
-    gates = chunk_gates(
-        to_chunks(eta, chunk_size),
-        to_chunks(alpha, chunk_size, pad_value=1.0),
-        None if mu is None else to_chunks(mu, chunk_size, pad_value=1.0),
-    )
+    gates = padded_chunk_gates(eta, alpha, mu, lambda g, pad: to_chunks(g, chunk_size, pad))
     kk = Kc @ Kc.transpose(-1, -2)
     dgd_inv = dgd_inverse(gates, kk) if dgd else None
 
