@@ -2,7 +2,9 @@
 import inspect
 
 from ..utils.aot import AotSpec
-from .chunk_bwd import linear_memory_bwd_kernel_dh, linear_memory_bwd_kernel_dk, linear_memory_bwd_kernel_dq
+from .chunk_bwd import (
+    linear_memory_bwd_kernel_dh, linear_memory_bwd_kernel_dk, linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
+)
 from .chunk_fwd import linear_memory_fwd_kernel_h, linear_memory_fwd_kernel_o
 from .configs import launch_config
 
@@ -12,6 +14,7 @@ KERNELS = {
     "bwd_dh": linear_memory_bwd_kernel_dh,
     "bwd_dq": linear_memory_bwd_kernel_dq,
     "bwd_dk": linear_memory_bwd_kernel_dk,
+    "bwd_dk_dgd": linear_memory_bwd_kernel_dk_dgd,
 }
 # arguments that are not fp32 pointers: the bf16 inputs, int32 tables, scalars
 INPUTS_BF16 = {"q", "k", "v", "do", "o"}
@@ -40,8 +43,8 @@ def _specs():
                 constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
                                   DOT_PRECISION="tf32")
                 runtime, flags = _params(kernel)
-                constexprs.update({n: True for n in ("USE_INITIAL_STATE", "STORE_FINAL_STATE",
-                                                     "USE_FINAL_STATE_GRADIENT") if n in flags})
+                constexprs.update(USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, USE_FINAL_STATE_GRADIENT=True)
+                constexprs = {n: value for n, value in constexprs.items() if n in flags}
                 yield AotSpec(
                     name=f"linear_memory_{part}-D{D}-BT{BT}-bf16-mom-dgd", kernel=kernel, signature=_signature(runtime),
                     constexprs=constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -66,12 +69,13 @@ _KNOWN = {
         "bwd_dq-D128-BT64",
         "bwd_dq-D256-BT32",
         "bwd_dq-D256-BT64",
-        "bwd_dk-D64-BT64",
-        "bwd_dk-D128-BT32",
-        "bwd_dk-D128-BT64",
-        "bwd_dk-D256-BT16",
         "bwd_dk-D256-BT32",
         "bwd_dk-D256-BT64",
+        "bwd_dk_dgd-D128-BT32",
+        "bwd_dk_dgd-D128-BT64",
+        "bwd_dk_dgd-D256-BT16",
+        "bwd_dk_dgd-D256-BT32",
+        "bwd_dk_dgd-D256-BT64",
     ),
     80: (
         "fwd_h-D64-BT16",
@@ -94,11 +98,15 @@ _KNOWN = {
         "bwd_dq-D256-BT32",
         "bwd_dq-D256-BT64",
         "bwd_dk-D64-BT64",
-        "bwd_dk-D128-BT32",
         "bwd_dk-D128-BT64",
-        "bwd_dk-D256-BT16",
         "bwd_dk-D256-BT32",
         "bwd_dk-D256-BT64",
+        "bwd_dk_dgd-D64-BT64",
+        "bwd_dk_dgd-D128-BT32",
+        "bwd_dk_dgd-D128-BT64",
+        "bwd_dk_dgd-D256-BT16",
+        "bwd_dk_dgd-D256-BT32",
+        "bwd_dk_dgd-D256-BT64",
     ),
 }
 KNOWN_SPILLS = {arch: {f"linear_memory_{name}-bf16-mom-dgd" for name in names} for arch, names in _KNOWN.items()}

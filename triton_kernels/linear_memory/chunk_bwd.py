@@ -153,16 +153,16 @@ def linear_memory_bwd_kernel_dq(
 
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_bwd_kernel_dk(
-    q, k, decay, carry, write, dgd_write, mom_write_last, last_rows, h, s, res, pseudo, dh, ds, dres, dpseudo, drhs,
-    dqk, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom, d_dgd_inv,
+    q, k, decay, carry, write, dgd_write, mom_write_last, last_rows, h, s, res, pseudo, dh, ds, dres,
+    dqk, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The writes' side, partial over value tile i_v: dK, the gradients of the last-row gates
-    (slot 2; G[last], E[last] as the first row of slot 2, β[last], f[last] as its first entry),
-    of N[last] and m[last] (d_mom [NV, H, NC, 2, BT]) and, with DGD, of β, f, G on the rows
-    before each token (slot 1) and of the DGD inverse."""
+    """The writes' side, partial over value tile i_v: dK (but its DGD right-hand-side terms, see
+    `linear_memory_bwd_kernel_dk_dgd`) and the gradients of the last-row gates (slot 2; G[last],
+    E[last] as the first row of slot 2, β[last], f[last] as its first entry), of N[last] and m[last]
+    (d_mom [NV, H, NC, 2, BT])."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
@@ -208,29 +208,58 @@ def linear_memory_bwd_kernel_dk(
         b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
         b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
         tl.store(d_dgd_write + o_dmat + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_w, 1))
-        b_dp = tl.load(drhs + o_tv, mask=m_v[None, :], other=0.0)
-        # P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R on the rows before each token
-        b_kx = tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
-        b_decay_before = tl.load(decay + o_gate + o_t)
-        b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
-        b_write_before = tl.load(write + o_gate * BT + o_mat)
-        b_p = b_decay_before[:, None] * b_kx - tl.dot(b_kk * b_write_before, b_r, input_precision=DOT_PRECISION)
-        b_dk += b_decay_before[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
-        tl.store(d_decay + o_dvec + BT + o_t, tl.sum(b_dp * b_kx, 1))
-        if USE_MOMENTUM:
-            b_ks = tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION)
-            b_carry_before = tl.load(carry + o_gate + o_t)
-            b_p += b_carry_before[:, None] * b_ks
-            b_dk += b_carry_before[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
-            tl.store(d_carry + o_dvec + BT + o_t, tl.sum(b_dp * b_ks, 1))
-        b_dpr = tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION)
-        tl.store(d_write + o_dmat + BT * BT + o_mat, -b_kk * b_dpr)
-        b_dkk = -b_dpr * b_write_before
-        b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
-        b_dw = tl.load(dpseudo + o_tv, mask=m_v[None, :], other=0.0)
-        tl.store(d_dgd_inv + o_part * BT * BT + o_mat,
-                 tl.dot(b_dw, tl.trans(b_p), input_precision=DOT_PRECISION))  # d(I + L)^{-1} = dW Pᵀ
     b_dk -= tl.dot(b_upd.to(b_k.dtype), tl.trans(b_dx.to(b_k.dtype)), input_precision=DOT_PRECISION)
+    tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
+
+
+@triton.jit(do_not_specialize=["NC"])
+def linear_memory_bwd_kernel_dk_dgd(
+    k, decay, carry, write, h, s, res, dpseudo, drhs, dk, d_decay, d_carry, d_write, d_dgd_inv,
+    NC,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The DGD right-hand side P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R (rows before each
+    token), partial over value tile i_v: its part of dK, the gradients of β, f, G on those rows
+    (slot 1) and of the DGD inverse, d(I + L)^{-1} = dW Pᵀ."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_tok = i_c * BT + o_t
+    o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+    o_chunk = i_h * NC + i_c
+    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+    o_gate = o_chunk * (BT + 1)
+    o_part = i_v * H * NC + o_chunk
+    o_mat = o_t[:, None] * BT + o_t[None, :]
+
+    b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+    b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
+    b_dp = tl.load(drhs + o_tv, mask=m_v[None, :], other=0.0)
+    b_kx = tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
+    b_decay = tl.load(decay + o_gate + o_t)
+    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
+    b_write = tl.load(write + o_gate * BT + o_mat)
+    b_p = b_decay[:, None] * b_kx - tl.dot(b_kk * b_write, b_r, input_precision=DOT_PRECISION)
+    b_dk = b_decay[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
+    tl.store(d_decay + o_part * 3 * BT + BT + o_t, tl.sum(b_dp * b_kx, 1))
+    if USE_MOMENTUM:
+        b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+        b_ks = tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_carry = tl.load(carry + o_gate + o_t)
+        b_p += b_carry[:, None] * b_ks
+        b_dk += b_carry[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
+        tl.store(d_carry + o_part * 3 * BT + BT + o_t, tl.sum(b_dp * b_ks, 1))
+    b_dpr = tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION)
+    tl.store(d_write + o_part * 3 * BT * BT + BT * BT + o_mat, -b_kk * b_dpr)
+    b_dkk = -b_dpr * b_write
+    b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
+    b_dw = tl.load(dpseudo + o_tv, mask=m_v[None, :], other=0.0)
+    tl.store(d_dgd_inv + o_part * BT * BT + o_mat, tl.dot(b_dw, tl.trans(b_p), input_precision=DOT_PRECISION))
     tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
 
 
@@ -278,7 +307,7 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     d_carry = partial(3, BT) if use_momentum else None
     d_mom = partial(2, BT) if use_momentum else None
     d_dgd_write = partial(3, BT, BT)
-    d_dgd_inv = partial(BT, BT) if dgd else None
+    d_dgd_inv = None
     launch(
         linear_memory_bwd_kernel_dq, (NV, NC, H), k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res,
@@ -288,10 +317,30 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     launch(
         linear_memory_bwd_kernel_dk, (NV, NC, H), k.device,
         q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last,
-        last_rows=last_rows, h=h, s=s, res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs,
+        last_rows=last_rows, h=h, s=s, res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres,
         dqk=dqk, dk=dk, d_decay=d_decay, d_carry=d_carry, d_write=d_write, d_dgd_write=d_dgd_write, d_mom=d_mom,
-        d_dgd_inv=d_dgd_inv, **common, **cfg_dk._asdict(),
+        **common, **cfg_dk._asdict(),
     )
+    dk = dk.sum(0)
+    if dgd:
+        cfg = launch_config("bwd_dk_dgd", K, V, BT)
+        dk_dgd = torch.empty(triton.cdiv(V, cfg.BV), Tp, H, K, **f32)
+        d_dgd_inv = torch.empty(triton.cdiv(V, cfg.BV), H, NC, BT, BT, **f32)
+        d_rhs_gates = [torch.zeros(triton.cdiv(V, cfg.BV), H, NC, *shape, **f32) for shape in ((3, BT), (3, BT), (3, BT, BT))]
+        launch(
+            linear_memory_bwd_kernel_dk_dgd, (triton.cdiv(V, cfg.BV), NC, H), k.device,
+            k=k, decay=decay, carry=carry, write=write, h=h, s=s, res=res, dpseudo=dpseudo, drhs=drhs, dk=dk_dgd,
+            d_decay=d_rhs_gates[0], d_carry=d_rhs_gates[1], d_write=d_rhs_gates[2], d_dgd_inv=d_dgd_inv,
+            NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, DOT_PRECISION=precision, **cfg._asdict(),
+        )
+        dk = dk + dk_dgd.sum(0)
+        d_decay, d_write = d_decay.sum(0) + d_rhs_gates[0].sum(0), d_write.sum(0) + d_rhs_gates[2].sum(0)
+        if use_momentum:
+            d_carry = d_carry.sum(0) + d_rhs_gates[1].sum(0)
+    else:
+        d_decay, d_write = d_decay.sum(0), d_write.sum(0)
+        if use_momentum:
+            d_carry = d_carry.sum(0)
     rows = last_rows.long()
     chunks = torch.arange(NC, device=k.device)
 
@@ -303,12 +352,12 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
         return full
 
     grads = (
-        rows_of(d_decay.sum(0)),
-        rows_of(d_carry.sum(0)) if use_momentum else None,
-        rows_of(d_write.sum(0)),
+        rows_of(d_decay),
+        rows_of(d_carry) if use_momentum else None,
+        rows_of(d_write),
         rows_of(d_dgd_write.sum(0)),
         d_mom.sum(0)[:, :, 1, 0] if use_momentum else None,
         d_mom.sum(0)[:, :, 0] if use_momentum else None,
     )
     dv = -dres
-    return dq.sum(0), dk.sum(0), dv, grads, None if d_dgd_inv is None else d_dgd_inv.sum(0), dh0, ds0
+    return dq.sum(0), dk, dv, grads, None if d_dgd_inv is None else d_dgd_inv.sum(0), dh0, ds0
