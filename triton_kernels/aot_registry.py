@@ -9,7 +9,7 @@ from typing import List, Set
 
 from .utils.aot import AotSpec
 
-OP_MODULES = ("common", "linear_memory", "mlp_memory", "cms")
+OP_MODULES = ("common", "linear_memory", "mlp_memory", "cms", "optim")
 
 
 def _op_modules():
