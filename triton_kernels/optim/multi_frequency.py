@@ -32,6 +32,7 @@ def num_warps(block: int) -> int:
     """Warps per program for a BLOCK (shared with the compile report)."""
     return max(1, min(4, block // 256))
 
+
 MAX_BLOCKS_PER_PROGRAM = 16
 
 
