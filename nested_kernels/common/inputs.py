@@ -19,6 +19,15 @@ def as_gate(gate: Gate, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.full((B, T, H), float(gate), dtype=dtype, device=like.device)
 
 
+def memory_inputs(q, k, v, lr, retention, momentum):
+    """q, k, v and the gates η, α, μ of a memory op in its compute dtype; returns
+    (output dtype, compute dtype, q, k, v, η, α, μ or None)."""
+    out_dtype, dtype = v.dtype, compute_dtype(q, k, v)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    mu = None if momentum is None else as_gate(momentum, q, dtype)
+    return out_dtype, dtype, q, k, v, as_gate(lr, q, dtype), as_gate(retention, q, dtype), mu
+
+
 def sequence_bounds(B: int, T: int, cu_seqlens: Optional[torch.Tensor]) -> List[Tuple[int, int, int]]:
     """(batch row, start, end) of every sequence: B dense rows, or the N varlen sequences of row 0."""
     if cu_seqlens is None:

@@ -10,7 +10,7 @@ import torch
 from ..common.chunk_gates import padded_chunk_gates
 from ..common.chunk_state import chunk_end_state, chunk_read, dgd_inverse, dgd_pseudo_values
 from ..common.chunking import from_chunks, last_row, optional_stack, to_chunks
-from ..common.inputs import as_gate, compute_dtype, sequence_bounds
+from ..common.inputs import memory_inputs, sequence_bounds
 from .state import LinearMemoryState
 
 
@@ -55,10 +55,7 @@ def linear_memory_chunked(
 ):
     B, T, H, K = q.shape
     V = v.shape[-1]
-    out_dtype, dtype = v.dtype, compute_dtype(q, k, v)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    eta, alpha = as_gate(lr, q, dtype), as_gate(retention, q, dtype)
-    mu = None if momentum is None else as_gate(momentum, q, dtype)
+    out_dtype, dtype, q, k, v, eta, alpha, mu = memory_inputs(q, k, v, lr, retention, momentum)
     bounds = sequence_bounds(B, T, cu_seqlens)
     N = len(bounds)
 

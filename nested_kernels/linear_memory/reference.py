@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..common.inputs import as_gate, compute_dtype, sequence_bounds
+from ..common.inputs import memory_inputs, sequence_bounds
 from .state import LinearMemoryState
 
 
@@ -28,11 +28,7 @@ def linear_memory_reference(
 ):
     B, T, H, K = q.shape
     V = v.shape[-1]
-    out_dtype, dtype = v.dtype, compute_dtype(q, k, v)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    eta = as_gate(lr, q, dtype)
-    alpha = as_gate(retention, q, dtype)
-    mu = None if momentum is None else as_gate(momentum, q, dtype)
+    out_dtype, dtype, q, k, v, eta, alpha, mu = memory_inputs(q, k, v, lr, retention, momentum)
 
     outputs, memories, momenta = [], [], []
     for n, (b, start, end) in enumerate(sequence_bounds(B, T, cu_seqlens)):

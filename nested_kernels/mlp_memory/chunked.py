@@ -12,7 +12,7 @@ from ..common.activations import get_activation
 from ..common.chunk_gates import padded_chunk_gates
 from ..common.chunk_state import chunk_end_state, chunk_read, dgd_inverse, dgd_pseudo_values
 from ..common.chunking import from_chunks, last_row, optional_stack, to_chunks
-from ..common.inputs import as_gate, compute_dtype, sequence_bounds
+from ..common.inputs import memory_inputs, sequence_bounds
 from .state import MLPMemoryState
 
 
@@ -76,10 +76,7 @@ def mlp_memory_chunked(
     output_final_state=False, cu_seqlens=None,
 ):
     B, T, H, _ = q.shape
-    out_dtype, dtype = v.dtype, compute_dtype(q, k, v)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    eta, alpha = as_gate(lr, q, dtype), as_gate(retention, q, dtype)
-    mu = None if momentum is None else as_gate(momentum, q, dtype)
+    out_dtype, dtype, q, k, v, eta, alpha, mu = memory_inputs(q, k, v, lr, retention, momentum)
     bounds = sequence_bounds(B, T, cu_seqlens)
     N = len(bounds)
 

@@ -7,7 +7,7 @@ gradient, second-order (φ'') terms included. fp64 for fp64 inputs, fp32 otherwi
 import torch
 
 from ..common.activations import get_activation
-from ..common.inputs import as_gate, compute_dtype, sequence_bounds
+from ..common.inputs import memory_inputs, sequence_bounds
 from .state import MLPMemoryState
 
 
@@ -22,10 +22,7 @@ def mlp_memory_reference(
 ):
     B, T, H, K = q.shape
     phi = get_activation(activation)
-    out_dtype, dtype = v.dtype, compute_dtype(q, k, v)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    eta, alpha = as_gate(lr, q, dtype), as_gate(retention, q, dtype)
-    mu = None if momentum is None else as_gate(momentum, q, dtype)
+    out_dtype, dtype, q, k, v, eta, alpha, mu = memory_inputs(q, k, v, lr, retention, momentum)
 
     def memory(x, w1, w2):                                                    # f_W(x) = [x +] φ(x W1) W2
         y = _row_matmul(phi.fn(_row_matmul(x, w1)), w2)
