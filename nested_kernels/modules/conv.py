@@ -20,6 +20,8 @@ class ShortConvolution(nn.Module):
         B, T, C = x.shape
         if cache is None:
             cache = x.new_zeros(B, self.kernel_size - 1, C)
+        if T == 0:                                                            # nothing to convolve; cache unchanged
+            return x, cache
         padded = torch.cat([cache.to(x.dtype), x], 1)                       # causal: only past inputs
         y = F.conv1d(padded.transpose(1, 2), self.weight.to(x.dtype), self.bias.to(x.dtype), groups=C)
         return y.transpose(1, 2), padded[:, padded.shape[1] - (self.kernel_size - 1):]

@@ -69,4 +69,4 @@ class GatedOutput(nn.Module):
     def forward(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[:2]
         gate = F.silu(self.gate_proj(x)).view(B, T, self.num_heads, self.value_dim)
-        return self.o_proj((self.norm(o.to(x.dtype)) * gate).reshape(B, T, -1))
+        return self.o_proj((self.norm(o.to(x.dtype)) * gate).reshape(B, T, self.num_heads * self.value_dim))

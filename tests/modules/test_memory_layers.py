@@ -71,3 +71,16 @@ def test_short_convolution_cache():
     x2 = x.clone()
     x2[:, 6:] = 0
     torch.testing.assert_close(conv(x2)[0][:, :6], y[:, :6])            # causal
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_layer_empty_call_passes_the_state(name):
+    """T = 0 in the middle of a stream: empty output, the stream continues as if it were not there."""
+    layer = layers()[name]("torch").double()
+    x = torch.randn(2, 24, D, dtype=torch.float64)
+    y, _ = layer(x)
+    y1, s1 = layer(x[:, :16])
+    y0, s0 = layer(x[:, :0], s1)
+    y2, _ = layer(x[:, 16:], s0)
+    assert y0.shape == (2, 0, D)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=1e-12, rtol=1e-12)
