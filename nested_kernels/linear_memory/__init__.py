@@ -83,7 +83,9 @@ def linear_memory(
             or None; zeros when absent. `N = B`, or the number of sequences with `cu_seqlens`.
         output_final_state (bool): return the state after the last token. Default: `False`.
         cu_seqlens (torch.LongTensor, Optional): `[N + 1]` offsets of the sequences packed in a
-            batch of one, as in fla. Default: `None`.
+            batch of one, as in fla. They are read on the host (validation and layout), so a call
+            with `cu_seqlens` is not traceable by `torch.compile(fullgraph=True)`; dense calls are.
+            Default: `None`.
         backend (str): `"reference" | "torch" | "triton" | "cuda" | "cpp" | "auto"`. Default: `"auto"`.
 
     Returns:
