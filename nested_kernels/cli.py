@@ -65,8 +65,10 @@ def main(argv=None) -> int:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     from .compile_report import add_arguments, run as _compile_report
     add_arguments(sub.add_parser("compile-report", help="compile Triton kernels for sm_90/80, no GPU"))
+    from .demo import add_arguments as _demo_arguments, run as _demo
+    _demo_arguments(sub.add_parser("demo", help="train a small HOPE and a Transformer on MQAR on this machine"))
     args = parser.parse_args(argv)
-    return {"info": _info, "check": _check, "compile-report": _compile_report}[args.command](args)
+    return {"info": _info, "check": _check, "compile-report": _compile_report, "demo": _demo}[args.command](args)
 
 
 if __name__ == "__main__":
