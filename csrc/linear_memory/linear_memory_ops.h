@@ -33,6 +33,22 @@ RecurrentSizes check_linear_memory_recurrent_args(
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, c10::DeviceType device_type,
     bool check_cu_seqlens_values);
 
+// The tensors a `linear_memory_recurrent` kernel reads and writes, shared by the CPU and CUDA
+// entry points: inputs made contiguous (gates and momentum in the accumulation type, float64
+// for float64 inputs else float32; cu_seqlens as int64), and fresh outputs: o [B, T, H, V] in
+// v's dtype, the final states [N, H, K, V] starting as copies of the initial states (zeros when
+// absent; the kernels update them in place), final_momentum an empty [0] tensor without momentum.
+struct RecurrentTensors {
+  at::Tensor q, k, v, lr, retention, momentum, cu_seqlens;  // momentum, cu_seqlens undefined when absent
+  at::Tensor o, final_memory, final_momentum;
+};
+
+RecurrentTensors prepare_linear_memory_recurrent(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, const RecurrentSizes& s);
+
 // Token-by-token forward of SPEC §2 on the CPU. q, k: [B, T, H, K]; v: [B, T, H, V];
 // lr, retention, momentum: [B, T, H]; initial states [N, H, K, V]; cu_seqlens int32/int64
 // [N + 1] with B == 1. Returns (o [B, T, H, V] in v's dtype, final memory [N, H, K, V],

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <vector>
+
 namespace nested_kernels {
 namespace linear_memory {
 namespace {
@@ -104,6 +106,45 @@ RecurrentSizes check_linear_memory_recurrent_args(
     check_state(*initial_momentum, "initial_momentum", s, device);
   }
   return s;
+}
+
+namespace {
+
+at::Tensor state_or_zeros(const std::optional<at::Tensor>& init, at::IntArrayRef shape, const at::TensorOptions& opts) {
+  if (init.has_value()) {
+    // A fresh copy: the kernel updates it in place into the final state.
+    return init->to(opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  }
+  return at::zeros(shape, opts);
+}
+
+}  // namespace
+
+RecurrentTensors prepare_linear_memory_recurrent(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, const RecurrentSizes& s) {
+  const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::TensorOptions acc_opts = q.options().dtype(acc_type);
+  const std::vector<int64_t> state_shape{s.N, s.H, s.K, s.V};
+  RecurrentTensors t;
+  t.q = q.contiguous();
+  t.k = k.contiguous();
+  t.v = v.contiguous();
+  t.lr = lr.to(acc_type).contiguous();
+  t.retention = retention.to(acc_type).contiguous();
+  if (momentum.has_value()) {
+    t.momentum = momentum->to(acc_type).contiguous();
+  }
+  if (cu_seqlens.has_value()) {
+    t.cu_seqlens = cu_seqlens->to(at::kLong).contiguous();
+  }
+  t.o = at::empty({s.B, s.T, s.H, s.V}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  t.final_memory = state_or_zeros(initial_memory, state_shape, acc_opts);
+  t.final_momentum = momentum.has_value() ? state_or_zeros(initial_momentum, state_shape, acc_opts)
+                                          : at::empty({0}, acc_opts);
+  return t;
 }
 
 }  // namespace linear_memory

@@ -148,13 +148,6 @@ void launch(const RecurrentCudaParams<scalar_t, acc_t>& p, int64_t NH) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor state_or_zeros(const std::optional<at::Tensor>& init, at::IntArrayRef shape, const at::TensorOptions& opts) {
-  if (init.has_value()) {
-    return init->to(opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  }
-  return at::zeros(shape, opts);
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
@@ -169,21 +162,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
   TORCH_CHECK(s.N * s.H <= 0x7fffffff, "linear_memory_recurrent: N * H must be < 2^31 on CUDA, got ", s.N * s.H);
   const c10::cuda::CUDAGuard device_guard(q.device());
 
-  const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::TensorOptions acc_opts = q.options().dtype(acc_type);
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const at::Tensor lr_c = lr.to(acc_type).contiguous();
-  const at::Tensor ret_c = retention.to(acc_type).contiguous();
-  const at::Tensor mom_c = momentum.has_value() ? momentum->to(acc_type).contiguous() : at::Tensor();
-  const at::Tensor cu_c = cu_seqlens.has_value() ? cu_seqlens->to(at::kLong).contiguous() : at::Tensor();
-
-  const std::vector<int64_t> state_shape{s.N, s.H, s.K, s.V};
-  at::Tensor final_memory = state_or_zeros(initial_memory, state_shape, acc_opts);
-  at::Tensor final_momentum = momentum.has_value() ? state_or_zeros(initial_momentum, state_shape, acc_opts)
-                                                   : at::empty({0}, acc_opts);
-  at::Tensor o = at::empty({s.B, s.T, s.H, s.V}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  const RecurrentTensors t = prepare_linear_memory_recurrent(q, k, v, lr, retention, momentum, initial_memory,
+                                                             initial_momentum, cu_seqlens, s);
   if (s.N * s.H == 0 || s.V == 0) {
-    return {o, final_memory, final_momentum};
+    return {t.o, t.final_memory, t.final_momentum};
   }
   int k_split = 1;
   while (k_split * kRows < s.K) k_split *= 2;
@@ -191,16 +173,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_recurrent_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     RecurrentCudaParams<scalar_t, acc_t> p;
-    p.q = qc.const_data_ptr<scalar_t>();
-    p.k = kc.const_data_ptr<scalar_t>();
-    p.v = vc.const_data_ptr<scalar_t>();
-    p.lr = lr_c.const_data_ptr<acc_t>();
-    p.retention = ret_c.const_data_ptr<acc_t>();
-    p.momentum = momentum.has_value() ? mom_c.const_data_ptr<acc_t>() : nullptr;
-    p.cu_seqlens = cu_seqlens.has_value() ? cu_c.const_data_ptr<int64_t>() : nullptr;
-    p.o = o.mutable_data_ptr<scalar_t>();
-    p.memory = final_memory.mutable_data_ptr<acc_t>();
-    p.mom_state = momentum.has_value() ? final_momentum.mutable_data_ptr<acc_t>() : nullptr;
+    p.q = t.q.const_data_ptr<scalar_t>();
+    p.k = t.k.const_data_ptr<scalar_t>();
+    p.v = t.v.const_data_ptr<scalar_t>();
+    p.lr = t.lr.const_data_ptr<acc_t>();
+    p.retention = t.retention.const_data_ptr<acc_t>();
+    p.momentum = momentum.has_value() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
+    p.cu_seqlens = cu_seqlens.has_value() ? t.cu_seqlens.const_data_ptr<int64_t>() : nullptr;
+    p.o = t.o.mutable_data_ptr<scalar_t>();
+    p.memory = t.final_memory.mutable_data_ptr<acc_t>();
+    p.mom_state = momentum.has_value() ? t.final_momentum.mutable_data_ptr<acc_t>() : nullptr;
     p.T = s.T;
     p.H = s.H;
     p.K = s.K;
@@ -215,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
       dgd ? launch<scalar_t, acc_t, false, true>(p, NH) : launch<scalar_t, acc_t, false, false>(p, NH);
     }
   });
-  return {o, final_memory, final_momentum};
+  return {t.o, t.final_memory, t.final_momentum};
 }
 
 }  // namespace linear_memory
