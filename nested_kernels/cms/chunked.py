@@ -15,7 +15,7 @@ import torch
 
 from ..common.activations import get_activation
 from ..common.chunking import num_chunks
-from ..common.inputs import compute_dtype
+from .inputs import cms_inputs
 from .state import CMSState
 
 
@@ -34,12 +34,8 @@ def cms_level_chunked(
 ):
     B, T, D = x.shape
     act = get_activation(activation)
-    out_dtype = x.dtype
-    dtype = compute_dtype(*(t for t in (x, w1, w2, target, grad_y) if t is not None))
-    x = x.to(dtype)
-    signal = (grad_y if grad_y is not None else target).to(dtype)
+    out_dtype, dtype, x, signal, alpha = cms_inputs(x, w1, w2, retention, target, grad_y)
     eta = lr.to(dtype)[..., None] if isinstance(lr, torch.Tensor) else float(lr)   # [B, T, 1] or scalar
-    alpha = retention.to(dtype) if isinstance(retention, torch.Tensor) else float(retention)
     # Shared weights [D, Dh] broadcast in the matmuls; the first step makes them [B, D, Dh].
     W1, W2 = w1.to(dtype), w2.to(dtype)
 

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ..common.activations import get_activation
-from ..common.inputs import compute_dtype
+from .inputs import cms_inputs
 from .state import CMSState
 
 
@@ -30,12 +30,8 @@ def cms_level_reference(
 ):
     B, T, D = x.shape
     act = get_activation(activation)
-    out_dtype = x.dtype
-    dtype = compute_dtype(*(t for t in (x, w1, w2, target, grad_y) if t is not None))
-    x = x.to(dtype)
-    signal = (grad_y if grad_y is not None else target).to(dtype)
+    out_dtype, dtype, x, signal, alpha = cms_inputs(x, w1, w2, retention, target, grad_y)
     eta = lr.to(dtype) if isinstance(lr, torch.Tensor) else x.new_full((B, T), float(lr))
-    alpha = retention.to(dtype) if isinstance(retention, torch.Tensor) else float(retention)
     # Shared weights [D, Dh] broadcast over the batch; autograd then sums their gradient over it.
     W1 = w1.to(dtype).expand(B, *w1.shape[-2:])                    # W1^c [B, D, Dh]
     W2 = w2.to(dtype).expand(B, *w2.shape[-2:])                    # W2^c [B, Dh, D]
