@@ -28,6 +28,11 @@
 #   TOTAL_S               time budget of the whole script in seconds (default 540)
 #   BENCH_SHAPES          auto | small | all (default auto)
 #   SKIP_BUILD=1          reuse the extension already built (e.g. a second run on a warm machine)
+#   SKIP_COMPILE_REPORT=1 leave out the sm_90 compile report (CI runs it without a GPU)
+#   PYTEST_WORKERS        pytest-xdist workers for `pytest -m gpu` when xdist is installed (default 8;
+#                         0 runs in one process): Triton's compiles are CPU-bound, the cases small
+#   PACK_LOGS=1           pack the step logs into one gpu-check-<stamp>-logs.tar.gz (the device tool
+#                         brings back at most 8 files); default 1 when $OUT is set, else 0
 #   TORCH_CUDA_ARCH_LIST  default: this card's compute capability (a single arch builds faster)
 #
 # Output in OUT_DIR: gpu-check-<stamp>.md (the report: card, driver, versions, pass/fail and time
@@ -164,12 +169,20 @@ run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-di
     "${SHAPE_ARGS[@]}"
 
 COMPILE_OUT="$OUT_DIR/compile-report-sm90-$STAMP.md"
-run_step compile-report 150 "$PYTHON" -m nested_kernels compile-report --arch 90 --out "$COMPILE_OUT"
+if [[ ${SKIP_COMPILE_REPORT:-0} == 1 ]]; then
+    echo "| compile-report | skipped (SKIP_COMPILE_REPORT=1) | 0 | — |" >> "$REPORT"
+else
+    run_step compile-report 150 "$PYTHON" -m nested_kernels compile-report --arch 90 --out "$COMPILE_OUT"
+fi
 
 # pyproject's addopts name --benchmark-skip, which needs pytest-benchmark; without it, override.
 PYTEST_ARGS=(-m gpu -q -p no:cacheprovider)
 if ! "$PYTHON" -c "import pytest_benchmark" 2>/dev/null; then
     PYTEST_ARGS+=(-o "addopts=")
+fi
+PYTEST_WORKERS=${PYTEST_WORKERS:-8}
+if (( PYTEST_WORKERS > 0 )) && "$PYTHON" -c "import xdist" 2>/dev/null; then
+    PYTEST_ARGS+=(-n "$PYTEST_WORKERS")
 fi
 run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
 
@@ -203,6 +216,11 @@ run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
         sed -e 's/^# /### /' -e 's/^## /#### /' "$OUT_DIR/linear_memory-$BENCH_TAG.md"
     fi
 } >> "$REPORT"
+
+if [[ ${PACK_LOGS:-$([[ -n ${OUT:-} ]] && echo 1 || echo 0)} == 1 ]]; then
+    tar czf "$LOG_DIR.tar.gz" -C "$OUT_DIR" "$(basename "$LOG_DIR")" && rm -rf "$LOG_DIR" \
+        && sed -i "s|$(basename "$LOG_DIR")/|$(basename "$LOG_DIR").tar.gz: |" "$REPORT"
+fi
 
 echo
 cat "$REPORT"
