@@ -106,7 +106,8 @@ def _run(case: Case, backend: str, tensors, options, dtype, with_grad: bool):
         if not with_grad:
             return outputs, None
         gen = torch.Generator().manual_seed(0)
-        loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in outputs)
+        loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+                   for o in outputs)
         return outputs, torch.autograd.grad(loss, leaves, allow_unused=True)
 
 
