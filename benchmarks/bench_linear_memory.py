@@ -943,11 +943,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-budget-s", type=float, default=0.5, help="CPU mode: seconds per row, at least (default 0.5)")
     p.add_argument("--cpu-max-row-s", type=float, default=3.0,
                    help="CPU mode: start no run after this many seconds of a row (default 3)")
+    p.add_argument("--variants", type=_parse_variants, default=list(VARIANTS),
+                   help="comma-separated: nodgd,dgd (default both)")
     return p
 
 
+def _parse_variants(text: str):
+    known = dict(VARIANTS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"variants are {', '.join(known)}; got {text!r}")
+    return [(n, known[n]) for n in names]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global VARIANTS
     args = build_parser().parse_args(argv)
+    VARIANTS = tuple(args.variants)                 # the rows of this run
     cuda = args.device != "cpu" and torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
         print("--device cuda: no CUDA device here", file=sys.stderr)

@@ -2,6 +2,8 @@
 FLOP / byte / roofline formulas give the hand-computed counts of tiny cases."""
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,31 @@ def test_bench_cpu_mode(bench, tmp_path):
     assert all(r["shape"] == "B1-T512-H4-D64" for r in cpu_rows)
     # the cpp tier is forward-only: a fwd row per variant (timed, or saying why it is not available)
     assert {(r["variant"], r["mode"]) for r in cpu_rows if r["backend"] == "cpp"} == {("nodgd", "fwd"), ("dgd", "fwd")}
+
+
+def test_bench_variants(bench, tmp_path):
+    """--variants dgd: only DGD rows of the kernel tiers (the peers have no variant)."""
+    code = bench.main(["--device", "cpu", "--out-dir", str(tmp_path), "--tag", "v", "--shapes", "small",
+                       "--modes", "fwd", "--variants", "dgd", "--cpu-min-runs", "1", "--cpu-budget-s", "0",
+                       "--cpu-max-row-s", "0"])
+    assert code == 0
+    rows = json.loads((tmp_path / "linear_memory-v.json").read_text())["rows"]
+    assert {r["variant"] for r in rows if r["backend"] in ("triton", "torch", "cpp")} == {"dgd"}
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "wy"])
+
+
+def test_isolate_triton_cpu(tmp_path):
+    """benchmarks/isolate_triton.py runs its first configurations (interpreted here) and writes both files."""
+    pytest.importorskip("triton")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "isolate_triton.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--limit", "2", "--workers", "2",
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "isolate-triton.json").read_text())
+    assert [r["config"]["dtype"] for r in rows] == ["fp32", "bf16"] and all(r["passed"] for r in rows)
+    assert set(rows[0]["errors"]) >= {"o", "h_T", "dq", "dk", "dv", "dlr", "dretention", "dh0"}
+    assert "| yes |" in (tmp_path / "isolate-triton.md").read_text()
 
 
 # Tiny cases by hand. Units per chunk of c tokens: [ckv] = 2·c·K·V, [cck] = 2·c²·K, [ccv] = 2·c²·V.
