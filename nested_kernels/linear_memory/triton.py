@@ -3,6 +3,7 @@ on the flat chunk layout. The gate matrices and the DGD system's inverse are sma
 tensors built here in PyTorch (`common/chunk_gates.py`, `common/chunk_state.py`); the kernels
 do the state-sized work. On a CPU the kernels run in Triton's interpreter."""
 import importlib.util
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -136,13 +137,17 @@ _triton_fwd.register_autograd(_backward, setup_context=_setup_context)
 def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, initial_state, cu_seqlens):
     """The layout and the arguments of `nested_kernels::linear_memory_triton_fwd` for one call."""
     from ..triton_kernels.utils.launch import interpreted
+    from ..triton_kernels.utils.operand_precision import fp32_operands_reason
 
     B, T, H, K = q.shape
     f32 = torch.float32
     layout = flat_chunks(B, T, chunk_size, cu_seqlens, q.device)
     qf, kf, vf = (layout.flatten(x).contiguous() for x in (q, k, v))
-    if interpreted() and q.dtype == torch.bfloat16:                           # the interpreter's bf16 dot is wrong;
-        qf, kf, vf = qf.float(), kf.float(), vf.float()                      # fp32 holds bf16 values exactly
+    reason = fp32_operands_reason(q.device, q.dtype)
+    if reason is not None:                                                    # fp32 holds 16-bit values exactly
+        if not interpreted():
+            warnings.warn(f"linear_memory(backend='triton'): {reason}", RuntimeWarning, stacklevel=3)
+        qf, kf, vf = qf.float(), kf.float(), vf.float()
 
     def gate(x, pad):
         return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))

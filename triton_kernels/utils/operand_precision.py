@@ -1,0 +1,49 @@
+"""When the kernels get fp32 copies of 16-bit q, k, v (same values, fp32 dots): the places where
+Triton's 16-bit matrix products are known to be wrong.
+
+* Triton's interpreter (3.8) computes bf16 `tl.dot` wrongly.
+* Triton 3.4.0 to 3.7.0 on Hopper (sm_90) miscompiles some 16-bit products whose operand is a
+  transposed or converted matrix-product result (fla-org/flash-linear-attention#640, fixed in
+  Triton 3.7.1). On an H100 with Triton 3.6 our bf16 kernels gave 7× the error of the other
+  configurations (chunk 64, momentum and DGD) and an illegal memory access (B8 T256 H16 D64,
+  DGD), while the same kernels on fp32 operands matched the torch tier to 3e-7 everywhere
+  (benchmarks/results/h100-2026-11-25.md).
+
+`NESTED_KERNELS_TRITON_16BIT_DOTS=1` keeps 16-bit operands anyway (to investigate).
+"""
+import functools
+import os
+import re
+from typing import Optional, Tuple
+
+import torch
+
+from .launch import interpreted
+
+FIXED_TRITON = (3, 7, 1)
+
+
+def _version(text: str) -> Tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+@functools.lru_cache(maxsize=None)
+def _hopper_with_broken_triton(device_index: int) -> bool:
+    import triton
+
+    return torch.cuda.get_device_capability(device_index)[0] == 9 and _version(triton.__version__) < FIXED_TRITON
+
+
+def fp32_operands_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why 16-bit inputs must reach the kernels as fp32 here, or None when they need not."""
+    if dtype == torch.float32 or os.environ.get("NESTED_KERNELS_TRITON_16BIT_DOTS") == "1":
+        return None
+    if interpreted():
+        return "Triton's interpreter computes 16-bit tl.dot wrongly" if dtype == torch.bfloat16 else None
+    if device.type == "cuda" and _hopper_with_broken_triton(device.index if device.index is not None
+                                                           else torch.cuda.current_device()):
+        import triton
+
+        return (f"Triton {triton.__version__} < 3.7.1 miscompiles 16-bit matrix products on Hopper "
+                "(fla-org/flash-linear-attention#640); the kernels run on fp32 copies of the inputs")
+    return None
