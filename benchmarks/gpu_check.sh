@@ -9,10 +9,11 @@
 #   2. info      python -m nested_kernels info                  (= `nested-kernels info`)
 #   3. check     python -m nested_kernels check --device cuda   (every op x tier against the reference)
 #   4. bench     python benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --budget-s ...
-#   5. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
+#   5. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
+#   6. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
 #                own against the torch tier (a kernel fault stays one row; errors by tensor)
-#   6. compile   python -m nested_kernels compile-report --arch 90 --out ...
-#   7. pytest    python -m pytest -m gpu -q
+#   7. compile   python -m nested_kernels compile-report --arch 90 --out ...
+#   8. pytest    python -m pytest -m gpu -q
 # The benchmark runs before pytest: `pytest -m gpu` is the long, open-ended step (a few hundred
 # cases against the float64 token-loop reference), so it gets whatever time is left, while the
 # benchmark (which gates itself on correctness) and the compile report always get theirs.
@@ -157,9 +158,9 @@ fi
 run_step info 60 "$PYTHON" -m nested_kernels info
 run_step check 120 "$PYTHON" -m nested_kernels check --device cuda --quiet
 
-# The benchmark's limit leaves about 300 s for isolate, the compile report and pytest.
+# The benchmark's limit leaves about 390 s for profile, isolate, the compile report and pytest.
 BENCH_TAG="gpu-check-$STAMP"
-BENCH_CAP=$(( $(left_s) - 300 ))
+BENCH_CAP=$(( $(left_s) - 390 ))
 (( BENCH_CAP > 300 )) && BENCH_CAP=300
 (( BENCH_CAP < 60 )) && BENCH_CAP=60
 case $BENCH_SHAPES in
@@ -170,6 +171,7 @@ esac
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
     "${SHAPE_ARGS[@]}"
 
+run_step profile 90 "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR"
 run_step isolate 180 "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" --budget-s 120
 
 COMPILE_OUT="$OUT_DIR/compile-report-sm90-$STAMP.md"
@@ -200,7 +202,7 @@ run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
     echo "## Result files"
     echo
     for f in "$OUT_DIR/linear_memory-$BENCH_TAG.md" "$OUT_DIR/linear_memory-$BENCH_TAG.json" "$OUT_DIR/isolate-triton.md" \
-             "$OUT_DIR/isolate-triton.json" "$COMPILE_OUT"; do
+             "$OUT_DIR/isolate-triton.json" "$OUT_DIR/profile-linear_memory.md" "$COMPILE_OUT"; do
         if [[ -f $f ]]; then echo "* \`$f\`"; else echo "* \`$f\` (not written)"; fi
     done
     echo "* logs: \`$LOG_DIR/\`"
@@ -231,6 +233,6 @@ echo
 cat "$REPORT"
 echo
 echo "== steps"
-grep -E '^\| (build|info|check|bench|isolate|compile-report|pytest-gpu) \|' "$REPORT"
+grep -E '^\| (build|info|check|bench|profile|isolate|compile-report|pytest-gpu) \|' "$REPORT"
 echo "report: $REPORT"
 exit "$FAILED"

@@ -66,6 +66,17 @@ def test_isolate_triton_cpu(tmp_path):
     assert "| yes |" in (tmp_path / "isolate-triton.md").read_text()
 
 
+def test_profile_cpu(tmp_path):
+    """benchmarks/profile_linear_memory.py runs on a CPU (operators, not kernels) and writes its table."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_linear_memory.py"
+    proc = subprocess.run([sys.executable, str(script), "--out-dir", str(tmp_path), "--backends", "torch",
+                           "--calls", "1", "--shape", "B1-T128-H2-D16"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    md = (tmp_path / "profile-linear_memory.md").read_text()
+    assert md.count("### B1-T128-H2-D16 torch") == 4 and "failed" not in md
+    assert "| `aten::" in md
+
+
 # Tiny cases by hand. Units per chunk of c tokens: [ckv] = 2·c·K·V, [cck] = 2·c²·K, [ccv] = 2·c²·V.
 # K = 3, V = 5; c = 2: [ckv] = 60, [cck] = 24, [ccv] = 40;  c = 1: [ckv] = 30, [cck] = 6, [ccv] = 10.
 

@@ -1,0 +1,107 @@
+"""Where the time of one `linear_memory` call goes: torch.profiler over a few calls of the triton
+(or torch) tier, kernels ranked by device time per call, and the share of our own Triton kernels
+(`linear_memory_*`) against everything around them (gate algebra, DGD inverse, layout copies).
+
+    python benchmarks/profile_linear_memory.py --out-dir DIR [--shape B8-T2048-H16-D64] [--calls 5]
+
+Inputs and calls are the benchmark's (`bench_linear_memory.py`: bf16 q/k/v, momentum, chunk 64).
+On a CPU it profiles CPU operators instead (a smoke run; the interpreter's numbers mean nothing).
+Writes profile-linear_memory.md.
+"""
+import argparse
+import importlib.util
+import os
+import re
+import sys
+from typing import List
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OWN_KERNEL_PREFIX = "linear_memory_"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_linear_memory", os.path.join(HERE, "bench_linear_memory.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_shape(bench, text: str):
+    match = re.fullmatch(r"B(\d+)-T(\d+)-H(\d+)-D(\d+)", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"--shape: expected B<b>-T<t>-H<h>-D<d>, got {text!r}")
+    return bench.BenchShape(*map(int, match.groups()))
+
+
+def profile_case(bench, shape, backend: str, dgd: bool, mode: str, calls: int, cuda: bool, top: int) -> List[str]:
+    device = "cuda" if cuda else "cpu"
+    x = bench.make_inputs(shape, device=device, dtype=torch.bfloat16)
+    fn, leaves = bench.linear_memory_callable(x, backend, dgd, mode)
+    fn()                                                                      # compile and warm up
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            for t in leaves:
+                t.grad = None
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if (e.self_device_time_total if cuda else e.self_cpu_time_total) > 0]
+    self_time = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    events.sort(key=self_time, reverse=True)
+    total = sum(self_time(e) for e in events)
+    own = sum(self_time(e) for e in events if e.key.startswith(OWN_KERNEL_PREFIX))
+    unit = "device" if cuda else "CPU"
+    lines = [f"### {shape.name} {backend} {'dgd' if dgd else 'nodgd'} {mode}", "",
+             f"{unit} time per call {total / calls / 1e3:.3f} ms; our Triton kernels {own / calls / 1e3:.3f} ms "
+             f"({100 * own / max(total, 1e-9):.0f} %), the rest {(total - own) / calls / 1e3:.3f} ms", "",
+             "| kernel / operator | calls per call | ms per call | share |", "|---|---:|---:|---:|"]
+    for e in events[:top]:
+        name = e.key if len(e.key) <= 90 else e.key[:87] + "..."
+        lines.append(f"| `{name}` | {e.count / calls:g} | {self_time(e) / calls / 1e3:.3f} | "
+                     f"{100 * self_time(e) / max(total, 1e-9):.1f} % |")
+    return lines + [""]
+
+
+def main(argv=None) -> int:
+    bench = _bench_module()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    p.add_argument("--shape", default=None, help="B<b>-T<t>-H<h>-D<d> (default: the first benchmark shape; "
+                                                  "B1-T256-H2-D32 on a CPU)")
+    p.add_argument("--backends", default="triton,torch")
+    p.add_argument("--calls", type=int, default=5)
+    p.add_argument("--top", type=int, default=15)
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    shape = parse_shape(bench, args.shape) if args.shape else (bench.SHAPES[0] if cuda else
+                                                                   bench.BenchShape(1, 256, 2, 32))
+    lines = ["# Profile of linear_memory", "",
+             f"* device: {torch.cuda.get_device_name() if cuda else 'CPU (smoke run: CPU operators)'}; "
+             f"torch {torch.__version__}", f"* {args.calls} calls after one warm-up call; self time per call", ""]
+    status = 0
+    for backend in args.backends.split(","):
+        for dgd in (False, True):
+            for mode in ("fwd", "fwdbwd"):
+                try:
+                    lines += profile_case(bench, shape, backend, dgd, mode, args.calls, cuda, args.top)
+                except Exception as e:  # noqa: BLE001 (one failing case is a line, the rest still run)
+                    lines += [f"### {shape.name} {backend} {'dgd' if dgd else 'nodgd'} {mode}", "",
+                              f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", ""]
+                    status = 1
+                print("\n".join(lines[-3:]), flush=True)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, "profile-linear_memory.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {path}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
