@@ -1,4 +1,4 @@
-"""The `nested-kernels` command (also `python -m nested_kernels`): `info` and `check`."""
+"""The `nested-kernels` command (also `python -m nested_kernels`): info, check, compile-report, demo, train."""
 import argparse
 import platform
 import sys
@@ -67,8 +67,11 @@ def main(argv=None) -> int:
     add_arguments(sub.add_parser("compile-report", help="compile Triton kernels for sm_90/80, no GPU"))
     from .demo import add_arguments as _demo_arguments, run as _demo
     _demo_arguments(sub.add_parser("demo", help="train a small HOPE and a Transformer on MQAR on this machine"))
+    from .train import add_arguments as _train_arguments, run as _train
+    _train_arguments(sub.add_parser("train", help="train a HOPE language model on a local text or dataset"))
     args = parser.parse_args(argv)
-    return {"info": _info, "check": _check, "compile-report": _compile_report, "demo": _demo}[args.command](args)
+    commands = {"info": _info, "check": _check, "compile-report": _compile_report, "demo": _demo, "train": _train}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
