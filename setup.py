@@ -13,6 +13,7 @@ The source list is csrc/SOURCES.txt, shared with CMakeLists.txt.
 """
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -100,6 +101,24 @@ def set_default_max_jobs():
     os.environ["MAX_JOBS"] = str(jobs)
 
 
+def libstdcxx_link_flags():
+    """Link flags that keep a second, private copy of libstdc++ out of `_C` (Linux).
+
+    torch's libraries use the shared libstdc++.so.6. A compiler driver that links libstdc++
+    statically (seen: the /opt/gcc/bin/g++ of a CUDA image, torch 2.11, Python 3.12, g++ 13)
+    copies the parts `_C` uses from libstdc++.a into it; the two copies do not share their
+    iostream/locale state (with the -Wl,-Bsymbolic-functions of Debian/Ubuntu Pythons, `_C`'s
+    calls bind to its own copy). There the first number streamed into an error message (a
+    TORCH_CHECK naming a shape: `got shape [2, 10, 2]`) crashed the interpreter with a
+    segmentation fault in std::ostream::_M_insert<long> instead of raising. An explicit -lstdc++,
+    placed before the driver's own (static) one, binds every libstdc++ symbol to the shared
+    library; --exclude-libs keeps anything still taken from a static archive private to `_C`.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    return ["-lstdc++", "-Wl,--exclude-libs,ALL"]
+
+
 def packages():
     """nested_kernels*, plus triton_kernels/ installed as nested_kernels.triton_kernels (SPEC §0)."""
     pkgs = find_packages(where=str(ROOT), include=["nested_kernels", "nested_kernels.*"])
@@ -125,9 +144,10 @@ def extensions():
     set_default_max_jobs()
 
     defines = [f'-DNK_TORCH_VERSION="{torch.__version__}"']
-    # No -std: torch.utils.cpp_extension adds the standard its headers need (C++20 since torch 2.10).
+    # No -std: torch.utils.cpp_extension adds the standard its headers need (-std=c++17 with
+    # torch 2.11, -std=c++20 with torch 2.14).
     cxx_flags = ["-O3", "-fopenmp"]
-    link_flags = ["-fopenmp"]
+    link_flags = ["-fopenmp"] + libstdcxx_link_flags()
     kwargs = dict(include_dirs=[str(CSRC)], extra_link_args=link_flags)
 
     if mode == "cuda":
