@@ -58,7 +58,9 @@ def chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[to
     return ChunkGates(decay, carry, write, mom_decay, mom_write, dgd_write)
 
 
-def padded_chunk_gates(lr, retention, momentum, chunk: Callable[[torch.Tensor, float], torch.Tensor]) -> ChunkGates:
-    """`chunk_gates` of per-token gates cut into chunks by `chunk(gate, pad_value)`. Padding
-    tokens (the tail of a partial chunk) get η = 0 and α = μ = 1, so they change nothing before them."""
-    return chunk_gates(chunk(lr, 0.0), chunk(retention, 1.0), None if momentum is None else chunk(momentum, 1.0))
+def padded_chunk_gates(lr, retention, momentum, chunk: Callable[[torch.Tensor, float], torch.Tensor],
+                       gates: Callable[..., ChunkGates] = chunk_gates) -> ChunkGates:
+    """`gates` (`chunk_gates`, or its Triton twin) of per-token gates cut into chunks by
+    `chunk(gate, pad_value)`. Padding tokens (the tail of a partial chunk) get η = 0 and
+    α = μ = 1, so they change nothing before them."""
+    return gates(chunk(lr, 0.0), chunk(retention, 1.0), None if momentum is None else chunk(momentum, 1.0))

@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..common.chunk_gates import padded_chunk_gates
+from ..common.chunk_gates_triton import chunk_gates_for
 from ..common.chunk_state import dgd_inverse
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
@@ -152,7 +153,7 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
     def gate(x, pad):
         return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))
 
-    g = padded_chunk_gates(lr, retention, momentum, gate)
+    g = padded_chunk_gates(lr, retention, momentum, gate, chunk_gates_for(chunk_size))
     dgd_inv = None
     if dgd:
         kc = kf.float().unflatten(0, (-1, chunk_size)).permute(2, 0, 1, 3)                 # [H, NC, C, K]

@@ -1,0 +1,88 @@
+"""`chunk_gates` (chunk_gates.py) computed by the Triton kernels of
+`triton_kernels/common/chunk_gates.py`, one program per chunk, as a torch.library custom op with a
+fake kernel and a hand-written backward (no PyTorch autograd through cumulative products)."""
+from typing import Callable, List, Optional
+
+import torch
+
+from .chunk_gates import ChunkGates, chunk_gates
+
+
+def _flat(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if x is None else x.reshape(-1, x.shape[-1]).float().contiguous()
+
+
+def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
+    return None if x.numel() == 0 else x
+
+
+@torch.library.custom_op("nested_kernels::chunk_gates_triton_fwd", mutates_args=())
+def _fwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    from ..triton_kernels.common.chunk_gates import chunk_gates_fwd
+
+    return [lr.new_empty(0) if x is None else x for x in chunk_gates_fwd(lr, retention, momentum)]
+
+
+@_fwd.register_fake
+def _(lr, retention, momentum):
+    n, C = lr.shape
+    vec, mat = lr.new_empty(n, C + 1), lr.new_empty(n, C + 1, C)
+    if momentum is None:
+        return [vec, lr.new_empty(0), lr.new_empty(0), lr.new_empty(0), lr.new_empty(0), mat]
+    return [vec, torch.empty_like(vec), torch.empty_like(mat), torch.empty_like(vec), torch.empty_like(mat), mat]
+
+
+@torch.library.custom_op("nested_kernels::chunk_gates_triton_bwd", mutates_args=())
+def _bwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], d_decay: torch.Tensor,
+         d_carry: torch.Tensor, d_write: torch.Tensor, d_mom_decay: torch.Tensor, d_mom_write: torch.Tensor,
+         d_dgd_write: torch.Tensor) -> List[torch.Tensor]:
+    from ..triton_kernels.common.chunk_gates import chunk_gates_bwd
+
+    d_lr, d_ret, d_mom = chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay,
+                                         d_mom_write, d_dgd_write)
+    return [d_lr, d_ret, lr.new_empty(0) if d_mom is None else d_mom]
+
+
+@_bwd.register_fake
+def _(lr, retention, momentum, *grads):
+    return [torch.empty_like(lr), torch.empty_like(retention),
+            lr.new_empty(0) if momentum is None else torch.empty_like(momentum)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*(x if x is not None else inputs[0].new_empty(0) for x in inputs))
+
+
+def _backward(ctx, grads):
+    lr, retention, momentum = ctx.saved_tensors
+    n, C = lr.shape
+    shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C), (n, C + 1, C)]
+    grads = [g.contiguous() if g is not None and g.numel() else lr.new_zeros(s) for g, s in zip(grads, shapes)]
+    d_lr, d_ret, d_mom = _bwd(lr, retention, _none_if_empty(momentum), *grads)
+    return d_lr, d_ret, _none_if_empty(d_mom)
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor]) -> ChunkGates:
+    """The gates of chunks laid out [..., C] (fp32 out), like `chunk_gates`, for C in CHUNK_SIZES."""
+    from ..triton_kernels.common.chunk_gates import CHUNK_SIZES
+
+    lead, C = lr.shape[:-1], lr.shape[-1]
+    if C not in CHUNK_SIZES:
+        raise ValueError(f"triton_chunk_gates: chunks of {CHUNK_SIZES} tokens, got {C} (use chunk_gates)")
+    decay, carry, write, mom_decay, mom_write, dgd_write = (
+        _none_if_empty(x) for x in _fwd(_flat(lr), _flat(retention), _flat(momentum)))
+    vec = lambda x: None if x is None else x.view(*lead, C + 1)
+    mat = lambda x: None if x is None else x.view(*lead, C + 1, C)
+    if momentum is None:
+        return ChunkGates(vec(decay), None, mat(dgd_write), None, None, mat(dgd_write))
+    return ChunkGates(vec(decay), vec(carry), mat(write), vec(mom_decay), mat(mom_write), mat(dgd_write))
+
+
+def chunk_gates_for(chunk_size: int) -> Callable[..., ChunkGates]:
+    """The Triton gates where they exist for `chunk_size`, else the PyTorch ones."""
+    from ..triton_kernels.common.chunk_gates import CHUNK_SIZES
+
+    return triton_chunk_gates if chunk_size in CHUNK_SIZES else chunk_gates

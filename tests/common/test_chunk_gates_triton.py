@@ -1,0 +1,75 @@
+"""The Triton gate kernels (triton_kernels/common/chunk_gates.py) against `chunk_gates` in float64:
+every gate matrix, and the gradients of η, α, μ through all of them, with gates at 0 and 1."""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from nested_kernels.common.chunk_gates import chunk_gates  # noqa: E402
+from nested_kernels.common.chunk_gates_triton import triton_chunk_gates  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def interpreter_memcheck():
+    if DEVICE == "cuda":
+        yield
+        return
+    from tests.triton_memcheck import memcheck
+
+    with memcheck():
+        yield
+
+
+def _gates(C, momentum, extreme):
+    gen = torch.Generator().manual_seed(C + momentum)
+    shape = (2, 3, C)                                                   # [H, NC, C]
+    lr, ret = torch.rand(shape, generator=gen, dtype=torch.float64), torch.rand(shape, generator=gen, dtype=torch.float64)
+    mom = torch.rand(shape, generator=gen, dtype=torch.float64) if momentum else None
+    if extreme:                                                         # forget everything, no step, full momentum
+        ret[0, 0, 3], ret[0, 1, 0], ret[1, 2, C - 1], ret[1, 0, :] = 0.0, 0.0, 0.0, 1.0
+        lr[0, 2, 5], lr[1, 1, :] = 0.0, 0.0
+        if momentum:
+            mom[0, 0, 7], mom[1, 1, 0], mom[0, 2, :] = 0.0, 0.0, 1.0
+    return lr, ret, mom
+
+
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "extreme"])
+@pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
+@pytest.mark.parametrize("C", [16, 32], ids=lambda c: f"C{c}")
+def test_values_and_gradients(C, momentum, extreme):
+    lr, ret, mom = _gates(C, momentum, extreme)
+    ref_leaves = [x.clone().requires_grad_() for x in (lr, ret, mom) if x is not None]
+    out_leaves = [x.to(DEVICE, torch.float32).requires_grad_() for x in (lr, ret, mom) if x is not None]
+    ref = chunk_gates(*ref_leaves, *([None] if not momentum else []))
+    out = triton_chunk_gates(*out_leaves, *([None] if not momentum else []))
+    gen = torch.Generator().manual_seed(7)
+    loss_ref = loss_out = 0.0
+    for name, r, o in zip(ref._fields, ref, out):
+        assert (r is None) == (o is None), name
+        if r is None or (name == "write" and not momentum):             # write is dgd_write without momentum
+            continue
+        torch.testing.assert_close(o.cpu().double(), r.detach(), atol=1e-6, rtol=1e-5, msg=name)
+        cot = torch.randn(r.shape, generator=gen, dtype=torch.float64)
+        loss_ref, loss_out = loss_ref + (r * cot).sum(), loss_out + (o * cot.to(o)).sum()
+    for name, r, o in zip(("lr", "retention", "momentum"), torch.autograd.grad(loss_ref, ref_leaves),
+                          torch.autograd.grad(loss_out, out_leaves)):
+        scale = r.abs().max().clamp_min(1e-12)
+        assert ((o.cpu().double() - r).abs().max() / scale).item() < 1e-5, name
+
+
+@pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
+def test_opcheck(momentum):
+    lr, ret, mom = (None if x is None else x.float().reshape(-1, 16).to(DEVICE) for x in _gates(16, momentum, False))
+    args = (lr.requires_grad_(), ret.requires_grad_(), None if mom is None else mom.requires_grad_())
+    torch.library.opcheck(torch.ops.nested_kernels.chunk_gates_triton_fwd.default, args)
+
+
+def test_sixty_four_token_chunks_keep_the_torch_gates():
+    from nested_kernels.common.chunk_gates_triton import chunk_gates_for
+
+    assert chunk_gates_for(64) is chunk_gates and chunk_gates_for(32) is triton_chunk_gates
+    lr, ret, _ = _gates(64, False, False)
+    with pytest.raises(ValueError, match=r"chunks of \(16, 32\) tokens, got 64"):
+        triton_chunk_gates(lr.float(), ret.float(), None)
