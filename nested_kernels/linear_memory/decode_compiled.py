@@ -1,7 +1,7 @@
 """The `cpp` and `cuda` backends of `linear_memory_step`: `torch.ops.nested_kernels.linear_memory_step`
 (csrc/linear_memory/{cpu,cuda}/linear_memory_step.*), forward only, updating the decode state in
-place. Registered with TORCH_LIBRARY in C++; this file adds its fake kernel for torch.compile and
-an autograd kernel that refuses training."""
+place. Registered with TORCH_LIBRARY in C++; this file adds its fake kernel for torch.compile. A
+mutating op takes no autograd formula: the backends refuse calls that autograd records."""
 from typing import Optional
 
 import torch
@@ -39,11 +39,6 @@ if has_cpp_op(OP_NAME):
     def _linear_memory_step_fake(q, k, v, lr, retention, momentum, memory, chunk_memory, momentum_state,
                                  position, chunk_size, scale, dgd):
         return v.new_empty(*v.shape)
-
-    def _refuse_backward(ctx, *grads):
-        raise NotImplementedError("linear_memory_step: the cpp/cuda backends are forward-only; use backend='torch'")
-
-    torch.library.register_autograd(f"nested_kernels::{OP_NAME}", _refuse_backward)
 
 
 def linear_memory_step_compiled(q, k, v, lr, retention, momentum, state: LinearMemoryDecodeState, *, dgd, scale):

@@ -231,7 +231,7 @@ def test_step_cpp_checks():
     with pytest.raises(RuntimeError, match=r"linear_memory_step: position must be in \[0, chunk_size = 4\)"):
         op(q, k, v, lr, ret, mom, s.memory, s.chunk_memory, s.momentum, s.position + 4, 4, 1.0, False)
     with pytest.raises(RuntimeError, match="linear_memory_step: memory must be contiguous"):
-        op(q, k, v, lr, ret, mom, s.memory.transpose(2, 3), s.chunk_memory, s.momentum, s.position, 4, 1.0, False)
+        op(q, k, v, lr, ret, mom, s.memory.mT.contiguous().mT, s.chunk_memory, s.momentum, s.position, 4, 1.0, False)
     with pytest.raises(RuntimeError, match="linear_memory_step: memory must be float32"):
         op(q, k, v, lr, ret, mom, s.memory.double(), s.chunk_memory, s.momentum, s.position, 4, 1.0, False)
 
