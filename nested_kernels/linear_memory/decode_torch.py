@@ -16,7 +16,8 @@ def linear_memory_step_torch(q, k, v, lr, retention, momentum, state: LinearMemo
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     eta, alpha = as_gate(lr, q, dtype), as_gate(retention, q, dtype)
     mu = None if momentum is None else as_gate(momentum, q, dtype)
-    M, Mc, S = state.memory, state.chunk_memory, state.momentum
+    # copies: the in-place write-back below must not touch tensors autograd saved
+    M, Mc, S = (None if x is None else x.clone() for x in (state.memory, state.chunk_memory, state.momentum))
     C = state.chunk_size
 
     outputs = []
