@@ -13,10 +13,18 @@ TORCH_LIBRARY(nested_kernels, m) {
       "linear_memory_recurrent(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
       "Tensor? initial_memory, Tensor? initial_momentum, Tensor? cu_seqlens, int chunk_size, float scale, "
       "bool dgd) -> (Tensor, Tensor, Tensor)");
+  // SPEC §2 decode step, forward only: T new tokens per sequence from the decode state (memory
+  // M_t, chunk_memory M^c, momentum_state S_t, position in the chunk), all updated in place.
+  // Returns o.
+  m.def(
+      "linear_memory_step(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
+      "Tensor(a!) memory, Tensor(b!) chunk_memory, Tensor(c!)? momentum_state, Tensor(d!) position, "
+      "int chunk_size, float scale, bool dgd) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nested_kernels, CPU, m) {
   m.impl("linear_memory_recurrent", &nested_kernels::linear_memory::linear_memory_recurrent_cpu);
+  m.impl("linear_memory_step", &nested_kernels::linear_memory::linear_memory_step_cpu);
 }
 
 #ifdef TORCH_EXTENSION_NAME

@@ -7,10 +7,10 @@ Ops (SPEC §2–§5): `linear_memory`, `mlp_memory`, `cms_level`, `deep_momentum
 from . import _extension
 from .cms import CMSState, cms_level
 from .deep_momentum import deep_momentum
-from .linear_memory import LinearMemoryState, linear_memory
+from .linear_memory import LinearMemoryDecodeState, LinearMemoryState, linear_memory, linear_memory_step
 from .mlp_memory import MLPMemoryState, mlp_memory
 
 __version__ = "0.1.0"
 
-__all__ = ["linear_memory", "LinearMemoryState", "mlp_memory", "MLPMemoryState", "cms_level", "CMSState",
-           "deep_momentum"]
+__all__ = ["linear_memory", "LinearMemoryState", "linear_memory_step", "LinearMemoryDecodeState", "mlp_memory",
+           "MLPMemoryState", "cms_level", "CMSState", "deep_momentum"]

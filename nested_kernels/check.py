@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .cms import BACKENDS as CMS_BACKENDS, cms_level
 from .linear_memory import BACKENDS as LINEAR_BACKENDS, LinearMemoryState, linear_memory
+from .linear_memory.decode import STEP_BACKENDS, LinearMemoryDecodeState, linear_memory_step
 from .mlp_memory import BACKENDS as MLP_BACKENDS, MLPMemoryState, mlp_memory
 
 TOLERANCE = 1e-4    # max |out − ref| / max |ref| per tensor, backend in fp32 vs reference in fp64
@@ -50,6 +51,30 @@ def _linear_case(varlen: bool):
     return Case("linear_memory", "varlen" if varlen else "mom+dgd", LINEAR_BACKENDS, make, call, facts)
 
 
+def _linear_step_case():
+    """Decoding in steps of 1, 3, a chunk and 2 tokens against the reference on the whole stream."""
+    B, T, H, K, V, C = 2, 75, 2, 16, 24, 32
+
+    def make():
+        tensors = _qkv_gates(B, T, H, K, V) + [0.3 * torch.randn(B, H, K, V), 0.1 * torch.randn(B, H, K, V)]
+        return tensors, dict(dgd=True, scale=0.5)
+
+    def call(backend, q, k, v, lr, ret, mom, m0, s0, **options):
+        if backend == "reference":
+            return linear_memory(q, k, v, lr, ret, mom, initial_state=LinearMemoryState(m0, s0), chunk_size=C,
+                                 output_final_state=True, backend="reference", **options)
+        state = LinearMemoryDecodeState.from_state(LinearMemoryState(m0, s0), C)
+        outs, t, sizes = [], 0, [1, 3, C, 2] * T
+        while t < T:
+            n = min(sizes.pop(0), T - t)
+            outs.append(linear_memory_step(*(x[:, t:t + n] for x in (q, k, v, lr, ret, mom)), state,
+                                           backend=backend, **options))
+            t += n
+        return torch.cat(outs, 1), LinearMemoryState(state.memory, state.momentum)
+
+    return Case("linear_memory_step", "mom+dgd", STEP_BACKENDS, make, call, dict(K=K, V=V, chunk_size=C))
+
+
 def _mlp_case(read: str, varlen: bool):
     def make():
         B, T, H, D, Dh = (1, 50, 2, 8, 16) if varlen else (2, 45, 2, 16, 32)
@@ -90,7 +115,7 @@ def _cms_case(signal: str):
 
 
 CASES: List[Case] = [
-    _linear_case(False), _linear_case(True),
+    _linear_case(False), _linear_case(True), _linear_step_case(),
     _mlp_case("current", False), _mlp_case("chunk_start", True),
     _cms_case("target"), _cms_case("grad_y"),
 ]

@@ -68,5 +68,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
 
+// Sizes of one validated `linear_memory_step` call.
+struct StepSizes {
+  int64_t N;  // sequences (batch rows of q/k/v)
+  int64_t T;  // new tokens per sequence
+  int64_t H;  // heads
+  int64_t K;  // key width (rows of M)
+  int64_t V;  // value width (columns of M)
+};
+
+// Checks every argument of `linear_memory_step` (shapes, dtypes, devices, states contiguous in
+// the accumulation type, position int64 [N]) and raises c10::Error naming the argument.
+// `check_position_values` also reads position (each in [0, chunk_size)); it needs host memory.
+StepSizes check_linear_memory_step_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum, const at::Tensor& memory,
+    const at::Tensor& chunk_memory, const std::optional<at::Tensor>& momentum_state, const at::Tensor& position,
+    int64_t chunk_size, c10::DeviceType device_type, bool check_position_values);
+
+// Decode step of SPEC §2 on the CPU: T new tokens of each of N sequences from the decode state
+// (memory M_t, chunk_memory M^c, momentum_state S_t: [N, H, K, V] float32, float64 for float64
+// inputs; position [N] int64), all updated in place. q, k: [N, T, H, K]; v: [N, T, H, V];
+// gates [N, T, H]. Returns o [N, T, H, V] in v's dtype.
+at::Tensor linear_memory_step_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum, at::Tensor& memory,
+    at::Tensor& chunk_memory, const std::optional<at::Tensor>& momentum_state, at::Tensor& position,
+    int64_t chunk_size, double scale, bool dgd);
+
+// The same on a CUDA device (csrc/linear_memory/cuda/, CUDA builds only): one launch for all
+// sequences and heads. position values are not read back (no device sync): they must be valid.
+at::Tensor linear_memory_step_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum, at::Tensor& memory,
+    at::Tensor& chunk_memory, const std::optional<at::Tensor>& momentum_state, at::Tensor& position,
+    int64_t chunk_size, double scale, bool dgd);
+
 }  // namespace linear_memory
 }  // namespace nested_kernels

@@ -10,12 +10,13 @@ from ..common.validation import (
     check_state_tensor,
 )
 from .chunked import linear_memory_chunked
+from .decode import LinearMemoryDecodeState, linear_memory_step
 from .cpp import linear_memory_cpp, unsupported_reason as _cpp_unsupported
 from .reference import linear_memory_reference
 from .state import LinearMemoryState
 from .triton import auto_reason as _triton_auto, linear_memory_triton, unsupported_reason as _triton_unsupported
 
-__all__ = ["linear_memory", "LinearMemoryState", "BACKENDS"]
+__all__ = ["linear_memory", "LinearMemoryState", "BACKENDS", "linear_memory_step", "LinearMemoryDecodeState"]
 
 BACKENDS = OpBackends("linear_memory")
 BACKENDS.register("reference", linear_memory_reference)

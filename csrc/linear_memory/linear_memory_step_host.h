@@ -1,0 +1,66 @@
+// Host side of `linear_memory_step` shared by the CPU and CUDA entry points: the tensors a kernel
+// reads (made contiguous, gates in the accumulation type) and its StepParams.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "linear_memory/linear_memory_ops.h"
+#include "linear_memory/linear_memory_step.h"
+
+namespace nested_kernels {
+namespace linear_memory {
+
+// Inputs made contiguous, gates in the accumulation type, and the fresh output o [N, T, H, V].
+struct StepTensors {
+  at::Tensor q, k, v, lr, retention, momentum;  // momentum undefined when absent
+  at::Tensor o;
+};
+
+inline StepTensors prepare_linear_memory_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const at::Tensor& lr, const at::Tensor& retention,
+                                              const std::optional<at::Tensor>& momentum, const StepSizes& s) {
+  const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  StepTensors t;
+  t.q = q.contiguous();
+  t.k = k.contiguous();
+  t.v = v.contiguous();
+  t.lr = lr.to(acc_type).contiguous();
+  t.retention = retention.to(acc_type).contiguous();
+  if (momentum.has_value()) {
+    t.momentum = momentum->to(acc_type).contiguous();
+  }
+  t.o = at::empty({s.N, s.T, s.H, s.V}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  return t;
+}
+
+template <typename scalar_t, typename acc_t>
+StepParams<scalar_t, acc_t> linear_memory_step_params(const StepTensors& t, at::Tensor& memory,
+                                                      at::Tensor& chunk_memory,
+                                                      const std::optional<at::Tensor>& momentum_state,
+                                                      const at::Tensor& position, const StepSizes& s,
+                                                      int64_t chunk_size, double scale) {
+  StepParams<scalar_t, acc_t> p;
+  p.q = t.q.const_data_ptr<scalar_t>();
+  p.k = t.k.const_data_ptr<scalar_t>();
+  p.v = t.v.const_data_ptr<scalar_t>();
+  p.lr = t.lr.const_data_ptr<acc_t>();
+  p.retention = t.retention.const_data_ptr<acc_t>();
+  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
+  p.o = t.o.mutable_data_ptr<scalar_t>();
+  p.memory = memory.mutable_data_ptr<acc_t>();
+  p.chunk_memory = chunk_memory.mutable_data_ptr<acc_t>();
+  p.mom_state = momentum_state.has_value() ? momentum_state->mutable_data_ptr<acc_t>() : nullptr;
+  p.position = position.const_data_ptr<int64_t>();
+  p.T = s.T;
+  p.H = s.H;
+  p.K = s.K;
+  p.V = s.V;
+  p.chunk_size = chunk_size;
+  p.scale = static_cast<acc_t>(scale);
+  return p;
+}
+
+}  // namespace linear_memory
+}  // namespace nested_kernels
