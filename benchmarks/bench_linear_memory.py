@@ -259,7 +259,7 @@ def _problem_counts(shape: BenchShape, backend: str, mode: str, dgd: bool) -> Tu
         return sdpa_flops(shape.B, shape.T, shape.H, shape.D, mode=mode), sdpa_bytes(shape.B, shape.T, shape.H, shape.D, mode=mode)
     if backend == "fla":
         return None, None           # a different recurrence; its roofline is not modelled here
-    return (linear_memory_flops(shape.B, shape.T, shape.H, shape.D, shape.D, dgd=dgd, mode=mode),
+    return (linear_memory_flops(shape.B, shape.T, shape.H, shape.D, shape.D, chunk_size=CHUNK, dgd=dgd, mode=mode),
             linear_memory_bytes(shape.B, shape.T, shape.H, shape.D, shape.D, mode=mode))
 
 
@@ -943,6 +943,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-budget-s", type=float, default=0.5, help="CPU mode: seconds per row, at least (default 0.5)")
     p.add_argument("--cpu-max-row-s", type=float, default=3.0,
                    help="CPU mode: start no run after this many seconds of a row (default 3)")
+    p.add_argument("--chunk", type=int, choices=(16, 32, 64), default=CHUNK,
+                   help=f"chunk size of the kernel tiers (default {CHUNK}; 16 and 32 use the Triton gate kernels)")
     p.add_argument("--variants", type=_parse_variants, default=list(VARIANTS),
                    help="comma-separated: nodgd,dgd (default both)")
     return p
@@ -958,9 +960,9 @@ def _parse_variants(text: str):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    global VARIANTS
+    global CHUNK, VARIANTS
     args = build_parser().parse_args(argv)
-    VARIANTS = tuple(args.variants)                 # the rows of this run
+    CHUNK, VARIANTS = args.chunk, tuple(args.variants)           # the rows of this run
     cuda = args.device != "cpu" and torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
         print("--device cuda: no CUDA device here", file=sys.stderr)

@@ -158,9 +158,9 @@ fi
 run_step info 60 "$PYTHON" -m nested_kernels info
 run_step check 120 "$PYTHON" -m nested_kernels check --device cuda --quiet
 
-# The benchmark's limit leaves about 390 s for profile, isolate, the compile report and pytest.
+# The benchmark's limit leaves about 420 s for profile, isolate, the compile report and pytest.
 BENCH_TAG="gpu-check-$STAMP"
-BENCH_CAP=$(( $(left_s) - 390 ))
+BENCH_CAP=$(( $(left_s) - 420 ))
 (( BENCH_CAP > 300 )) && BENCH_CAP=300
 (( BENCH_CAP < 60 )) && BENCH_CAP=60
 case $BENCH_SHAPES in
@@ -171,7 +171,7 @@ esac
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
     "${SHAPE_ARGS[@]}"
 
-run_step profile 90 "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR"
+run_step profile 120 "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
 run_step isolate 180 "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" --budget-s 120
 
 COMPILE_OUT="$OUT_DIR/compile-report-sm90-$STAMP.md"

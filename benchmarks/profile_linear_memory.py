@@ -4,7 +4,7 @@
 
     python benchmarks/profile_linear_memory.py --out-dir DIR [--shape B8-T2048-H16-D64] [--calls 5]
 
-Inputs and calls are the benchmark's (`bench_linear_memory.py`: bf16 q/k/v, momentum, chunk 64).
+Inputs and calls are the benchmark's (`bench_linear_memory.py`: bf16 q/k/v, momentum; chunk 64 unless `--chunks`).
 On a CPU it profiles CPU operators instead (a smoke run; the interpreter's numbers mean nothing).
 Writes profile-linear_memory.md.
 """
@@ -57,7 +57,7 @@ def profile_case(bench, shape, backend: str, dgd: bool, mode: str, calls: int, c
     total = sum(self_time(e) for e in events)
     own = sum(self_time(e) for e in events if e.key.startswith(OWN_KERNEL_PREFIX))
     unit = "device" if cuda else "CPU"
-    lines = [f"### {shape.name} {backend} {'dgd' if dgd else 'nodgd'} {mode}", "",
+    lines = ["",
              f"{unit} time per call {total / calls / 1e3:.3f} ms; our Triton kernels {own / calls / 1e3:.3f} ms "
              f"({100 * own / max(total, 1e-9):.0f} %), the rest {(total - own) / calls / 1e3:.3f} ms", "",
              "| kernel / operator | calls per call | ms per call | share |", "|---|---:|---:|---:|"]
@@ -75,9 +75,12 @@ def main(argv=None) -> int:
     p.add_argument("--shape", default=None, help="B<b>-T<t>-H<h>-D<d> (default: the first benchmark shape; "
                                                   "B1-T256-H2-D32 on a CPU)")
     p.add_argument("--backends", default="triton,torch")
+    p.add_argument("--chunks", default=None,
+                   help="comma-separated chunk sizes (default: the benchmark's; 16 and 32 use the Triton gate kernels)")
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)
+    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else [bench.CHUNK]
     cuda = torch.cuda.is_available()
     shape = parse_shape(bench, args.shape) if args.shape else (bench.SHAPES[0] if cuda else
                                                                    bench.BenchShape(1, 256, 2, 32))
@@ -85,16 +88,18 @@ def main(argv=None) -> int:
              f"* device: {torch.cuda.get_device_name() if cuda else 'CPU (smoke run: CPU operators)'}; "
              f"torch {torch.__version__}", f"* {args.calls} calls after one warm-up call; self time per call", ""]
     status = 0
-    for backend in args.backends.split(","):
-        for dgd in (False, True):
-            for mode in ("fwd", "fwdbwd"):
-                try:
-                    lines += profile_case(bench, shape, backend, dgd, mode, args.calls, cuda, args.top)
-                except Exception as e:  # noqa: BLE001 (one failing case is a line, the rest still run)
-                    lines += [f"### {shape.name} {backend} {'dgd' if dgd else 'nodgd'} {mode}", "",
-                              f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", ""]
-                    status = 1
-                print("\n".join(lines[-3:]), flush=True)
+    for chunk in chunks:
+        bench.CHUNK = chunk                                                   # read by linear_memory_callable
+        for backend in args.backends.split(","):
+            for dgd in (False, True):
+                for mode in ("fwd", "fwdbwd"):
+                    title = f"### {shape.name} chunk {chunk} {backend} {'dgd' if dgd else 'nodgd'} {mode}"
+                    try:
+                        lines += [title] + profile_case(bench, shape, backend, dgd, mode, args.calls, cuda, args.top)
+                    except Exception as e:  # noqa: BLE001 (one failing case is a line, the rest still run)
+                        lines += [title, "", f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", ""]
+                        status = 1
+                    print("\n".join(lines[-3:]), flush=True)
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "profile-linear_memory.md")
     with open(path, "w") as f:

@@ -42,13 +42,14 @@ def test_bench_cpu_mode(bench, tmp_path):
 
 
 def test_bench_variants(bench, tmp_path):
-    """--variants dgd: only DGD rows of the kernel tiers (the peers have no variant)."""
+    """--variants dgd --chunk 32: only DGD rows of the kernel tiers (the peers have no variant), at chunk 32."""
     code = bench.main(["--device", "cpu", "--out-dir", str(tmp_path), "--tag", "v", "--shapes", "small",
-                       "--modes", "fwd", "--variants", "dgd", "--cpu-min-runs", "1", "--cpu-budget-s", "0",
+                       "--modes", "fwd", "--variants", "dgd", "--chunk", "32", "--cpu-min-runs", "1", "--cpu-budget-s", "0",
                        "--cpu-max-row-s", "0"])
     assert code == 0
     rows = json.loads((tmp_path / "linear_memory-v.json").read_text())["rows"]
     assert {r["variant"] for r in rows if r["backend"] in ("triton", "torch", "cpp")} == {"dgd"}
+    assert json.loads((tmp_path / "linear_memory-v.json").read_text())["meta"]["chunk_size"] == 32
     with pytest.raises(SystemExit):
         bench.main(["--variants", "wy"])
 
@@ -70,10 +71,11 @@ def test_profile_cpu(tmp_path):
     """benchmarks/profile_linear_memory.py runs on a CPU (operators, not kernels) and writes its table."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_linear_memory.py"
     proc = subprocess.run([sys.executable, str(script), "--out-dir", str(tmp_path), "--backends", "torch",
-                           "--calls", "1", "--shape", "B1-T128-H2-D16"], capture_output=True, text=True, timeout=300)
+                           "--calls", "1", "--shape", "B1-T128-H2-D16", "--chunks", "16,32"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     md = (tmp_path / "profile-linear_memory.md").read_text()
-    assert md.count("### B1-T128-H2-D16 torch") == 4 and "failed" not in md
+    assert md.count("### B1-T128-H2-D16 chunk 16 torch") == 4 and md.count("chunk 32 torch") == 4
+    assert "failed" not in md
     assert "| `aten::" in md
 
 
