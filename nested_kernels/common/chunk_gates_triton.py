@@ -1,6 +1,8 @@
 """`chunk_gates` (chunk_gates.py) computed by the Triton kernels of
 `triton_kernels/common/chunk_gates.py`, one program per chunk, as a torch.library custom op with a
-fake kernel and a hand-written backward (no PyTorch autograd through cumulative products)."""
+fake kernel and a hand-written backward kernel (no PyTorch autograd through cumulative products)
+for chunks of 16 and 32 tokens; 64-token chunks take their backward from autograd through
+`chunk_gates` on the same inputs (the kernel's backward spills registers there)."""
 from typing import Callable, List, Optional
 
 import torch
@@ -53,12 +55,29 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*(x if x is not None else inputs[0].new_empty(0) for x in inputs))
 
 
+def _torch_backward(lr, retention, momentum, grads):
+    """The gradient of `chunk_gates` by autograd on recomputed gates (chunks the kernel cannot take)."""
+    leaves = [x.detach().requires_grad_() for x in (lr, retention, momentum) if x is not None]
+    with torch.enable_grad():
+        outs = chunk_gates(*leaves, *([None] if momentum is None else []))
+        pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g.numel()]   # empty: no output / no grad
+        got = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True) \
+            if pairs else [None] * len(leaves)
+    got = [torch.zeros_like(x) if g is None else g for g, x in zip(got, leaves)]
+    return got[0], got[1], got[2] if momentum is not None else None
+
+
 def _backward(ctx, grads):
+    from ..triton_kernels.common.chunk_gates import BWD_CHUNK_SIZES
+
     lr, retention, momentum = ctx.saved_tensors
+    momentum = _none_if_empty(momentum)
     n, C = lr.shape
+    if C not in BWD_CHUNK_SIZES:
+        return _torch_backward(lr, retention, momentum, [lr.new_empty(0) if g is None else g for g in grads])
     shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C), (n, C + 1, C)]
     grads = [g.contiguous() if g is not None and g.numel() else lr.new_zeros(s) for g, s in zip(grads, shapes)]
-    d_lr, d_ret, d_mom = _bwd(lr, retention, _none_if_empty(momentum), *grads)
+    d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *grads)
     return d_lr, d_ret, _none_if_empty(d_mom)
 
 
@@ -66,12 +85,12 @@ _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor]) -> ChunkGates:
-    """The gates of chunks laid out [..., C] (fp32 out), like `chunk_gates`, for C in CHUNK_SIZES."""
-    from ..triton_kernels.common.chunk_gates import CHUNK_SIZES
+    """The gates of chunks laid out [..., C] (fp32 out), like `chunk_gates`, for C in FWD_CHUNK_SIZES."""
+    from ..triton_kernels.common.chunk_gates import FWD_CHUNK_SIZES
 
     lead, C = lr.shape[:-1], lr.shape[-1]
-    if C not in CHUNK_SIZES:
-        raise ValueError(f"triton_chunk_gates: chunks of {CHUNK_SIZES} tokens, got {C} (use chunk_gates)")
+    if C not in FWD_CHUNK_SIZES:
+        raise ValueError(f"triton_chunk_gates: chunks of {FWD_CHUNK_SIZES} tokens, got {C} (use chunk_gates)")
     decay, carry, write, mom_decay, mom_write, dgd_write = (
         _none_if_empty(x) for x in _fwd(_flat(lr), _flat(retention), _flat(momentum)))
     vec = lambda x: None if x is None else x.view(*lead, C + 1)
@@ -83,6 +102,6 @@ def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Opti
 
 def chunk_gates_for(chunk_size: int) -> Callable[..., ChunkGates]:
     """The Triton gates where they exist for `chunk_size`, else the PyTorch ones."""
-    from ..triton_kernels.common.chunk_gates import CHUNK_SIZES
+    from ..triton_kernels.common.chunk_gates import FWD_CHUNK_SIZES
 
-    return triton_chunk_gates if chunk_size in CHUNK_SIZES else chunk_gates
+    return triton_chunk_gates if chunk_size in FWD_CHUNK_SIZES else chunk_gates

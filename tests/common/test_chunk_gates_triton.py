@@ -1,5 +1,6 @@
 """The Triton gate kernels (triton_kernels/common/chunk_gates.py) against `chunk_gates` in float64:
-every gate matrix, and the gradients of η, α, μ through all of them, with gates at 0 and 1."""
+every gate matrix, and the gradients of η, α, μ through all of them, with gates at 0 and 1
+(chunks of 64: the kernel's forward, the backward by autograd through `chunk_gates`)."""
 import pytest
 import torch
 
@@ -37,7 +38,7 @@ def _gates(C, momentum, extreme):
 
 @pytest.mark.parametrize("extreme", [False, True], ids=["random", "extreme"])
 @pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
-@pytest.mark.parametrize("C", [16, 32], ids=lambda c: f"C{c}")
+@pytest.mark.parametrize("C", [16, 32, 64], ids=lambda c: f"C{c}")
 def test_values_and_gradients(C, momentum, extreme):
     lr, ret, mom = _gates(C, momentum, extreme)
     ref_leaves = [x.clone().requires_grad_() for x in (lr, ret, mom) if x is not None]
@@ -59,17 +60,18 @@ def test_values_and_gradients(C, momentum, extreme):
         assert ((o.cpu().double() - r).abs().max() / scale).item() < 1e-5, name
 
 
+@pytest.mark.parametrize("C", [16, 64], ids=lambda c: f"C{c}")
 @pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
-def test_opcheck(momentum):
-    lr, ret, mom = (None if x is None else x.float().reshape(-1, 16).to(DEVICE) for x in _gates(16, momentum, False))
+def test_opcheck(momentum, C):
+    lr, ret, mom = (None if x is None else x.float().reshape(-1, C).to(DEVICE) for x in _gates(C, momentum, False))
     args = (lr.requires_grad_(), ret.requires_grad_(), None if mom is None else mom.requires_grad_())
     torch.library.opcheck(torch.ops.nested_kernels.chunk_gates_triton_fwd.default, args)
 
 
-def test_sixty_four_token_chunks_keep_the_torch_gates():
+def test_other_chunk_sizes_keep_the_torch_gates():
     from nested_kernels.common.chunk_gates_triton import chunk_gates_for
 
-    assert chunk_gates_for(64) is chunk_gates and chunk_gates_for(32) is triton_chunk_gates
-    lr, ret, _ = _gates(64, False, False)
-    with pytest.raises(ValueError, match=r"chunks of \(16, 32\) tokens, got 64"):
+    assert chunk_gates_for(8) is chunk_gates and chunk_gates_for(64) is triton_chunk_gates
+    lr, ret, _ = _gates(8, False, False)
+    with pytest.raises(ValueError, match=r"chunks of \(16, 32, 64\) tokens, got 8"):
         triton_chunk_gates(lr.float(), ret.float(), None)

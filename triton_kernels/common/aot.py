@@ -1,7 +1,7 @@
 """The shipped configurations of the shared gate kernels, for `nested-kernels compile-report`
 (momentum on: the most registers)."""
 from ..utils.aot import AotSpec
-from .chunk_gates import CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
+from .chunk_gates import BWD_CHUNK_SIZES, FWD_CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
 
 _FWD = ("lr", "ret", "mom", "decay", "carry", "write", "mom_decay", "mom_write", "dgd_write")
 _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_mom_write", "d_dgd_write",
@@ -10,6 +10,7 @@ _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_m
 AOT_SPECS = [
     AotSpec(name=f"chunk_gates_{part}-C{C}-mom", kernel=kernel, signature={n: "*fp32" for n in names},
             constexprs={"C": C, "USE_MOMENTUM": True}, num_warps=num_warps(part, C))
-    for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
-    for C in CHUNK_SIZES
+    for part, kernel, names, sizes in (("fwd", chunk_gates_fwd_kernel, _FWD, FWD_CHUNK_SIZES),
+                                       ("bwd", chunk_gates_bwd_kernel, _BWD, BWD_CHUNK_SIZES))
+    for C in sizes
 ]

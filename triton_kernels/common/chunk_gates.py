@@ -112,7 +112,8 @@ def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay,
     tl.store(d_lr + i_chunk * C + o, d_eta)
 
 
-CHUNK_SIZES = (16, 32)          # 64: the backward's 64×64×64 fp32 products spill (see num_warps)
+FWD_CHUNK_SIZES = (16, 32, 64)
+BWD_CHUNK_SIZES = (16, 32)      # 64: the backward's 64×64×64 fp32 products spill (see num_warps)
 
 
 def num_warps(part: str, C: int) -> int:
@@ -121,8 +122,8 @@ def num_warps(part: str, C: int) -> int:
     warps but the backward spills kilobytes even then (its fp32 products are FMA loops whose
     operands are broadcast along the inner dimension; building transposed factors directly
     instead of `tl.trans` took C = 32 from 255 to 175 registers, not C = 64 under 255), so
-    64-token chunks keep the PyTorch gates."""
-    return {("fwd", 16): 4, ("fwd", 32): 4, ("bwd", 16): 4, ("bwd", 32): 8}[part, C]
+    64-token chunks take their gradient from the PyTorch gate algebra."""
+    return {("fwd", 16): 4, ("fwd", 32): 4, ("fwd", 64): 16, ("bwd", 16): 4, ("bwd", 32): 8}[part, C]
 
 
 def chunk_gates_fwd(lr, retention, momentum):
