@@ -14,3 +14,7 @@ AOT_SPECS = [
                                        ("bwd", chunk_gates_bwd_kernel, _BWD, BWD_CHUNK_SIZES))
     for C in sizes
 ]
+
+# sm_80 only: the 64-token forward at 16 warps spills 32 B (sm_90: none). CI fails on any other
+# spill, and when this one is fixed.
+KNOWN_SPILLS = {80: {"chunk_gates_fwd-C64-mom"}}
