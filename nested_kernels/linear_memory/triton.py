@@ -1,7 +1,8 @@
 """The `triton` backend of `linear_memory`: the chunk kernels of `triton_kernels/linear_memory/`
 on the flat chunk layout. The gate matrices and the DGD system's inverse are small per-chunk
-tensors built here in PyTorch (`common/chunk_gates.py`, `common/chunk_state.py`); the kernels
-do the state-sized work. On a CPU the kernels run in Triton's interpreter."""
+tensors built by the shared kernels of `triton_kernels/common/` (custom ops in
+`common/chunk_gates_triton.py`, `common/dgd_inverse_triton.py`); the chunk kernels do the
+state-sized work. On a CPU the kernels run in Triton's interpreter."""
 import importlib.util
 import warnings
 from typing import List, Optional, Tuple
@@ -10,7 +11,7 @@ import torch
 
 from ..common.chunk_gates import padded_chunk_gates
 from ..common.chunk_gates_triton import chunk_gates_for
-from ..common.chunk_state import dgd_inverse
+from ..common.dgd_inverse_triton import dgd_inverse_triton
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
 from .state import LinearMemoryState
@@ -156,8 +157,7 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
     g = padded_chunk_gates(lr, retention, momentum, gate, chunk_gates_for(chunk_size))
     dgd_inv = None
     if dgd:
-        kc = kf.float().unflatten(0, (-1, chunk_size)).permute(2, 0, 1, 3)                 # [H, NC, C, K]
-        dgd_inv = dgd_inverse(g, kc @ kc.transpose(-1, -2)).contiguous()
+        dgd_inv = dgd_inverse_triton(kf, g.dgd_write)                        # one program per chunk and head
     use_momentum = momentum is not None
     gates = (
         g.decay.contiguous(),

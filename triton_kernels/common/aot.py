@@ -1,6 +1,8 @@
-"""The shipped configurations of the shared gate kernels, for `nested-kernels compile-report`
-(momentum on: the most registers)."""
+"""The shipped configurations of the shared kernels, for `nested-kernels compile-report`: the
+gate kernels (momentum on: the most registers) and the DGD inverse (bf16 keys, H = 16)."""
 from ..utils.aot import AotSpec
+from .dgd_inverse import BK, dgd_inverse_kernel
+from .dgd_inverse import num_warps as dgd_inverse_warps
 from .chunk_gates import BWD_CHUNK_SIZES, FWD_CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
 
 _FWD = ("lr", "ret", "mom", "decay", "carry", "write", "mom_decay", "mom_write", "dgd_write")
@@ -13,6 +15,12 @@ AOT_SPECS = [
     for part, kernel, names, sizes in (("fwd", chunk_gates_fwd_kernel, _FWD, FWD_CHUNK_SIZES),
                                        ("bwd", chunk_gates_bwd_kernel, _BWD, BWD_CHUNK_SIZES))
     for C in sizes
+] + [
+    AotSpec(name=f"dgd_inverse-K{K}-C{C}-bf16", kernel=dgd_inverse_kernel,
+            signature={"k": "*bf16", "dgd_write": "*fp32", "inv": "*fp32", "NC": "i32"},
+            constexprs={"H": 16, "K": K, "C": C, "BK": BK}, num_warps=dgd_inverse_warps(C))
+    for K in (64, 128, 256)
+    for C in (16, 32, 64)
 ]
 
 # sm_80 only: the 64-token forward at 16 warps spills 32 B (sm_90: none). CI fails on any other

@@ -1,0 +1,55 @@
+"""The Triton DGD inverse (triton_kernels/common/dgd_inverse.py) against `dgd_inverse` in float64:
+the inverse, and the gradients of the keys and of E through it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from nested_kernels.common.chunk_gates import ChunkGates, chunk_gates  # noqa: E402
+from nested_kernels.common.chunk_state import dgd_inverse  # noqa: E402
+from nested_kernels.common.dgd_inverse_triton import dgd_inverse_triton  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def interpreter_memcheck():
+    if DEVICE == "cuda":
+        yield
+        return
+    from tests.triton_memcheck import memcheck
+
+    with memcheck():
+        yield
+
+
+def _inputs(C, K, H=2, NC=3):
+    gen = torch.Generator().manual_seed(C * K)
+    k = F.normalize(torch.randn(NC * C, H, K, generator=gen, dtype=torch.float64), dim=-1)
+    gates = [torch.rand(H, NC, C, generator=gen, dtype=torch.float64) for _ in range(3)]
+    gates[0] = 0.8 * gates[0]                                                 # lr
+    gates[1][0, 1, 4] = 0.0                                                   # a retention of 0
+    return k, chunk_gates(*gates).dgd_write
+
+
+@pytest.mark.parametrize("C,K", [(16, 16), (32, 40), (64, 24)], ids=lambda x: str(x))
+def test_inverse_and_gradients(C, K):
+    k, e = _inputs(C, K)
+    H, NC = e.shape[:2]
+    k_ref, e_ref = k.clone().requires_grad_(), e.clone().requires_grad_()
+    kc = k_ref.unflatten(0, (NC, C)).permute(2, 0, 1, 3)
+    ref = dgd_inverse(ChunkGates(None, None, None, None, None, e_ref), kc @ kc.transpose(-1, -2))  # reads E only
+    k_out, e_out = k.float().to(DEVICE).requires_grad_(), e.float().to(DEVICE).requires_grad_()
+    out = dgd_inverse_triton(k_out, e_out)
+    torch.testing.assert_close(out.cpu().double(), ref.detach(), atol=1e-6, rtol=1e-5)
+    cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for r, o in zip(torch.autograd.grad((ref * cot).sum(), [k_ref, e_ref]),
+                    torch.autograd.grad((out * cot.to(out)).sum(), [k_out, e_out])):
+        assert ((o.cpu().double() - r).abs().max() / r.abs().max()).item() < 1e-5
+
+
+def test_opcheck():
+    k, e = _inputs(16, 16)
+    args = (k.float().to(DEVICE).requires_grad_(), e.float().to(DEVICE).requires_grad_())
+    torch.library.opcheck(torch.ops.nested_kernels.dgd_inverse_triton.default, args)
