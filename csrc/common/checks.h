@@ -26,5 +26,15 @@ void check_shape(const char* op, const at::Tensor& t, const char* name, at::IntA
 // k and v take the dtype of q.
 void check_dtype_of_q(const char* op, const at::Tensor& t, const char* name, const at::Tensor& q);
 
+// A decode state a kernel updates in place: on `device`, shape `expected`, in the accumulation
+// type `acc_type` (float64 for float64 inputs, else float32), contiguous.
+void check_inplace_state(const char* op, const at::Tensor& t, const char* name, const c10::Device& device,
+                         at::IntArrayRef expected, const char* layout, at::ScalarType acc_type);
+
+// A decode position: int64 [N], contiguous (updated in place); with `check_values` (host memory
+// only) every entry in [0, chunk_size).
+void check_position(const char* op, const at::Tensor& position, int64_t N, const c10::Device& device,
+                    int64_t chunk_size, bool check_values);
+
 }  // namespace checks
 }  // namespace nested_kernels

@@ -22,14 +22,7 @@ void check_gate(const at::Tensor& t, const char* name, const StepSizes& s, const
 // A state the kernel updates in place: [N, H, K, V], contiguous, in the accumulation type.
 void check_state(const at::Tensor& t, const char* name, const StepSizes& s, const c10::Device& device,
                  at::ScalarType acc_type) {
-  check_device(kOp, t, name, device);
-  check_shape(kOp, t, name, {s.N, s.H, s.K, s.V}, "[N, H, K, V]");
-  const bool fp64 = acc_type == at::kDouble;
-  TORCH_CHECK(t.scalar_type() == acc_type, kOp, name, " must be ", fp64 ? "float64" : "float32",
-              " (the state type for ", fp64 ? "float64" : "float32/bfloat16/float16", " inputs), got ",
-              t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), kOp, name, " must be contiguous (it is updated in place), got strides ",
-              t.strides());
+  check_inplace_state(kOp, t, name, device, {s.N, s.H, s.K, s.V}, "[N, H, K, V]", acc_type);
 }
 
 }  // namespace
@@ -69,17 +62,7 @@ StepSizes check_linear_memory_step_args(
     check_state(*momentum_state, "momentum_state", s, device, acc_type);
   }
 
-  check_device(kOp, position, "position", device);
-  TORCH_CHECK(position.scalar_type() == at::kLong, kOp, "position must be int64, got ", position.scalar_type());
-  check_shape(kOp, position, "position", {s.N}, "[N]");
-  TORCH_CHECK(position.is_contiguous(), kOp, "position must be contiguous (it is updated in place)");
-  if (check_position_values) {
-    const int64_t* p = position.const_data_ptr<int64_t>();
-    for (int64_t n = 0; n < s.N; ++n) {
-      TORCH_CHECK(p[n] >= 0 && p[n] < chunk_size, kOp, "position must be in [0, chunk_size = ", chunk_size,
-                  "), got position[", n, "] = ", p[n]);
-    }
-  }
+  check_position(kOp, position, s.N, device, chunk_size, check_position_values);
   return s;
 }
 
