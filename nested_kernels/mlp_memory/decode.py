@@ -4,6 +4,7 @@ import torch
 from ..backends import OpBackends
 from ..common.inputs import needs_grad
 from ..common.validation import check_decode_position, check_memory_gates, check_qkv, check_state_tensor
+from .decode_compiled import cpp_unsupported_reason, cuda_unsupported_reason, mlp_memory_step_compiled
 from .decode_state import MLPMemoryDecodeState
 from .decode_torch import mlp_memory_step_torch
 from .options import check_mlp_options
@@ -12,6 +13,8 @@ __all__ = ["mlp_memory_step", "MLPMemoryDecodeState", "STEP_BACKENDS"]
 
 STEP_BACKENDS = OpBackends("mlp_memory_step")
 STEP_BACKENDS.register("torch", mlp_memory_step_torch)
+STEP_BACKENDS.register("cuda", mlp_memory_step_compiled, cuda_unsupported_reason)
+STEP_BACKENDS.register("cpp", mlp_memory_step_compiled, cpp_unsupported_reason)
 
 
 def _check(q, k, v, lr, retention, momentum, state, activation, residual, dgd, self_target, read):
@@ -65,7 +68,7 @@ def mlp_memory_step(q, k, v, lr, retention, momentum, state: MLPMemoryDecodeStat
         dgd (bool): DGD preconditioner on W1. Default: `False`.
         self_target (bool): targets `f_{W^c}(v_t)`. Default: `False`.
         read (str): `"current"` (`f_{W_t}(q_t)`) or `"chunk_start"` (`f_{W^c}(q_t)`). Default: `"current"`.
-        backend (str): `"torch" | "auto"`. Default: `"auto"`.
+        backend (str): `"torch" | "cpp" | "cuda" | "auto"`. Default: `"auto"`.
 
     Returns:
         o (torch.Tensor): `[N, T, H, V]` in the dtype of `v`.
