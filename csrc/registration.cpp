@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "linear_memory/linear_memory_ops.h"
+#include "mlp_memory/mlp_memory_ops.h"
 
 TORCH_LIBRARY(nested_kernels, m) {
   // SPEC §2, forward only. Returns (o, final_memory, final_momentum); final_momentum is an
@@ -20,11 +21,21 @@ TORCH_LIBRARY(nested_kernels, m) {
       "linear_memory_step(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
       "Tensor(a!) memory, Tensor(b!) chunk_memory, Tensor(c!)? momentum_state, Tensor(d!) position, "
       "int chunk_size, float scale, bool dgd) -> Tensor");
+  // SPEC §3 decode step, forward only: T new tokens per sequence from the decode state (running
+  // weights w1, w2, chunk-start weights chunk_w1, chunk_w2, momenta s1, s2, position in the
+  // chunk), all updated in place. activation: "silu" | "gelu"; read: "current" | "chunk_start".
+  // Returns o.
+  m.def(
+      "mlp_memory_step(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
+      "Tensor(a!) w1, Tensor(b!) w2, Tensor(c!) chunk_w1, Tensor(d!) chunk_w2, Tensor(e!)? s1, Tensor(f!)? s2, "
+      "Tensor(g!) position, int chunk_size, str activation, bool residual, bool dgd, bool self_target, "
+      "str read) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nested_kernels, CPU, m) {
   m.impl("linear_memory_recurrent", &nested_kernels::linear_memory::linear_memory_recurrent_cpu);
   m.impl("linear_memory_step", &nested_kernels::linear_memory::linear_memory_step_cpu);
+  m.impl("mlp_memory_step", &nested_kernels::mlp_memory::mlp_memory_step_cpu);
 }
 
 #ifdef TORCH_EXTENSION_NAME

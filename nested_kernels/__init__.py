@@ -8,9 +8,9 @@ from . import _extension
 from .cms import CMSState, cms_level
 from .deep_momentum import deep_momentum
 from .linear_memory import LinearMemoryDecodeState, LinearMemoryState, linear_memory, linear_memory_step
-from .mlp_memory import MLPMemoryState, mlp_memory
+from .mlp_memory import MLPMemoryDecodeState, MLPMemoryState, mlp_memory, mlp_memory_step
 
 __version__ = "0.1.0"
 
 __all__ = ["linear_memory", "LinearMemoryState", "linear_memory_step", "LinearMemoryDecodeState", "mlp_memory",
-           "MLPMemoryState", "cms_level", "CMSState", "deep_momentum"]
+           "MLPMemoryState", "mlp_memory_step", "MLPMemoryDecodeState", "cms_level", "CMSState", "deep_momentum"]

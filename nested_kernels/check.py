@@ -9,6 +9,7 @@ from .cms import BACKENDS as CMS_BACKENDS, cms_level
 from .linear_memory import BACKENDS as LINEAR_BACKENDS, LinearMemoryState, linear_memory
 from .linear_memory.decode import STEP_BACKENDS, LinearMemoryDecodeState, linear_memory_step
 from .mlp_memory import BACKENDS as MLP_BACKENDS, MLPMemoryState, mlp_memory
+from .mlp_memory.decode import STEP_BACKENDS as MLP_STEP_BACKENDS, MLPMemoryDecodeState, mlp_memory_step
 
 TOLERANCE = 1e-4    # max |out − ref| / max |ref| per tensor, backend in fp32 vs reference in fp64
 
@@ -64,15 +65,44 @@ def _linear_step_case():
             return linear_memory(q, k, v, lr, ret, mom, initial_state=LinearMemoryState(m0, s0), chunk_size=C,
                                  output_final_state=True, backend="reference", **options)
         state = LinearMemoryDecodeState.from_state(LinearMemoryState(m0, s0), C)
-        outs, t, sizes = [], 0, [1, 3, C, 2] * T
-        while t < T:
-            n = min(sizes.pop(0), T - t)
-            outs.append(linear_memory_step(*(x[:, t:t + n] for x in (q, k, v, lr, ret, mom)), state,
-                                           backend=backend, **options))
-            t += n
-        return torch.cat(outs, 1), LinearMemoryState(state.memory, state.momentum)
+        o = _decode_in_steps(linear_memory_step, (q, k, v, lr, ret, mom), state, backend=backend, **options)
+        return o, LinearMemoryState(state.memory, state.momentum)
 
     return Case("linear_memory_step", "mom+dgd", STEP_BACKENDS, make, call, dict(K=K, V=V, chunk_size=C))
+
+
+def _mlp_step_case():
+    """Decoding in steps of 1, 3, a chunk and 2 tokens against the reference on the whole stream."""
+    B, T, H, D, Dh, C = 2, 41, 2, 16, 32, 16
+
+    def make():
+        tensors = _qkv_gates(B, T, H, D, D) + [
+            torch.randn(1, H, D, Dh) / D**0.5, torch.randn(1, H, Dh, D) / Dh**0.5,
+            0.05 * torch.randn(B, H, D, Dh), 0.05 * torch.randn(B, H, Dh, D),
+        ]
+        return tensors, dict(dgd=True, self_target=True)
+
+    def call(backend, q, k, v, lr, ret, mom, *state, **options):
+        if backend == "reference":
+            return mlp_memory(q, k, v, lr, ret, mom, initial_state=MLPMemoryState(*state), chunk_size=C,
+                              output_final_state=True, backend="reference", **options)
+        decode_state = MLPMemoryDecodeState.from_state(MLPMemoryState(*state), C)
+        o = _decode_in_steps(mlp_memory_step, (q, k, v, lr, ret, mom), decode_state, backend=backend, **options)
+        return o, MLPMemoryState(decode_state.w1, decode_state.w2, decode_state.s1, decode_state.s2)
+
+    return Case("mlp_memory_step", "mom+dgd+self_target", MLP_STEP_BACKENDS, make, call,
+                dict(K=D, V=D, chunk_size=C))
+
+
+def _decode_in_steps(step, inputs, state, **options):
+    """`step` over the stream in calls of 1, 3, a chunk and 2 tokens, cycling; the outputs joined."""
+    T, C = inputs[0].shape[1], state.chunk_size
+    outs, t, sizes = [], 0, [1, 3, C, 2] * T
+    while t < T:
+        n = min(sizes.pop(0), T - t)
+        outs.append(step(*(x[:, t:t + n] for x in inputs), state, **options))
+        t += n
+    return torch.cat(outs, 1)
 
 
 def _mlp_case(read: str, varlen: bool):
@@ -116,7 +146,7 @@ def _cms_case(signal: str):
 
 CASES: List[Case] = [
     _linear_case(False), _linear_case(True), _linear_step_case(),
-    _mlp_case("current", False), _mlp_case("chunk_start", True),
+    _mlp_case("current", False), _mlp_case("chunk_start", True), _mlp_step_case(),
     _cms_case("target"), _cms_case("grad_y"),
 ]
 

@@ -1,4 +1,5 @@
 // Argument checks of `linear_memory_recurrent`, shared by the CPU and CUDA entry points.
+#include "common/checks.h"
 #include "linear_memory/linear_memory_ops.h"
 
 #include <ATen/ATen.h>
@@ -10,38 +11,20 @@ namespace nested_kernels {
 namespace linear_memory {
 namespace {
 
+using namespace checks;
+
 constexpr const char* kOp = "linear_memory_recurrent: ";
 
-bool is_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
-}
-
-// Every tensor on q's device (q itself checked against the kernel's device type first).
-void check_device(const at::Tensor& t, const char* name, const c10::Device& device) {
-  TORCH_CHECK(t.device() == device, kOp, name, " must be on ", device, " (the device of q), got a tensor on ",
-              t.device());
-}
-
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(is_float_dtype(t.scalar_type()), kOp, name,
-              " must be float32, float64, bfloat16 or float16, got ", t.scalar_type());
-}
-
-void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected, const char* layout) {
-  TORCH_CHECK(t.sizes() == expected, kOp, name, " must have shape ", layout, " = ", expected, ", got ",
-              t.sizes());
-}
-
 void check_gate(const at::Tensor& t, const char* name, const RecurrentSizes& s, const c10::Device& device) {
-  check_device(t, name, device);
-  check_float(t, name);
-  check_shape(t, name, {s.B, s.T, s.H}, "[B, T, H]");
+  check_device(kOp, t, name, device);
+  check_float(kOp, t, name);
+  check_shape(kOp, t, name, {s.B, s.T, s.H}, "[B, T, H]");
 }
 
 void check_state(const at::Tensor& t, const char* name, const RecurrentSizes& s, const c10::Device& device) {
-  check_device(t, name, device);
-  check_float(t, name);
-  check_shape(t, name, {s.N, s.H, s.K, s.V}, "[N, H, K, V]");
+  check_device(kOp, t, name, device);
+  check_float(kOp, t, name);
+  check_shape(kOp, t, name, {s.N, s.H, s.K, s.V}, "[N, H, K, V]");
 }
 
 }  // namespace
@@ -52,27 +35,24 @@ RecurrentSizes check_linear_memory_recurrent_args(
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, c10::DeviceType device_type,
     bool check_cu_seqlens_values) {
-  TORCH_CHECK(q.device().type() == device_type, kOp, "q must be a ", c10::DeviceTypeName(device_type),
-              " tensor for this kernel, got a tensor on ", q.device());
+  check_device_type(kOp, q, device_type);
   const c10::Device device = q.device();
-  check_device(k, "k", device);
-  check_device(v, "v", device);
+  check_device(kOp, k, "k", device);
+  check_device(kOp, v, "v", device);
   TORCH_CHECK(q.dim() == 4, kOp, "q must be 4-D [B, T, H, K], got shape ", q.sizes());
-  check_float(q, "q");
+  check_float(kOp, q, "q");
   RecurrentSizes s{q.size(0), q.size(1), q.size(2), q.size(3), 0, q.size(0)};
-  check_shape(k, "k", q.sizes(), "[B, T, H, K] (the shape of q)");
-  TORCH_CHECK(k.scalar_type() == q.scalar_type(), kOp, "k must have the dtype of q (", q.scalar_type(),
-              "), got ", k.scalar_type());
+  check_shape(kOp, k, "k", q.sizes(), "[B, T, H, K] (the shape of q)");
+  check_dtype_of_q(kOp, k, "k", q);
   TORCH_CHECK(v.dim() == 4, kOp, "v must be 4-D [B, T, H, V], got shape ", v.sizes());
   s.V = v.size(3);
-  check_shape(v, "v", {s.B, s.T, s.H, s.V}, "[B, T, H, V]");
-  TORCH_CHECK(v.scalar_type() == q.scalar_type(), kOp, "v must have the dtype of q (", q.scalar_type(),
-              "), got ", v.scalar_type());
+  check_shape(kOp, v, "v", {s.B, s.T, s.H, s.V}, "[B, T, H, V]");
+  check_dtype_of_q(kOp, v, "v", q);
   TORCH_CHECK(chunk_size >= 1, kOp, "chunk_size must be >= 1, got ", chunk_size);
 
   if (cu_seqlens.has_value()) {
     const at::Tensor& cu = *cu_seqlens;
-    check_device(cu, "cu_seqlens", device);
+    check_device(kOp, cu, "cu_seqlens", device);
     TORCH_CHECK(cu.scalar_type() == at::kInt || cu.scalar_type() == at::kLong, kOp,
                 "cu_seqlens must be int32 or int64, got ", cu.scalar_type());
     TORCH_CHECK(cu.dim() == 1 && cu.size(0) >= 1, kOp, "cu_seqlens must be 1-D [N + 1] with N >= 0, got shape ",

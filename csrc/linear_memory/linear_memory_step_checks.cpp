@@ -1,4 +1,5 @@
 // Argument checks of `linear_memory_step`, shared by the CPU and CUDA entry points.
+#include "common/checks.h"
 #include "linear_memory/linear_memory_ops.h"
 
 #include <ATen/ATen.h>
@@ -8,40 +9,20 @@ namespace nested_kernels {
 namespace linear_memory {
 namespace {
 
+using namespace checks;
+
 constexpr const char* kOp = "linear_memory_step: ";
 
-bool is_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
-}
-
-void check_device(const at::Tensor& t, const char* name, const c10::Device& device) {
-  TORCH_CHECK(t.device() == device, kOp, name, " must be on ", device, " (the device of q), got a tensor on ",
-              t.device());
-}
-
-void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected, const char* layout) {
-  TORCH_CHECK(t.sizes() == expected, kOp, name, " must have shape ", layout, " = ", expected, ", got ",
-              t.sizes());
-}
-
 void check_gate(const at::Tensor& t, const char* name, const StepSizes& s, const c10::Device& device) {
-  check_device(t, name, device);
-  TORCH_CHECK(is_float_dtype(t.scalar_type()), kOp, name, " must be float32, float64, bfloat16 or float16, got ",
-              t.scalar_type());
-  check_shape(t, name, {s.N, s.T, s.H}, "[N, T, H]");
+  check_device(kOp, t, name, device);
+  check_float(kOp, t, name);
+  check_shape(kOp, t, name, {s.N, s.T, s.H}, "[N, T, H]");
 }
 
 // A state the kernel updates in place: [N, H, K, V], contiguous, in the accumulation type.
 void check_state(const at::Tensor& t, const char* name, const StepSizes& s, const c10::Device& device,
                  at::ScalarType acc_type) {
-  check_device(t, name, device);
-  check_shape(t, name, {s.N, s.H, s.K, s.V}, "[N, H, K, V]");
-  const bool fp64 = acc_type == at::kDouble;
-  TORCH_CHECK(t.scalar_type() == acc_type, kOp, name, " must be ", fp64 ? "float64" : "float32",
-              " (the state type for ", fp64 ? "float64" : "float32/bfloat16/float16", " inputs), got ",
-              t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), kOp, name, " must be contiguous (it is updated in place), got strides ",
-              t.strides());
+  check_inplace_state(kOp, t, name, device, {s.N, s.H, s.K, s.V}, "[N, H, K, V]", acc_type);
 }
 
 }  // namespace
@@ -51,23 +32,19 @@ StepSizes check_linear_memory_step_args(
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum, const at::Tensor& memory,
     const at::Tensor& chunk_memory, const std::optional<at::Tensor>& momentum_state, const at::Tensor& position,
     int64_t chunk_size, c10::DeviceType device_type, bool check_position_values) {
-  TORCH_CHECK(q.device().type() == device_type, kOp, "q must be a ", c10::DeviceTypeName(device_type),
-              " tensor for this kernel, got a tensor on ", q.device());
+  check_device_type(kOp, q, device_type);
   const c10::Device device = q.device();
   TORCH_CHECK(q.dim() == 4, kOp, "q must be 4-D [N, T, H, K], got shape ", q.sizes());
-  TORCH_CHECK(is_float_dtype(q.scalar_type()), kOp, "q must be float32, float64, bfloat16 or float16, got ",
-              q.scalar_type());
+  check_float(kOp, q, "q");
   StepSizes s{q.size(0), q.size(1), q.size(2), q.size(3), 0};
-  check_device(k, "k", device);
-  check_shape(k, "k", q.sizes(), "[N, T, H, K] (the shape of q)");
-  TORCH_CHECK(k.scalar_type() == q.scalar_type(), kOp, "k must have the dtype of q (", q.scalar_type(), "), got ",
-              k.scalar_type());
-  check_device(v, "v", device);
+  check_device(kOp, k, "k", device);
+  check_shape(kOp, k, "k", q.sizes(), "[N, T, H, K] (the shape of q)");
+  check_dtype_of_q(kOp, k, "k", q);
+  check_device(kOp, v, "v", device);
   TORCH_CHECK(v.dim() == 4, kOp, "v must be 4-D [N, T, H, V], got shape ", v.sizes());
   s.V = v.size(3);
-  check_shape(v, "v", {s.N, s.T, s.H, s.V}, "[N, T, H, V]");
-  TORCH_CHECK(v.scalar_type() == q.scalar_type(), kOp, "v must have the dtype of q (", q.scalar_type(), "), got ",
-              v.scalar_type());
+  check_shape(kOp, v, "v", {s.N, s.T, s.H, s.V}, "[N, T, H, V]");
+  check_dtype_of_q(kOp, v, "v", q);
   TORCH_CHECK(chunk_size >= 1, kOp, "chunk_size must be >= 1, got ", chunk_size);
 
   check_gate(lr, "lr", s, device);
@@ -85,17 +62,7 @@ StepSizes check_linear_memory_step_args(
     check_state(*momentum_state, "momentum_state", s, device, acc_type);
   }
 
-  check_device(position, "position", device);
-  TORCH_CHECK(position.scalar_type() == at::kLong, kOp, "position must be int64, got ", position.scalar_type());
-  check_shape(position, "position", {s.N}, "[N]");
-  TORCH_CHECK(position.is_contiguous(), kOp, "position must be contiguous (it is updated in place)");
-  if (check_position_values) {
-    const int64_t* p = position.const_data_ptr<int64_t>();
-    for (int64_t n = 0; n < s.N; ++n) {
-      TORCH_CHECK(p[n] >= 0 && p[n] < chunk_size, kOp, "position must be in [0, chunk_size = ", chunk_size,
-                  "), got position[", n, "] = ", p[n]);
-    }
-  }
+  check_position(kOp, position, s.N, device, chunk_size, check_position_values);
   return s;
 }
 

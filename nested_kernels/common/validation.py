@@ -120,3 +120,9 @@ def check_momentum_state(name: str, state, momentum, shape: Sequence[int], dims:
     if momentum is None:
         raise ValueError(f"{name}: expected None when momentum=None (no momentum state), got a tensor")
     check_state_tensor(name, state, shape, dims, device)
+
+
+def check_decode_position(state, N: int, device: torch.device) -> None:
+    """`state.position [N]` int64 and `state.chunk_size` of a decode state (`*_step` ops)."""
+    check_tensor("state.position", state.position, shape=(N,), dims="[N]", dtypes=(torch.int64,), device=device)
+    check_chunk_size(state.chunk_size, "state.chunk_size")

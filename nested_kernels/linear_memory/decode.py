@@ -4,7 +4,7 @@ import torch
 from ..backends import OpBackends
 from ..common.inputs import needs_grad
 from ..common.validation import (
-    check_chunk_size, check_flag, check_memory_gates, check_qkv, check_state_tensor, check_tensor,
+    check_decode_position, check_flag, check_memory_gates, check_qkv, check_state_tensor,
 )
 from .decode_compiled import cpp_unsupported_reason, cuda_unsupported_reason, linear_memory_step_compiled
 from .decode_state import LinearMemoryDecodeState
@@ -40,8 +40,7 @@ def _check(q, k, v, lr, retention, momentum, state, dgd, scale):
             f"momentum={'None' if momentum is None else 'given'}, got "
             f"{'None' if state.momentum is None else 'a tensor'} (build the state with momentum=...)"
         )
-    check_tensor("state.position", state.position, shape=(B,), dims="[N]", dtypes=(torch.int64,), device=q.device)
-    check_chunk_size(state.chunk_size, "state.chunk_size")
+    check_decode_position(state, B, q.device)
 
 
 def linear_memory_step(q, k, v, lr, retention, momentum, state: LinearMemoryDecodeState, *,

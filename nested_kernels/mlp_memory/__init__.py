@@ -4,19 +4,18 @@ from typing import Optional, Tuple
 import torch
 
 from ..backends import OpBackends
-from ..common.activations import ACTIVATIONS
 from ..common.inputs import needs_grad
 from ..common.validation import (
-    check_choice, check_chunk_size, check_cu_seqlens, check_flag, check_memory_gates, check_momentum_state,
-    check_qkv, check_state_tensor,
+    check_chunk_size, check_cu_seqlens, check_flag, check_memory_gates, check_momentum_state, check_qkv,
+    check_state_tensor,
 )
 from .chunked import mlp_memory_chunked
+from .decode import MLPMemoryDecodeState, mlp_memory_step
+from .options import READ_MODES, check_mlp_options
 from .reference import mlp_memory_reference
 from .state import MLPMemoryState
 
-__all__ = ["mlp_memory", "MLPMemoryState", "BACKENDS", "READ_MODES"]
-
-READ_MODES = ("current", "chunk_start")
+__all__ = ["mlp_memory", "MLPMemoryState", "BACKENDS", "READ_MODES", "mlp_memory_step", "MLPMemoryDecodeState"]
 
 BACKENDS = OpBackends("mlp_memory")
 BACKENDS.register("reference", mlp_memory_reference)
@@ -27,15 +26,8 @@ def _check(q, k, v, lr, retention, momentum, initial_state, activation, residual
            chunk_size, output_final_state, cu_seqlens):
     B, T, H, K, V = check_qkv(q, k, v)
     check_memory_gates(lr, retention, momentum, B, T, H, q.device)
-    check_choice("activation", activation, sorted(ACTIVATIONS))
-    check_choice("read", read, READ_MODES)
-    for name, flag in (("residual", residual), ("dgd", dgd), ("self_target", self_target),
-                       ("output_final_state", output_final_state)):
-        check_flag(name, flag)
-    if residual and K != V:
-        raise ValueError(f"residual: expected K == V for f(x) = x + φ(x W1) W2, got K = {K}, V = {V}")
-    if self_target and K != V:
-        raise ValueError(f"self_target: expected K == V, since the target f_W(v) feeds v to the memory, got K = {K}, V = {V}")
+    check_mlp_options(activation, residual, dgd, self_target, read, K, V)
+    check_flag("output_final_state", output_final_state)
     check_chunk_size(chunk_size)
     N = check_cu_seqlens(cu_seqlens, B, T, q.device)
     if not isinstance(initial_state, MLPMemoryState):

@@ -1,18 +1,16 @@
 """Token-by-token reference of `mlp_memory` (SPEC §3): the oracle for every other tier.
 
-One Python loop over tokens per sequence, all heads at once. The inner gradient is written
-in closed form with the explicit φ', so autograd through this loop is the exact outer
-gradient, second-order (φ'') terms included. fp64 for fp64 inputs, fp32 otherwise.
+One Python loop over tokens per sequence, all heads at once, each token one call of
+`token_step.mlp_token_step`. The inner gradient is written in closed form with the explicit
+φ', so autograd through this loop is the exact outer gradient, second-order (φ'') terms
+included. fp64 for fp64 inputs, fp32 otherwise.
 """
 import torch
 
 from ..common.activations import get_activation
 from ..common.inputs import memory_inputs, sequence_bounds
 from .state import MLPMemoryState
-
-
-def _row_matmul(x, w):
-    return torch.einsum("hi,hio->ho", x, w)
+from .token_step import MLPWeights, mlp_token_step
 
 
 def mlp_memory_reference(
@@ -24,10 +22,6 @@ def mlp_memory_reference(
     phi = get_activation(activation)
     out_dtype, dtype, q, k, v, eta, alpha, mu = memory_inputs(q, k, v, lr, retention, momentum)
 
-    def memory(x, w1, w2):                                                    # f_W(x) = [x +] φ(x W1) W2
-        y = _row_matmul(phi.fn(_row_matmul(x, w1)), w2)
-        return x + y if residual else y
-
     outputs, finals = [], []
     for n, (b, start, end) in enumerate(sequence_bounds(B, T, cu_seqlens)):
         w1 = initial_state.w1[n if initial_state.w1.shape[0] > 1 else 0].to(dtype)
@@ -36,35 +30,19 @@ def mlp_memory_reference(
         if mu is not None:
             s1 = torch.zeros_like(w1) if initial_state.s1 is None else initial_state.s1[n].to(dtype)
             s2 = torch.zeros_like(w2) if initial_state.s2 is None else initial_state.s2[n].to(dtype)
+        w = MLPWeights(w1, w2, s1, s2)
         seq_out = []
         for t in range(start, end):
             if (t - start) % chunk_size == 0:
-                w1c, w2c = w1, w2                                             # W^c
-            k_t, v_t, q_t = k[b, t], v[b, t], q[b, t]
-            e_t, a_t = eta[b, t, :, None, None], alpha[b, t, :, None, None]
-            target = memory(v_t, w1c, w2c) if self_target else v_t            # v̂_t = f_{W^c}(v_t)
-            z = _row_matmul(k_t, w1c)
-            act = phi.fn(z)
-            r = memory(k_t, w1c, w2c) - target                                # r_t = f_{W^c}(k_t) − target_t
-            u2 = act[:, :, None] * r[:, None, :]                              # U2_t = a_tᵀ r_t
-            delta = torch.einsum("hv,hdv->hd", r, w2c) * phi.grad(z)          # δ_t = (r_t W2^cᵀ) ⊙ φ'(z_t)
-            u1 = k_t[:, :, None] * delta[:, None, :]                          # U1_t = k_tᵀ δ_t
-            step1, step2 = -e_t * u1, -e_t * u2
-            if mu is not None:
-                m_t = mu[b, t, :, None, None]
-                s1, s2 = m_t * s1 + step1, m_t * s2 + step2                   # S_t = μ_t S_{t−1} − η_t U_t
-                step1, step2 = s1, s2
-            w1_new = a_t * w1 + step1                                         # W1_t = α_t W1_{t−1} + S1_t
-            if dgd:                                                           # − η_t k_tᵀ (k_t W1_{t−1})
-                w1_new = w1_new - e_t * k_t[:, :, None] * _row_matmul(k_t, w1)[:, None, :]
-            w1, w2 = w1_new, a_t * w2 + step2                                 # W2_t = α_t W2_{t−1} + S2_t
-            if read == "current":
-                seq_out.append(memory(q_t, w1, w2))                           # o_t = f_{W_t}(q_t)
-            else:
-                seq_out.append(memory(q_t, w1c, w2c))                         # o_t = f_{W^c}(q_t)
+                w1c, w2c = w.w1, w.w2                                         # W^c
+            o_t, w = mlp_token_step(
+                q[b, t], k[b, t], v[b, t], eta[b, t], alpha[b, t], None if mu is None else mu[b, t], w, w1c, w2c,
+                phi=phi, residual=residual, dgd=dgd, self_target=self_target, read=read,
+            )
+            seq_out.append(o_t)
         V = v.shape[-1]
         outputs.append(torch.stack(seq_out, 0) if seq_out else v.new_zeros(0, H, V))
-        finals.append((w1, w2, s1, s2))
+        finals.append(w)
 
     o = torch.stack(outputs, 0) if cu_seqlens is None else torch.cat(outputs, 0)[None]
     final_state = None

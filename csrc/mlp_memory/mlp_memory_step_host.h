@@ -1,0 +1,87 @@
+// Host side of `mlp_memory_step` shared by the CPU and CUDA entry points: the tensors a kernel
+// reads (made contiguous, gates in the accumulation type), its StepParams and its dispatch over
+// (momentum, dgd).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string_view>
+
+#include "mlp_memory/mlp_memory_ops.h"
+#include "mlp_memory/mlp_memory_step.h"
+
+namespace nested_kernels {
+namespace mlp_memory {
+
+// Inputs made contiguous, gates in the accumulation type, and the fresh output o [N, T, H, V].
+struct StepTensors {
+  at::Tensor q, k, v, lr, retention, momentum;  // momentum undefined when absent
+  at::Tensor o;
+};
+
+inline StepTensors prepare_mlp_memory_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const at::Tensor& lr, const at::Tensor& retention,
+                                           const std::optional<at::Tensor>& momentum, const StepSizes& s) {
+  const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  StepTensors t;
+  t.q = q.contiguous();
+  t.k = k.contiguous();
+  t.v = v.contiguous();
+  t.lr = lr.to(acc_type).contiguous();
+  t.retention = retention.to(acc_type).contiguous();
+  if (momentum.has_value()) {
+    t.momentum = momentum->to(acc_type).contiguous();
+  }
+  t.o = at::empty({s.N, s.T, s.H, s.V}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  return t;
+}
+
+template <typename scalar_t, typename acc_t>
+StepParams<scalar_t, acc_t> mlp_memory_step_params(const StepTensors& t, at::Tensor& w1, at::Tensor& w2,
+                                                   at::Tensor& chunk_w1, at::Tensor& chunk_w2,
+                                                   const std::optional<at::Tensor>& s1,
+                                                   const std::optional<at::Tensor>& s2, const at::Tensor& position,
+                                                   const StepSizes& s, int64_t chunk_size,
+                                                   std::string_view activation, bool residual, bool self_target,
+                                                   std::string_view read) {
+  StepParams<scalar_t, acc_t> p;
+  p.q = t.q.const_data_ptr<scalar_t>();
+  p.k = t.k.const_data_ptr<scalar_t>();
+  p.v = t.v.const_data_ptr<scalar_t>();
+  p.lr = t.lr.const_data_ptr<acc_t>();
+  p.retention = t.retention.const_data_ptr<acc_t>();
+  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
+  p.o = t.o.mutable_data_ptr<scalar_t>();
+  p.w1 = w1.mutable_data_ptr<acc_t>();
+  p.w2 = w2.mutable_data_ptr<acc_t>();
+  p.chunk_w1 = chunk_w1.mutable_data_ptr<acc_t>();
+  p.chunk_w2 = chunk_w2.mutable_data_ptr<acc_t>();
+  p.s1 = s1.has_value() ? s1->mutable_data_ptr<acc_t>() : nullptr;
+  p.s2 = s2.has_value() ? s2->mutable_data_ptr<acc_t>() : nullptr;
+  p.position = position.const_data_ptr<int64_t>();
+  p.T = s.T;
+  p.H = s.H;
+  p.K = s.K;
+  p.Dh = s.Dh;
+  p.V = s.V;
+  p.chunk_size = chunk_size;
+  p.gelu = activation == "gelu";
+  p.residual = residual;
+  p.self_target = self_target;
+  p.read_current = read == "current";
+  return p;
+}
+
+// run.template operator()<HAS_MOMENTUM, DGD>() with the flags as template constants.
+template <typename Run>
+void dispatch_momentum_dgd(bool has_momentum, bool dgd, const Run& run) {
+  if (has_momentum) {
+    dgd ? run.template operator()<true, true>() : run.template operator()<true, false>();
+  } else {
+    dgd ? run.template operator()<false, true>() : run.template operator()<false, false>();
+  }
+}
+
+}  // namespace mlp_memory
+}  // namespace nested_kernels
