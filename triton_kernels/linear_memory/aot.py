@@ -57,13 +57,10 @@ AOT_SPECS = list(_specs())
 
 # Configurations that still spill registers (momentum + DGD, the most registers), from
 # `nested-kernels compile-report` with triton 3.8. CI fails on any other spill, and when one of
-# these is fixed. sm_90: the reverse recurrence at K = 256 with 32-token chunks (12 B; every
-# other candidate of `benchmarks/linear_memory_spill_sweep.py` spills more). sm_80 runs the
-# sm_90 table: its mma.sync layouts need more registers for 64-token chunks and wide value tiles.
+# these is fixed. sm_90 has none. sm_80 runs the sm_90 table: its mma.sync layouts need more
+# registers for 64-token chunks, wide value tiles, and the K = 256 reverse recurrence.
 _KNOWN = {
-    90: (
-        "bwd_dh-D256-BT32",
-    ),
+    90: (),
     80: (
         "fwd_h-D64-BT16",
         "fwd_h-D64-BT32",

@@ -98,8 +98,10 @@ def linear_memory_bwd_kernel_dh(
                 b_dp_carry = (tl.load(carry + o_gate + o_t)[:, None] * b_dp).to(b_k0.dtype)
 
         b_q0 = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
+        b_k0 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
         if K > BK:
             b_q1 = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
+            b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
         # dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP),  dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP)
         b_do_decay = (tl.load(decay + o_gate + 1 + o_t)[:, None] * b_do).to(b_q0.dtype)
         b_k_rhs = b_k_rhs.to(b_k0.dtype)
