@@ -103,6 +103,8 @@ def linear_memory_bwd_kernel_dh(
             b_q1 = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
             b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
         # dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP),  dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP)
+        if BT >= 64:  # read dO again rather than keep it live (what keeps 64-token chunks of K = 256 clean)
+            b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
         b_do_decay = (tl.load(decay + o_gate + 1 + o_t)[:, None] * b_do).to(b_q0.dtype)
         b_k_rhs = b_k_rhs.to(b_k0.dtype)
         b_decay_last = tl.load(decay + o_gate + i_last)
@@ -191,12 +193,17 @@ def linear_memory_bwd_kernel_dq(
         b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
         tl.store(dq + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dq, mask=m_k[None, :])
     b_qk = tl.where(m_causal, b_qk, 0.0)
-    tl.store(d_write + o_part * 3 * BT * BT + o_mat, -b_qk * b_dor)
     tl.store(d_decay + o_part * 3 * BT + o_t, tl.sum(b_do * b_qx, 1))
     if USE_MOMENTUM:
         tl.store(d_carry + o_part * 3 * BT + o_t, tl.sum(b_do * b_qs, 1))
+    # Ō Rᵀ and Ō Wᵀ again rather than live through the loop over K
+    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
+    tl.store(d_write + o_part * 3 * BT * BT + o_mat,
+             -b_qk * tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION))
     if USE_DGD:
-        tl.store(d_dgd_write + o_part * 3 * BT * BT + o_mat, -b_qk * b_dow)
+        b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
+        tl.store(d_dgd_write + o_part * 3 * BT * BT + o_mat,
+                 -b_qk * tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION))
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -322,12 +329,16 @@ def linear_memory_bwd_kernel_dk_dgd(
             b_dk += b_carry[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
         b_dk += tl.dot(b_dkk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
         tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
+    # R and G again rather than live through the loop over K
+    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
+    b_write = tl.load(write + o_gate * BT + o_mat)
     b_p = b_decay[:, None] * b_kx - tl.dot(b_kk * b_write, b_r, input_precision=DOT_PRECISION)
     tl.store(d_decay + o_part * 3 * BT + BT + o_t, tl.sum(b_dp * b_kx, 1))
     if USE_MOMENTUM:
         b_p += b_carry[:, None] * b_ks
         tl.store(d_carry + o_part * 3 * BT + BT + o_t, tl.sum(b_dp * b_ks, 1))
-    tl.store(d_write + o_part * 3 * BT * BT + BT * BT + o_mat, -b_kk * b_dpr)
+    tl.store(d_write + o_part * 3 * BT * BT + BT * BT + o_mat,
+             -b_kk * tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION))
     b_dw = tl.load(dpseudo + o_tv, mask=m_v[None, :], other=0.0)
     tl.store(d_dgd_inv + o_part * BT * BT + o_mat, tl.dot(b_dw, tl.trans(b_p), input_precision=DOT_PRECISION))
 
