@@ -103,8 +103,8 @@ def key_tiles(monkeypatch, BK, BK_state):
     monkeypatch.setattr(configs, "TABLE", table)
 
 
-@pytest.mark.parametrize("K,BK,BK_state,C,full", [(40, 16, 32, 16, True), (32, 16, 16, 32, True), (64, 32, 32, 64, True),
-                                                  (32, 16, 16, 16, False)],
+@pytest.mark.parametrize("K,BK,BK_state,C,full",
+                         [(40, 16, 32, 16, True), (32, 16, 16, 32, True), (64, 32, 32, 64, True), (32, 16, 16, 16, False)],
                          ids=["K40-BK16-C16", "K32-BK16-C32", "K64-BK32-C64", "K32-BK16-C16-plain"])
 def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
     """K wider than the key tile (three tiles of 16 with the last one partial for K = 40, two
