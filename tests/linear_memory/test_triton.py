@@ -101,6 +101,31 @@ def test_triton_chunk_value_tiles():
     check(1, 33, 1, 16, 100, 16, True, True, True)
 
 
+RECURRENT = ("fwd_h", "bwd_dh")  # hold the state as at most two row tiles of BK
+
+
+def key_tiles(monkeypatch, BK, BK_state):
+    """The launch table with K read in tiles of at most BK rows (BK_state in the recurrent kernels):
+    the K = 256 path of the shipped table, on shapes the interpreter runs fast (the K = 64 rows of
+    the table serve the small K of these tests)."""
+    from nested_kernels.triton_kernels.linear_memory import configs
+
+    table = {kernel: {key: (*entry[:3], BK_state if kernel in RECURRENT else BK) for key, entry in rows.items()}
+             for kernel, rows in configs.TABLE.items()}
+    monkeypatch.setattr(configs, "TABLE", table)
+
+
+@pytest.mark.parametrize("K,BK,BK_state,C,full",
+                         [(40, 16, 32, 16, True), (32, 16, 16, 32, True), (64, 32, 32, 64, True), (32, 16, 16, 16, False)],
+                         ids=["K40-BK16-C16", "K32-BK16-C32", "K64-BK32-C64", "K32-BK16-C16-plain"])
+def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
+    """K wider than the key tile (three tiles of 16 with the last one partial for K = 40, two
+    state tiles with the second partial): products over K summed across tiles, the states and
+    their adjoints held as two row tiles."""
+    key_tiles(monkeypatch, BK, BK_state)
+    check(1, 70, 1, K, 24, C, full, full, full)  # full: momentum, DGD, initial state
+
+
 def test_triton_unsupported_chunk_size():
     q, k, v = qkv(1, 8, 1, 16, 16, dtype=torch.float32)
     with pytest.raises(NotImplementedError, match=r"chunk_size must be one of \(16, 32, 64\), got 8"):

@@ -14,86 +14,126 @@ import triton.language as tl
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_bwd_kernel_dh(
     q, k, do, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, last_rows, dgd_inv,
-    chunk_offsets, dht, dst, dh, ds, dres, dpseudo, drhs, dh0, ds0, scale,
+    qk_write, qk_dgd_write, kk_write, chunk_offsets, dht, dst, dh, ds, dres, dpseudo, drhs, dh0, ds0, scale,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    """The reverse chunk recurrence of one value tile. The adjoints (dM, dS) are held as two row
+    tiles of BK rows (rows BK..2·BK−1 only when K > BK; K ≤ 2·BK): K dM and K dS are summed over
+    the two, and each tile is updated with its own rows of Qᵀ and Kᵀ. The state-free BT × BT
+    products come computed ([H, NC, BT, BT]): `qk_write` = tril(Q Kᵀ) ⊙ G and `qk_dgd_write` =
+    tril(Q Kᵀ) ⊙ E (rows after each token), `kk_write` = (K Kᵀ) ⊙ G (rows before each token)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
     c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
+    o_k0 = tl.arange(0, BK)
+    o_k1 = BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    m_causal = o_t[:, None] >= o_t[None, :]
-    o_state = (i_nh.to(tl.int64) * K + o_k[:, None]) * V + o_v[None, :]
+    m_k0, m_k1, m_v = o_k0 < K, o_k1 < K, o_v < V
+    m_kv0 = m_k0[:, None] & m_v[None, :]
+    m_kv1 = m_k1[:, None] & m_v[None, :]
+    o_state0 = (i_nh.to(tl.int64) * K + o_k0[:, None]) * V + o_v[None, :]
+    o_state1 = (i_nh.to(tl.int64) * K + o_k1[:, None]) * V + o_v[None, :]
 
-    b_dx = tl.zeros([BK, BV], dtype=tl.float32)
-    b_ds = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dx0 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_ds0 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dx1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_ds1 = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_FINAL_STATE_GRADIENT:
-        b_dx += tl.load(dht + o_state, mask=m_kv, other=0.0)
+        b_dx0 += tl.load(dht + o_state0, mask=m_kv0, other=0.0)
         if USE_MOMENTUM:
-            b_ds += tl.load(dst + o_state, mask=m_kv, other=0.0)
+            b_ds0 += tl.load(dst + o_state0, mask=m_kv0, other=0.0)
+        if K > BK:
+            b_dx1 += tl.load(dht + o_state1, mask=m_kv1, other=0.0)
+            if USE_MOMENTUM:
+                b_ds1 += tl.load(dst + o_state1, mask=m_kv1, other=0.0)
 
     for i_r in range(c_start, c_end):
         i_c = c_start + c_end - 1 - i_r                                       # chunks in reverse
         o_tok = i_c * BT + o_t
-        b_q = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-        o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
-        b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
         o_chunk = i_h * NC + i_c
-        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
-        tl.store(dh + o_hc, b_dx, mask=m_kv)                                  # ∂L/∂M at the chunk end
+        o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+        b_k0 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
+        o_hc0 = (o_chunk * K + o_k0[:, None]) * V + o_v[None, :]
+        tl.store(dh + o_hc0, b_dx0, mask=m_kv0)                               # ∂L/∂M at the chunk end
+        b_kdx = tl.dot(b_k0, b_dx0.to(b_k0.dtype), input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
-            tl.store(ds + o_hc, b_ds, mask=m_kv)
+            tl.store(ds + o_hc0, b_ds0, mask=m_kv0)
+            b_kds = tl.dot(b_k0, b_ds0.to(b_k0.dtype), input_precision=DOT_PRECISION)
+        if K > BK:
+            b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
+            o_hc1 = (o_chunk * K + o_k1[:, None]) * V + o_v[None, :]
+            tl.store(dh + o_hc1, b_dx1, mask=m_kv1)
+            b_kdx += tl.dot(b_k1, b_dx1.to(b_k1.dtype), input_precision=DOT_PRECISION)
+            if USE_MOMENTUM:
+                tl.store(ds + o_hc1, b_ds1, mask=m_kv1)
+                b_kds += tl.dot(b_k1, b_ds1.to(b_k1.dtype), input_precision=DOT_PRECISION)
+        b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
 
         i_last = tl.load(last_rows + i_c)
         o_gate = o_chunk * (BT + 1)
-        b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
-        b_kdx = tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
-        b_write_after = tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :])
+        o_mat = (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :]
         # dR = −G[last] ⊙ K dM − N[last] ⊙ K dS − ((Q Kᵀ) ⊙ G)ᵀ dO
         b_dr = -tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx - tl.dot(
-            tl.trans(b_qk * b_write_after), b_do, input_precision=DOT_PRECISION)
-        b_decay_after = tl.load(decay + o_gate + 1 + o_t)
-        b_dx_new = tl.load(decay + o_gate + i_last) * b_dx + tl.dot(
-            tl.trans(b_q), (b_decay_after[:, None] * b_do).to(b_q.dtype), input_precision=DOT_PRECISION)
+            tl.trans(tl.load(qk_write + o_mat)), b_do, input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
-            b_kds = tl.dot(b_k, b_ds.to(b_k.dtype), input_precision=DOT_PRECISION)
             b_dr -= tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_kds
-            b_carry_after = tl.load(carry + o_gate + 1 + o_t)
-            b_ds_new = tl.load(carry + o_gate + i_last) * b_dx + tl.load(mom_decay_last + o_chunk) * b_ds + tl.dot(
-                tl.trans(b_q), (b_carry_after[:, None] * b_do).to(b_q.dtype), input_precision=DOT_PRECISION)
         if USE_DGD:
-            b_dgd_after = tl.load(dgd_write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :])
             # dW = −E[last] ⊙ K dM − ((Q Kᵀ) ⊙ E)ᵀ dO;  dP = (I + L)^{-T} dW
             b_dw = -tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx - tl.dot(
-                tl.trans(b_qk * b_dgd_after), b_do, input_precision=DOT_PRECISION)
+                tl.trans(tl.load(qk_dgd_write + o_mat)), b_do, input_precision=DOT_PRECISION)
             tl.store(dpseudo + o_tv, b_dw, mask=m_v[None, :])
-            b_inv = tl.load(dgd_inv + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])
-            b_dp = tl.dot(tl.trans(b_inv), b_dw, input_precision=DOT_PRECISION)
+            b_dp = tl.dot(tl.trans(tl.load(dgd_inv + o_mat)), b_dw, input_precision=DOT_PRECISION)
             tl.store(drhs + o_tv, b_dp, mask=m_v[None, :])
-            b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
-            b_write_before = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
-            b_dr -= tl.dot(tl.trans(b_kk * b_write_before), b_dp, input_precision=DOT_PRECISION)
-            b_dx_new += tl.dot(tl.trans(b_k), (tl.load(decay + o_gate + o_t)[:, None] * b_dp).to(b_k.dtype),
-                               input_precision=DOT_PRECISION)
-            if USE_MOMENTUM:
-                b_ds_new += tl.dot(tl.trans(b_k), (tl.load(carry + o_gate + o_t)[:, None] * b_dp).to(b_k.dtype),
-                                   input_precision=DOT_PRECISION)
+            b_dr -= tl.dot(tl.trans(tl.load(kk_write + o_mat)), b_dp, input_precision=DOT_PRECISION)
         tl.store(dres + o_tv, b_dr, mask=m_v[None, :])
-        b_dx = b_dx_new + tl.dot(tl.trans(b_k), b_dr.to(b_k.dtype), input_precision=DOT_PRECISION)  # R = K M^c − V
-        if USE_MOMENTUM:
-            b_ds = b_ds_new
+        b_k_rhs = b_dr                                                        # what Kᵀ(·) adds to dM
+        if USE_DGD:
+            b_k_rhs += tl.load(decay + o_gate + o_t)[:, None] * b_dp
+            if USE_MOMENTUM:
+                b_dp_carry = (tl.load(carry + o_gate + o_t)[:, None] * b_dp).to(b_k0.dtype)
 
-    tl.store(dh0 + o_state, b_dx, mask=m_kv)
+        b_q0 = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
+        b_k0 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
+        if K > BK:
+            b_q1 = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
+            b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
+        # dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP),  dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP)
+        if BT >= 64:  # read dO again rather than keep it live (what keeps 64-token chunks of K = 256 clean)
+            b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
+        b_do_decay = (tl.load(decay + o_gate + 1 + o_t)[:, None] * b_do).to(b_q0.dtype)
+        b_k_rhs = b_k_rhs.to(b_k0.dtype)
+        b_decay_last = tl.load(decay + o_gate + i_last)
+        if USE_MOMENTUM:
+            b_do_carry = (tl.load(carry + o_gate + 1 + o_t)[:, None] * b_do).to(b_q0.dtype)
+            b_carry_last = tl.load(carry + o_gate + i_last)
+            b_mom_decay = tl.load(mom_decay_last + o_chunk)
+            b_ds0 = tl.dot(tl.trans(b_q0), b_do_carry, b_carry_last * b_dx0 + b_mom_decay * b_ds0,
+                           input_precision=DOT_PRECISION)
+            if USE_DGD:
+                b_ds0 = tl.dot(tl.trans(b_k0), b_dp_carry, b_ds0, input_precision=DOT_PRECISION)
+            if K > BK:
+                b_ds1 = tl.dot(tl.trans(b_q1), b_do_carry, b_carry_last * b_dx1 + b_mom_decay * b_ds1,
+                               input_precision=DOT_PRECISION)
+                if USE_DGD:
+                    b_ds1 = tl.dot(tl.trans(b_k1), b_dp_carry, b_ds1, input_precision=DOT_PRECISION)
+        b_dx0 = tl.dot(tl.trans(b_q0), b_do_decay, b_decay_last * b_dx0, input_precision=DOT_PRECISION)
+        b_dx0 = tl.dot(tl.trans(b_k0), b_k_rhs, b_dx0, input_precision=DOT_PRECISION)   # R = K M^c − V
+        if K > BK:
+            b_dx1 = tl.dot(tl.trans(b_q1), b_do_decay, b_decay_last * b_dx1, input_precision=DOT_PRECISION)
+            b_dx1 = tl.dot(tl.trans(b_k1), b_k_rhs, b_dx1, input_precision=DOT_PRECISION)
+
+    tl.store(dh0 + o_state0, b_dx0, mask=m_kv0)
     if USE_MOMENTUM:
-        tl.store(ds0 + o_state, b_ds, mask=m_kv)
+        tl.store(ds0 + o_state0, b_ds0, mask=m_kv0)
+    if K > BK:
+        tl.store(dh0 + o_state1, b_dx1, mask=m_kv1)
+        if USE_MOMENTUM:
+            tl.store(ds0 + o_state1, b_ds1, mask=m_kv1)
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -109,46 +149,61 @@ def linear_memory_bwd_kernel_dq(
     [NV, H, NC, 3, ...] with slot 0 = rows after each token (see `linear_memory_bwd`)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
+    m_v = o_v < V
     m_causal = o_t[:, None] >= o_t[None, :]
     o_tok = i_c * BT + o_t
-    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
     o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
     o_chunk = i_h * NC + i_c
-    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
     o_gate = o_chunk * (BT + 1) + 1                                           # rows after each token
     o_part = i_v * H * NC + o_chunk
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
-    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
     b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
-    b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
     b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
-    b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
     b_dor = tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION)
-    tl.store(d_write + o_part * 3 * BT * BT + o_mat, -b_qk * b_dor)
     b_dqk = -b_dor * tl.load(write + o_gate * BT + o_mat)
-    b_dq = tl.load(decay + o_gate + o_t)[:, None] * tl.dot(b_do, tl.trans(b_x), input_precision=DOT_PRECISION)
-    tl.store(d_decay + o_part * 3 * BT + o_t,
-             tl.sum(b_do * tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION), 1))
-    if USE_MOMENTUM:
-        b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
-        b_dq += tl.load(carry + o_gate + o_t)[:, None] * tl.dot(b_do, tl.trans(b_s), input_precision=DOT_PRECISION)
-        tl.store(d_carry + o_part * 3 * BT + o_t,
-                 tl.sum(b_do * tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION), 1))
     if USE_DGD:
         b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
         b_dow = tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION)
-        tl.store(d_dgd_write + o_part * 3 * BT * BT + o_mat, -b_qk * b_dow)
         b_dqk -= b_dow * tl.load(dgd_write + o_gate * BT + o_mat)
     b_dqk = tl.where(m_causal, b_dqk, 0.0)
     tl.store(dqk + o_part * BT * BT + o_mat, b_dqk)
-    b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
-    tl.store(dq + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dq, mask=m_k[None, :])
+    b_decay = tl.load(decay + o_gate + o_t)
+    b_carry = tl.load(carry + o_gate + o_t) if USE_MOMENTUM else b_decay
+    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    b_qx = tl.zeros([BT, BV], dtype=tl.float32)
+    b_qs = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):                                      # dQ per K tile; Q Kᵀ, Q M^c, Q S^c summed
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_kv = m_k[:, None] & m_v[None, :]
+        o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
+        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+        b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+        b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+        b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+        b_qx += tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION)
+        b_dq = b_decay[:, None] * tl.dot(b_do, tl.trans(b_x), input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:
+            b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+            b_qs += tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION)
+            b_dq += b_carry[:, None] * tl.dot(b_do, tl.trans(b_s), input_precision=DOT_PRECISION)
+        b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
+        tl.store(dq + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dq, mask=m_k[None, :])
+    b_qk = tl.where(m_causal, b_qk, 0.0)
+    tl.store(d_decay + o_part * 3 * BT + o_t, tl.sum(b_do * b_qx, 1))
+    if USE_MOMENTUM:
+        tl.store(d_carry + o_part * 3 * BT + o_t, tl.sum(b_do * b_qs, 1))
+    # Ō Rᵀ and Ō Wᵀ again rather than live through the loop over K
+    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
+    tl.store(d_write + o_part * 3 * BT * BT + o_mat,
+             -b_qk * tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION))
+    if USE_DGD:
+        b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
+        tl.store(d_dgd_write + o_part * 3 * BT * BT + o_mat,
+                 -b_qk * tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION))
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -162,18 +217,14 @@ def linear_memory_bwd_kernel_dk(
     """The writes' side, partial over value tile i_v: dK (but its DGD right-hand-side terms, see
     `linear_memory_bwd_kernel_dk_dgd`) and the gradients of the last-row gates (slot 2; G[last],
     E[last] as the first row of slot 2, β[last], f[last] as its first entry), of N[last] and m[last]
-    (d_mom [NV, H, NC, 2, BT])."""
+    (d_mom [NV, H, NC, 2, BT]). dK per K tile of BK rows; the products with K summed over tiles."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
+    m_v = o_v < V
     o_tok = i_c * BT + o_t
-    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
     o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
     o_chunk = i_h * NC + i_c
-    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
     o_gate = o_chunk * (BT + 1)
     o_part = i_v * H * NC + o_chunk
     o_mat = o_t[:, None] * BT + o_t[None, :]
@@ -182,34 +233,51 @@ def linear_memory_bwd_kernel_dk(
     i_last = tl.load(last_rows + i_c)
     b_last_slot = tl.where(o_t == 0, 1.0, 0.0)
 
-    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
-    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
-    b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
-    b_dx = tl.load(dh + o_hc, mask=m_kv, other=0.0)
     b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
     b_dr = tl.load(dres + o_tv, mask=m_v[None, :], other=0.0)
-    b_kdx = tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
-    b_dk = tl.dot(tl.trans(tl.load(dqk + o_part * BT * BT + o_mat)), b_q.to(tl.float32), input_precision=DOT_PRECISION)
-    b_dk += tl.dot(b_dr, tl.trans(b_x), input_precision=DOT_PRECISION)       # R = K M^c − V
+    b_dqk = tl.load(dqk + o_part * BT * BT + o_mat)
     b_upd = tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_r      # rows whose Kᵀ(·) enters M[last]
-    tl.store(d_decay + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(tl.sum(b_dx * b_x, 1), 0))
-    tl.store(d_write + o_dmat + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_r, 1))
-    if USE_MOMENTUM:
-        b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
-        b_dsn = tl.load(ds + o_hc, mask=m_kv, other=0.0)
-        b_kds = tl.dot(b_k, b_dsn.to(b_k.dtype), input_precision=DOT_PRECISION)
-        b_n_last = tl.load(mom_write_last + o_chunk * BT + o_t)
-        b_dk -= tl.dot((b_n_last[:, None] * b_r).to(b_k.dtype), tl.trans(b_dsn.to(b_k.dtype)),
-                       input_precision=DOT_PRECISION)
-        tl.store(d_carry + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(tl.sum(b_dx * b_s, 1), 0))
-        tl.store(d_mom + o_part * 2 * BT + o_t, -tl.sum(b_kds * b_r, 1))     # N[last, :]
-        tl.store(d_mom + o_part * 2 * BT + BT + o_t, b_last_slot * tl.sum(tl.sum(b_dsn * b_s, 1), 0))  # m[last]
     if USE_DGD:
         b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
         b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
+    if USE_MOMENTUM:
+        b_n_upd = tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r
+    b_kdx = tl.zeros([BT, BV], dtype=tl.float32)
+    b_kds = tl.zeros([BT, BV], dtype=tl.float32)
+    b_dx_x = tl.zeros([BV], dtype=tl.float32)
+    b_dx_s = tl.zeros([BV], dtype=tl.float32)
+    b_ds_s = tl.zeros([BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_kv = m_k[:, None] & m_v[None, :]
+        o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
+        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+        b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+        b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+        b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+        b_dx = tl.load(dh + o_hc, mask=m_kv, other=0.0)
+        b_kdx += tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_dx_x += tl.sum(b_dx * b_x, 0)
+        b_dk = tl.dot(tl.trans(b_dqk), b_q.to(tl.float32), input_precision=DOT_PRECISION)
+        b_dk += tl.dot(b_dr, tl.trans(b_x), input_precision=DOT_PRECISION)   # R = K M^c − V
+        b_dk -= tl.dot(b_upd.to(b_k.dtype), tl.trans(b_dx.to(b_k.dtype)), input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:
+            b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+            b_dsn = tl.load(ds + o_hc, mask=m_kv, other=0.0)
+            b_kds += tl.dot(b_k, b_dsn.to(b_k.dtype), input_precision=DOT_PRECISION)
+            b_dx_s += tl.sum(b_dx * b_s, 0)
+            b_ds_s += tl.sum(b_dsn * b_s, 0)
+            b_dk -= tl.dot(b_n_upd.to(b_k.dtype), tl.trans(b_dsn.to(b_k.dtype)), input_precision=DOT_PRECISION)
+        tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
+    tl.store(d_decay + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(b_dx_x, 0))
+    tl.store(d_write + o_dmat + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_r, 1))
+    if USE_MOMENTUM:
+        tl.store(d_carry + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(b_dx_s, 0))
+        tl.store(d_mom + o_part * 2 * BT + o_t, -tl.sum(b_kds * b_r, 1))     # N[last, :]
+        tl.store(d_mom + o_part * 2 * BT + BT + o_t, b_last_slot * tl.sum(b_ds_s, 0))  # m[last]
+    if USE_DGD:
         tl.store(d_dgd_write + o_dmat + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_w, 1))
-    b_dk -= tl.dot(b_upd.to(b_k.dtype), tl.trans(b_dx.to(b_k.dtype)), input_precision=DOT_PRECISION)
-    tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -221,46 +289,58 @@ def linear_memory_bwd_kernel_dk_dgd(
 ):
     """The DGD right-hand side P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R (rows before each
     token), partial over value tile i_v: its part of dK, the gradients of β, f, G on those rows
-    (slot 1) and of the DGD inverse, d(I + L)^{-1} = dW Pᵀ."""
+    (slot 1) and of the DGD inverse, d(I + L)^{-1} = dW Pᵀ. dK per K tile of BK rows; K M^c,
+    K S^c and K Kᵀ summed over the tiles."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
+    m_v = o_v < V
     o_tok = i_c * BT + o_t
     o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
     o_chunk = i_h * NC + i_c
-    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
     o_gate = o_chunk * (BT + 1)
     o_part = i_v * H * NC + o_chunk
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-    b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
     b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
     b_dp = tl.load(drhs + o_tv, mask=m_v[None, :], other=0.0)
-    b_kx = tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
     b_decay = tl.load(decay + o_gate + o_t)
-    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
+    b_carry = tl.load(carry + o_gate + o_t) if USE_MOMENTUM else b_decay
+    b_write = tl.load(write + o_gate * BT + o_mat)
+    b_dpr = tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION)
+    b_dkk = -b_dpr * b_write
+    b_dkk = b_dkk + tl.trans(b_dkk)
+    b_kx = tl.zeros([BT, BV], dtype=tl.float32)
+    b_ks = tl.zeros([BT, BV], dtype=tl.float32)
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_kv = m_k[:, None] & m_v[None, :]
+        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+        b_kx += tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
+        b_dk = b_decay[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:
+            b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+            b_ks += tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION)
+            b_dk += b_carry[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
+        b_dk += tl.dot(b_dkk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
+        tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
+    # R and G again rather than live through the loop over K
+    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
     b_write = tl.load(write + o_gate * BT + o_mat)
     b_p = b_decay[:, None] * b_kx - tl.dot(b_kk * b_write, b_r, input_precision=DOT_PRECISION)
-    b_dk = b_decay[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
     tl.store(d_decay + o_part * 3 * BT + BT + o_t, tl.sum(b_dp * b_kx, 1))
     if USE_MOMENTUM:
-        b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
-        b_ks = tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION)
-        b_carry = tl.load(carry + o_gate + o_t)
         b_p += b_carry[:, None] * b_ks
-        b_dk += b_carry[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
         tl.store(d_carry + o_part * 3 * BT + BT + o_t, tl.sum(b_dp * b_ks, 1))
-    b_dpr = tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION)
-    tl.store(d_write + o_part * 3 * BT * BT + BT * BT + o_mat, -b_kk * b_dpr)
-    b_dkk = -b_dpr * b_write
-    b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
+    tl.store(d_write + o_part * 3 * BT * BT + BT * BT + o_mat,
+             -b_kk * tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION))
     b_dw = tl.load(dpseudo + o_tv, mask=m_v[None, :], other=0.0)
     tl.store(d_dgd_inv + o_part * BT * BT + o_mat, tl.dot(b_dw, tl.trans(b_p), input_precision=DOT_PRECISION))
-    tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
 
 
 def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, fwd, *, scale, dgd):
@@ -270,6 +350,7 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     import torch
 
     from ..utils.launch import launch
+    from .chunk_fwd import chunk_products
     from .configs import launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
@@ -290,10 +371,14 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     ds0 = torch.empty(N, H, K, V, **f32) if use_momentum else None
     common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
     cfg = launch_config("bwd_dh", K, V, BT)
+    assert K <= 2 * cfg.BK, "linear_memory_bwd_kernel_dh holds the adjoints as at most two row tiles of BK"
     launch(
         linear_memory_bwd_kernel_dh, (triton.cdiv(V, cfg.BV), N * H), k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
+        qk_write=chunk_products(q, k, write[:, :, 1:].tril()),
+        qk_dgd_write=chunk_products(q, k, dgd_write[:, :, 1:].tril()) if dgd else None,
+        kk_write=chunk_products(k, k, write[:, :, :BT]) if dgd else None,
         dht=dht, dst=dst, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs, dh0=dh0, ds0=ds0, scale=scale,
         USE_FINAL_STATE_GRADIENT=dht is not None, **common, **cfg._asdict(),
     )

@@ -13,56 +13,77 @@ import triton.language as tl
 
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_fwd_kernel_h(
-    k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, last_rows, dgd_inv,
+    k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, last_rows, dgd_inv, kk_write,
     chunk_offsets, h0, s0, h, s, res, pseudo, ht, st,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    """The chunk recurrence of one value tile. The states are held as two row tiles of BK rows
+    (rows BK..2·BK−1 only when K > BK; K ≤ 2·BK): K M^c and K S^c are summed over the two, and
+    each tile is updated with its own rows of Kᵀ, which keeps K = 256 free of spills. With DGD,
+    `kk_write` [H, NC, BT, BT] holds (K Kᵀ) ⊙ G (rows 0..BT−1), which does not depend on the
+    state: computed before the launch, it leaves the recurrence with fewer live tiles."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
     c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
+    o_k0 = tl.arange(0, BK)
+    o_k1 = BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_state = (i_nh.to(tl.int64) * K + o_k[:, None]) * V + o_v[None, :]
+    m_k0, m_k1, m_v = o_k0 < K, o_k1 < K, o_v < V
+    m_kv0 = m_k0[:, None] & m_v[None, :]
+    m_kv1 = m_k1[:, None] & m_v[None, :]
+    o_state0 = (i_nh.to(tl.int64) * K + o_k0[:, None]) * V + o_v[None, :]
+    o_state1 = (i_nh.to(tl.int64) * K + o_k1[:, None]) * V + o_v[None, :]
 
-    b_x = tl.zeros([BK, BV], dtype=tl.float32)
-    b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    b_x0 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_s0 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_x1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_s1 = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_INITIAL_STATE:
-        b_x += tl.load(h0 + o_state, mask=m_kv, other=0.0)
+        b_x0 += tl.load(h0 + o_state0, mask=m_kv0, other=0.0)
         if USE_MOMENTUM:
-            b_s += tl.load(s0 + o_state, mask=m_kv, other=0.0)
+            b_s0 += tl.load(s0 + o_state0, mask=m_kv0, other=0.0)
+        if K > BK:
+            b_x1 += tl.load(h0 + o_state1, mask=m_kv1, other=0.0)
+            if USE_MOMENTUM:
+                b_s1 += tl.load(s0 + o_state1, mask=m_kv1, other=0.0)
 
     for i_c in range(c_start, c_end):
         o_tok = i_c * BT + o_t                                                # rows of the flat layout
-        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_v = tl.load(v + (o_tok[:, None] * H + i_h) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
         o_chunk = i_h * NC + i_c                                              # gate matrices [H, NC, ...]
-        o_hc = ((o_chunk * K + o_k[:, None]) * V + o_v[None, :])
-        tl.store(h + o_hc, b_x, mask=m_kv)                                    # M^c
+        b_k0 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
+        o_hc0 = (o_chunk * K + o_k0[:, None]) * V + o_v[None, :]
+        tl.store(h + o_hc0, b_x0, mask=m_kv0)                                 # M^c
+        b_kx = tl.dot(b_k0, b_x0.to(b_k0.dtype), input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
-            tl.store(s + o_hc, b_s, mask=m_kv)                                # S^c
-
-        b_kx = tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
+            tl.store(s + o_hc0, b_s0, mask=m_kv0)                             # S^c
+        if USE_DGD and USE_MOMENTUM:
+            b_ks = tl.dot(b_k0, b_s0.to(b_k0.dtype), input_precision=DOT_PRECISION)
+        if K > BK:
+            b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
+            o_hc1 = (o_chunk * K + o_k1[:, None]) * V + o_v[None, :]
+            tl.store(h + o_hc1, b_x1, mask=m_kv1)
+            b_kx += tl.dot(b_k1, b_x1.to(b_k1.dtype), input_precision=DOT_PRECISION)
+            if USE_MOMENTUM:
+                tl.store(s + o_hc1, b_s1, mask=m_kv1)
+            if USE_DGD and USE_MOMENTUM:
+                b_ks += tl.dot(b_k1, b_s1.to(b_k1.dtype), input_precision=DOT_PRECISION)
+        b_v = tl.load(v + (o_tok[:, None] * H + i_h) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
         b_r = b_kx - b_v.to(tl.float32)                                       # R = K M^c − V
         o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
         tl.store(res + o_tv, b_r, mask=m_v[None, :])
 
         i_last = tl.load(last_rows + i_c)
         o_gate = o_chunk * (BT + 1)
-        b_write_last = tl.load(write + (o_gate + i_last) * BT + o_t)          # G[last, :]
-        b_upd = b_write_last[:, None] * b_r
+        b_upd = tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_r  # G[last, :]
         if USE_DGD:
-            b_ks = tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION)
-            b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
-            b_write = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])   # G rows 0..BT−1
+            b_kk_write = tl.load(kk_write + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])   # (K Kᵀ) ⊙ G
             b_decay = tl.load(decay + o_gate + o_t)
-            b_p = b_decay[:, None] * b_kx - tl.dot(b_kk * b_write, b_r, input_precision=DOT_PRECISION)
+            b_p = b_decay[:, None] * b_kx - tl.dot(b_kk_write, b_r, input_precision=DOT_PRECISION)
             if USE_MOMENTUM:
                 b_p += tl.load(carry + o_gate + o_t)[:, None] * b_ks
             b_inv = tl.load(dgd_inv + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])
@@ -70,19 +91,33 @@ def linear_memory_fwd_kernel_h(
             tl.store(pseudo + o_tv, b_w, mask=m_v[None, :])
             b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
 
-        b_x_new = tl.load(decay + o_gate + i_last) * b_x - tl.dot(
-            tl.trans(b_k), b_upd.to(b_k.dtype), input_precision=DOT_PRECISION)
-        if USE_MOMENTUM:                                                      # M += f S^c, S = m S^c − Kᵀ(N ⊙ R)
-            b_x_new += tl.load(carry + o_gate + i_last) * b_s
-            b_mom_upd = tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r
-            b_s = tl.load(mom_decay_last + o_chunk) * b_s - tl.dot(
-                tl.trans(b_k), b_mom_upd.to(b_k.dtype), input_precision=DOT_PRECISION)
-        b_x = b_x_new
+        # M = β[last] M^c + f[last] S^c − Kᵀ(upd),  S = m S^c − Kᵀ(N ⊙ R), one row tile at a time
+        b_upd = b_upd.to(b_k0.dtype)
+        b_decay_last = tl.load(decay + o_gate + i_last)
+        if USE_MOMENTUM:
+            b_carry_last = tl.load(carry + o_gate + i_last)
+            b_mom_decay = tl.load(mom_decay_last + o_chunk)
+            b_mom_upd = (tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r).to(b_k0.dtype)
+            b_x0 = b_decay_last * b_x0 + b_carry_last * b_s0 - tl.dot(
+                tl.trans(b_k0), b_upd, input_precision=DOT_PRECISION)
+            b_s0 = b_mom_decay * b_s0 - tl.dot(tl.trans(b_k0), b_mom_upd, input_precision=DOT_PRECISION)
+            if K > BK:
+                b_x1 = b_decay_last * b_x1 + b_carry_last * b_s1 - tl.dot(
+                    tl.trans(b_k1), b_upd, input_precision=DOT_PRECISION)
+                b_s1 = b_mom_decay * b_s1 - tl.dot(tl.trans(b_k1), b_mom_upd, input_precision=DOT_PRECISION)
+        else:
+            b_x0 = b_decay_last * b_x0 - tl.dot(tl.trans(b_k0), b_upd, input_precision=DOT_PRECISION)
+            if K > BK:
+                b_x1 = b_decay_last * b_x1 - tl.dot(tl.trans(b_k1), b_upd, input_precision=DOT_PRECISION)
 
     if STORE_FINAL_STATE:
-        tl.store(ht + o_state, b_x, mask=m_kv)
+        tl.store(ht + o_state0, b_x0, mask=m_kv0)
         if USE_MOMENTUM:
-            tl.store(st + o_state, b_s, mask=m_kv)
+            tl.store(st + o_state0, b_s0, mask=m_kv0)
+        if K > BK:
+            tl.store(ht + o_state1, b_x1, mask=m_kv1)
+            if USE_MOMENTUM:
+                tl.store(st + o_state1, b_s1, mask=m_kv1)
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -92,28 +127,37 @@ def linear_memory_fwd_kernel_o(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """O = scale · (diag(β) Q M^c + diag(f) Q S^c − ((Q Kᵀ) ⊙ G) R − [dgd] ((Q Kᵀ) ⊙ E) W), rows 1..BT."""
+    """O = scale · (diag(β) Q M^c + diag(f) Q S^c − ((Q Kᵀ) ⊙ G) R − [dgd] ((Q Kᵀ) ⊙ E) W), rows 1..BT.
+    K is read in tiles of BK rows (BK < K keeps the live set small for K = 256)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
+    m_v = o_v < V
     o_tok = i_c * BT + o_t
-    b_q = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-    b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
     o_chunk = i_h * NC + i_c
-    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
     o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
     o_gate = o_chunk * (BT + 1) + 1                                           # rows 1..BT: after each token
 
-    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    b_qx = tl.zeros([BT, BV], dtype=tl.float32)
+    b_qs = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):                                      # Q Kᵀ, Q M^c, Q S^c over K tiles
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_q = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+        b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+        b_qx += tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:
+            b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+            b_qs += tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION)
     b_qk = tl.where(o_t[:, None] >= o_t[None, :], b_qk, 0.0)
-    b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
-    b_o = tl.load(decay + o_gate + o_t)[:, None] * tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION)
+    b_o = tl.load(decay + o_gate + o_t)[:, None] * b_qx
     if USE_MOMENTUM:
-        b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
-        b_o += tl.load(carry + o_gate + o_t)[:, None] * tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION)
+        b_o += tl.load(carry + o_gate + o_t)[:, None] * b_qs
     b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
     b_write = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
     b_o -= tl.dot(b_qk * b_write, b_r, input_precision=DOT_PRECISION)
@@ -122,6 +166,14 @@ def linear_memory_fwd_kernel_o(
         b_dgd_write = tl.load(dgd_write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
         b_o -= tl.dot(b_qk * b_dgd_write, b_w, input_precision=DOT_PRECISION)
     tl.store(o + o_tv, (scale * b_o).to(o.dtype.element_ty), mask=m_v[None, :])
+
+
+def chunk_products(a, b, write):
+    """Per chunk and head, (A Bᵀ) ⊙ `write` in fp32: a, b `[T', H, K]` in the flat chunk layout,
+    `write` `[H, NC, BT, BT]`; the state-free BT × BT products of the recurrent kernels."""
+    H, NC, BT = write.shape[:3]
+    chunks = lambda x: x.reshape(NC, BT, H, x.shape[-1]).permute(2, 0, 1, 3).float()
+    return (chunks(a) @ chunks(b).transpose(-1, -2)) * write
 
 
 def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
@@ -153,10 +205,12 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     st = torch.empty(N, H, K, V, **f32) if output_final_state and use_momentum else None
     common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
     cfg = launch_config("fwd_h", K, V, BT)
+    assert K <= 2 * cfg.BK, "linear_memory_fwd_kernel_h holds the state as at most two row tiles of BK"
     launch(
         linear_memory_fwd_kernel_h, (triton.cdiv(V, cfg.BV), N * H), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
-        mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
+        mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv,
+        kk_write=chunk_products(k, k, write[:, :, :BT]) if dgd else None, chunk_offsets=chunk_offsets,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
         USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common, **cfg._asdict(),
     )

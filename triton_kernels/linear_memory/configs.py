@@ -1,10 +1,14 @@
 """Launch configurations of the `linear_memory` kernels: one table used by the launchers and by
 the compile report (`aot.py`), so what is reported is what runs.
 
-Chosen by compiling every (value tile, warps) candidate for sm_90 with momentum and DGD on
-(the most registers) and keeping the fastest-looking one without spills; where none is free
-of spills the entry is the least spilling, and `aot.KNOWN_SPILLS` lists it (open work: split K
-for D = 256 and the 64-token chunks of the backward).
+Chosen by compiling candidate (value tile, warps, stages, key tile) for sm_90 and sm_80 with
+momentum and DGD on (the most registers) with `benchmarks/linear_memory_spill_sweep.py`: every
+entry is free of spills on sm_90, and among those the one that spills least on sm_80. The key
+tile BK bounds how many rows of K (and of the states) a kernel holds at once: the parallel
+kernels (`fwd_o`, `bwd_dq`, `bwd_dk`, `bwd_dk_dgd`) loop over K in tiles of BK rows; the
+recurrent ones (`fwd_h`, `bwd_dh`) hold the state as at most two tiles (K ≤ 2·BK). num_stages
+is per entry (it was fixed at 2): 1 wherever pipelining the loads only added registers.
+Configurations that still spill (sm_80 only) are listed in `aot.KNOWN_SPILLS`.
 """
 from typing import NamedTuple
 
@@ -18,32 +22,33 @@ class LaunchConfig(NamedTuple):
     num_stages: int
 
 
-# kernel -> {(BK, BT): (BV, num_warps)}; BK < 64 uses the BK = 64 row.
+# kernel -> {(K bucket, BT): (BV, num_warps, num_stages, BK)}; K < 64 uses the K = 64 row. BK is
+# the most rows of K a kernel holds at once (capped by K itself).
 TABLE = {
-    "fwd_h": {(64, 16): (64, 8), (64, 32): (64, 8), (64, 64): (32, 4),
-              (128, 16): (32, 8), (128, 32): (32, 8), (128, 64): (16, 4),
-              (256, 16): (16, 8), (256, 32): (16, 8), (256, 64): (16, 8)},
-    "fwd_o": {(64, 16): (64, 8), (64, 32): (64, 8), (64, 64): (64, 8),
-              (128, 16): (64, 8), (128, 32): (64, 8), (128, 64): (64, 8),
-              (256, 16): (32, 8), (256, 32): (16, 8), (256, 64): (64, 8)},
-    "bwd_dh": {(64, 16): (64, 8), (64, 32): (16, 4), (64, 64): (16, 4),
-               (128, 16): (32, 8), (128, 32): (16, 8), (128, 64): (16, 4),
-               (256, 16): (16, 8), (256, 32): (16, 8), (256, 64): (16, 8)},
+    "fwd_h": {(64, 16): (32, 8, 2, 256), (64, 32): (32, 8, 2, 256), (64, 64): (32, 4, 2, 256),
+              (128, 16): (32, 8, 2, 256), (128, 32): (32, 8, 2, 256), (128, 64): (16, 4, 2, 256),
+              (256, 16): (16, 8, 2, 128), (256, 32): (16, 8, 2, 128), (256, 64): (16, 8, 2, 128)},
+    "fwd_o": {(64, 16): (64, 8, 1, 64), (64, 32): (64, 8, 1, 64), (64, 64): (64, 8, 1, 64),
+              (128, 16): (64, 8, 1, 64), (128, 32): (64, 8, 1, 64), (128, 64): (64, 8, 1, 64),
+              (256, 16): (32, 8, 1, 64), (256, 32): (32, 8, 1, 64), (256, 64): (32, 8, 1, 64)},
+    "bwd_dh": {(64, 16): (32, 8, 2, 256), (64, 32): (16, 4, 2, 256), (64, 64): (16, 4, 2, 256),
+               (128, 16): (32, 8, 2, 256), (128, 32): (16, 8, 2, 256), (128, 64): (16, 4, 2, 256),
+               (256, 16): (16, 8, 1, 128), (256, 32): (16, 4, 2, 128), (256, 64): (16, 8, 2, 128)},
     # the dQ and dK kernels share their value tiling (dK reads dQ's per-tile dQ̃)
-    "bwd_dq": {(64, 16): (32, 8), (64, 32): (16, 8), (64, 64): (16, 8),
-               (128, 16): (16, 8), (128, 32): (16, 8), (128, 64): (16, 8),
-               (256, 16): (16, 8), (256, 32): (16, 8), (256, 64): (16, 8)},
-    "bwd_dk": {(64, 16): (32, 8), (64, 32): (16, 8), (64, 64): (16, 8),
-               (128, 16): (16, 8), (128, 32): (16, 8), (128, 64): (16, 8),
-               (256, 16): (16, 8), (256, 32): (16, 8), (256, 64): (16, 8)},
-    "bwd_dk_dgd": {(64, 16): (16, 8), (64, 32): (16, 8), (64, 64): (32, 8),
-                   (128, 16): (16, 8), (128, 32): (16, 8), (128, 64): (16, 8),
-                   (256, 16): (16, 8), (256, 32): (16, 8), (256, 64): (16, 8)},
+    "bwd_dq": {(64, 16): (32, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (16, 8, 1, 32),
+               (128, 16): (16, 8, 1, 64), (128, 32): (16, 8, 1, 64), (128, 64): (16, 8, 1, 32),
+               (256, 16): (16, 8, 1, 32), (256, 32): (16, 8, 1, 64), (256, 64): (16, 8, 1, 32)},
+    "bwd_dk": {(64, 16): (32, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (16, 8, 1, 32),
+               (128, 16): (16, 8, 1, 64), (128, 32): (16, 8, 1, 64), (128, 64): (16, 8, 1, 32),
+               (256, 16): (16, 8, 1, 64), (256, 32): (16, 8, 1, 64), (256, 64): (16, 8, 1, 32)},
+    "bwd_dk_dgd": {(64, 16): (16, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (16, 8, 1, 32),
+                   (128, 16): (16, 8, 1, 64), (128, 32): (16, 8, 1, 64), (128, 64): (16, 8, 1, 32),
+                   (256, 16): (16, 8, 1, 64), (256, 32): (16, 8, 1, 64), (256, 64): (16, 8, 1, 32)},
 }
 
 
 def launch_config(kernel: str, K: int, V: int, BT: int) -> LaunchConfig:
-    """`kernel` in TABLE; K ≤ 256 is one tile, V is tiled by BV."""
-    BK = max(16, triton.next_power_of_2(K))
-    BV, num_warps = TABLE[kernel][(max(BK, 64), BT)]
-    return LaunchConfig(BK, min(BV, max(16, triton.next_power_of_2(V))), num_warps, 2)
+    """`kernel` in TABLE; K ≤ 256 is read in tiles of BK rows, V is tiled by BV."""
+    K_pow2 = max(16, triton.next_power_of_2(K))
+    BV, num_warps, num_stages, BK = TABLE[kernel][(max(K_pow2, 64), BT)]
+    return LaunchConfig(min(BK, K_pow2), min(BV, max(16, triton.next_power_of_2(V))), num_warps, num_stages)

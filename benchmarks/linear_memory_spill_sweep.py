@@ -1,0 +1,60 @@
+"""Compile candidate launch configurations of the `linear_memory` Triton kernels ahead of time (no
+GPU) and print registers, spills and the matrix unit of each: how `triton_kernels/linear_memory/
+configs.py` was chosen. Momentum and DGD on, bf16 inputs, as in the compile report.
+
+    PYTHONPATH=. python benchmarks/linear_memory_spill_sweep.py --kernels fwd_h,bwd_dh --D 256 \
+        --BT 32,64 --BK 128 --BV 16,32 --warps 4,8 --stages 1,2 [--arch 90,80] [--jobs 2]
+
+BK 0 means the whole K. Each job is a few seconds of one core (ptxas); `--jobs` compile processes.
+"""
+import argparse
+import itertools
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from nested_kernels import compile_report
+
+compile_report.triton_kernels_package()
+from nested_kernels.triton_kernels.linear_memory import aot  # noqa: E402
+from nested_kernels.triton_kernels.utils.aot import AotSpec, compile_specs  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernels", default=",".join(aot.KERNELS))
+    p.add_argument("--D", default="64,128,256", help="K = V")
+    p.add_argument("--BT", default="16,32,64")
+    p.add_argument("--BK", default="0", help="key tile rows; 0 = the whole K")
+    p.add_argument("--BV", default="16,32,64")
+    p.add_argument("--warps", default="4,8")
+    p.add_argument("--stages", default="1,2")
+    p.add_argument("--arch", default="90")
+    p.add_argument("--jobs", type=int, default=2)
+    a = p.parse_args(argv)
+    ints = lambda s: [int(x) for x in s.split(",")]
+    jobs = []
+    for part in a.kernels.split(","):
+        kernel = aot.KERNELS[part]
+        runtime, flags = aot._params(kernel)
+        for D, BT, BK, BV, w, st, arch in itertools.product(ints(a.D), ints(a.BT), ints(a.BK), ints(a.BV),
+                                                           ints(a.warps), ints(a.stages), ints(a.arch)):
+            BK = BK or D
+            if BV > D or BK > D:
+                continue
+            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=True, USE_DGD=True, DOT_PRECISION="tf32",
+                     USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, USE_FINAL_STATE_GRADIENT=True)
+            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}", kernel, aot._signature(runtime),
+                           {n: v for n, v in c.items() if n in flags}, w, st, gemm_heavy=BT == 64)
+            jobs.append((spec, arch))
+    t = time.time()
+    with ThreadPoolExecutor(a.jobs) as ex:  # each chunk compiles in a fresh process of its own
+        results = [r for rs in ex.map(compile_specs, [jobs[i::a.jobs] for i in range(a.jobs)]) for r in rs]
+    for r in sorted(results, key=lambda r: (r.spec.name, r.arch)):
+        print(f"{r.spec.name:42s} sm_{r.arch} regs={r.registers} spills={r.spill_stores}/{r.spill_loads} "
+              f"{r.matrix_unit:5s} {r.status}")
+    print(f"{len(jobs)} configurations in {time.time() - t:.0f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
