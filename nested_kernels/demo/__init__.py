@@ -183,7 +183,7 @@ def cosine(lr: float, steps: int, warmup: int):
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps per model (per task with --continual); default 1000 (400 per task "
+                        help="training steps per model (per task with --continual); default 2000 (400 per task "
                              "with --continual), 40 with --quick")
     parser.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default: 0)")
     parser.add_argument("--continual", action="store_true",
@@ -193,7 +193,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="where --continual writes its plot (default: ./nested_kernels_demo)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (~30 s)")
     parser.add_argument("--batch", type=int, default=None, help="sequences per step (default 32, 16 with --quick)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default: 3e-3)")
+    parser.add_argument("--lr", type=float, default=2e-3,
+                        help="peak AdamW learning rate (default: 2e-3; HOPE stalls at 1e-2)")
     parser.add_argument("--d-model", type=int, default=64, help="width of both models (default: 64)")
     parser.add_argument("--layers", type=int, default=2, help="layers of both models (default: 2)")
     parser.add_argument("--model", choices=("both", "hope", "transformer"), default="both",
@@ -205,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _settings(args):
-    steps = args.steps if args.steps is not None else (40 if args.quick else 400 if args.continual else 1000)
+    steps = args.steps if args.steps is not None else (40 if args.quick else 400 if args.continual else 2000)
     batch = args.batch if args.batch is not None else (16 if args.quick else 32)
     n_eval = 64 if args.quick else 512
     return steps, batch, n_eval
