@@ -23,3 +23,17 @@ def poison_empty(monkeypatch):
         return out
 
     monkeypatch.setattr(torch, "empty", poisoned)
+
+
+@pytest.fixture
+def interpreter_memcheck():
+    """On a CPU (Triton interpreted), every load and store of a kernel must stay inside the
+    launch's tensors (tests/triton_memcheck.py); on a GPU, nothing to do. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("interpreter_memcheck")`."""
+    if torch.cuda.is_available():
+        yield
+        return
+    from tests.triton_memcheck import memcheck
+
+    with memcheck():
+        yield

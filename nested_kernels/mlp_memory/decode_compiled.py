@@ -2,35 +2,17 @@
 (csrc/mlp_memory/{cpu,cuda}/mlp_memory_step.*), forward only, updating the decode state in place.
 Registered with TORCH_LIBRARY in C++; this file adds its fake kernel for torch.compile. A mutating
 op takes no autograd formula: the backends refuse calls that autograd records."""
-from typing import Optional
-
 import torch
 
-from .._extension import build_info, has_cpp_op
+from .._extension import has_cpp_op
+from ..common.compiled_step import compiled_step_reasons
 from ..common.inputs import as_gate
 from .decode_state import MLPMemoryDecodeState
 
 OP_NAME = "mlp_memory_step"
 
 
-def _unsupported(call: dict, device_type: str) -> Optional[str]:
-    if not has_cpp_op(OP_NAME):
-        return "the compiled extension nested_kernels._C is not built (see `nested-kernels info`)"
-    if call["device"].type != device_type:
-        return f"it runs on {device_type} tensors, the inputs are on {call['device']}"
-    if call["requires_grad"]:
-        return "it is forward-only (decoding); use backend='torch' for training"
-    return None
-
-
-def cpp_unsupported_reason(call: dict) -> Optional[str]:
-    return _unsupported(call, "cpu")
-
-
-def cuda_unsupported_reason(call: dict) -> Optional[str]:
-    if has_cpp_op(OP_NAME) and not build_info().get("cuda", False):
-        return "nested_kernels._C was built without CUDA (NESTED_KERNELS_BUILD=cpu)"
-    return _unsupported(call, "cuda")
+cpp_unsupported_reason, cuda_unsupported_reason = compiled_step_reasons(OP_NAME)
 
 
 if has_cpp_op(OP_NAME):

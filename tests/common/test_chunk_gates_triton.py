@@ -12,15 +12,7 @@ from nested_kernels.common.chunk_gates_triton import triton_chunk_gates  # noqa:
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def interpreter_memcheck():
-    if DEVICE == "cuda":
-        yield
-        return
-    from tests.triton_memcheck import memcheck
-
-    with memcheck():
-        yield
+pytestmark = pytest.mark.usefixtures("interpreter_memcheck")   # tests/conftest.py
 
 
 def _gates(C, momentum, extreme):

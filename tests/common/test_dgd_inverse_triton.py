@@ -13,15 +13,7 @@ from nested_kernels.common.dgd_inverse_triton import dgd_inverse_triton  # noqa:
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def interpreter_memcheck():
-    if DEVICE == "cuda":
-        yield
-        return
-    from tests.triton_memcheck import memcheck
-
-    with memcheck():
-        yield
+pytestmark = pytest.mark.usefixtures("interpreter_memcheck")   # tests/conftest.py
 
 
 def _inputs(C, K, H=2, NC=3):

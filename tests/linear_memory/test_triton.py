@@ -17,16 +17,7 @@ GRAD_NAMES = ("dq", "dk", "dv", "dlr", "dretention", "dmomentum", "dh0_memory", 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def interpreter_memcheck():
-    """Interpreted, every load and store must stay inside the launch's tensors (tests/triton_memcheck.py)."""
-    if DEVICE == "cuda":
-        yield
-        return
-    from tests.triton_memcheck import memcheck
-
-    with memcheck():
-        yield
+pytestmark = pytest.mark.usefixtures("interpreter_memcheck")   # tests/conftest.py
 
 
 def run(backend, inputs, h0, dtype, **kw):
