@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)
-    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else [bench.CHUNK]
+    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else [bench.settings.CHUNK]
     cuda = torch.cuda.is_available()
     shape = parse_shape(bench, args.shape) if args.shape else (bench.SHAPES[0] if cuda else
                                                                    bench.BenchShape(1, 256, 2, 32))
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
              f"torch {torch.__version__}", f"* {args.calls} calls after one warm-up call; self time per call", ""]
     status = 0
     for chunk in chunks:
-        bench.CHUNK = chunk                                                   # read by linear_memory_callable
+        bench.settings.CHUNK = chunk                                          # read by linear_memory_callable
         for backend in args.backends.split(","):
             for dgd in (False, True):
                 for mode in ("fwd", "fwdbwd"):
