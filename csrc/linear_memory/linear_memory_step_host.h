@@ -6,33 +6,18 @@
 
 #include <optional>
 
+#include "common/step_inputs.h"
 #include "linear_memory/linear_memory_ops.h"
 #include "linear_memory/linear_memory_step.h"
 
 namespace nested_kernels {
 namespace linear_memory {
 
-// Inputs made contiguous, gates in the accumulation type, and the fresh output o [N, T, H, V].
-struct StepTensors {
-  at::Tensor q, k, v, lr, retention, momentum;  // momentum undefined when absent
-  at::Tensor o;
-};
-
+// The inputs of one `linear_memory_step` call (common/step_inputs.h).
 inline StepTensors prepare_linear_memory_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                               const at::Tensor& lr, const at::Tensor& retention,
                                               const std::optional<at::Tensor>& momentum, const StepSizes& s) {
-  const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  StepTensors t;
-  t.q = q.contiguous();
-  t.k = k.contiguous();
-  t.v = v.contiguous();
-  t.lr = lr.to(acc_type).contiguous();
-  t.retention = retention.to(acc_type).contiguous();
-  if (momentum.has_value()) {
-    t.momentum = momentum->to(acc_type).contiguous();
-  }
-  t.o = at::empty({s.N, s.T, s.H, s.V}, v.options().memory_format(at::MemoryFormat::Contiguous));
-  return t;
+  return prepare_step_inputs(q, k, v, lr, retention, momentum, s.N, s.T, s.H, s.V);
 }
 
 template <typename scalar_t, typename acc_t>

@@ -1,0 +1,37 @@
+// Host side shared by every decode step (`*_step` ops, CPU and CUDA entry points): the tensors a
+// step kernel reads, made contiguous with the gates in the accumulation type, and its output.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace nested_kernels {
+
+// Inputs made contiguous, gates in the accumulation type, and the fresh output o [N, T, H, V].
+struct StepTensors {
+  at::Tensor q, k, v, lr, retention, momentum;  // momentum undefined when absent
+  at::Tensor o;
+};
+
+// Accumulation type: float64 for float64 inputs, else float32 (SPEC: states in fp32).
+inline StepTensors prepare_step_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& lr, const at::Tensor& retention,
+                                       const std::optional<at::Tensor>& momentum, int64_t N, int64_t T,
+                                       int64_t H, int64_t V) {
+  const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  StepTensors t;
+  t.q = q.contiguous();
+  t.k = k.contiguous();
+  t.v = v.contiguous();
+  t.lr = lr.to(acc_type).contiguous();
+  t.retention = retention.to(acc_type).contiguous();
+  if (momentum.has_value()) {
+    t.momentum = momentum->to(acc_type).contiguous();
+  }
+  t.o = at::empty({N, T, H, V}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  return t;
+}
+
+}  // namespace nested_kernels
