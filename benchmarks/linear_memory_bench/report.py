@@ -103,7 +103,7 @@ def to_markdown(run: Run) -> str:
         f"* inputs: {m['dtype']}; momentum on; chunk {m['chunk_size']}; modes: fwd (no_grad), "
         "fwd+bwd (forward + backward of (o·do).sum())",
         f"* roofline peaks: {m['peak_tflops']:g} TFLOP/s, {m['peak_tbps']:g} TB/s; roofline = "
-        "max(FLOPs / peak, bytes / bandwidth) / measured (formulas in bench_linear_memory.py)",
+        "max(FLOPs / peak, bytes / bandwidth) / measured (formulas in linear_memory_bench/counts.py)",
         "* timing: triton.testing.do_bench median (p20, p80) on CUDA; time.perf_counter median on the CPU",
     ]
     if not m["gpu"]:
