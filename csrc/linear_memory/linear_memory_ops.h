@@ -1,6 +1,8 @@
 // Host entry points of the `linear_memory` ops (SPEC §2). Schemas: csrc/registration.cpp.
 #pragma once
 
+#include "common/memory_inputs.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/core/DeviceType.h>
 
@@ -38,9 +40,9 @@ RecurrentSizes check_linear_memory_recurrent_args(
 // for float64 inputs else float32; cu_seqlens as int64), and fresh outputs: o [B, T, H, V] in
 // v's dtype, the final states [N, H, K, V] starting as copies of the initial states (zeros when
 // absent; the kernels update them in place), final_momentum an empty [0] tensor without momentum.
-struct RecurrentTensors {
-  at::Tensor q, k, v, lr, retention, momentum, cu_seqlens;  // momentum, cu_seqlens undefined when absent
-  at::Tensor o, final_memory, final_momentum;
+struct RecurrentTensors : MemoryInputs {           // q, k, v, gates and o (common/memory_inputs.h)
+  at::Tensor cu_seqlens;                           // undefined when absent
+  at::Tensor final_memory, final_momentum;
 };
 
 RecurrentTensors prepare_linear_memory_recurrent(

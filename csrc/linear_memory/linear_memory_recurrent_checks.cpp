@@ -109,18 +109,10 @@ RecurrentTensors prepare_linear_memory_recurrent(
   const at::TensorOptions acc_opts = q.options().dtype(acc_type);
   const std::vector<int64_t> state_shape{s.N, s.H, s.K, s.V};
   RecurrentTensors t;
-  t.q = q.contiguous();
-  t.k = k.contiguous();
-  t.v = v.contiguous();
-  t.lr = lr.to(acc_type).contiguous();
-  t.retention = retention.to(acc_type).contiguous();
-  if (momentum.has_value()) {
-    t.momentum = momentum->to(acc_type).contiguous();
-  }
+  static_cast<MemoryInputs&>(t) = prepare_memory_inputs(q, k, v, lr, retention, momentum, s.B, s.T, s.H, s.V);
   if (cu_seqlens.has_value()) {
     t.cu_seqlens = cu_seqlens->to(at::kLong).contiguous();
   }
-  t.o = at::empty({s.B, s.T, s.H, s.V}, v.options().memory_format(at::MemoryFormat::Contiguous));
   t.final_memory = state_or_zeros(initial_memory, state_shape, acc_opts);
   t.final_momentum = momentum.has_value() ? state_or_zeros(initial_momentum, state_shape, acc_opts)
                                           : at::empty({0}, acc_opts);

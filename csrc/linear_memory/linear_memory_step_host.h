@@ -6,22 +6,22 @@
 
 #include <optional>
 
-#include "common/step_inputs.h"
+#include "common/memory_inputs.h"
 #include "linear_memory/linear_memory_ops.h"
 #include "linear_memory/linear_memory_step.h"
 
 namespace nested_kernels {
 namespace linear_memory {
 
-// The inputs of one `linear_memory_step` call (common/step_inputs.h).
-inline StepTensors prepare_linear_memory_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+// The inputs of one `linear_memory_step` call (common/memory_inputs.h).
+inline MemoryInputs prepare_linear_memory_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                               const at::Tensor& lr, const at::Tensor& retention,
                                               const std::optional<at::Tensor>& momentum, const StepSizes& s) {
-  return prepare_step_inputs(q, k, v, lr, retention, momentum, s.N, s.T, s.H, s.V);
+  return prepare_memory_inputs(q, k, v, lr, retention, momentum, s.N, s.T, s.H, s.V);
 }
 
 template <typename scalar_t, typename acc_t>
-StepParams<scalar_t, acc_t> linear_memory_step_params(const StepTensors& t, at::Tensor& memory,
+StepParams<scalar_t, acc_t> linear_memory_step_params(const MemoryInputs& t, at::Tensor& memory,
                                                       at::Tensor& chunk_memory,
                                                       const std::optional<at::Tensor>& momentum_state,
                                                       const at::Tensor& position, const StepSizes& s,

@@ -8,22 +8,22 @@
 #include <optional>
 #include <string_view>
 
-#include "common/step_inputs.h"
+#include "common/memory_inputs.h"
 #include "mlp_memory/mlp_memory_ops.h"
 #include "mlp_memory/mlp_memory_step.h"
 
 namespace nested_kernels {
 namespace mlp_memory {
 
-// The inputs of one `mlp_memory_step` call (common/step_inputs.h).
-inline StepTensors prepare_mlp_memory_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+// The inputs of one `mlp_memory_step` call (common/memory_inputs.h).
+inline MemoryInputs prepare_mlp_memory_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& lr, const at::Tensor& retention,
                                            const std::optional<at::Tensor>& momentum, const StepSizes& s) {
-  return prepare_step_inputs(q, k, v, lr, retention, momentum, s.N, s.T, s.H, s.V);
+  return prepare_memory_inputs(q, k, v, lr, retention, momentum, s.N, s.T, s.H, s.V);
 }
 
 template <typename scalar_t, typename acc_t>
-StepParams<scalar_t, acc_t> mlp_memory_step_params(const StepTensors& t, at::Tensor& w1, at::Tensor& w2,
+StepParams<scalar_t, acc_t> mlp_memory_step_params(const MemoryInputs& t, at::Tensor& w1, at::Tensor& w2,
                                                    at::Tensor& chunk_w1, at::Tensor& chunk_w2,
                                                    const std::optional<at::Tensor>& s1,
                                                    const std::optional<at::Tensor>& s2, const at::Tensor& position,

@@ -35,7 +35,7 @@ at::Tensor linear_memory_step_cpu(
   const StepSizes s = check_linear_memory_step_args(q, k, v, lr, retention, momentum, memory, chunk_memory,
                                                     momentum_state, position, chunk_size, at::kCPU,
                                                     /*check_position_values=*/true);
-  const StepTensors t = prepare_linear_memory_step(q, k, v, lr, retention, momentum, s);
+  const MemoryInputs t = prepare_linear_memory_step(q, k, v, lr, retention, momentum, s);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_step_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto p = linear_memory_step_params<scalar_t, acc_t>(t, memory, chunk_memory, momentum_state, position, s,

@@ -45,7 +45,7 @@ at::Tensor mlp_memory_step_cpu(
   const StepSizes s = check_mlp_memory_step_args(q, k, v, lr, retention, momentum, w1, w2, chunk_w1, chunk_w2, s1,
                                                  s2, position, chunk_size, activation, residual, self_target, read,
                                                  at::kCPU, /*check_position_values=*/true);
-  const StepTensors t = prepare_mlp_memory_step(q, k, v, lr, retention, momentum, s);
+  const MemoryInputs t = prepare_mlp_memory_step(q, k, v, lr, retention, momentum, s);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "mlp_memory_step_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto p = mlp_memory_step_params<scalar_t, acc_t>(t, w1, w2, chunk_w1, chunk_w2, s1, s2, position, s,

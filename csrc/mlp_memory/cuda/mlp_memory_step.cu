@@ -52,7 +52,7 @@ at::Tensor mlp_memory_step_cuda(
                                                  at::kCUDA, /*check_position_values=*/false);
   TORCH_CHECK(s.N * s.H <= 0x7fffffff, "mlp_memory_step: N * H must be < 2^31 on CUDA, got ", s.N * s.H);
   const c10::cuda::CUDAGuard device_guard(q.device());
-  const StepTensors t = prepare_mlp_memory_step(q, k, v, lr, retention, momentum, s);
+  const MemoryInputs t = prepare_mlp_memory_step(q, k, v, lr, retention, momentum, s);
   if (s.N * s.H == 0 || s.T == 0) {
     return t.o;
   }

@@ -1,5 +1,6 @@
-// Host side shared by every decode step (`*_step` ops, CPU and CUDA entry points): the tensors a
-// step kernel reads, made contiguous with the gates in the accumulation type, and its output.
+// Host side shared by the compiled memory ops (the recurrence and the decode steps, CPU and CUDA
+// entry points): the tensors a kernel reads, made contiguous with the gates in the accumulation
+// type, and its output.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,18 +11,18 @@
 namespace nested_kernels {
 
 // Inputs made contiguous, gates in the accumulation type, and the fresh output o [N, T, H, V].
-struct StepTensors {
+struct MemoryInputs {
   at::Tensor q, k, v, lr, retention, momentum;  // momentum undefined when absent
   at::Tensor o;
 };
 
 // Accumulation type: float64 for float64 inputs, else float32 (SPEC: states in fp32).
-inline StepTensors prepare_step_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+inline MemoryInputs prepare_memory_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const at::Tensor& lr, const at::Tensor& retention,
                                        const std::optional<at::Tensor>& momentum, int64_t N, int64_t T,
                                        int64_t H, int64_t V) {
   const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  StepTensors t;
+  MemoryInputs t;
   t.q = q.contiguous();
   t.k = k.contiguous();
   t.v = v.contiguous();
