@@ -1,4 +1,6 @@
 """Input factories and comparisons shared by the op tests (SPEC §7)."""
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -76,3 +78,20 @@ def rms_ratio(ref: torch.Tensor, out: torch.Tensor) -> float:
     """fla's error ratio rms(ref − out) / rms(ref), computed in fp64."""
     ref, out = ref.double(), out.double()
     return ((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+
+def split_sizes(T, pattern):
+    """Step sizes summing to T, cycling through `pattern` (decode tests)."""
+    sizes, it = [], itertools.cycle(pattern)
+    while sum(sizes) < T:
+        sizes.append(min(next(it), T - sum(sizes)))
+    return sizes
+
+
+def decode_in_steps(step, inputs, state, sizes, **kw):
+    """Feed `inputs` (q, k, v, gates: [N, T, ...] or None) to a `*_step` op in calls of `sizes` tokens."""
+    outs, t = [], 0
+    for n in sizes:
+        outs.append(step(*(None if x is None else x[:, t:t + n] for x in inputs), state, **kw))
+        t += n
+    return torch.cat(outs, 1) if outs else None

@@ -7,7 +7,7 @@ import torch
 
 from nested_kernels import LinearMemoryDecodeState, LinearMemoryState, linear_memory, linear_memory_step
 from nested_kernels._extension import build_info, has_cpp_op
-from tests.helpers import F64, gates, linear_state, qkv, rms_ratio
+from tests.helpers import F64, decode_in_steps, gates, linear_state, qkv, rms_ratio, split_sizes
 
 HAS_OP = has_cpp_op("linear_memory_step")
 needs_op = pytest.mark.skipif(not HAS_OP, reason=f"nested_kernels._C is not built: {build_info().get('error')}")
@@ -27,20 +27,8 @@ def decode_state(h0, N, H, K, V, C, has_mom, dtype):
     return LinearMemoryDecodeState.from_state(h0, C)
 
 
-def split_sizes(T, pattern):
-    """Step sizes summing to T, cycling through `pattern`."""
-    sizes, it = [], itertools.cycle(pattern)
-    while sum(sizes) < T:
-        sizes.append(min(next(it), T - sum(sizes)))
-    return sizes
-
-
 def decode(inputs, state, sizes, **kw):
-    outs, t = [], 0
-    for n in sizes:
-        outs.append(linear_memory_step(*(None if x is None else x[:, t:t + n] for x in inputs), state, **kw))
-        t += n
-    return torch.cat(outs, 1) if outs else None
+    return decode_in_steps(linear_memory_step, inputs, state, sizes, **kw)
 
 
 def chunked(inputs, h0, C, dgd, scale):

@@ -7,7 +7,7 @@ import torch
 
 from nested_kernels import MLPMemoryDecodeState, MLPMemoryState, mlp_memory, mlp_memory_step
 from nested_kernels._extension import build_info, has_cpp_op
-from tests.helpers import F64, gates, mlp_state, qkv, rms_ratio
+from tests.helpers import F64, decode_in_steps, gates, mlp_state, qkv, rms_ratio, split_sizes
 
 HAS_OP = has_cpp_op("mlp_memory_step")
 needs_op = pytest.mark.skipif(not HAS_OP, reason=f"nested_kernels._C is not built: {build_info().get('error')}")
@@ -24,20 +24,8 @@ def make_case(N, T, H, D, Dh, has_mom, shared, dtype=F64):
     return (q, k, v, lr, ret, mom), h0
 
 
-def split_sizes(T, pattern):
-    """Step sizes summing to T, cycling through `pattern`."""
-    sizes, it = [], itertools.cycle(pattern)
-    while sum(sizes) < T:
-        sizes.append(min(next(it), T - sum(sizes)))
-    return sizes
-
-
 def decode(inputs, state, sizes, **kw):
-    outs, t = [], 0
-    for n in sizes:
-        outs.append(mlp_memory_step(*(None if x is None else x[:, t:t + n] for x in inputs), state, **kw))
-        t += n
-    return torch.cat(outs, 1) if outs else None
+    return decode_in_steps(mlp_memory_step, inputs, state, sizes, **kw)
 
 
 def chunked(inputs, h0, C, **kw):
