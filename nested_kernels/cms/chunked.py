@@ -15,6 +15,7 @@ import torch
 
 from ..common.activations import get_activation
 from ..common.chunking import num_chunks
+from .chunk_terms import cms_chunk_terms
 from .inputs import cms_inputs
 from .state import CMSState
 
@@ -42,15 +43,9 @@ def cms_level_chunked(
     ys = []
     for c in range(num_chunks(T, period)):
         sl = slice(c * period, min(T, (c + 1) * period))
-        X = x[:, sl]                                               # [B, C, D]
-        Z = X @ W1                                                 # Z = X W1^c
-        A = act.fn(Z)
-        Y = X + A @ W2                                             # Y = X + φ(Z) W2^c
-        E = signal[:, sl] if grad_y is not None else Y - signal[:, sl]
-        LE = E * (eta[:, sl] if isinstance(eta, torch.Tensor) else eta)       # diag(lr) E
-        LD = (LE @ W2.transpose(-1, -2)) * act.grad(Z)             # diag(lr) ((E W2ᵀ) ⊙ φ'(Z))
-        W1 = alpha * W1 - X.transpose(-1, -2) @ LD                 # W1^{c+1}
-        W2 = alpha * W2 - A.transpose(-1, -2) @ LE                 # W2^{c+1}
+        eta_c = eta[:, sl] if isinstance(eta, torch.Tensor) else eta
+        Y, dW1, dW2 = cms_chunk_terms(x[:, sl], W1, W2, signal[:, sl], eta_c, act, grad_y is not None)
+        W1, W2 = alpha * W1 - dW1, alpha * W2 - dW2                # W^{c+1} = retention·W^c − Σ lr ∇_W
         ys.append(Y)
 
     y = (torch.cat(ys, 1) if ys else x.new_zeros(B, 0, D)).to(out_dtype)
