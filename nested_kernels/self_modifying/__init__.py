@@ -6,9 +6,12 @@ import torch
 from ..common.activations import ACTIVATIONS
 from ..mlp_memory import MLPMemoryState
 from .chunked import self_modifying_titans_chunked
+from .decode import self_modifying_step
+from .memories import split_memories, stack_memories
 from .reference import self_modifying_titans_reference
 
-__all__ = ["self_modifying_titans", "SelfModifyingState", "BACKENDS"]
+__all__ = ["self_modifying_titans", "SelfModifyingState", "BACKENDS", "self_modifying_step", "stack_memories",
+           "split_memories"]
 
 BACKENDS = {"reference": self_modifying_titans_reference, "torch": self_modifying_titans_chunked}
 

@@ -1,8 +1,11 @@
 import pytest
 import torch
 
-from nested_kernels.mlp_memory import MLPMemoryState
-from nested_kernels.self_modifying import SelfModifyingState, self_modifying_titans
+from nested_kernels.mlp_memory import MLPMemoryDecodeState, MLPMemoryState
+from nested_kernels.self_modifying import (
+    SelfModifyingState, self_modifying_step, self_modifying_titans, split_memories, stack_memories,
+)
+from tests.helpers import split_sizes
 
 
 def assert_close(name, actual, expected, atol=1e-10):
@@ -70,6 +73,28 @@ def test_chunk_split_equals_one_call():
             assert_close("state", t1, t2)
 
 
+@pytest.mark.parametrize("momentum", [False, True], ids=["no_momentum", "momentum"])
+@pytest.mark.parametrize("pattern", [(1,), (3, 1, 6, 9)], ids=str)
+def test_step_any_split_equals_one_call(momentum, pattern):
+    B, T, H, D, Dh, C = 2, 19, 2, 4, 6, 4
+    x = torch.randn(B, T, H, D, dtype=torch.float64)
+    states = make_states(H, D, Dh, momentum, requires_grad=False)
+    kwargs = dict(lr_max=0.3, momentum=torch.rand(H, dtype=torch.float64) if momentum else None, dgd=True,
+                  lr_bias=torch.randn(H, dtype=torch.float64), retention_bias=torch.randn(H, dtype=torch.float64) + 2)
+    *ref, final = self_modifying_titans(x, states, chunk_size=C, **kwargs)
+    state = MLPMemoryDecodeState.from_state(stack_memories(states, torch.float64), C, batch_size=B, momentum=momentum)
+    outs, t = [], 0
+    for n in split_sizes(T, pattern):
+        outs.append(self_modifying_step(x[:, t:t + n], state, backend="torch", **kwargs))
+        t += n
+    for name, parts, expected in zip(("k", "v", "lr", "retention"), zip(*outs), ref):
+        assert_close(name, torch.cat(parts, 1), expected)
+    assert int(state.position[0]) == T % C
+    for mem, expected in zip(split_memories(MLPMemoryState(state.w1, state.w2, state.s1, state.s2), H), final):
+        for a, b in zip(mem, expected):
+            assert (a is None) == (b is None) and (a is None or (a - b).abs().max() < 1e-12)
+
+
 def test_errors():
     x = torch.randn(1, 4, 2, 4)
     states = make_states(2, 4, 4, False, requires_grad=False)
@@ -77,3 +102,8 @@ def test_errors():
         self_modifying_titans(x.double(), states, backend="cuda")
     with pytest.raises(ValueError, match="momentum"):
         self_modifying_titans(x.double(), states, momentum=torch.rand(3))
+    state = MLPMemoryDecodeState.from_state(stack_memories(states, torch.float64), 4, batch_size=1)
+    with pytest.raises(ValueError, match=r"state.w1: expected \[B, 4·H, D, Dh\]"):
+        self_modifying_step(x.double()[:, :, :1], state)
+    with pytest.raises(TypeError, match="state: expected an MLPMemoryDecodeState"):
+        self_modifying_step(x.double(), states)
