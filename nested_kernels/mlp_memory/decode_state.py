@@ -64,6 +64,19 @@ class MLPMemoryDecodeState(NamedTuple):
         position = torch.zeros(N, dtype=torch.int64, device=w1.device)
         return cls(w1, w2, w1.clone(), w2.clone(), position, chunk_size, s1, s2)
 
+    @classmethod
+    def in_chunk(cls, running: MLPMemoryState, chunk_start: MLPMemoryState, position: int, chunk_size: int, *,
+                 batch_size: int, momentum: bool = False) -> "MLPMemoryDecodeState":
+        """The decode state `position` tokens into a chunk that started at `chunk_start` and whose
+        running weights and momenta are `running` (e.g. `mlp_memory`'s final state of a call
+        ending there: the end of a call is a chunk boundary for its outputs, not for the stream)."""
+        if not 0 <= position < chunk_size:
+            raise ValueError(f"position: expected 0 <= position < chunk_size = {chunk_size}, got {position}")
+        state = cls.from_state(running, chunk_size, batch_size=batch_size, momentum=momentum)
+        start = cls.from_state(chunk_start, chunk_size, batch_size=batch_size)
+        state.position.fill_(position)
+        return state._replace(chunk_w1=start.w1, chunk_w2=start.w2)
+
     def at_chunk_boundary(self) -> bool:
         """Whether every sequence sits at the start of a chunk (reads `position` on the host)."""
         return bool((self.position == 0).all())

@@ -32,26 +32,31 @@ Decisions ([decision] in SPEC §6 and those this module adds):
   written in SPEC would also add Norm(h) to the residual stream in every layer.
 * [decision, here] tied input/output embeddings and a final RMSNorm.
 
-Streaming state (exact): every op counts chunks from the start of its call, so calls split at
-multiples of P = lcm(C_aux, C_mem, CMS periods) reproduce one call (SPEC §1). `HopeLM.forward`
-keeps the per-layer states at the last multiple of P, plus the (< P) tokens received since;
-a call runs buffer + new tokens from those states, so any split — token-by-token decoding
-included — gives exactly the logits of one call, recomputing at most P − 1 buffered tokens.
+Streaming state (exact, no recomputation): every op counts chunks from the start of its call
+(SPEC §1), so `HopeLM.forward` returns per layer the *decode* state of every op — the
+self-modifying memories and M_memory as `MLPMemoryDecodeState`s (chunk-start weights, running
+weights and momenta, position in the chunk), each CMS level as a `CMSDecodeState`, the
+convolution caches. A call continues each op from its position: the decode step finishes the
+op's current chunk, the chunked op runs the rest (`common/streaming.py`). Any split of a
+stream — token-by-token decoding included — gives the logits of one call, and no past token is
+run again. Differentiable across calls (torch step ops), so splits also work for training.
 """
 import math
 from dataclasses import dataclass
-from functools import reduce
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cms import CMSState
-from ..mlp_memory import MLPMemoryState, mlp_memory
+from ..cms import CMSDecodeState
+from ..common.streaming import continue_stream
+from ..mlp_memory import MLPMemoryDecodeState, MLPMemoryState, mlp_memory, mlp_memory_step
 from ..modules import CMS, ShortConvolution
 from ..modules.memory_layer import GatedOutput
-from ..self_modifying import SelfModifyingState, self_modifying_titans
+from ..self_modifying import (
+    SelfModifyingState, self_modifying_step, self_modifying_titans, split_memories, stack_memories,
+)
 
 __all__ = ["HopeConfig", "SelfModifyingTitans", "HopeBlock", "HopeLM", "HopeLayerState", "HopeState"]
 
@@ -83,24 +88,21 @@ class HopeConfig:
             self.cms_levels = [(4 * self.d_model, 16), (4 * self.d_model, 256), (4 * self.d_model, 4096)]
         self.cms_levels = [(int(h), int(p)) for h, p in self.cms_levels]
 
-    @property
-    def period(self) -> int:
-        """P = lcm of every chunk size in use: calls split at multiples of P reproduce one call."""
-        sizes = [self.c_mem] + ([self.c_aux] if self.self_modify else [])
-        sizes += [p for _, p in self.cms_levels] if self.use_cms else []
-        return reduce(math.lcm, sizes)
-
 
 class HopeLayerState(NamedTuple):
-    aux: Optional[SelfModifyingState]   # M_k, M_v, M_η, M_α (None with self_modify=False)
-    memory: MLPMemoryState              # M_memory
+    aux: Optional[MLPMemoryDecodeState]       # M_k, M_v, M_η, M_α stacked as 4·H heads (None: self_modify=False)
+    memory: MLPMemoryDecodeState              # M_memory
     conv: Tuple[torch.Tensor, torch.Tensor]   # caches of the q and x̃ convolutions
-    cms: Optional[List[CMSState]]       # one per CMS level (None with use_cms=False)
+    cms: Optional[List[CMSDecodeState]]       # one per CMS level (None with use_cms=False)
 
 
 class HopeState(NamedTuple):
-    layers: Optional[Tuple[HopeLayerState, ...]]   # states after the last multiple of P (None: the parameters)
-    buffer: torch.Tensor                           # [B, r < P] tokens received since then
+    layers: Tuple[HopeLayerState, ...]        # every layer's decode states after the tokens seen so far
+
+
+def _position(state: Optional[MLPMemoryDecodeState]) -> int:
+    """The position in the chunk of a decode state built by this model (the same for every sequence)."""
+    return 0 if state is None else int(state.position[0])
 
 
 def _logit(p: float) -> float:
@@ -137,8 +139,64 @@ class SelfModifyingTitans(nn.Module):
     def initial_aux_state(self) -> SelfModifyingState:
         return SelfModifyingState(*(MLPMemoryState(self.aux_w1[i], self.aux_w2[i]) for i in range(4)))
 
+    def _step_backend(self) -> str:
+        return "torch" if self.cfg.backend in ("reference", "torch") else "auto"
+
+    def _aux_memories(self, x_tilde, state: Optional[MLPMemoryDecodeState]):
+        """k, v, η, α of M_k, M_v, M_η, M_α continued from `state` (None: the initial memories)."""
+        cfg, (B, T, H, _) = self.cfg, x_tilde.shape
+        dtype = torch.float64 if x_tilde.dtype == torch.float64 else torch.float32
+        options = dict(lr_max=cfg.lr_max, dgd=cfg.use_dgd, activation=cfg.activation, lr_bias=self.lr_bias,
+                       retention_bias=self.retention_bias,
+                       momentum=None if self.aux_momentum is None else torch.sigmoid(self.aux_momentum))
+        backend = "torch" if cfg.backend not in ("reference", "torch") else cfg.backend
+
+        def step(lo, hi, dec):
+            return self_modifying_step(x_tilde[:, lo:hi], dec, backend=self._step_backend(), **options), dec
+
+        def chunked(lo, hi, start):
+            *reads, end = self_modifying_titans(x_tilde[:, lo:hi], start, chunk_size=cfg.c_aux, backend=backend,
+                                                **options)
+            return reads, end
+
+        def decode_state(running, start, position):
+            return MLPMemoryDecodeState.in_chunk(
+                stack_memories(running, dtype), stack_memories(start, dtype), position, cfg.c_aux,
+                batch_size=B, momentum=self.aux_momentum is not None)
+
+        parts, state = continue_stream(
+            T, _position(state), cfg.c_aux, step=step, chunked=chunked, decode_state=decode_state, state=state,
+            boundary_state=lambda dec: self.initial_aux_state() if dec is None
+            else SelfModifyingState(*split_memories(dec.to_state(), H)),
+        )
+        return [torch.cat(p, 1) for p in zip(*parts)], state
+
+    def _memory(self, q, k, v, lr, retention, state: Optional[MLPMemoryDecodeState]):
+        """o_t = M_memory(q_t) after token t's write, continued from `state` (None: the initial memory)."""
+        cfg, B, T = self.cfg, q.shape[0], q.shape[1]
+        mu = None if self.mem_momentum is None else torch.sigmoid(self.mem_momentum).expand(B, T, cfg.heads)
+        options = dict(activation=cfg.activation, residual=True, dgd=cfg.use_dgd, self_target=True, read="current")
+
+        def inputs(lo, hi):
+            return (*(x[:, lo:hi] for x in (q, k, v, lr, retention)), None if mu is None else mu[:, lo:hi])
+
+        def step(lo, hi, dec):
+            return mlp_memory_step(*inputs(lo, hi), dec, backend=self._step_backend(), **options), dec
+
+        def chunked(lo, hi, start):
+            return mlp_memory(*inputs(lo, hi), initial_state=start, chunk_size=cfg.c_mem, output_final_state=True,
+                              backend=cfg.backend, **options)
+
+        parts, state = continue_stream(
+            T, _position(state), cfg.c_mem, step=step, chunked=chunked, state=state,
+            boundary_state=lambda dec: MLPMemoryState(self.mem_w1, self.mem_w2) if dec is None else dec.to_state(),
+            decode_state=lambda running, start, position: MLPMemoryDecodeState.in_chunk(
+                running, start, position, cfg.c_mem, batch_size=B, momentum=mu is not None),
+        )
+        return torch.cat(parts, 1), state
+
     def forward(self, x, state: Optional[HopeLayerState] = None):
-        """x `[B, T, d_model]` -> (y `[B, T, d_model]`, (aux state, memory state, conv caches))."""
+        """x `[B, T ≥ 1, d_model]` -> (y `[B, T, d_model]`, (aux state, memory state, conv caches))."""
         cfg, (B, T, _) = self.cfg, x.shape
         H, D = cfg.heads, cfg.head_dim
         q_cache, in_cache = (None, None) if state is None else state.conv
@@ -147,25 +205,14 @@ class SelfModifyingTitans(nn.Module):
         q = F.normalize(q.view(B, T, H, D), dim=-1)                                 # q_t = L2norm(conv4(x_t W_q))
         aux = None
         if cfg.self_modify:
-            backend = "torch" if cfg.backend not in ("reference", "torch") else cfg.backend
-            k, v, lr, retention, aux = self_modifying_titans(
-                x_tilde.view(B, T, H, D), self.initial_aux_state() if state is None else state.aux,
-                chunk_size=cfg.c_aux, lr_max=cfg.lr_max, dgd=cfg.use_dgd, activation=cfg.activation,
-                momentum=None if self.aux_momentum is None else torch.sigmoid(self.aux_momentum),
-                lr_bias=self.lr_bias, retention_bias=self.retention_bias, backend=backend,
-            )
+            (k, v, lr, retention), aux = self._aux_memories(x_tilde.view(B, T, H, D), None if state is None
+                                                            else state.aux)
         else:
             k = F.normalize(self.k_proj(x_tilde).view(B, T, H, D), dim=-1)
             v = self.v_proj(x_tilde).view(B, T, H, D)
             lr = cfg.lr_max * torch.sigmoid(self.lr_proj(x_tilde))
             retention = torch.sigmoid(self.retention_proj(x_tilde))
-        mu = None if self.mem_momentum is None else torch.sigmoid(self.mem_momentum).expand(B, T, H)
-        memory = MLPMemoryState(self.mem_w1, self.mem_w2) if state is None else state.memory
-        o, memory = mlp_memory(
-            q, k.to(q.dtype), v.to(q.dtype), lr, retention, mu, initial_state=memory, activation=cfg.activation,
-            residual=True, dgd=cfg.use_dgd, self_target=True, read="current", chunk_size=cfg.c_mem,
-            output_final_state=True, backend=cfg.backend,
-        )
+        o, memory = self._memory(q, k.to(q.dtype), v.to(q.dtype), lr, retention, None if state is None else state.memory)
         return self.output(o.to(x.dtype), x), (aux, memory, (q_cache, in_cache))
 
 
@@ -186,7 +233,7 @@ class HopeBlock(nn.Module):
         cms_state = None
         if self.cms is not None:
             z = self.norm2(h)
-            c, cms_state = self.cms(z, None if state is None else state.cms)
+            c, cms_state = self.cms.stream(z, None if state is None else state.cms)
             h = h + (c - z)               # CMS levels are residual (c = z + Σ branches): add the branches only
         return h, HopeLayerState(aux, memory, conv, cms_state)
 
@@ -195,8 +242,8 @@ class HopeLM(nn.Module):
     """Causal language model of HOPE blocks with tied embeddings.
 
     `forward(tokens [B, T], state=None) -> (logits [B, T, vocab], HopeState)`: pass the state
-    back to continue the stream; any split of a stream gives the logits of one call (see the
-    module docstring). `generate(tokens, max_new_tokens, temperature=0.0)` decodes with it.
+    back to continue the stream; any split of a stream gives the logits of one call, and no
+    token is run twice (see the module docstring). `generate(tokens, max_new_tokens, temperature=0.0)` decodes with it.
     """
 
     def __init__(self, config: HopeConfig, backend: Optional[str] = None):
@@ -218,20 +265,10 @@ class HopeLM(nn.Module):
         return self.norm(h) @ self.embed.weight.t(), tuple(states)
 
     def forward(self, tokens: torch.Tensor, state: Optional[HopeState] = None) -> Tuple[torch.Tensor, HopeState]:
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens: expected [B, T], got shape {tuple(tokens.shape)}")
-        P, T = self.config.period, tokens.shape[1]
-        layers, buffer = (None, tokens[:, :0]) if state is None else state
-        full = torch.cat([buffer, tokens], 1)
-        aligned = full.shape[1] // P * P
-        parts = []
-        if aligned > 0:
-            logits, layers = self._run(full[:, :aligned], layers)                  # ends on a multiple of P
-            parts.append(logits)
-        if full.shape[1] > aligned:
-            parts.append(self._run(full[:, aligned:], layers)[0])                  # partial: recomputed next call
-        logits = torch.cat(parts, 1)[:, full.shape[1] - T:]
-        return logits, HopeState(layers, full[:, aligned:])
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise ValueError(f"tokens: expected [B, T] with T >= 1, got shape {tuple(tokens.shape)}")
+        logits, layers = self._run(tokens, None if state is None else state.layers)
+        return logits, HopeState(layers)
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,

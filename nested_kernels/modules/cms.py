@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cms import CMSState, cms_level
+from ..cms import CMSDecodeState, CMSState, cms_level, cms_level_step
+from ..common.streaming import continue_stream
 
 
 def _softplus_inverse(y: float) -> float:
@@ -96,6 +97,41 @@ class CMS(nn.Module):
                 target=own_target, grad_y=grad_y, activation=self.activation,
                 output_final_state=True, backend=self.backend,
             )
+            new_state.append(level_state)
+        return x, new_state
+
+    def stream(self, x: torch.Tensor, state: Optional[List[CMSDecodeState]] = None
+               ) -> Tuple[torch.Tensor, List[CMSDecodeState]]:
+        """`forward` (default teach signal) for a stream fed in any split, without recomputing past tokens.
+
+        `state`: None (the initial weights) or the previous call's list of `CMSDecodeState`s, one per
+        level, which keep each level's position in its current chunk. The outputs over the stream
+        equal one `forward` call; returns `(y, new decode states)`.
+        """
+        if state is not None and len(state) != len(self.periods):
+            raise ValueError(f"state: expected one CMSDecodeState per level ({len(self.periods)}), got {len(state)}")
+        B, T = x.shape[:2]
+        lrs = self.inner_lr()
+        new_state = []
+        for i, period in enumerate(self.periods):
+            lr, inp = lrs[i].expand(B, T), x
+            options = dict(retention=self.retention, activation=self.activation)
+
+            def step(lo, hi, dec):
+                return cms_level_step(inp[:, lo:hi], dec, lr=lr[:, lo:hi], target=inp[:, lo:hi], **options)
+
+            def chunked(lo, hi, start):
+                return cms_level(inp[:, lo:hi], *start, period=period, lr=lr[:, lo:hi], target=inp[:, lo:hi],
+                                 output_final_state=True, backend=self.backend, **options)
+
+            parts, level_state = continue_stream(
+                T, 0 if state is None else state[i].position, period, step=step, chunked=chunked,
+                boundary_state=lambda dec: (self.w1[i], self.w2[i]) if dec is None else dec.to_state(),
+                decode_state=lambda running, start, pos: CMSDecodeState.in_chunk(running, start, pos, period,
+                                                                                   batch_size=B),
+                state=None if state is None else state[i],
+            )
+            x = torch.cat(parts, 1) if parts else x                         # T = 0: nothing to run
             new_state.append(level_state)
         return x, new_state
 

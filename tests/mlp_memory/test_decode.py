@@ -305,3 +305,11 @@ def test_step_cuda(mode, dtype):
     for name in FIELDS:
         torch.testing.assert_close(getattr(state, name).cpu(), getattr(state_ref, name), atol=tol, rtol=tol)
     assert state.position.tolist() == state_ref.position.tolist()
+
+
+def test_in_chunk_rejects_a_position_outside_the_chunk():
+    w = MLPMemoryState(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="position: expected 0 <= position < chunk_size = 4, got 4"):
+        MLPMemoryDecodeState.in_chunk(w, w, 4, 4, batch_size=2)
+    state = MLPMemoryDecodeState.in_chunk(w, w, 3, 4, batch_size=2)
+    assert state.position.tolist() == [3, 3] and not state.at_chunk_boundary()
