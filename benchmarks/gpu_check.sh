@@ -9,11 +9,13 @@
 #   2. info      python -m nested_kernels info                  (= `nested-kernels info`)
 #   3. check     python -m nested_kernels check --device cuda   (every op x tier against the reference)
 #   4. bench     python benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --budget-s ...
-#   5. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
-#   6. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
+#   5. decode    python benchmarks/bench_decode.py: decode steps (T = 1) at batch 1…256 vs fla
+#   6. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
+#   7. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
 #                own against the torch tier (a kernel fault stays one row; errors by tensor)
-#   7. compile   python -m nested_kernels compile-report --arch 90 --out ...
-#   8. pytest    python -m pytest -m gpu -q
+#   8. sanitizer compute-sanitizer memcheck, then racecheck, over the CUDA-kernel GPU tests (-k cuda)
+#   9. compile   python -m nested_kernels compile-report --arch 90 --out ...
+#  10. pytest    python -m pytest -m gpu -q
 # The benchmark runs before pytest: `pytest -m gpu` is the long, open-ended step (a few hundred
 # cases against the float64 token-loop reference), so it gets whatever time is left, while the
 # benchmark (which gates itself on correctness) and the compile report always get theirs.
@@ -30,6 +32,10 @@
 #   PYTHON                interpreter (default: python, else python3)
 #   TOTAL_S               time budget of the whole script in seconds (default 540)
 #   BENCH_SHAPES          auto | small | all (default auto)
+#   STEPS                 the steps to run, by name (default: all of build info check bench decode
+#                         profile isolate sanitizer compile-report pytest-gpu); the device tool gives
+#                         10 minutes a call, so a session can split them over calls, e.g.
+#                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile"
 #   SKIP_BUILD=1          reuse the extension already built (e.g. a second run on a warm machine)
 #   SKIP_COMPILE_REPORT=1 leave out the sm_90 compile report (CI runs it without a GPU)
 #   PYTEST_WORKERS        pytest-xdist workers for `pytest -m gpu` when xdist is installed (default 8;
@@ -73,12 +79,19 @@ except Exception as e:
 
 left_s() { echo $(( TOTAL_S - SECONDS - RESERVE_S )); }
 
+STEPS=${STEPS:-build info check bench decode profile isolate sanitizer compile-report pytest-gpu}
+want() { [[ " $STEPS " == *" $1 "* ]]; }   # want STEP: whether STEPS names it
+
 # run_step NAME CAP_S CMD...: run CMD with a time limit of min(CAP_S, time left), log it, and add
 # a row to the report. Returns the command's exit status (124: timed out).
 run_step() {
     local name=$1 cap=$2
     shift 2
     local log="$LOG_DIR/$name.log" left rc t0 status
+    if ! want "$name"; then
+        echo "| $name | not in STEPS | 0 | — |" >> "$REPORT"
+        return 0
+    fi
     left=$(left_s)
     if (( left < 10 )); then
         echo "| $name | SKIPPED (out of time) | 0 | — |" >> "$REPORT"
@@ -171,8 +184,35 @@ esac
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
     "${SHAPE_ARGS[@]}"
 
+run_step decode 90 "$PYTHON" benchmarks/bench_decode.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG"
+
 run_step profile 120 "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
 run_step isolate 180 "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" --budget-s 120
+
+# shellcheck disable=SC2317  # (called through `bash -c`)
+sanitizer_cmd() {  # memcheck then racecheck over the tests of the CUDA kernels (not Triton: too slow there)
+    # on PATH, else from the pip wheel nvidia-cuda-sanitizer-api (nvidia/cu*/compute-sanitizer/)
+    local bin
+    bin=$(command -v compute-sanitizer || "$PYTHON" -c "import glob, importlib.util, os
+spec = importlib.util.find_spec('nvidia')
+dirs = list(spec.submodule_search_locations) if spec else []
+print(next(iter(sorted(p for d in dirs for p in glob.glob(os.path.join(d, 'cu*', 'compute-sanitizer', 'compute-sanitizer')))), ''))")
+    if [[ -z $bin ]]; then
+        echo "compute-sanitizer not found (carry the wheel nvidia-cuda-sanitizer-api, see benchmarks/README.md)"
+        return 1
+    fi
+    local tool rc=0
+    for tool in memcheck racecheck; do
+        echo "== $bin --tool $tool"
+        "$bin" --tool "$tool" --error-exitcode 99 --target-processes all \
+            "$PYTHON" -m pytest -m gpu -q -x -p no:cacheprovider -o addopts= -k cuda \
+            tests/linear_memory/test_decode.py tests/mlp_memory/test_decode.py tests/linear_memory/test_cpp_recurrent.py \
+            || rc=1
+    done
+    return "$rc"
+}
+export -f sanitizer_cmd
+run_step sanitizer 150 bash -c sanitizer_cmd
 
 COMPILE_OUT="$OUT_DIR/compile-report-sm90-$STAMP.md"
 if [[ ${SKIP_COMPILE_REPORT:-0} == 1 ]]; then
@@ -201,7 +241,8 @@ run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
     echo
     echo "## Result files"
     echo
-    for f in "$OUT_DIR/linear_memory-$BENCH_TAG.md" "$OUT_DIR/linear_memory-$BENCH_TAG.json" "$OUT_DIR/isolate-triton.md" \
+    for f in "$OUT_DIR/linear_memory-$BENCH_TAG.md" "$OUT_DIR/linear_memory-$BENCH_TAG.json" \
+             "$OUT_DIR/decode-$BENCH_TAG.md" "$OUT_DIR/isolate-triton.md" \
              "$OUT_DIR/isolate-triton.json" "$OUT_DIR/profile-linear_memory.md" "$COMPILE_OUT"; do
         if [[ -f $f ]]; then echo "* \`$f\`"; else echo "* \`$f\` (not written)"; fi
     done
@@ -233,6 +274,6 @@ echo
 cat "$REPORT"
 echo
 echo "== steps"
-grep -E '^\| (build|info|check|bench|profile|isolate|compile-report|pytest-gpu) \|' "$REPORT"
+grep -E '^\| (build|info|check|bench|decode|profile|isolate|sanitizer|compile-report|pytest-gpu) \|' "$REPORT"
 echo "report: $REPORT"
 exit "$FAILED"
