@@ -14,6 +14,7 @@ from ..common.chunk_gates_triton import chunk_gates_for
 from ..common.dgd_inverse_triton import dgd_inverse_triton
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
+from ..common.kept_states import keeping_chunk_states
 from .state import LinearMemoryState
 
 CHUNK_SIZES = (16, 32, 64)
@@ -58,6 +59,8 @@ def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
 # hand-written backward as their autograd formula. Inputs are in the flat chunk layout; the gate
 # matrices and the DGD inverse are inputs too, so autograd carries their gradients on to lr,
 # retention, momentum and k through the torch gate algebra. Absent optional results are empty.
+# With `keep_states` the forward also returns the chunk-start states and the residuals (h, s, res,
+# pseudo: non-differentiable, saved for the backward, which then does not recompute them).
 
 
 @torch.library.custom_op("nested_kernels::linear_memory_triton_fwd", mutates_args=())
@@ -66,22 +69,28 @@ def _triton_fwd(
     write: torch.Tensor, dgd_write: torch.Tensor, mom_decay_last: Optional[torch.Tensor],
     mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
     s0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor, scale: float, dgd: bool,
-    out_dtype: torch.dtype,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out_dtype: torch.dtype, keep_states: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
 
     gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
-    o, *_, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
-                                      dgd=dgd, output_final_state=True, out_dtype=out_dtype)
-    return o, ht, _empty_if_none(st, ht)
+    o, *states, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
+                                           dgd=dgd, output_final_state=True, out_dtype=out_dtype)
+    kept = [_empty_if_none(x, ht) if keep_states else ht.new_empty(0) for x in states]
+    return (o, ht, _empty_if_none(st, ht), *kept)
 
 
 @_triton_fwd.register_fake
 def _(q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, chunk_offsets,
-      last_rows, scale, dgd, out_dtype):
-    H, K, V = k.shape[1], k.shape[2], v.shape[2]
+      last_rows, scale, dgd, out_dtype, keep_states):
+    (Tp, H, K), V, NC = k.shape, v.shape[2], decay.shape[1]
     ht = k.new_empty(chunk_offsets.shape[0] - 1, H, K, V, dtype=torch.float32)
-    return v.new_empty(v.shape, dtype=out_dtype), ht, ht.new_empty(ht.shape if carry is not None else (0,))
+    st = ht.new_empty(ht.shape if carry is not None else (0,))
+
+    def kept(shape, present=True):
+        return ht.new_empty(shape if keep_states and present else (0,))
+    states = (kept((H, NC, K, V)), kept((H, NC, K, V), carry is not None), kept((Tp, H, V)), kept((Tp, H, V), dgd))
+    return (v.new_empty(v.shape, dtype=out_dtype), ht, st, *states)
 
 
 @torch.library.custom_op("nested_kernels::linear_memory_triton_bwd", mutates_args=())
@@ -90,15 +99,17 @@ def _triton_bwd(
     v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor], write: torch.Tensor, dgd_write: torch.Tensor,
     mom_decay_last: Optional[torch.Tensor], mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor],
     h0: Optional[torch.Tensor], s0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor,
-    scale: float, dgd: bool,
+    scale: float, dgd: bool, h: Optional[torch.Tensor], s: Optional[torch.Tensor], res: Optional[torch.Tensor],
+    pseudo: Optional[torch.Tensor],
 ) -> List[torch.Tensor]:
     from ..triton_kernels.linear_memory.chunk_bwd import linear_memory_bwd
     from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
 
     gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
-    _, h, s, res, pseudo, _, _ = linear_memory_fwd(                           # recompute the chunk states
-        q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
-        output_final_state=False, out_dtype=v.dtype)
+    if h is None:                                                             # not kept: recompute the chunk states
+        _, h, s, res, pseudo, _, _ = linear_memory_fwd(
+            q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
+            output_final_state=False, out_dtype=v.dtype)
     contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
     dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
         q, k, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, (h, s, res, pseudo),
@@ -109,7 +120,7 @@ def _triton_bwd(
 
 @_triton_bwd.register_fake
 def _(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
-      chunk_offsets, last_rows, scale, dgd):
+      chunk_offsets, last_rows, scale, dgd, h, s, res, pseudo):
     N, H, K, V = chunk_offsets.shape[0] - 1, k.shape[1], k.shape[2], v.shape[2]
     like = [q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv]
     grads = [q.new_empty(0) if x is None else torch.empty_like(x) for x in like]
@@ -118,19 +129,22 @@ def _(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, scale, dgd, _ = inputs
-    ctx.save_for_backward(*tensors)
+    *tensors, scale, dgd, _, _ = inputs
+    kept = output[3:]                                                          # empty unless keep_states
+    ctx.mark_non_differentiable(*kept)
+    ctx.save_for_backward(*tensors, *kept)
     ctx.scale, ctx.dgd = scale, dgd
 
 
-def _backward(ctx, do, dht, dst):
-    q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows = \
-        ctx.saved_tensors
+def _backward(ctx, do, dht, dst, *_kept):
+    *saved, h, s, res, pseudo = ctx.saved_tensors
+    q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows = saved
+    kept = (None,) * 4 if h.numel() == 0 else [_none_if_empty(x) for x in (h, s, res, pseudo)]
     grads = _triton_bwd(
         torch.zeros_like(v) if do is None else do, dht, None if carry is None else dst, q, k, v, decay, carry, write,
-        dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows, ctx.scale, ctx.dgd)
+        dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows, ctx.scale, ctx.dgd, *kept)
     *grads, dh0, ds0 = [_none_if_empty(g) for g in grads]
-    return (*grads, None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None)
+    return (*grads, None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None, None)
 
 
 _triton_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -172,7 +186,8 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
         h0 = initial_state.memory.to(f32).contiguous()
         if use_momentum:
             s0 = torch.zeros_like(h0) if initial_state.momentum is None else initial_state.momentum.to(f32).contiguous()
-    args = (qf, kf, vf, *gates, dgd_inv, h0, s0, layout.chunk_offsets, layout.last_rows, float(scale), dgd, v.dtype)
+    args = (qf, kf, vf, *gates, dgd_inv, h0, s0, layout.chunk_offsets, layout.last_rows, float(scale), dgd, v.dtype,
+            keeping_chunk_states())
     return layout, args
 
 
@@ -182,6 +197,6 @@ def linear_memory_triton(
 ):
     layout, args = triton_op_args(q, k, v, lr, retention, momentum, dgd=dgd, chunk_size=chunk_size, scale=scale,
                                   initial_state=initial_state, cu_seqlens=cu_seqlens)
-    o, ht, st = _triton_fwd(*args)
+    o, ht, st, *_ = _triton_fwd(*args)
     final_state = LinearMemoryState(ht, st if momentum is not None else None) if output_final_state else None
     return layout.unflatten(o, *q.shape[:2]), final_state

@@ -136,9 +136,11 @@ def test_triton_chunk_gpu(T, KV, C, use_mom, dgd, dtype):
     check(2, T, 4, *KV, C, use_mom, dgd, True, dtype=dtype)
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["recompute", "keep"])
 @pytest.mark.parametrize("use_mom,dgd", [(True, True), (False, False)], ids=["mom-dgd", "plain"])
-def test_triton_opcheck(use_mom, dgd):
+def test_triton_opcheck(use_mom, dgd, keep):
     """The custom op's schema, fake kernel and autograd registration (torch.library.opcheck)."""
+    from nested_kernels import keep_chunk_states
     from nested_kernels.linear_memory.triton import triton_op_args
 
     B, T, H, K, V = 1, 20, 1, 16, 16
@@ -146,11 +148,36 @@ def test_triton_opcheck(use_mom, dgd):
     lr, ret, mom = (None if x is None else x.to(DEVICE) for x in gates(B, T, H, momentum=use_mom, dtype=torch.float32))
     h0 = LinearMemoryState(*(None if x is None else x.to(DEVICE)
                              for x in linear_state(B, H, K, V, momentum=use_mom, dtype=torch.float32)))
-    _, args = triton_op_args(q, k, v, lr, ret, mom, dgd=dgd, chunk_size=16, scale=0.5, initial_state=h0,
-                             cu_seqlens=None)
+    with keep_chunk_states(keep):
+        _, args = triton_op_args(q, k, v, lr, ret, mom, dgd=dgd, chunk_size=16, scale=0.5, initial_state=h0,
+                                 cu_seqlens=None)
     args = tuple(x.detach().requires_grad_() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
                  for x in args)
     torch.library.opcheck(torch.ops.nested_kernels.linear_memory_triton_fwd.default, args)
+
+
+@pytest.mark.parametrize("use_mom,dgd", [(True, True), (False, False)], ids=["mom-dgd", "plain"])
+def test_kept_chunk_states_skip_the_recomputation(use_mom, dgd, monkeypatch):
+    """Inside keep_chunk_states() the backward uses the forward's chunk states: same gradients, one forward pass."""
+    import nested_kernels.triton_kernels.linear_memory.chunk_fwd as chunk_fwd
+    from nested_kernels import keep_chunk_states
+
+    forward_passes = []
+    run_forward = chunk_fwd.linear_memory_fwd
+    monkeypatch.setattr(chunk_fwd, "linear_memory_fwd", lambda *a, **kw: forward_passes.append(1) or run_forward(*a, **kw))
+    B, T, H, K, V = 1, 37, 2, 16, 16
+    leaves = [x.to(DEVICE).requires_grad_() for x in qkv(B, T, H, K, V, dtype=torch.float32)]
+    leaves += [x.to(DEVICE).requires_grad_() for x in gates(B, T, H, momentum=use_mom, dtype=torch.float32) if x is not None]
+    grads = []
+    for keep in (False, True):
+        forward_passes.clear()
+        with keep_chunk_states(keep):
+            o, final = linear_memory(*leaves[:5], leaves[5] if use_mom else None, dgd=dgd, chunk_size=16,
+                                     output_final_state=True, backend="triton")
+        grads.append(torch.autograd.grad(o.pow(2).sum() + final.memory.sum(), leaves))
+        assert len(forward_passes) == (1 if keep else 2)
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
 
 
 def test_triton_compile_fullgraph():
