@@ -11,12 +11,13 @@
 #   4. bench     python benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --budget-s ...
 #   5. bench-mlp python benchmarks/bench_mlp_memory.py: mlp_memory triton vs torch vs vmap(grad)
 #   6. decode    python benchmarks/bench_decode.py: decode steps (T = 1) at batch 1…256 vs fla
-#   7. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
-#   8. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
+#   7. hope-layer python benchmarks/bench_hope_layer.py: a HOPE layer vs a Transformer layer (SDPA), T 8192
+#   8. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
+#   9. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
 #                own against the torch tier (a kernel fault stays one row; errors by tensor)
-#   9. sanitizer compute-sanitizer memcheck, then racecheck, over the CUDA-kernel GPU tests (-k cuda)
-#  10. compile   python -m nested_kernels compile-report --arch 90 --out ...
-#  11. pytest    python -m pytest -m gpu -q
+#  10. sanitizer compute-sanitizer memcheck, then racecheck, over the CUDA-kernel GPU tests (-k cuda)
+#  11. compile   python -m nested_kernels compile-report --arch 90 --out ...
+#  12. pytest    python -m pytest -m gpu -q
 # The benchmark runs before pytest: `pytest -m gpu` is the long, open-ended step (a few hundred
 # cases against the float64 token-loop reference), so it gets whatever time is left, while the
 # benchmark (which gates itself on correctness) and the compile report always get theirs.
@@ -34,7 +35,7 @@
 #   TOTAL_S               time budget of the whole script in seconds (default 540)
 #   BENCH_SHAPES          auto | small | all (default auto)
 #   STEPS                 the steps to run, by name (default: all of build info check bench bench-mlp decode
-#                         profile isolate sanitizer compile-report pytest-gpu); the device tool gives
+#                         hope-layer profile isolate sanitizer compile-report pytest-gpu); the device tool gives
 #                         10 minutes a call, so a session can split them over calls, e.g.
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile"
 #   SKIP_BUILD=1          reuse the extension already built (e.g. a second run on a warm machine)
@@ -80,7 +81,7 @@ except Exception as e:
 
 left_s() { echo $(( TOTAL_S - SECONDS - RESERVE_S )); }
 
-STEPS=${STEPS:-build info check bench bench-mlp decode profile isolate sanitizer compile-report pytest-gpu}
+STEPS=${STEPS:-build info check bench bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu}
 want() { [[ " $STEPS " == *" $1 "* ]]; }   # want STEP: whether STEPS names it
 
 # run_step NAME CAP_S CMD...: run CMD with a time limit of min(CAP_S, time left), log it, and add
@@ -187,6 +188,7 @@ run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-di
 
 run_step bench-mlp 150 "$PYTHON" benchmarks/bench_mlp_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG"
 run_step decode 90 "$PYTHON" benchmarks/bench_decode.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG"
+run_step hope-layer 120 "$PYTHON" benchmarks/bench_hope_layer.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG"
 
 run_step profile 120 "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
 run_step isolate 180 "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" --budget-s 120
@@ -244,7 +246,8 @@ run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
     echo "## Result files"
     echo
     for f in "$OUT_DIR/linear_memory-$BENCH_TAG.md" "$OUT_DIR/linear_memory-$BENCH_TAG.json" \
-             "$OUT_DIR/mlp_memory-$BENCH_TAG.md" "$OUT_DIR/decode-$BENCH_TAG.md" "$OUT_DIR/isolate-triton.md" \
+             "$OUT_DIR/mlp_memory-$BENCH_TAG.md" "$OUT_DIR/decode-$BENCH_TAG.md" \
+             "$OUT_DIR/hope_layer-$BENCH_TAG.md" "$OUT_DIR/isolate-triton.md" \
              "$OUT_DIR/isolate-triton.json" "$OUT_DIR/profile-linear_memory.md" "$COMPILE_OUT"; do
         if [[ -f $f ]]; then echo "* \`$f\`"; else echo "* \`$f\` (not written)"; fi
     done
@@ -276,6 +279,6 @@ echo
 cat "$REPORT"
 echo
 echo "== steps"
-grep -E '^\| (build|info|check|bench|bench-mlp|decode|profile|isolate|sanitizer|compile-report|pytest-gpu) \|' "$REPORT"
+grep -E '^\| (build|info|check|bench|bench-mlp|decode|hope-layer|profile|isolate|sanitizer|compile-report|pytest-gpu) \|' "$REPORT"
 echo "report: $REPORT"
 exit "$FAILED"
