@@ -1,0 +1,39 @@
+"""Launch configurations of the `mlp_memory` chunk-backward kernels (chunk_bwd.py): one table for
+the launcher and the compile report (`aot_bwd.py`), so what is reported is what runs.
+
+Tiles: BK key columns, BV value columns, BD hidden columns (one program per BD columns of Dh in
+the `inner` and `dw` stages). Chosen with `nested-kernels compile-report` (sm_90 and sm_80, the
+most registers: momentum, `read="current"`, self target): the largest tiles that do not spill.
+"""
+from typing import NamedTuple
+
+import triton
+
+
+class LaunchConfig(NamedTuple):
+    BK: int
+    BV: int
+    BD: int
+    num_warps: int
+    num_stages: int
+
+
+# kernel -> {BT: (BK, BV, BD, num_warps, num_stages)}; tiles are capped by K, V, Dh themselves.
+TABLE = {
+    "res": {16: (32, 32, 32, 4, 1), 32: (32, 32, 32, 4, 1), 64: (32, 32, 32, 4, 1)},
+    "inner": {16: (32, 32, 32, 4, 1), 32: (32, 32, 32, 4, 1), 64: (32, 32, 32, 8, 1)},
+    "dres": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
+    "dw": {16: (32, 32, 32, 4, 1), 32: (32, 32, 32, 4, 1), 64: (32, 32, 32, 8, 1)},
+}
+CHUNK_TILES = tuple(TABLE["res"])          # BT: a chunk of C ≤ 64 tokens is padded to 16, 32 or 64 rows
+
+
+def chunk_tile(C: int) -> int:
+    """Rows BT of the tile holding a chunk of C tokens (tl.dot needs at least 16)."""
+    return max(16, triton.next_power_of_2(C))
+
+
+def launch_config(kernel: str, K: int, V: int, Dh: int, BT: int) -> LaunchConfig:
+    BK, BV, BD, num_warps, num_stages = TABLE[kernel][BT]
+    cap = lambda tile, n: max(16, min(tile, triton.next_power_of_2(n)))
+    return LaunchConfig(cap(BK, K), cap(BV, V), cap(BD, Dh) if BD else 0, num_warps, num_stages)
