@@ -83,7 +83,8 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         w1, w2 have a leading 1).
     """
     from ..triton_kernels.mlp_memory.chunk_bwd import (
-        mlp_memory_bwd_kernel_dres, mlp_memory_bwd_kernel_dw, mlp_memory_bwd_kernel_inner, mlp_memory_bwd_kernel_res,
+        mlp_memory_bwd_kernel_dres, mlp_memory_bwd_kernel_dw, mlp_memory_bwd_kernel_inner, mlp_memory_bwd_kernel_qk,
+        mlp_memory_bwd_kernel_res,
     )
     from ..triton_kernels.mlp_memory.configs_bwd import chunk_tile, launch_config
     from ..triton_kernels.mlp_memory.phi import ACT_CODES
@@ -121,6 +122,13 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
            **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, ACT=act, IS_RESIDUAL=residual,
            IS_SELF_TARGET=self_target, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
+    qk_dor = None
+    if current:
+        cfg = launch_config("qk", K, V, Dh, BT)
+        qk_dor = torch.empty(BH, 2, BT, BT, **f32)
+        launch(mlp_memory_bwd_kernel_qk, (BH,), device, q=q_, k=k_, do=do_, res=res, qk_dor=qk_dor, **common,
+               BK=cfg.BK, BV=cfg.BV, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
     cfg = launch_config("inner", K, V, Dh, BT)
     ND = _cdiv(Dh, cfg.BD)
     scratch = {name: torch.empty(BH, BT, Dh, **f32) for name in ("z_buf", "aq_buf", "dzq_buf", "dp_buf", "dz2_buf",
@@ -131,7 +139,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     dlast_part = torch.zeros(ND, BH, 4, **f32)
     launch(mlp_memory_bwd_kernel_inner, (ND, BH), device, q=q_, k=k_, do=do_, w1=W1, w2=W2, s1=S1, s2=S2, dw1n=dW1n,
            dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, write=write, mom_write=mom_write, res=res,
-           **scratch, dq_part=dq_part, dr_part=dr_part, cc_part=cc_part, dvec_part=dvec_part, dlast_part=dlast_part,
+           qk_dor=qk_dor, **scratch, dq_part=dq_part, dr_part=dr_part, cc_part=cc_part, dvec_part=dvec_part, dlast_part=dlast_part,
            **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, ACT=act, USE_MOMENTUM=use_mom, IS_READ_CURRENT=current,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -139,7 +147,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     dres = torch.empty(BH, BT, V, **f32)
     dq, dk, dv = torch.empty(B, C, H, K, **f32), torch.empty(B, C, H, K, **f32), torch.empty(B, C, H, V, **f32)
     d_gm = torch.empty(BH, BT, BT, **f32) if current else None
-    launch(mlp_memory_bwd_kernel_dres, (BH,), device, q=q_, k=k_, do=do_, write=write, res=res,
+    launch(mlp_memory_bwd_kernel_dres, (BH,), device, q=q_, k=k_, do=do_, write=write, qk_dor=qk_dor,
            cc=None if cc_part is None else cc_part.sum(0), dq_sum=dq_part.sum(0), dr_sum=dr_part.sum(0), dres=dres,
            dq=dq, dk=dk, dv=dv, d_gm=d_gm, **common, BK=cfg.BK, BV=cfg.BV, IS_RESIDUAL=residual,
            IS_SELF_TARGET=self_target, IS_READ_CURRENT=current, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -152,7 +160,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     dv_part = torch.empty(ND_dw, BH, BT, K, **f32) if self_target else None
     launch(mlp_memory_bwd_kernel_dw, (ND_dw, BH), device, q=q_, k=k_, v=v_, do=do_, w1=W1, w2=W2, dw1n=dW1n,
            dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, write=write, mom_decay=mom_decay,
-           mom_write=mom_write, res=res, dres=dres, **scratch, dw1=dW1, dw2=dW2, ds1=dS1, ds2=dS2, dk_part=dk_part,
+           mom_write=mom_write, res=res, dres=dres, qk_dor=qk_dor, **scratch, dw1=dW1, dw2=dW2, ds1=dS1, ds2=dS2, dk_part=dk_part,
            dv_part=dv_part, **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, ACT=act, USE_MOMENTUM=use_mom,
            IS_READ_CURRENT=current, IS_SELF_TARGET=self_target, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 

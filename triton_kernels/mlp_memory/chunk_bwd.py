@@ -4,7 +4,8 @@ reads). Per (sequence, head) the chunk holds C ≤ BT tokens; rows C..BT−1 are
 inputs, zero gradients). The hidden width Dh is cut into tiles of BD columns and every stage
 that touches W1 [K, Dh] or W2 [Dh, V] runs one program per (Dh tile, sequence·head):
 
-1. `mlp_memory_bwd_kernel_res`   R = f_{W^c}(K) − target, summed over the Dh tiles   [BH, BT, V]
+1. `mlp_memory_bwd_kernel_res`   R = f_{W^c}(K) − target, summed over the Dh tiles   [BH, BT, V];
+   `mlp_memory_bwd_kernel_qk` (read="current") Q Kᵀ and dO Rᵀ                       [BH, 2, BT, BT]
 2. `mlp_memory_bwd_kernel_inner` per Dh tile: Z, A, P = R W2ᵀ, D = P ⊙ φ'(Z), the reads (Zq, Aq,
    their adjoints dAq, dZq), the adjoint dD and from it dP = dD ⊙ φ'(Z), dZ'' = dD ⊙ P ⊙ φ''(Z);
    stores those C×Dh tiles in scratch, and partial sums over the tile of every product that
@@ -78,8 +79,40 @@ def mlp_memory_bwd_kernel_res(
 
 
 @triton.jit(do_not_specialize=["C"])
+def mlp_memory_bwd_kernel_qk(
+    q, k, do, res, qk_dor, C,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """The Dh-free C×C products of the reads, once per (sequence, head): Q Kᵀ and dO Rᵀ
+    ([BH, 2, BT, BT], unmasked), so the Dh-tile kernels load them instead of holding them
+    through their loops over K and V."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    m_t = o_t < C
+    o_tk = ((i_b * C + o_t) * H + i_h) * K
+    o_tv = ((i_b * C + o_t) * H + i_h) * V
+    o_mat = (i_bh * 2 * BT + o_t[:, None]) * BT + o_t[None, :]
+    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < K
+        b_qk = tl.dot(_rows(q, o_tk, m_t, o_k, m_k), tl.trans(_rows(k, o_tk, m_t, o_k, m_k)), b_qk,
+                      input_precision=DOT_PRECISION)
+    tl.store(qk_dor + o_mat, b_qk)
+    b_dor = tl.zeros([BT, BT], dtype=tl.float32)
+    for v0 in range(0, V, BV):
+        o_v = v0 + tl.arange(0, BV)
+        m_v = o_v < V
+        b_r = tl.load(res + (i_bh * BT + o_t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
+        b_dor = tl.dot(_rows(do, o_tv, m_t, o_v, m_v), tl.trans(b_r), b_dor, input_precision=DOT_PRECISION)
+    tl.store(qk_dor + o_mat + BT * BT, b_dor)
+
+
+@triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_inner(
-    q, k, do, w1, w2, s1, s2, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_write, res,
+    q, k, do, w1, w2, s1, s2, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_write, res, qk_dor,
     z_buf, aq_buf, dzq_buf, dp_buf, dz2_buf, d_buf, dq_part, dr_part, cc_part, dvec_part, dlast_part, C,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, USE_MOMENTUM: tl.constexpr,
@@ -105,13 +138,12 @@ def mlp_memory_bwd_kernel_inner(
     o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
     o_part = i_d * BH + i_bh
 
-    # products over K: Z = K W1, K dW1', Q W1 (and with momentum K dS1', Q S1), Q Kᵀ
+    # products over K: Z = K W1, K dW1', Q W1 (and with momentum K dS1', Q S1)
     b_z = tl.zeros([BT, BD], dtype=tl.float32)
     b_kg = tl.zeros([BT, BD], dtype=tl.float32)
     b_ks = tl.zeros([BT, BD], dtype=tl.float32)
     b_qw = tl.zeros([BT, BD], dtype=tl.float32)
     b_qs = tl.zeros([BT, BD], dtype=tl.float32)
-    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
     b_last_beta = tl.zeros([BD], dtype=tl.float32)                            # ⟨dW', W⟩ per column
     b_last_carry = tl.zeros([BD], dtype=tl.float32)                           # ⟨dW', S⟩
     b_last_mom = tl.zeros([BD], dtype=tl.float32)                             # ⟨dS', S⟩
@@ -126,8 +158,6 @@ def mlp_memory_bwd_kernel_inner(
         b_kg = tl.dot(b_k, b_dw1n, b_kg, input_precision=DOT_PRECISION)
         b_qw = tl.dot(b_q, b_w1, b_qw, input_precision=DOT_PRECISION)
         b_last_beta += tl.sum(b_dw1n * b_w1, 0)
-        if IS_READ_CURRENT:
-            b_qk = tl.dot(b_q, tl.trans(b_k), b_qk, input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_s1 = _tile(s1, o_w1, o_k, m_k, o_d, m_d, DH)
             b_ds1n = _tile(ds1n, o_w1, o_k, m_k, o_d, m_d, DH)
@@ -137,11 +167,10 @@ def mlp_memory_bwd_kernel_inner(
             if IS_READ_CURRENT:
                 b_qs = tl.dot(b_q, b_s1, b_qs, input_precision=DOT_PRECISION)
 
-    # products over V: P = R W2ᵀ, dO W2ᵀ (and dO S2ᵀ), dO Rᵀ
+    # products over V: P = R W2ᵀ, dO W2ᵀ (and dO S2ᵀ)
     b_p = tl.zeros([BT, BD], dtype=tl.float32)
     b_dow = tl.zeros([BT, BD], dtype=tl.float32)
     b_dos = tl.zeros([BT, BD], dtype=tl.float32)
-    b_dor = tl.zeros([BT, BT], dtype=tl.float32)
     for v0 in range(0, V, BV):
         o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V
@@ -152,8 +181,6 @@ def mlp_memory_bwd_kernel_inner(
         b_p = tl.dot(b_r, tl.trans(b_w2), b_p, input_precision=DOT_PRECISION)
         b_dow = tl.dot(b_do, tl.trans(b_w2), b_dow, input_precision=DOT_PRECISION)
         b_last_beta += tl.sum(b_dw2n * b_w2, 1)
-        if IS_READ_CURRENT:
-            b_dor = tl.dot(b_do, tl.trans(b_r), b_dor, input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_s2 = _tile(s2, o_w2, o_d, m_d, o_v, m_v, V)
             b_ds2n = _tile(ds2n, o_w2, o_d, m_d, o_v, m_v, V)
@@ -177,10 +204,12 @@ def mlp_memory_bwd_kernel_inner(
     b_carry = tl.load(carry + o_gate + 1 + o_t) if USE_MOMENTUM else b_beta
     if IS_READ_CURRENT:
         # Zq = β ⊙ Q W1 + f ⊙ Q S1 − ((Q Kᵀ) ⊙ G) D;  dAq = β ⊙ dO W2ᵀ + f ⊙ dO S2ᵀ − ((dO Rᵀ) ⊙ G) A
+        o_qk = (i_bh * 2 * BT + o_t[:, None]) * BT + o_t[None, :]
         b_gm = tl.where(m_causal, tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :]), 0.0)
-        b_qkg = b_qk * b_gm
+        b_daq = b_beta[:, None] * b_dow - tl.dot(tl.load(qk_dor + o_qk + BT * BT) * b_gm, b_a,
+                                                 input_precision=DOT_PRECISION)
+        b_qkg = tl.load(qk_dor + o_qk) * b_gm
         b_zq = b_beta[:, None] * b_qw - tl.dot(b_qkg, b_d, input_precision=DOT_PRECISION)
-        b_daq = b_beta[:, None] * b_dow - tl.dot(b_dor * b_gm, b_a, input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_zq += b_carry[:, None] * b_qs
             b_daq += b_carry[:, None] * b_dos
@@ -243,7 +272,7 @@ def mlp_memory_bwd_kernel_inner(
 
 @triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_dres(
-    q, k, do, write, res, cc, dq_sum, dr_sum, dres, dq, dk, dv, d_gm, C,
+    q, k, do, write, qk_dor, cc, dq_sum, dr_sum, dres, dq, dk, dv, d_gm, C,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     IS_RESIDUAL: tl.constexpr, IS_SELF_TARGET: tl.constexpr, IS_READ_CURRENT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -266,18 +295,7 @@ def mlp_memory_bwd_kernel_dres(
         o_cc = (i_bh * 2 * BT + o_t[:, None]) * BT + o_t[None, :]
         b_cc1 = tl.load(cc + o_cc)
         b_cc2 = tl.load(cc + o_cc + BT * BT)
-        b_qk = tl.zeros([BT, BT], dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            o_k = k0 + tl.arange(0, BK)
-            m_k = o_k < K
-            b_qk = tl.dot(_rows(q, o_tk, m_t, o_k, m_k), tl.trans(_rows(k, o_tk, m_t, o_k, m_k)), b_qk,
-                          input_precision=DOT_PRECISION)
-        b_dor = tl.zeros([BT, BT], dtype=tl.float32)
-        for v0 in range(0, V, BV):
-            o_v = v0 + tl.arange(0, BV)
-            m_v = o_v < V
-            b_r = tl.load(res + (i_bh * BT + o_t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
-            b_dor = tl.dot(_rows(do, o_tv, m_t, o_v, m_v), tl.trans(b_r), b_dor, input_precision=DOT_PRECISION)
+        b_qk, b_dor = tl.load(qk_dor + o_cc), tl.load(qk_dor + o_cc + BT * BT)                # same layout as cc
         tl.store(d_gm + o_mat, tl.where(m_causal, -b_dor * b_cc1 - b_cc2 * b_qk, 0.0))
         b_dpq = -b_cc2 * b_gm
         b_ccg = b_cc1 * b_gm
@@ -312,7 +330,7 @@ def mlp_memory_bwd_kernel_dres(
 
 @triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_dw(
-    q, k, v, do, w1, w2, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_decay, mom_write, res, dres,
+    q, k, v, do, w1, w2, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_decay, mom_write, res, dres, qk_dor,
     z_buf, aq_buf, dzq_buf, dp_buf, dz2_buf, d_buf, dw1, dw2, ds1, ds2, dk_part, dv_part, C,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, USE_MOMENTUM: tl.constexpr,
@@ -345,7 +363,6 @@ def mlp_memory_bwd_kernel_dw(
 
     b_da = tl.zeros([BT, BD], dtype=tl.float32)
     b_dav = tl.zeros([BT, BD], dtype=tl.float32)
-    b_dor = tl.zeros([BT, BT], dtype=tl.float32)
     for v0 in range(0, V, BV):
         o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V
@@ -359,12 +376,11 @@ def mlp_memory_bwd_kernel_dw(
         if USE_MOMENTUM:
             b_da = tl.dot(-b_nl[:, None] * b_r, tl.trans(_tile(ds2n, o_w2, o_d, m_d, o_v, m_v, V)), b_da,
                           input_precision=DOT_PRECISION)
-        if IS_READ_CURRENT:
-            b_dor = tl.dot(_rows(do, o_tv, m_t, o_v, m_v), tl.trans(b_r), b_dor, input_precision=DOT_PRECISION)
         if IS_SELF_TARGET:
             b_dav = tl.dot(-b_dr, tl.trans(b_w2), b_dav, input_precision=DOT_PRECISION)   # dAv = −dR W2ᵀ
     if IS_READ_CURRENT:
         b_gm = tl.where(m_causal, tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :]), 0.0)
+        b_dor = tl.load(qk_dor + (i_bh * 2 * BT + BT + o_t[:, None]) * BT + o_t[None, :])
         b_da = tl.dot(tl.trans(-b_dor * b_gm), tl.load(aq_buf + o_scr, mask=m_d[None, :], other=0.0), b_da,
                       input_precision=DOT_PRECISION)
     b_z = tl.load(z_buf + o_scr, mask=m_d[None, :], other=0.0)

@@ -2,8 +2,11 @@
 the launcher and the compile report (`aot_bwd.py`), so what is reported is what runs.
 
 Tiles: BK key columns, BV value columns, BD hidden columns (one program per BD columns of Dh in
-the `inner` and `dw` stages). Chosen with `nested-kernels compile-report` (sm_90 and sm_80, the
-most registers: momentum, `read="current"`, self target): the largest tiles that do not spill.
+the `inner` and `dw` stages). Chosen by compiling (BD, BK = BV, warps) ∈ {16, 32, 64}² × {4, 8}
+for sm_90 and sm_80 with every flag on (momentum, `read="current"`, self target: the most
+registers), K = V = 128, Dh = 512: among the candidates free of spills on both, the largest
+tiles; `inner` holds eight BT×BD blocks through its loops, hence BD = 16 there. BT = 64 entries
+use wgmma on sm_90 (`nested-kernels compile-report --kernel mlp_memory_bwd`).
 """
 from typing import NamedTuple
 
@@ -21,9 +24,10 @@ class LaunchConfig(NamedTuple):
 # kernel -> {BT: (BK, BV, BD, num_warps, num_stages)}; tiles are capped by K, V, Dh themselves.
 TABLE = {
     "res": {16: (32, 32, 32, 4, 1), 32: (32, 32, 32, 4, 1), 64: (32, 32, 32, 4, 1)},
-    "inner": {16: (32, 32, 32, 4, 1), 32: (32, 32, 32, 4, 1), 64: (32, 32, 32, 8, 1)},
+    "qk": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
+    "inner": {16: (16, 16, 16, 4, 1), 32: (16, 16, 16, 4, 1), 64: (16, 16, 16, 8, 1)},
     "dres": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
-    "dw": {16: (32, 32, 32, 4, 1), 32: (32, 32, 32, 4, 1), 64: (32, 32, 32, 8, 1)},
+    "dw": {16: (32, 32, 32, 4, 1), 32: (16, 16, 16, 4, 1), 64: (16, 16, 32, 8, 1)},
 }
 CHUNK_TILES = tuple(TABLE["res"])          # BT: a chunk of C ≤ 64 tokens is padded to 16, 32 or 64 rows
 

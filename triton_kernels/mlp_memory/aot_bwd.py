@@ -1,0 +1,51 @@
+"""The shipped configurations of the `mlp_memory` chunk-backward kernels (chunk_bwd.py), for
+`nested-kernels compile-report`: every chunk tile BT at the largest shapes of the contract
+(K = V = 128, Dh = 512; the tiles do not depend on K, V, Dh beyond the loop counts) with every
+flag on (momentum, `read="current"`, self target, residual: the most registers), bf16 inputs."""
+import inspect
+
+from ..utils.aot import AotSpec
+from .chunk_bwd import (
+    mlp_memory_bwd_kernel_dres, mlp_memory_bwd_kernel_dw, mlp_memory_bwd_kernel_inner, mlp_memory_bwd_kernel_qk,
+    mlp_memory_bwd_kernel_res,
+)
+from .configs_bwd import CHUNK_TILES, launch_config
+
+KERNELS = {
+    "res": mlp_memory_bwd_kernel_res,
+    "qk": mlp_memory_bwd_kernel_qk,
+    "inner": mlp_memory_bwd_kernel_inner,
+    "dres": mlp_memory_bwd_kernel_dres,
+    "dw": mlp_memory_bwd_kernel_dw,
+}
+INPUTS_BF16 = {"q", "k", "v", "do"}
+SCALARS = {"C": "i32"}
+SHAPES = ((128, 512),)                      # (K = V, Dh)
+
+
+def _params(kernel):
+    """(runtime argument names, constexpr names) of a jitted or interpreted kernel."""
+    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
+    is_constexpr = lambda p: "constexpr" in str(p.annotation)
+    return [p.name for p in params if not is_constexpr(p)], {p.name for p in params if is_constexpr(p)}
+
+
+def _specs():
+    for part, kernel in KERNELS.items():
+        runtime, flags = _params(kernel)
+        signature = {n: SCALARS.get(n, "*bf16" if n in INPUTS_BF16 else "*fp32") for n in runtime}
+        for D, Dh in SHAPES:
+            for BT in CHUNK_TILES:
+                cfg = launch_config(part, D, D, Dh, BT)
+                constexprs = dict(H=16, K=D, V=D, DH=Dh, BT=BT, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, ACT=0,
+                                  IS_RESIDUAL=True, IS_SELF_TARGET=True, IS_READ_CURRENT=True, USE_MOMENTUM=True,
+                                  DOT_PRECISION="tf32")
+                yield AotSpec(
+                    name=f"mlp_memory_bwd_{part}-D{D}-Dh{Dh}-BT{BT}-bf16-mom-current-self", kernel=kernel,
+                    signature=signature, constexprs={n: x for n, x in constexprs.items() if n in flags},
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                    gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync
+                )
+
+
+AOT_SPECS = list(_specs())
