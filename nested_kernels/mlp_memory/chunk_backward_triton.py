@@ -2,9 +2,11 @@
 `triton_kernels/mlp_memory/chunk_bwd.py`, every (sequence, head) of the chunk in one launch per
 stage. Derivation: triton_kernels/mlp_memory/README_backward.md (BACKGROUND.md §4).
 
-The gate matrices β, f, G, m, N of the chunk come from the Triton gate op
-(`common/chunk_gates_triton.py`); the kernels return the gradients of those matrices, and the
-op's own backward (Triton for 16- and 32-row chunks) maps them to dlr, dretention, dmomentum.
+The gate matrices β, f, G, m, N, E of the chunk come from the Triton gate op
+(`common/chunk_gates_triton.py`) and, with DGD, the chunk's (I + L)^{-1} from the Triton DGD
+inverse kernel (`triton_kernels/common/dgd_inverse.py`; its gradient dL = −dRhs Wᵀ is formed in
+the kernels). The kernels return the gradients of the gate matrices, and the gate op's own
+backward (Triton for 16- and 32-row chunks) maps them to dlr, dretention, dmomentum.
 """
 from typing import Optional
 
@@ -36,9 +38,6 @@ def _check(q, k, v, lr, momentum, w1, w2, s1, s2, do, activation, residual, dgd,
 
     B, C, H, K = q.shape
     V = v.shape[-1]
-    if dgd:
-        raise NotImplementedError("mlp_memory_chunk_backward_triton: dgd=True is not implemented in the Triton "
-                                  "chunk backward (use the torch tier)")
     if activation not in ACT_CODES:
         raise ValueError(f"activation: expected one of {sorted(ACT_CODES)}, got {activation!r}")
     if read not in ("current", "chunk_start"):
@@ -74,8 +73,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         do (torch.Tensor): `[B, C, H, V]` gradient of the chunk's outputs.
         dw1_next, dw2_next, ds1_next, ds2_next (torch.Tensor, Optional): gradients of the chunk-END
             state (None: zero; ds*_next must be None without momentum).
-        activation, residual, dgd, self_target, read: as `mlp_memory` (dgd=True raises
-            NotImplementedError).
+        activation, residual, dgd, self_target, read: as `mlp_memory` (all combinations).
 
     Returns:
         (dq, dk, dv, dlr, dretention, dmomentum, dw1, dw2, ds1, ds2), each shaped and typed like
@@ -111,58 +109,75 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         gate_leaves.append(_padded_gate(momentum, BT, 1.0).requires_grad_())
     with torch.enable_grad():
         gates = chunk_gates_for(BT)(*gate_leaves, *([] if use_mom else [None]))
-    decay, carry, write, mom_decay, mom_write, _ = (None if g is None else g.detach().reshape(BH, *g.shape[2:])
-                                                    for g in gates)
+    decay, carry, write, mom_decay, mom_write, dgd_write = (
+        None if g is None else g.detach().reshape(BH, *g.shape[2:]) for g in gates)
+    dgd_inv = None
+    if dgd:                                                                   # (I + L)^{-1} of the padded chunk
+        from ..triton_kernels.common.dgd_inverse import dgd_inverse_fwd
+
+        k_pad = F.pad(k, (0, 0, 0, 0, 0, BT - C)).reshape(B * BT, H, K).contiguous()
+        inv = dgd_inverse_fwd(k_pad, gates.dgd_write.detach().transpose(0, 1).contiguous())   # [H, B, BT, BT]
+        dgd_inv = inv.transpose(0, 1).reshape(BH, BT, BT).contiguous()
 
     common = dict(C=C, H=H, K=K, V=V, BT=BT, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     act = ACT_CODES[activation]
     res = torch.empty(BH, BT, V, **f32)
-    cfg = launch_config("res", K, V, Dh, BT)
+    cfg = launch_config("res", K, V, Dh, BT, dgd)
     launch(mlp_memory_bwd_kernel_res, (_cdiv(V, cfg.BV), BH), device, k=k_, v=v_, w1=W1, w2=W2, res=res,
            **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, ACT=act, IS_RESIDUAL=residual,
            IS_SELF_TARGET=self_target, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     qk_dor = None
-    if current:
-        cfg = launch_config("qk", K, V, Dh, BT)
-        qk_dor = torch.empty(BH, 2, BT, BT, **f32)
-        launch(mlp_memory_bwd_kernel_qk, (BH,), device, q=q_, k=k_, do=do_, res=res, qk_dor=qk_dor, **common,
-               BK=cfg.BK, BV=cfg.BV, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if current or dgd:
+        cfg = launch_config("qk", K, V, Dh, BT, dgd)
+        qk_dor = torch.empty(BH, 7, BT, BT, **f32)
+        launch(mlp_memory_bwd_kernel_qk, (BH,), device, q=q_, k=k_, do=do_, write=write, dgd_write=dgd_write, res=res,
+               qk_dor=qk_dor, **common,
+               BK=cfg.BK, BV=cfg.BV, USE_DGD=dgd, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    cfg = launch_config("inner", K, V, Dh, BT)
+    cfg = launch_config("inner", K, V, Dh, BT, dgd)
     ND = _cdiv(Dh, cfg.BD)
-    scratch = {name: torch.empty(BH, BT, Dh, **f32) for name in ("z_buf", "aq_buf", "dzq_buf", "dp_buf", "dz2_buf",
-                                                                 "d_buf")}
+    names = ("z_buf", "aq_buf", "dzq_buf", "dp_buf", "dz2_buf", "d_buf") + (("wp_buf", "drhs_buf") if dgd else ())
+    scratch = {name: torch.empty(BH, BT, Dh, **f32) for name in names}
+    scratch.update({name: None for name in ("wp_buf", "drhs_buf") if name not in scratch})
     dq_part, dr_part = torch.empty(ND, BH, BT, K, **f32), torch.empty(ND, BH, BT, V, **f32)
-    cc_part = torch.empty(ND, BH, 2, BT, BT, **f32) if current else None
-    dvec_part = torch.zeros(ND, BH, 4, BT, **f32)                            # slots a configuration leaves unwritten
+    # partial sums over Dh tiles; zeros: the slots a configuration leaves unwritten
+    cc_part = torch.zeros(ND, BH, 5, BT, BT, **f32) if current or dgd else None
+    dvec_part = torch.zeros(ND, BH, 8, BT, **f32)
     dlast_part = torch.zeros(ND, BH, 4, **f32)
     launch(mlp_memory_bwd_kernel_inner, (ND, BH), device, q=q_, k=k_, do=do_, w1=W1, w2=W2, s1=S1, s2=S2, dw1n=dW1n,
-           dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, write=write, mom_write=mom_write, res=res,
-           qk_dor=qk_dor, **scratch, dq_part=dq_part, dr_part=dr_part, cc_part=cc_part, dvec_part=dvec_part, dlast_part=dlast_part,
-           **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, ACT=act, USE_MOMENTUM=use_mom, IS_READ_CURRENT=current,
-           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+           dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, write=write, mom_write=mom_write,
+           dgd_write=dgd_write, dgd_inv=dgd_inv, res=res, qk_dor=qk_dor, **scratch, dq_part=dq_part, dr_part=dr_part,
+           cc_part=cc_part, dvec_part=dvec_part, dlast_part=dlast_part, **common, DH=Dh, BK=cfg.BK, BV=cfg.BV,
+           BD=cfg.BD, ACT=act, USE_MOMENTUM=use_mom, IS_READ_CURRENT=current, USE_DGD=dgd, num_warps=cfg.num_warps,
+           num_stages=cfg.num_stages)
+    cc = None if cc_part is None else cc_part.sum(0)
 
-    cfg = launch_config("dres", K, V, Dh, BT)
+    cfg = launch_config("dres", K, V, Dh, BT, dgd)
     dres = torch.empty(BH, BT, V, **f32)
     dq, dk, dv = torch.empty(B, C, H, K, **f32), torch.empty(B, C, H, K, **f32), torch.empty(B, C, H, V, **f32)
     d_gm = torch.empty(BH, BT, BT, **f32) if current else None
-    launch(mlp_memory_bwd_kernel_dres, (BH,), device, q=q_, k=k_, do=do_, write=write, qk_dor=qk_dor,
-           cc=None if cc_part is None else cc_part.sum(0), dq_sum=dq_part.sum(0), dr_sum=dr_part.sum(0), dres=dres,
-           dq=dq, dk=dk, dv=dv, d_gm=d_gm, **common, BK=cfg.BK, BV=cfg.BV, IS_RESIDUAL=residual,
-           IS_SELF_TARGET=self_target, IS_READ_CURRENT=current, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    d_em = torch.empty(BH, BT, BT, **f32) if current and dgd else None
+    d_gprev = torch.empty(BH, BT, BT, **f32) if dgd else None
+    d_eprev = torch.empty(BH, BT, BT, **f32) if dgd else None
+    launch(mlp_memory_bwd_kernel_dres, (BH,), device, q=q_, k=k_, do=do_, write=write, dgd_write=dgd_write,
+           qk_dor=qk_dor, cc=cc, dq_sum=dq_part.sum(0), dr_sum=dr_part.sum(0), dres=dres, dq=dq, dk=dk, dv=dv,
+           d_gm=d_gm, d_em=d_em, d_gprev=d_gprev, d_eprev=d_eprev, **common, BK=cfg.BK, BV=cfg.BV, IS_RESIDUAL=residual,
+           IS_SELF_TARGET=self_target, IS_READ_CURRENT=current, USE_DGD=dgd, num_warps=cfg.num_warps,
+           num_stages=cfg.num_stages)
 
-    cfg = launch_config("dw", K, V, Dh, BT)
+    cfg = launch_config("dw", K, V, Dh, BT, dgd)
     ND_dw = _cdiv(Dh, cfg.BD)                                                # the scratch layout does not depend on BD
     dW1, dW2 = torch.empty_like(W1), torch.empty_like(W2)
     dS1, dS2 = (torch.empty_like(S1), torch.empty_like(S2)) if use_mom else (None, None)
     dk_part = torch.empty(ND_dw, BH, BT, K, **f32)
     dv_part = torch.empty(ND_dw, BH, BT, K, **f32) if self_target else None
-    launch(mlp_memory_bwd_kernel_dw, (ND_dw, BH), device, q=q_, k=k_, v=v_, do=do_, w1=W1, w2=W2, dw1n=dW1n,
+    launch(mlp_memory_bwd_kernel_dw, (ND_dw, BH), device, q=q_, k=k_, v=v_, do=do_, w1=W1, w2=W2, s1=S1, dw1n=dW1n,
            dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, write=write, mom_decay=mom_decay,
-           mom_write=mom_write, res=res, dres=dres, qk_dor=qk_dor, **scratch, dw1=dW1, dw2=dW2, ds1=dS1, ds2=dS2, dk_part=dk_part,
-           dv_part=dv_part, **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, ACT=act, USE_MOMENTUM=use_mom,
-           IS_READ_CURRENT=current, IS_SELF_TARGET=self_target, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+           mom_write=mom_write, dgd_write=dgd_write, res=res, dres=dres, qk_dor=qk_dor, **scratch, dw1=dW1, dw2=dW2,
+           ds1=dS1, ds2=dS2, dk_part=dk_part, dv_part=dv_part, **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD,
+           ACT=act, USE_MOMENTUM=use_mom, IS_READ_CURRENT=current, IS_SELF_TARGET=self_target, USE_DGD=dgd,
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     tokens = lambda part: part.sum(0).view(B, H, BT, -1)[:, :, :C].transpose(1, 2)   # [ND, BH, BT, ·] -> [B, C, H, ·]
     dk = dk + tokens(dk_part)
@@ -170,7 +185,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         dv = dv + tokens(dv_part)
 
     # gradients of the gate matrices -> dlr, dretention, dmomentum through the gate op's backward
-    dvec, dlast = dvec_part.sum(0), dlast_part.sum(0)                        # [BH, 4, BT], [BH, 4]
+    dvec, dlast = dvec_part.sum(0), dlast_part.sum(0)                        # [BH, 8, BT], [BH, 4]
     d_decay = torch.zeros(BH, BT + 1, **f32)
     d_write = torch.zeros(BH, BT + 1, BT, **f32)
     if current:
@@ -179,11 +194,26 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     d_decay[:, C] += dlast[:, 0]
     d_write[:, C] += dvec[:, 2]
     outs, grads = [gates.decay, gates.write], [d_decay, d_write]
+    if dgd:
+        d_decay[:, :BT] += dvec[:, 4]                                         # rows before each token (Rhs)
+        d_write[:, :BT] += d_gprev
+        d_dgd_write = torch.zeros(BH, BT + 1, BT, **f32)
+        if current:
+            d_dgd_write[:, 1:] += d_em
+        d_dgd_write[:, C] += dvec[:, 6]
+        d_dgd_write[:, :BT] += d_eprev                                        # through the DGD system
+        if gates.dgd_write is gates.write:                                    # no momentum: E is G
+            d_write += d_dgd_write
+        else:
+            outs.append(gates.dgd_write)
+            grads.append(d_dgd_write)
     if use_mom:
         d_carry, d_mom_decay = torch.zeros(BH, BT + 1, **f32), torch.zeros(BH, BT + 1, **f32)
         d_mom_write = torch.zeros(BH, BT + 1, BT, **f32)
         if current:
             d_carry[:, 1:] += dvec[:, 1]
+        if dgd:
+            d_carry[:, :BT] += dvec[:, 5]
         d_carry[:, C] += dlast[:, 1]
         d_mom_decay[:, C] += dlast[:, 2]
         d_mom_write[:, C] += dvec[:, 3]

@@ -74,30 +74,36 @@ def check(B, C, H, K, Dh, V, use_mom, dtype=torch.float32, bound=None, shared=Fa
 
 
 FLAGS = [
-    # activation, residual, read, momentum, self_target
-    ("silu", True, "chunk_start", False, False),
-    ("gelu", True, "chunk_start", False, False),
-    ("silu", False, "chunk_start", False, False),
-    ("silu", True, "current", False, False),
-    ("gelu", False, "current", False, False),
-    ("silu", True, "current", True, False),
-    ("gelu", True, "chunk_start", True, False),
-    ("silu", True, "current", True, True),
-    ("gelu", False, "current", False, True),
-    ("silu", False, "chunk_start", True, True),
+    # activation, residual, read, momentum, self_target, dgd
+    ("silu", True, "chunk_start", False, False, False),
+    ("gelu", True, "chunk_start", False, False, False),
+    ("silu", False, "chunk_start", False, False, False),
+    ("silu", True, "current", False, False, False),
+    ("gelu", False, "current", False, False, False),
+    ("silu", True, "current", True, False, False),
+    ("gelu", True, "chunk_start", True, False, False),
+    ("silu", True, "current", True, True, False),
+    ("gelu", False, "current", False, True, False),
+    ("silu", False, "chunk_start", True, True, False),
+    ("silu", True, "chunk_start", False, False, True),
+    ("gelu", True, "current", False, False, True),
+    ("silu", True, "current", True, False, True),
+    ("gelu", False, "chunk_start", True, True, True),
+    ("silu", True, "current", True, True, True),
 ]
 
 
-@pytest.mark.parametrize("act,residual,read,use_mom,self_target",
-                         [pytest.param(*c, id="{}-res{}-{}-mom{}-self{}".format(*c)) for c in FLAGS])
-def test_chunk_backward(act, residual, read, use_mom, self_target):
-    check(2, 16, 2, 16, 32, 16, use_mom, activation=act, residual=residual, read=read, self_target=self_target)
+@pytest.mark.parametrize("act,residual,read,use_mom,self_target,dgd",
+                         [pytest.param(*c, id="{}-res{}-{}-mom{}-self{}-dgd{}".format(*c)) for c in FLAGS])
+def test_chunk_backward(act, residual, read, use_mom, self_target, dgd):
+    check(2, 16, 2, 16, 32, 16, use_mom, activation=act, residual=residual, read=read, self_target=self_target,
+          dgd=dgd)
 
 
 @pytest.mark.parametrize("C", [1, 5, 8, 20, 40], ids=lambda C: f"C{C}")
 def test_chunk_backward_partial(C):
     """Chunks of any length up to 64 (a partial last chunk is a short one): padded to 16, 32 or 64 rows."""
-    check(1, C, 2, 16, 32, 16, True, read="current", self_target=C % 2 == 0)
+    check(1, C, 2, 16, 32, 16, True, read="current", self_target=C % 2 == 0, dgd=C != 8)
 
 
 def test_chunk_backward_tiles(monkeypatch):
@@ -107,13 +113,13 @@ def test_chunk_backward_tiles(monkeypatch):
 
     monkeypatch.setattr(configs_bwd, "TABLE", {part: {BT: (16, 16, 16 if cfg[2] else 0, *cfg[3:]) for BT, cfg in rows.items()}
                                                for part, rows in configs_bwd.TABLE.items()})
-    check(1, 12, 1, 32, 48, 40, True, residual=False, read="current", activation="gelu")
+    check(1, 12, 1, 32, 48, 40, True, residual=False, read="current", activation="gelu", dgd=True)
     check(1, 12, 1, 32, 48, 32, True, residual=True, self_target=True, read="current")
 
 
 def test_chunk_backward_shared_weights():
     """w1, w2 with a leading 1 (the meta-learned initial memory): their gradients summed over the batch."""
-    check(2, 16, 2, 16, 32, 16, True, shared=True)
+    check(2, 16, 2, 16, 32, 16, True, shared=True, dgd=True)
 
 
 def test_chunk_backward_extreme_gates():
@@ -124,7 +130,7 @@ def test_chunk_backward_extreme_gates():
         ret[:, 3], ret[:, 7:9], lr[:, 5] = 0.0, 1.0, 0.0
         return (q, k, v, lr, ret, mom), state, cot
 
-    check(2, 16, 2, 16, 32, 16, True, edit=edit)
+    check(2, 16, 2, 16, 32, 16, True, edit=edit, dgd=True)
 
 
 def test_chunk_backward_no_end_state_gradient():
@@ -140,7 +146,7 @@ def test_chunk_backward_no_end_state_gradient():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_chunk_backward_half(dtype):
     """16-bit q, k, v, do (gates and states fp32): fp32 accumulation; dq, dk, dv come back in the input dtype."""
-    check(2, 16, 2, 16, 32, 16, True, dtype=dtype, self_target=True)
+    check(2, 16, 2, 16, 32, 16, True, dtype=dtype, self_target=True, dgd=True)
 
 
 def test_chunk_backward_nan_propagates():
@@ -148,7 +154,7 @@ def test_chunk_backward_nan_propagates():
     inputs, state, cot = chunk_inputs(2, 16, 2, 16, 32, 16, True)
     do = cot[0].clone()
     do[0, 4, 1, 3] = float("nan")
-    flags = dict(activation="silu", residual=True, dgd=False, self_target=False, read="current")
+    flags = dict(activation="silu", residual=True, dgd=True, self_target=False, read="current")
     out = dict(zip(GRAD_NAMES, kernel(inputs, state, (do, *cot[1:]), **flags)))
     for name in ("dq", "dk", "dv", "dlr", "dretention", "dmomentum"):
         assert out[name][0, :, 1].isnan().any(), name
@@ -158,25 +164,26 @@ def test_chunk_backward_nan_propagates():
         assert not out[name][1].isnan().any() and not out[name][:, 0].isnan().any(), name
 
 
-def test_chunk_backward_dgd_not_implemented():
-    inputs, state, cot = chunk_inputs(1, 4, 1, 16, 16, 16, False)
-    with pytest.raises(NotImplementedError, match="dgd=True"):
-        kernel(inputs, state, cot, activation="silu", residual=True, dgd=True, self_target=False, read="current")
+def test_chunk_backward_long_chunk_not_implemented():
+    inputs, state, cot = chunk_inputs(1, 65, 1, 16, 16, 16, False)
+    with pytest.raises(NotImplementedError, match="chunks of 1 to 64 tokens, got C = 65"):
+        kernel(inputs, state, cot, activation="silu", residual=True, dgd=False, self_target=False, read="current")
 
 
 GPU_MATRIX = [
-    (D, D * m, C, read, use_mom, self_target)
+    (D, D * m, C, read, use_mom, self_target, dgd)
     for D, m, C in itertools.product((32, 64, 128), (1, 2, 4), (8, 16, 32, 64))
-    for read, use_mom, self_target in (("current", True, True), ("chunk_start", False, False))
+    for read, use_mom, self_target, dgd in (("current", True, True, True), ("chunk_start", False, False, False),
+                                            ("current", False, False, True))
 ]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("D,Dh,C,read,use_mom,self_target",
-                         [pytest.param(*c, id="D{}-Dh{}-C{}-{}-mom{}-self{}".format(*c)) for c in GPU_MATRIX])
-def test_chunk_backward_gpu(D, Dh, C, read, use_mom, self_target, dtype):
+@pytest.mark.parametrize("D,Dh,C,read,use_mom,self_target,dgd",
+                         [pytest.param(*c, id="D{}-Dh{}-C{}-{}-mom{}-self{}-dgd{}".format(*c)) for c in GPU_MATRIX])
+def test_chunk_backward_gpu(D, Dh, C, read, use_mom, self_target, dgd, dtype):
     # fp32 inputs run tf32-free ("ieee") products; the bound leaves room for fp32 sums over Dh ≤ 512
     check(4, C, 4, D, Dh, D, use_mom, dtype=dtype, bound=1e-5 if dtype == torch.float32 else 1e-2,
-          read=read, self_target=self_target, activation="gelu" if C == 32 else "silu")
+          read=read, self_target=self_target, dgd=dgd, activation="gelu" if C == 32 else "silu")

@@ -80,27 +80,38 @@ def mlp_memory_bwd_kernel_res(
 
 @triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_qk(
-    q, k, do, res, qk_dor, C,
+    q, k, do, write, dgd_write, res, qk_dor, C,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The Dh-free C×C products of the reads, once per (sequence, head): Q Kᵀ and dO Rᵀ
-    ([BH, 2, BT, BT], unmasked), so the Dh-tile kernels load them instead of holding them
-    through their loops over K and V."""
+    """The Dh-free C×C products, once per (sequence, head), [BH, 7, BT, BT]: Q Kᵀ, dO Rᵀ, (DGD) K Kᵀ,
+    and as the Dh-tile kernels use them, (Q Kᵀ) ⊙ G, (dO Rᵀ) ⊙ G (rows after each token, lower
+    triangle with the diagonal), (DGD) (Q Kᵀ) ⊙ E and (K Kᵀ) ⊙ G_prev (rows before each token).
+    Loading them keeps those kernels from holding C×C blocks through their loops over K and V."""
     i_bh = tl.program_id(0).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
     m_t = o_t < C
     o_tk = ((i_b * C + o_t) * H + i_h) * K
     o_tv = ((i_b * C + o_t) * H + i_h) * V
-    o_mat = (i_bh * 2 * BT + o_t[:, None]) * BT + o_t[None, :]
+    o_mat = (i_bh * 7 * BT + o_t[:, None]) * BT + o_t[None, :]
+    m_causal = o_t[:, None] >= o_t[None, :]
+    o_rows_before = (i_bh * (BT + 1) + o_t[:, None]) * BT + o_t[None, :]
     b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
     for k0 in range(0, K, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < K
-        b_qk = tl.dot(_rows(q, o_tk, m_t, o_k, m_k), tl.trans(_rows(k, o_tk, m_t, o_k, m_k)), b_qk,
-                      input_precision=DOT_PRECISION)
+        b_kt = tl.trans(_rows(k, o_tk, m_t, o_k, m_k))
+        b_qk = tl.dot(_rows(q, o_tk, m_t, o_k, m_k), b_kt, b_qk, input_precision=DOT_PRECISION)
+        if USE_DGD:
+            b_kk = tl.dot(_rows(k, o_tk, m_t, o_k, m_k), b_kt, b_kk, input_precision=DOT_PRECISION)
     tl.store(qk_dor + o_mat, b_qk)
+    tl.store(qk_dor + o_mat + 3 * BT * BT, tl.where(m_causal, b_qk * tl.load(write + o_rows_before + BT), 0.0))
+    if USE_DGD:
+        tl.store(qk_dor + o_mat + 2 * BT * BT, b_kk)
+        tl.store(qk_dor + o_mat + 5 * BT * BT, tl.where(m_causal, b_qk * tl.load(dgd_write + o_rows_before + BT), 0.0))
+        tl.store(qk_dor + o_mat + 6 * BT * BT, b_kk * tl.load(write + o_rows_before))
     b_dor = tl.zeros([BT, BT], dtype=tl.float32)
     for v0 in range(0, V, BV):
         o_v = v0 + tl.arange(0, BV)
@@ -108,21 +119,26 @@ def mlp_memory_bwd_kernel_qk(
         b_r = tl.load(res + (i_bh * BT + o_t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
         b_dor = tl.dot(_rows(do, o_tv, m_t, o_v, m_v), tl.trans(b_r), b_dor, input_precision=DOT_PRECISION)
     tl.store(qk_dor + o_mat + BT * BT, b_dor)
+    tl.store(qk_dor + o_mat + 4 * BT * BT, tl.where(m_causal, b_dor * tl.load(write + o_rows_before + BT), 0.0))
 
 
 @triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_inner(
-    q, k, do, w1, w2, s1, s2, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_write, res, qk_dor,
-    z_buf, aq_buf, dzq_buf, dp_buf, dz2_buf, d_buf, dq_part, dr_part, cc_part, dvec_part, dlast_part, C,
+    q, k, do, w1, w2, s1, s2, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_write, dgd_write, dgd_inv, res,
+    qk_dor, z_buf, aq_buf, dzq_buf, dp_buf, dz2_buf, d_buf, wp_buf, drhs_buf, dq_part, dr_part, cc_part, dvec_part,
+    dlast_part, C,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, USE_MOMENTUM: tl.constexpr,
-    IS_READ_CURRENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    IS_READ_CURRENT: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One Dh tile: the forward of the chunk at W^c and the adjoints that stay inside the tile.
     Partial outputs ([ND, BH, ...], summed over Dh tiles by the launcher): dq_part = dZq-side of
     dQ [BT, K]; dr_part = dP W2 − G[C] ⊙ A dW2' − N[C] ⊙ A dS2' [BT, V]; cc_part = (Aq Aᵀ, dZq Dᵀ)
-    [2, BT, BT]; dvec_part = (dβ, df on the read rows, dG[C], dN[C]) [4, BT]; dlast_part =
-    (dβ[C], df[C], dm[C], 0) [4]."""
+    [2, BT, BT], with DGD also (dRhs Dᵀ, dZq Wᵀ, dRhs Wᵀ) [5, BT, BT]; dvec_part = (dβ, df on the
+    read rows, dG[C], dN[C], and with DGD dβ, df on the rows before each token, dE[C]) [8, BT];
+    dlast_part = (dβ[C], df[C], dm[C], 0) [4]. With DGD the pseudo-values W = (I + L)^{-1} Rhs,
+    Rhs = diag(β_prev) K W1 + diag(f_prev) K S1 − ((K Kᵀ) ⊙ G_prev) D, enter the end state and the
+    reads of W1 like D does, with E for G (chunk_state.dgd_pseudo_values)."""
     i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     BH = tl.num_programs(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -144,6 +160,7 @@ def mlp_memory_bwd_kernel_inner(
     b_ks = tl.zeros([BT, BD], dtype=tl.float32)
     b_qw = tl.zeros([BT, BD], dtype=tl.float32)
     b_qs = tl.zeros([BT, BD], dtype=tl.float32)
+    b_kss = tl.zeros([BT, BD], dtype=tl.float32)
     b_last_beta = tl.zeros([BD], dtype=tl.float32)                            # ⟨dW', W⟩ per column
     b_last_carry = tl.zeros([BD], dtype=tl.float32)                           # ⟨dW', S⟩
     b_last_mom = tl.zeros([BD], dtype=tl.float32)                             # ⟨dS', S⟩
@@ -164,6 +181,8 @@ def mlp_memory_bwd_kernel_inner(
             b_ks = tl.dot(b_k, b_ds1n, b_ks, input_precision=DOT_PRECISION)
             b_last_carry += tl.sum(b_dw1n * b_s1, 0)
             b_last_mom += tl.sum(b_ds1n * b_s1, 0)
+            if USE_DGD:
+                b_kss = tl.dot(b_k, b_s1, b_kss, input_precision=DOT_PRECISION)
             if IS_READ_CURRENT:
                 b_qs = tl.dot(b_q, b_s1, b_qs, input_precision=DOT_PRECISION)
 
@@ -202,14 +221,22 @@ def mlp_memory_bwd_kernel_inner(
         b_dnl -= tl.sum(b_ks * b_d, 1)
     b_beta = tl.load(decay + o_gate + 1 + o_t)
     b_carry = tl.load(carry + o_gate + 1 + o_t) if USE_MOMENTUM else b_beta
+    o_c7 = (i_bh * 7 * BT + o_t[:, None]) * BT + o_t[None, :]                # masked products: see kernel_qk
+    if USE_DGD:
+        # W = (I + L)^{-1} Rhs,  Rhs = diag(β_prev) Z + diag(f_prev) K S1 − ((K Kᵀ) ⊙ G_prev) D
+        b_rhs = tl.load(decay + o_gate + o_t)[:, None] * b_z - tl.dot(tl.load(qk_dor + o_c7 + 6 * BT * BT), b_d,
+                                                                     input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:
+            b_rhs += tl.load(carry + o_gate + o_t)[:, None] * b_kss
+        o_inv = (i_bh * BT + o_t[:, None]) * BT + o_t[None, :]
+        b_wp = tl.dot(tl.load(dgd_inv + o_inv), b_rhs, input_precision=DOT_PRECISION)
     if IS_READ_CURRENT:
         # Zq = β ⊙ Q W1 + f ⊙ Q S1 − ((Q Kᵀ) ⊙ G) D;  dAq = β ⊙ dO W2ᵀ + f ⊙ dO S2ᵀ − ((dO Rᵀ) ⊙ G) A
-        o_qk = (i_bh * 2 * BT + o_t[:, None]) * BT + o_t[None, :]
-        b_gm = tl.where(m_causal, tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :]), 0.0)
-        b_daq = b_beta[:, None] * b_dow - tl.dot(tl.load(qk_dor + o_qk + BT * BT) * b_gm, b_a,
+        b_daq = b_beta[:, None] * b_dow - tl.dot(tl.load(qk_dor + o_c7 + 4 * BT * BT), b_a,
                                                  input_precision=DOT_PRECISION)
-        b_qkg = tl.load(qk_dor + o_qk) * b_gm
-        b_zq = b_beta[:, None] * b_qw - tl.dot(b_qkg, b_d, input_precision=DOT_PRECISION)
+        b_zq = b_beta[:, None] * b_qw - tl.dot(tl.load(qk_dor + o_c7 + 3 * BT * BT), b_d, input_precision=DOT_PRECISION)
+        if USE_DGD:                                                           # … − ((Q Kᵀ) ⊙ E) W
+            b_zq -= tl.dot(tl.load(qk_dor + o_c7 + 5 * BT * BT), b_wp, input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_zq += b_carry[:, None] * b_qs
             b_daq += b_carry[:, None] * b_dos
@@ -218,15 +245,34 @@ def mlp_memory_bwd_kernel_inner(
         b_daq = b_dow
     b_aq = phi(b_zq, ACT)
     b_dzq = b_daq * phi_grad(b_zq, ACT)
-    o_vec = o_part * 4 * BT + o_t
+    o_vec = o_part * 8 * BT + o_t
     if IS_READ_CURRENT:
-        b_dd -= tl.dot(tl.trans(b_qkg), b_dzq, input_precision=DOT_PRECISION)
+        b_dd -= tl.dot(tl.trans(tl.load(qk_dor + o_c7 + 3 * BT * BT)), b_dzq, input_precision=DOT_PRECISION)
         tl.store(dvec_part + o_vec, tl.sum(b_aq * b_dow, 1) + tl.sum(b_dzq * b_qw, 1))
         if USE_MOMENTUM:
             tl.store(dvec_part + o_vec + BT, tl.sum(b_aq * b_dos, 1) + tl.sum(b_dzq * b_qs, 1))
-        o_cc = (o_part * 2 * BT + o_t[:, None]) * BT + o_t[None, :]
+        o_cc = (o_part * 5 * BT + o_t[:, None]) * BT + o_t[None, :]
         tl.store(cc_part + o_cc, tl.dot(b_aq, tl.trans(b_a), input_precision=DOT_PRECISION))
         tl.store(cc_part + o_cc + BT * BT, tl.dot(b_dzq, tl.trans(b_d), input_precision=DOT_PRECISION))
+    if USE_DGD:
+        # dW = −E[C] ⊙ K dW1' − ((Q Kᵀ) ⊙ E)ᵀ dZq;  dRhs = (I + L)^{-T} dW;  dD ∋ −((K Kᵀ) ⊙ G_prev)ᵀ dRhs
+        b_el = tl.load(dgd_write + (o_gate + C) * BT + o_t)
+        b_dwp = -b_el[:, None] * b_kg
+        if IS_READ_CURRENT:
+            b_dwp -= tl.dot(tl.trans(tl.load(qk_dor + o_c7 + 5 * BT * BT)), b_dzq, input_precision=DOT_PRECISION)
+        b_drhs = tl.dot(tl.trans(tl.load(dgd_inv + o_inv)), b_dwp, input_precision=DOT_PRECISION)
+        b_dd -= tl.dot(tl.trans(tl.load(qk_dor + o_c7 + 6 * BT * BT)), b_drhs, input_precision=DOT_PRECISION)
+        tl.store(dvec_part + o_vec + 4 * BT, tl.sum(b_drhs * b_z, 1))
+        if USE_MOMENTUM:
+            tl.store(dvec_part + o_vec + 5 * BT, tl.sum(b_drhs * b_kss, 1))
+        tl.store(dvec_part + o_vec + 6 * BT, -tl.sum(b_kg * b_wp, 1))
+        o_cc = (o_part * 5 * BT + o_t[:, None]) * BT + o_t[None, :]
+        tl.store(cc_part + o_cc + 2 * BT * BT, tl.dot(b_drhs, tl.trans(b_d), input_precision=DOT_PRECISION))
+        if IS_READ_CURRENT:
+            tl.store(cc_part + o_cc + 3 * BT * BT, tl.dot(b_dzq, tl.trans(b_wp), input_precision=DOT_PRECISION))
+        tl.store(cc_part + o_cc + 4 * BT * BT, tl.dot(b_drhs, tl.trans(b_wp), input_precision=DOT_PRECISION))
+        tl.store(wp_buf + o_scr, b_wp, mask=m_d[None, :])
+        tl.store(drhs_buf + o_scr, b_drhs, mask=m_d[None, :])
     b_dp = b_dd * b_dphi                                                      # dP = dD ⊙ φ'(Z)
     tl.store(dz2_buf + o_scr, b_dd * b_p * phi_grad2(b_z, ACT), mask=m_d[None, :])   # dZ ∋ dD ⊙ P ⊙ φ''(Z)
     tl.store(z_buf + o_scr, b_z, mask=m_d[None, :])
@@ -272,15 +318,19 @@ def mlp_memory_bwd_kernel_inner(
 
 @triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_dres(
-    q, k, do, write, qk_dor, cc, dq_sum, dr_sum, dres, dq, dk, dv, d_gm, C,
+    q, k, do, write, dgd_write, qk_dor, cc, dq_sum, dr_sum, dres, dq, dk, dv, d_gm, d_em, d_gprev, d_eprev, C,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_RESIDUAL: tl.constexpr, IS_SELF_TARGET: tl.constexpr, IS_READ_CURRENT: tl.constexpr,
+    IS_RESIDUAL: tl.constexpr, IS_SELF_TARGET: tl.constexpr, IS_READ_CURRENT: tl.constexpr, USE_DGD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """The C×C side of the dual-form reads, once the Dh-tile partials are summed (cc = Aq Aᵀ, dZq Dᵀ):
     dR = dr_sum − ((Aq Aᵀ) ⊙ G)ᵀ dO;  dPq = −(dZq Dᵀ) ⊙ G:  dQ = dq_sum + dPq K [+ dO],
     dK (read part) = dPqᵀ Q [+ dR];  dV = −dR (when the target holds V);
-    dG on rows 1..C = −(dO Rᵀ) ⊙ (Aq Aᵀ) − (dZq Dᵀ) ⊙ (Q Kᵀ)."""
+    dG on rows 1..C = −(dO Rᵀ) ⊙ (Aq Aᵀ) − (dZq Dᵀ) ⊙ (Q Kᵀ). With DGD (cc also dRhs Dᵀ, dZq Wᵀ):
+    dPq ∋ −(dZq Wᵀ) ⊙ E, dE on rows 1..C = −(dZq Wᵀ) ⊙ (Q Kᵀ), d(K Kᵀ) = −(dRhs Dᵀ) ⊙ G_prev
+    (dK ∋ (d(K Kᵀ) + d(K Kᵀ)ᵀ) K) and dG on the rows before each token = −(dRhs Dᵀ) ⊙ (K Kᵀ); the DGD
+    system W = (I + L)^{-1} Rhs, L = (K Kᵀ) ⊙ E_prev strictly lower, gives dL = −dRhs Wᵀ (cc slot 4), so
+    d(K Kᵀ) ∋ dL ⊙ E_prev and dE on the rows before each token = dL ⊙ (K Kᵀ)."""
     i_bh = tl.program_id(0).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -289,16 +339,32 @@ def mlp_memory_bwd_kernel_dres(
     o_tk = ((i_b * C + o_t) * H + i_h) * K
     o_tv = ((i_b * C + o_t) * H + i_h) * V
     o_mat = (i_bh * BT + o_t[:, None]) * BT + o_t[None, :]
+    o_gate = i_bh * (BT + 1)
+    o_cc = (i_bh * 5 * BT + o_t[:, None]) * BT + o_t[None, :]
+    o_c7 = (i_bh * 7 * BT + o_t[:, None]) * BT + o_t[None, :]
+    o_rows_after = (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :]
     if IS_READ_CURRENT:
-        o_gate = i_bh * (BT + 1)
-        b_gm = tl.where(m_causal, tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :]), 0.0)
-        o_cc = (i_bh * 2 * BT + o_t[:, None]) * BT + o_t[None, :]
+        b_gm = tl.where(m_causal, tl.load(write + o_rows_after), 0.0)
         b_cc1 = tl.load(cc + o_cc)
         b_cc2 = tl.load(cc + o_cc + BT * BT)
-        b_qk, b_dor = tl.load(qk_dor + o_cc), tl.load(qk_dor + o_cc + BT * BT)                # same layout as cc
+        b_qk, b_dor = tl.load(qk_dor + o_c7), tl.load(qk_dor + o_c7 + BT * BT)
         tl.store(d_gm + o_mat, tl.where(m_causal, -b_dor * b_cc1 - b_cc2 * b_qk, 0.0))
         b_dpq = -b_cc2 * b_gm
         b_ccg = b_cc1 * b_gm
+        if USE_DGD:
+            b_cc4 = tl.load(cc + o_cc + 3 * BT * BT)
+            b_dpq -= b_cc4 * tl.where(m_causal, tl.load(dgd_write + o_rows_after), 0.0)
+            tl.store(d_em + o_mat, tl.where(m_causal, -b_cc4 * b_qk, 0.0))
+    if USE_DGD:
+        b_cc3 = tl.load(cc + o_cc + 2 * BT * BT)
+        m_strict = o_t[:, None] > o_t[None, :]                                # G_prev is strictly lower
+        b_kk = tl.load(qk_dor + o_c7 + 2 * BT * BT)
+        b_dl = tl.where(m_strict, -tl.load(cc + o_cc + 4 * BT * BT), 0.0)    # dL = −dRhs Wᵀ
+        b_dkk = tl.where(m_strict, -b_cc3 * tl.load(write + o_rows_after - BT), 0.0)
+        b_dkk += b_dl * tl.load(dgd_write + o_rows_after - BT)
+        tl.store(d_gprev + o_mat, tl.where(m_strict, -b_cc3 * b_kk, 0.0))
+        tl.store(d_eprev + o_mat, b_dl * b_kk)
+        b_dkk = b_dkk + tl.trans(b_dkk)
     for v0 in range(0, V, BV):
         o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V
@@ -319,6 +385,8 @@ def mlp_memory_bwd_kernel_dres(
         if IS_READ_CURRENT:
             b_dq = tl.dot(b_dpq, _rows(k, o_tk, m_t, o_k, m_k), b_dq, input_precision=DOT_PRECISION)
             b_dk = tl.dot(tl.trans(b_dpq), _rows(q, o_tk, m_t, o_k, m_k), b_dk, input_precision=DOT_PRECISION)
+        if USE_DGD:
+            b_dk = tl.dot(b_dkk, _rows(k, o_tk, m_t, o_k, m_k), b_dk, input_precision=DOT_PRECISION)
         if IS_RESIDUAL:                                                       # K == V: o = q + …, R = k + …
             b_dq += _rows(do, o_tv, m_t, o_k, m_k)
             b_dk += tl.load(dr_sum + (i_bh * BT + o_t[:, None]) * V + o_k[None, :], mask=m_k[None, :], other=0.0)
@@ -330,16 +398,19 @@ def mlp_memory_bwd_kernel_dres(
 
 @triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_dw(
-    q, k, v, do, w1, w2, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_decay, mom_write, res, dres, qk_dor,
-    z_buf, aq_buf, dzq_buf, dp_buf, dz2_buf, d_buf, dw1, dw2, ds1, ds2, dk_part, dv_part, C,
+    q, k, v, do, w1, w2, s1, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_decay, mom_write, dgd_write, res, dres,
+    qk_dor, z_buf, aq_buf, dzq_buf, dp_buf, dz2_buf, d_buf, wp_buf, drhs_buf, dw1, dw2, ds1, ds2, dk_part, dv_part,
+    C,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, USE_MOMENTUM: tl.constexpr,
-    IS_READ_CURRENT: tl.constexpr, IS_SELF_TARGET: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    IS_READ_CURRENT: tl.constexpr, IS_SELF_TARGET: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One Dh tile, given dR: dA = dR W2ᵀ − (G[C] ⊙ R) dW2'ᵀ − (N[C] ⊙ R) dS2'ᵀ + dPqᵀ Aq, dZ = dA ⊙ φ'(Z) + dZ'',
     dW1 = β[C] dW1' + Qᵀ(β ⊙ dZq) + Kᵀ dZ [+ Vᵀ dZv],  dS1 = f[C] dW1' + m[C] dS1' + Qᵀ(f ⊙ dZq),
     dW2 = β[C] dW2' + Aqᵀ(β ⊙ dO) + dPᵀ R + (A − Av)ᵀ dR,  dS2 = f[C] dW2' + m[C] dS2' + Aqᵀ(f ⊙ dO);
-    partial dK = dZ W1ᵀ − (G[C] ⊙ D) dW1'ᵀ − (N[C] ⊙ D) dS1'ᵀ and (self target) dV = dZv W1ᵀ."""
+    partial dK = dZ W1ᵀ − (G[C] ⊙ D) dW1'ᵀ − (N[C] ⊙ D) dS1'ᵀ and (self target) dV = dZv W1ᵀ.
+    DGD: Rhs = diag(β_prev) K W1 + … adds β_prev ⊙ dRhs to dZ, and dK ∋ (f_prev ⊙ dRhs) S1ᵀ − (E[C] ⊙ W) dW1'ᵀ,
+    dS1 ∋ Kᵀ (f_prev ⊙ dRhs)."""
     i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     BH = tl.num_programs(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -379,9 +450,8 @@ def mlp_memory_bwd_kernel_dw(
         if IS_SELF_TARGET:
             b_dav = tl.dot(-b_dr, tl.trans(b_w2), b_dav, input_precision=DOT_PRECISION)   # dAv = −dR W2ᵀ
     if IS_READ_CURRENT:
-        b_gm = tl.where(m_causal, tl.load(write + (o_gate + 1 + o_t[:, None]) * BT + o_t[None, :]), 0.0)
-        b_dor = tl.load(qk_dor + (i_bh * 2 * BT + BT + o_t[:, None]) * BT + o_t[None, :])
-        b_da = tl.dot(tl.trans(-b_dor * b_gm), tl.load(aq_buf + o_scr, mask=m_d[None, :], other=0.0), b_da,
+        b_dorg = tl.load(qk_dor + (i_bh * 7 * BT + 4 * BT + o_t[:, None]) * BT + o_t[None, :])   # (dO Rᵀ) ⊙ G
+        b_da = tl.dot(tl.trans(-b_dorg), tl.load(aq_buf + o_scr, mask=m_d[None, :], other=0.0), b_da,
                       input_precision=DOT_PRECISION)
     b_z = tl.load(z_buf + o_scr, mask=m_d[None, :], other=0.0)
     b_dz = b_da * phi_grad(b_z, ACT) + tl.load(dz2_buf + o_scr, mask=m_d[None, :], other=0.0)
@@ -398,6 +468,13 @@ def mlp_memory_bwd_kernel_dw(
 
     b_dzq = tl.load(dzq_buf + o_scr, mask=m_d[None, :], other=0.0)
     b_d = tl.load(d_buf + o_scr, mask=m_d[None, :], other=0.0)
+    if USE_DGD:
+        b_drhs = tl.load(drhs_buf + o_scr, mask=m_d[None, :], other=0.0)
+        b_dz += tl.load(decay + o_gate + o_t)[:, None] * b_drhs               # Rhs ∋ diag(β_prev) K W1: like Z
+        b_wpe = tl.load(dgd_write + (o_gate + C) * BT + o_t)[:, None] * tl.load(wp_buf + o_scr, mask=m_d[None, :],
+                                                                                other=0.0)
+        if USE_MOMENTUM:
+            b_drhs_carry = tl.load(carry + o_gate + o_t)[:, None] * b_drhs
     if IS_READ_CURRENT:
         b_beta = tl.load(decay + o_gate + 1 + o_t)
         b_dzq_beta = b_beta[:, None] * b_dzq
@@ -419,6 +496,8 @@ def mlp_memory_bwd_kernel_dw(
         b_dw1 = tl.dot(tl.trans(b_k), b_dz, b_dw1, input_precision=DOT_PRECISION)
         b_dk = tl.dot(b_dz, tl.trans(b_w1), input_precision=DOT_PRECISION)
         b_dk = tl.dot(-b_gl[:, None] * b_d, tl.trans(b_dw1n), b_dk, input_precision=DOT_PRECISION)
+        if USE_DGD:
+            b_dk = tl.dot(-b_wpe, tl.trans(b_dw1n), b_dk, input_precision=DOT_PRECISION)
         if IS_SELF_TARGET:
             b_dw1 = tl.dot(tl.trans(_rows(v, o_tv, m_t, o_k, m_k)), b_dzv, b_dw1, input_precision=DOT_PRECISION)
             tl.store(dv_part + (o_part * BT + o_t[:, None]) * K + o_k[None, :],
@@ -429,6 +508,10 @@ def mlp_memory_bwd_kernel_dw(
             b_ds1 = b_carry_last * b_dw1n + b_mom_last * b_ds1n
             if IS_READ_CURRENT:
                 b_ds1 = tl.dot(tl.trans(b_q), b_dzq_carry, b_ds1, input_precision=DOT_PRECISION)
+            if USE_DGD:
+                b_ds1 = tl.dot(tl.trans(b_k), b_drhs_carry, b_ds1, input_precision=DOT_PRECISION)
+                b_dk = tl.dot(b_drhs_carry, tl.trans(tl.load(s1 + o_kd, mask=m_kd, other=0.0)), b_dk,
+                              input_precision=DOT_PRECISION)
             tl.store(ds1 + o_kd, b_ds1, mask=m_kd)
         tl.store(dw1 + o_kd, b_dw1, mask=m_kd)
         tl.store(dk_part + (o_part * BT + o_t[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
