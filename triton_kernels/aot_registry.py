@@ -1,23 +1,25 @@
 """Every shipped Triton kernel at every shipped configuration, for the compile report (SPEC §7).
 
 Each op lists its kernels in `triton_kernels/<op>/aot.py` as `AOT_SPECS: list[AotSpec]`
-(see `utils/aot.py`); add the op's folder name to OP_MODULES. An op whose folder or `aot.py`
-does not exist yet is skipped; any other import error is raised.
+(see `utils/aot.py`); add the op's folder name to OP_MODULES (or, for a second list in the
+same folder, its dotted module path `<op>.<module>`). An op whose folder or module does not
+exist yet is skipped; any other import error is raised.
 """
 import importlib
 from typing import List, Set
 
 from .utils.aot import AotSpec
 
-OP_MODULES = ("common", "linear_memory", "mlp_memory", "cms", "optim")
+OP_MODULES = ("common", "linear_memory", "mlp_memory", "mlp_memory.aot_bwd", "cms", "optim")
 
 
 def _op_modules():
     for op in OP_MODULES:
+        module = op if "." in op else f"{op}.aot"
         try:
-            yield importlib.import_module(f".{op}.aot", __package__)
+            yield importlib.import_module(f".{module}", __package__)
         except ModuleNotFoundError as exc:
-            if exc.name in (f"{__package__}.{op}", f"{__package__}.{op}.aot"):
+            if exc.name in (f"{__package__}.{op.split('.')[0]}", f"{__package__}.{module}"):
                 continue  # this op has no kernels to report yet
             raise
 

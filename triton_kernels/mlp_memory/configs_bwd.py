@@ -1,0 +1,49 @@
+"""Launch configurations of the `mlp_memory` chunk-backward kernels (chunk_bwd.py): one table for
+the launcher and the compile report (`aot_bwd.py`), so what is reported is what runs.
+
+Tiles: BK key columns, BV value columns, BD hidden columns (one program per BD columns of Dh in
+the `inner` and `dw` stages). Chosen by compiling (BD, BK = BV, warps) ∈ {16, 32, 64}² × {4, 8}
+for sm_90 and sm_80 with every flag on (momentum, `read="current"`, self target: the most
+registers), K = V = 128, Dh = 512, without and with DGD: among the candidates free of spills on
+both, the largest tiles; `inner` holds a dozen BT×BD blocks through its loops, hence BD = 16
+there. BT = 64 entries use wgmma on sm_90 (`nested-kernels compile-report --kernel
+mlp_memory_bwd`). With DGD two BT = 64 kernels still spill on sm_80 (no candidate is clean on
+both archs; see `aot_bwd.KNOWN_SPILLS`).
+"""
+from typing import NamedTuple
+
+import triton
+
+
+class LaunchConfig(NamedTuple):
+    BK: int
+    BV: int
+    BD: int
+    num_warps: int
+    num_stages: int
+
+
+# kernel -> {BT: (BK, BV, BD, num_warps, num_stages)}; tiles are capped by K, V, Dh themselves.
+TABLE = {
+    "res": {16: (32, 32, 32, 4, 1), 32: (32, 32, 32, 4, 1), 64: (32, 32, 32, 4, 1)},
+    "qk": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
+    "inner": {16: (16, 16, 16, 8, 1), 32: (16, 16, 16, 8, 1), 64: (16, 16, 16, 8, 1)},
+    "dres": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
+    "dw": {16: (16, 16, 32, 4, 1), 32: (16, 16, 16, 4, 1), 64: (16, 16, 32, 8, 1)},
+}
+# with DGD (more live blocks), where the entry above spills
+TABLE_DGD = {
+    "dw": {64: (32, 32, 16, 8, 1)},
+}
+CHUNK_TILES = tuple(TABLE["res"])          # BT: a chunk of C ≤ 64 tokens is padded to 16, 32 or 64 rows
+
+
+def chunk_tile(C: int) -> int:
+    """Rows BT of the tile holding a chunk of C tokens (tl.dot needs at least 16)."""
+    return max(16, triton.next_power_of_2(C))
+
+
+def launch_config(kernel: str, K: int, V: int, Dh: int, BT: int, dgd: bool = False) -> LaunchConfig:
+    BK, BV, BD, num_warps, num_stages = (TABLE_DGD if dgd else {}).get(kernel, {}).get(BT, TABLE[kernel][BT])
+    cap = lambda tile, n: max(16, min(tile, triton.next_power_of_2(n)))
+    return LaunchConfig(cap(BK, K), cap(BV, V), cap(BD, Dh) if BD else 0, num_warps, num_stages)
