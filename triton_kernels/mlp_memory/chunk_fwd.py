@@ -39,7 +39,7 @@ def _phi_grad(z, ACTIVATION: tl.constexpr):
 @triton.jit(do_not_specialize=["NC"])
 def mlp_memory_fwd_kernel_h(
     k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, last_rows, dgd_inv, kk_write,
-    chunk_offsets, w1_0, w2_0, s1_0, s2_0, h1, h2, hs1, hs2, z, act, res, delta, pseudo,
+    chunk_offsets, w1_0, w2_0, s1_0, s2_0, h1, h2, hs1, hs2, z, act, res, delta, dgd_rhs, pseudo,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, ACTIVATION: tl.constexpr, USE_RESIDUAL: tl.constexpr,
@@ -107,12 +107,12 @@ def mlp_memory_fwd_kernel_h(
 
         # phase 1: Z = K W1^c, A = φ(Z), F = A W2^c (and the self-target's f_{W^c}(V))
         b_f = tl.zeros([BC, BV], dtype=tl.float32)
-        b_ft = tl.zeros([BC, BV], dtype=tl.float32)
         for i_d in range(0, DH, BD):
             o_d = i_d + tl.arange(0, BD)
             m_d = o_d < DH
             b_z = tl.zeros([BC, BD], dtype=tl.float32)
             b_zv = tl.zeros([BC, BD], dtype=tl.float32)
+            b_ks = tl.zeros([BC, BD], dtype=tl.float32)
             for i_k in range(0, K, BK):
                 o_k = i_k + tl.arange(0, BK)
                 m_k = o_k < K
@@ -123,86 +123,87 @@ def mlp_memory_fwd_kernel_h(
                 if USE_SELF_TARGET:                                           # K == V
                     b_vk = tl.load(v + (o_tok[:, None] * H + i_h) * V + o_k[None, :], mask=m_tk, other=0.0)
                     b_zv += tl.dot(b_vk, b_w1.to(dtype), input_precision=DOT_PRECISION)
+                if USE_DGD and USE_MOMENTUM:
+                    b_s1 = tl.load(p_s1 + o_k[:, None] * DH + o_d[None, :], mask=m_k[:, None] & m_d[None, :], other=0.0)
+                    b_ks += tl.dot(b_k, b_s1.to(dtype), input_precision=DOT_PRECISION)
             o_td = (o_tok[:, None] * H + i_h) * DH + o_d[None, :]
             m_td = m_t[:, None] & m_d[None, :]
             tl.store(z + o_td, b_z, mask=m_td)
+            if USE_DGD:                                                       # the state's part of the DGD system
+                b_p = tl.load(decay + o_gate + o_t, mask=m_t, other=0.0)[:, None] * b_z
+                if USE_MOMENTUM:
+                    b_p += tl.load(carry + o_gate + o_t, mask=m_t, other=0.0)[:, None] * b_ks
+                tl.store(dgd_rhs + o_td, b_p, mask=m_td)
             b_a = _phi(b_z, ACTIVATION)
             tl.store(act + o_td, b_a, mask=m_td)
-            b_w2 = tl.load(p_w2 + o_d[:, None] * V + o_v[None, :], mask=m_d[:, None] & m_v[None, :], other=0.0).to(dtype)
-            b_f += tl.dot(b_a.to(dtype), b_w2, input_precision=DOT_PRECISION)
-            if USE_SELF_TARGET:
-                b_ft += tl.dot(_phi(b_zv, ACTIVATION).to(dtype), b_w2, input_precision=DOT_PRECISION)
-        if USE_SELF_TARGET:                                                   # target = f_{W^c}(V)
-            if USE_RESIDUAL:
-                b_ft += b_vv.to(tl.float32)
-            b_r = b_f - b_ft
-        else:
-            b_r = b_f - b_vv.to(tl.float32)
+            if USE_SELF_TARGET:                                               # (A − φ(V W1)) W2: one accumulator
+                b_a -= _phi(b_zv, ACTIVATION)
+            b_w2 = tl.load(p_w2 + o_d[:, None] * V + o_v[None, :], mask=m_d[:, None] & m_v[None, :], other=0.0)
+            b_f += tl.dot(b_a.to(dtype), b_w2.to(dtype), input_precision=DOT_PRECISION)
+        # R = [K +] A W2 − V, or with the self-target [K − V +] (A − φ(V W1)) W2
+        b_r = b_f
+        if USE_RESIDUAL or not USE_SELF_TARGET:
+            b_r -= b_vv.to(tl.float32)
         if USE_RESIDUAL:                                                      # K == V
             b_r += tl.load(k + o_tv, mask=m_tv, other=0.0).to(tl.float32)
         tl.store(res + o_tv, b_r, mask=m_tv)
         tl.debug_barrier()
 
-        # phase 2: δ, the DGD pseudo-values and the chunk-end state, one Dh tile at a time
+        # phase 2: δ and W2's rows, one Dh tile at a time. Only R (in the dot dtype) stays live
+        # across the tiles: the gate rows scale A instead of R.
+        b_r = b_r.to(dtype)
         i_last = tl.load(last_rows + i_c)
-        m_c = o_t < BT
-        b_g_last = tl.load(write + (o_gate + i_last) * BT + o_t, mask=m_c, other=0.0)
         b_decay_last = tl.load(decay + o_gate + i_last)
-        b_upd2 = (b_g_last[:, None] * b_r).to(dtype)
         if USE_MOMENTUM:
             b_carry_last = tl.load(carry + o_gate + i_last)
             b_mom_decay = tl.load(mom_decay_last + o_chunk)
-            b_n_last = tl.load(mom_write_last + o_chunk * BT + o_t, mask=m_c, other=0.0)
-            b_mom_upd2 = (b_n_last[:, None] * b_r).to(dtype)
-        if USE_DGD:
-            b_e_last = tl.load(dgd_write + (o_gate + i_last) * BT + o_t, mask=m_c, other=0.0)
-            m_cc = m_c[:, None] & m_c[None, :]
-            o_cc = (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :]
-            b_kk_write = tl.load(kk_write + o_cc, mask=m_cc, other=0.0)      # (K Kᵀ) ⊙ G, rows 0..BT−1
-            b_inv = tl.load(dgd_inv + o_cc, mask=m_cc, other=0.0)
-            b_decay_prev = tl.load(decay + o_gate + o_t, mask=m_c, other=0.0)
-            if USE_MOMENTUM:
-                b_carry_prev = tl.load(carry + o_gate + o_t, mask=m_c, other=0.0)
-        b_r_dot = b_r.to(dtype)
         for i_d in range(0, DH, BD):
             o_d = i_d + tl.arange(0, BD)
             m_d = o_d < DH
             o_td = (o_tok[:, None] * H + i_h) * DH + o_d[None, :]
             m_td = m_t[:, None] & m_d[None, :]
             b_z = tl.load(z + o_td, mask=m_td, other=0.0)
-            b_a = tl.load(act + o_td, mask=m_td, other=0.0).to(dtype)
             o_dv = o_d[:, None] * V + o_v[None, :]
             m_dv = m_d[:, None] & m_v[None, :]
             b_w2 = tl.load(p_w2 + o_dv, mask=m_dv, other=0.0)
-            b_delta = tl.dot(b_r_dot, tl.trans(b_w2.to(dtype)), input_precision=DOT_PRECISION) * _phi_grad(
+            b_delta = tl.dot(b_r, tl.trans(b_w2.to(dtype)), input_precision=DOT_PRECISION) * _phi_grad(
                 b_z, ACTIVATION)                                              # δ = (R W2ᵀ) ⊙ φ'(Z)
             tl.store(delta + o_td, b_delta, mask=m_td)
-            # W2 rows of the tile: β W2 + f S2 − Aᵀ (G ⊙ R);  S2 = m S2 − Aᵀ (N ⊙ R)
-            b_w2 = b_decay_last * b_w2 - tl.dot(tl.trans(b_a), b_upd2, input_precision=DOT_PRECISION)
+            # W2 rows of the tile: β W2 + f S2 − (G ⊙ A)ᵀ R;  S2 = m S2 − (N ⊙ A)ᵀ R
+            b_a = tl.load(act + o_td, mask=m_td, other=0.0)
+            b_g_last = tl.load(write + (o_gate + i_last) * BT + o_t, mask=m_t, other=0.0)
+            b_w2 = b_decay_last * b_w2 - tl.dot(tl.trans((b_g_last[:, None] * b_a).to(dtype)), b_r,
+                                                input_precision=DOT_PRECISION)
             if USE_MOMENTUM:
+                b_n_last = tl.load(mom_write_last + o_chunk * BT + o_t, mask=m_t, other=0.0)
                 b_s2 = tl.load(p_s2 + o_dv, mask=m_dv, other=0.0)
                 b_w2 += b_carry_last * b_s2
-                b_s2 = b_mom_decay * b_s2 - tl.dot(tl.trans(b_a), b_mom_upd2, input_precision=DOT_PRECISION)
+                b_s2 = b_mom_decay * b_s2 - tl.dot(tl.trans((b_n_last[:, None] * b_a).to(dtype)), b_r,
+                                                   input_precision=DOT_PRECISION)
                 tl.store(q_s2 + o_dv, b_s2, mask=m_dv)
             tl.store(q_w2 + o_dv, b_w2, mask=m_dv)
+        tl.debug_barrier()
 
+        # phase 3: the DGD pseudo-values and W1's columns, one Dh tile at a time (R is dead here)
+        b_g_last = tl.load(write + (o_gate + i_last) * BT + o_t, mask=m_t, other=0.0)
+        if USE_MOMENTUM:
+            b_n_last = tl.load(mom_write_last + o_chunk * BT + o_t, mask=m_t, other=0.0)
+        for i_d in range(0, DH, BD):
+            o_d = i_d + tl.arange(0, BD)
+            m_d = o_d < DH
+            o_td = (o_tok[:, None] * H + i_h) * DH + o_d[None, :]
+            m_td = m_t[:, None] & m_d[None, :]
+            b_delta = tl.load(delta + o_td, mask=m_td, other=0.0)
             b_upd1 = b_g_last[:, None] * b_delta
             if USE_DGD:                                                       # W = (I + L)^{-1} P
-                b_p = b_decay_prev[:, None] * b_z - tl.dot(b_kk_write, b_delta, input_precision=DOT_PRECISION)
-                if USE_MOMENTUM:
-                    b_ks = tl.zeros([BC, BD], dtype=tl.float32)
-                    for i_k in range(0, K, BK):
-                        o_k = i_k + tl.arange(0, BK)
-                        m_k = o_k < K
-                        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                                      other=0.0)
-                        b_s1 = tl.load(p_s1 + o_k[:, None] * DH + o_d[None, :], mask=m_k[:, None] & m_d[None, :],
-                                       other=0.0)
-                        b_ks += tl.dot(b_k, b_s1.to(dtype), input_precision=DOT_PRECISION)
-                    b_p += b_carry_prev[:, None] * b_ks
-                b_w = tl.dot(b_inv, b_p, input_precision=DOT_PRECISION)
+                m_cc = m_t[:, None] & m_t[None, :]
+                o_cc = (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :]
+                b_kk_write = tl.load(kk_write + o_cc, mask=m_cc, other=0.0)  # (K Kᵀ) ⊙ G, rows 0..BT−1
+                b_p = tl.load(dgd_rhs + o_td, mask=m_td, other=0.0) - tl.dot(b_kk_write, b_delta,
+                                                                              input_precision=DOT_PRECISION)
+                b_w = tl.dot(tl.load(dgd_inv + o_cc, mask=m_cc, other=0.0), b_p, input_precision=DOT_PRECISION)
                 tl.store(pseudo + o_td, b_w, mask=m_td)
-                b_upd1 += b_e_last[:, None] * b_w
+                b_upd1 += tl.load(dgd_write + (o_gate + i_last) * BT + o_t, mask=m_t, other=0.0)[:, None] * b_w
             b_upd1 = b_upd1.to(dtype)
             if USE_MOMENTUM:
                 b_mom_upd1 = (b_n_last[:, None] * b_delta).to(dtype)
@@ -358,6 +359,7 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
     hs2 = torch.empty(NS, H, DH, V, **f32) if use_momentum else None
     z, act, delta = (torch.empty(Tp, H, DH, **f32) for _ in range(3))
     res = torch.empty(Tp, H, V, **f32)
+    dgd_rhs = torch.empty(Tp, H, DH, **f32) if dgd else None
     pseudo = torch.empty(Tp, H, DH, **f32) if dgd else None
     common = dict(NC=NC, H=H, K=K, V=V, DH=DH, BT=BT, BC=max(16, BT),
                   ACTIVATION={"silu": SILU, "gelu": GELU}[activation], USE_RESIDUAL=residual,
@@ -368,7 +370,7 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, kk_write=kk_write,
         chunk_offsets=chunk_offsets, w1_0=w1_0, w2_0=w2_0, s1_0=s1_0, s2_0=s2_0, h1=h1, h2=h2, hs1=hs1, hs2=hs2,
-        z=z, act=act, res=res, delta=delta, pseudo=pseudo, USE_SELF_TARGET=self_target,
+        z=z, act=act, res=res, delta=delta, dgd_rhs=dgd_rhs, pseudo=pseudo, USE_SELF_TARGET=self_target,
         IS_SHARED=w1_0.shape[0] == 1 and N > 1, **common, **cfg._asdict(),
     )
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
