@@ -65,7 +65,9 @@ def _forward(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, la
     from ..triton_kernels.mlp_memory.chunk_fwd import mlp_memory_fwd
 
     C = chunk_size
-    g = chunk_gates_for(C)(*(None if x is None else _chunk_major(x, C) for x in (lr, retention, momentum)))
+    empty = k.shape[0] == 0                                                   # no chunks: the kernels only copy states
+    gates_fn = chunk_gates if empty else chunk_gates_for(C)
+    g = gates_fn(*(None if x is None else _chunk_major(x, C) for x in (lr, retention, momentum)))
     use_momentum = momentum is not None
     gates = (
         g.decay.contiguous(), g.carry.contiguous() if use_momentum else None, g.write.contiguous(),
@@ -80,7 +82,7 @@ def _forward(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, la
         kk = kc @ kc.transpose(-1, -2)
         kk_write = (kk * g.write[:, :, :C]).contiguous()
         # the DGD kernel takes 16-row products (tl.dot); 8-token chunks solve in PyTorch
-        dgd_inv = (dgd_inverse_triton(k, g.dgd_write) if C >= 16 else dgd_inverse(g, kk)).contiguous()
+        dgd_inv = (dgd_inverse_triton(k, g.dgd_write) if C >= 16 and not empty else dgd_inverse(g, kk)).contiguous()
     return mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, w1, w2, s1, s2,
                           activation=activation, residual=residual, dgd=dgd, self_target=self_target, read=read,
                           out_dtype=out_dtype)

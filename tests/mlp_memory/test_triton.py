@@ -137,6 +137,20 @@ def test_triton_split_stream():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
+def test_triton_no_tokens():
+    """T = 0: no chunks; the final state is the initial one, and so are their gradients."""
+    q, k, v = (x.float().to(DEVICE) for x in qkv(2, 0, 1, 16, 16))
+    lr, ret, mom = (x.float().to(DEVICE) for x in gates(2, 0, 1))
+    h0 = MLPMemoryState(*(x.float().to(DEVICE).requires_grad_() for x in mlp_state(2, 1, 16, 32, 16, shared=True)))
+    o, final = mlp_memory(q, k, v, lr, ret, mom, initial_state=h0, dgd=True, output_final_state=True, backend="triton")
+    assert o.shape == (2, 0, 1, 16)
+    torch.testing.assert_close(final.w1, h0.w1.detach().expand(2, -1, -1, -1), atol=0, rtol=0)
+    cotangents = [torch.randn_like(x) for x in final]
+    grads = torch.autograd.grad(sum((x * c).sum() for x, c in zip(final, cotangents)), list(h0))
+    torch.testing.assert_close(grads[0], cotangents[0].sum(0, keepdim=True), atol=0, rtol=0)
+    torch.testing.assert_close(grads[3], cotangents[3], atol=0, rtol=0)
+
+
 def _inputs(K=16, V=16, Dh=16, T=8, dtype=torch.float32):
     q, k, v = (x.to(dtype) for x in qkv(1, T, 1, K, V, dtype=torch.float32))
     return q, k, v, MLPMemoryState(*(None if x is None else x.float() for x in mlp_state(1, 1, K, Dh, V, momentum=False)))
