@@ -46,12 +46,12 @@ def mlp_memory_fwd_kernel_h(
     USE_SELF_TARGET: tl.constexpr, USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, IS_SHARED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """The chunk recurrence of one sequence × head. Per chunk, at the chunk-start weights (slot s):
-    phase 1 over Dh tiles: Z = K W1, A = φ(Z), F = A W2 (and the self-target's φ(V W1) W2), then
-    R = [K +] F − target; phase 2 over Dh tiles: δ = (R W2ᵀ) ⊙ φ'(Z), the DGD pseudo-values, and
-    the updates of W2's rows and W1's columns of the tile into slot s + 1. BC = max(BT, 16) rows
-    (`tl.dot` needs 16); rows ≥ BT are masked. Barriers order the global scratch and state
-    traffic between the program's threads."""
+    """The chunk recurrence of one sequence × head. Per chunk, at the chunk-start weights (slot s),
+    three loops over Dh tiles: (1) Z = K W1, A = φ(Z), F = (A − φ(V W1)) W2 (the self-target's
+    part only with it), the state part of the DGD system, then R; (2) δ = (R W2ᵀ) ⊙ φ'(Z) and W2's
+    rows of the tile into slot s + 1; (3) the DGD pseudo-values and W1's columns of the tile.
+    BC = max(BT, 16) rows (`tl.dot` needs 16); rows ≥ BT are masked. Barriers order the global
+    scratch and state traffic between the program's threads."""
     tl.static_assert(BV >= V)
     tl.static_assert(BC >= BT)
     i_nh = tl.program_id(0)
