@@ -204,3 +204,25 @@ def test_triton_chunk_gpu(T, KD, C, read, modes, act, dtype):
     K, mult = KD
     use_mom, dgd, self_target = modes
     check(2, T, 2, K, K * mult, K, C, use_mom, dgd, self_target, read, act, shared=True, dtype=dtype, oracle="torch")
+
+
+def test_triton_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces the op (opaque, through its fake kernel), forward and backward."""
+    B, T, H, K, Dh = 1, 24, 1, 16, 16
+    q, k, v = (x.float().to(DEVICE) for x in qkv(B, T, H, K, K))
+    lr, ret, mom = (x.float().to(DEVICE) for x in gates(B, T, H))
+    h0 = MLPMemoryState(*(x.float().to(DEVICE).requires_grad_() for x in mlp_state(B, H, K, Dh, K, shared=True)))
+
+    def fn(q, k, v, lr, ret, mom, *state):
+        o, final = mlp_memory(q, k, v, lr, ret, mom, initial_state=MLPMemoryState(*state), dgd=True, chunk_size=16,
+                              output_final_state=True, backend="triton")
+        return o, final.w1
+
+    compiler = "inductor" if DEVICE == "cuda" else "aot_eager"
+    expected, actual = fn(q, k, v, lr, ret, mom, *h0), torch.compile(fn, fullgraph=True, backend=compiler)(
+        q, k, v, lr, ret, mom, *h0)
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad(sum(x.sum() for x in out), list(h0)) for out in (expected, actual)]
+    for e, a in zip(*grads):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
