@@ -4,7 +4,7 @@
         [--out-dir benchmarks/results] [--tag NAME] [--peak-tflops 800] [--peak-tbps 3.0] [--device cuda|cpu]
 
 HOPE's M_memory configuration (residual, Dh = D, momentum, DGD, self-generated targets,
-`read="current"`, chunk 16 unless `--chunk`), on the shapes of SPEC §8 (bf16 q/k/v on a GPU; one
+`read="current"`, chunk 64 — HOPE's C_mem — unless `--chunk`), on the shapes of SPEC §8 (bf16 q/k/v on a GPU; one
 CPU shape in fp32 without one), forward (under no_grad) and forward+backward (gradient of
 `(o·do).sum()` w.r.t. q, k, v, the gates and the initial weights). Tiers: `mlp_memory` with
 backend `triton` (when registered; GPU only: on a CPU it is Triton's interpreter) and `torch`, the
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="small", choices=("small", "all"))
     p.add_argument("--modes", default="fwd,fwdbwd")
-    p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--chunk", type=int, default=64)
     p.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--tag", default=None)
     p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)

@@ -123,7 +123,7 @@ def _mlp_case(read: str, varlen: bool):
                                output_final_state=True, backend=backend, **options)
 
     name = f"{read}{'+varlen' if varlen else ''}"
-    facts = dict(K=8, V=8, chunk_size=16) if varlen else dict(K=16, V=16, chunk_size=16)
+    facts = dict(K=8, V=8, Dh=16, chunk_size=16) if varlen else dict(K=16, V=16, Dh=32, chunk_size=16)
     return Case("mlp_memory", name, MLP_BACKENDS, make, call, facts)
 
 

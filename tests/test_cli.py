@@ -22,6 +22,15 @@ def test_cli_check_passes(capsys):
     assert "0 failed" in out
 
 
+def test_cli_check_mlp_memory_triton(capsys):
+    """The check runs mlp_memory's triton backend (interpreted here), forward and backward."""
+    assert cli.main(["check", "--quiet", "--op", "mlp_memory"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| mlp_memory ") and "| triton " in line]
+    assert len(rows) == 2 and all("| pass " in row and "forward-only" not in row for row in rows), out
+    assert "0 failed" in out
+
+
 def test_cli_check_fails_on_a_wrong_backend(capsys, monkeypatch):
     """A torch tier that is off by a little is caught, and the exit code says so."""
     impl = LINEAR_BACKENDS._impls["torch"]

@@ -14,12 +14,14 @@ from .decode import MLPMemoryDecodeState, mlp_memory_step
 from .options import READ_MODES, check_mlp_options
 from .reference import mlp_memory_reference
 from .state import MLPMemoryState
+from .triton import auto_reason as _triton_auto, mlp_memory_triton, unsupported_reason as _triton_unsupported
 
 __all__ = ["mlp_memory", "MLPMemoryState", "BACKENDS", "READ_MODES", "mlp_memory_step", "MLPMemoryDecodeState"]
 
 BACKENDS = OpBackends("mlp_memory")
 BACKENDS.register("reference", mlp_memory_reference)
 BACKENDS.register("torch", mlp_memory_chunked)
+BACKENDS.register("triton", mlp_memory_triton, _triton_unsupported, _triton_auto)
 
 
 def _check(q, k, v, lr, retention, momentum, initial_state, activation, residual, dgd, self_target, read,
@@ -106,7 +108,10 @@ def mlp_memory(
     """
     _check(q, k, v, lr, retention, momentum, initial_state, activation, residual, dgd, self_target, read,
            chunk_size, output_final_state, cu_seqlens)
-    call = {"device": q.device, "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *initial_state)}
+    call = {
+        "device": q.device, "dtype": q.dtype, "K": q.shape[-1], "V": v.shape[-1], "Dh": initial_state.w1.shape[-1],
+        "chunk_size": chunk_size, "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *initial_state),
+    }
     impl = BACKENDS.resolve(backend, call)
     return impl(
         q, k, v, lr, retention, momentum, initial_state=initial_state, activation=activation,
