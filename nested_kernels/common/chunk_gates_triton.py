@@ -1,9 +1,10 @@
 """`chunk_gates` (chunk_gates.py) computed by the Triton kernels of
 `triton_kernels/common/chunk_gates.py`, one program per chunk, as a torch.library custom op with a
 fake kernel and a hand-written backward kernel (no PyTorch autograd through cumulative products)
-for chunks of 16 and 32 tokens; 64-token chunks take their backward from autograd through
-`chunk_gates` on the same inputs (the kernel's backward spills registers there)."""
-from typing import Callable, List, Optional
+for chunks of 16 and 32 tokens; 64-token chunks take their backward from `torch.func.vjp` through
+`chunk_gates` on the same inputs (the kernel's backward spills registers there). `chunk_gates_vjp`
+is that backward as a function, for kernels' backwards that run inside custom ops."""
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -55,30 +56,41 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*(x if x is not None else inputs[0].new_empty(0) for x in inputs))
 
 
-def _torch_backward(lr, retention, momentum, grads):
-    """The gradient of `chunk_gates` by autograd on recomputed gates (chunks the kernel cannot take)."""
-    leaves = [x.detach().requires_grad_() for x in (lr, retention, momentum) if x is not None]
-    with torch.enable_grad():
-        outs = chunk_gates(*leaves, *([None] if momentum is None else []))
-        pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g.numel()]   # empty: no output / no grad
-        got = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True) \
-            if pairs else [None] * len(leaves)
-    got = [torch.zeros_like(x) if g is None else g for g, x in zip(got, leaves)]
+def _torch_vjp(lr, retention, momentum, grads):
+    """The gradient of `chunk_gates` on recomputed gates (chunks the kernel cannot take), by
+    `torch.func.vjp`: it needs no autograd graph, so it also runs inside other ops' kernels."""
+    inputs = [x for x in (lr, retention, momentum) if x is not None]
+    present = [i for i, g in enumerate(grads) if g is not None and g.numel()]   # empty: no output / no grad
+    if not present:
+        return torch.zeros_like(lr), torch.zeros_like(retention), None if momentum is None else torch.zeros_like(momentum)
+
+    def gates(*xs):
+        out = chunk_gates(*xs, *([None] if momentum is None else []))
+        return tuple(out[i] for i in present)
+    _, vjp = torch.func.vjp(gates, *inputs)
+    got = vjp(tuple(grads[i] for i in present))
     return got[0], got[1], got[2] if momentum is not None else None
 
 
-def _backward(ctx, grads):
+def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor],
+                    grads) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(d_lr, d_retention, d_momentum) of the gates of chunks `[n, C]` for the cotangents `grads` of
+    the six `ChunkGates` fields (None or empty: zero) — the backward kernel for 16- and 32-token
+    chunks, else `torch.func.vjp` through `chunk_gates`. No autograd: callable inside custom ops."""
     from ..triton_kernels.common.chunk_gates import BWD_CHUNK_SIZES
 
-    lr, retention, momentum = ctx.saved_tensors
-    momentum = _none_if_empty(momentum)
     n, C = lr.shape
     if C not in BWD_CHUNK_SIZES:
-        return _torch_backward(lr, retention, momentum, [lr.new_empty(0) if g is None else g for g in grads])
+        return _torch_vjp(lr, retention, momentum, grads)
     shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C), (n, C + 1, C)]
     grads = [g.contiguous() if g is not None and g.numel() else lr.new_zeros(s) for g, s in zip(grads, shapes)]
     d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *grads)
     return d_lr, d_ret, _none_if_empty(d_mom)
+
+
+def _backward(ctx, grads):
+    lr, retention, momentum = ctx.saved_tensors
+    return chunk_gates_vjp(lr, retention, _none_if_empty(momentum), grads)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,16 +1,14 @@
 """The backward of one chunk of `mlp_memory` (SPEC §3), for every (sequence, head) pair at once: the
 step of the reverse recurrence over chunks that the triton backend runs (`triton.py`).
 
-Today it recomputes the chunk with the torch tier (`mlp_memory_chunked` on that single chunk,
-from its stored start state) and differentiates it with autograd; a Triton kernel with the same
-contract replaces it later (BACKGROUND.md §4 has the algebra).
+Each chunk length of the batch (the partial last chunks apart) goes to the hand-written Triton
+backward of one chunk (`chunk_backward_triton.py`, BACKGROUND.md §4), from the stored start state.
 """
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .chunked import mlp_memory_chunked
-from .state import MLPMemoryState
+from .chunk_backward_triton import mlp_memory_chunk_backward_triton
 
 
 class ChunkOptions(NamedTuple):
@@ -28,28 +26,11 @@ ChunkGrads = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch
 
 
 def _one_length(q_c, k_c, v_c, lr_c, ret_c, mom_c, w1, w2, s1, s2, do_c, d_next, options: ChunkOptions):
-    """The vjp of the chunk forward on chunks of one length. `torch.func.vjp` rather than
-    `torch.autograd.grad`: it differentiates inside a custom op's kernel too, where the autograd
-    dispatch keys are off."""
-    tensors = [q_c, k_c, v_c, lr_c, ret_c, mom_c, w1, w2, s1, s2]
-    present = [i for i, x in enumerate(tensors) if x is not None]
-
-    def forward(*xs):
-        args = [None] * len(tensors)
-        for i, x in zip(present, xs):
-            args[i] = x
-        q, k, v, lr, ret, mom, *state = args
-        o, final = mlp_memory_chunked(
-            q, k, v, lr, ret, mom, initial_state=MLPMemoryState(*state), chunk_size=q.shape[1],
-            output_final_state=True, **options._asdict())
-        return o, tuple(x for x in final if x is not None)
-
-    (o, final), vjp = torch.func.vjp(forward, *(tensors[i].float() for i in present))
-    cotangents = (do_c.to(o.dtype), tuple(d for d in d_next if d is not None))
-    grads = [None] * len(tensors)
-    for i, g in zip(present, vjp(cotangents)):
-        grads[i] = g
-    return grads
+    """The backward of chunks of one length: the Triton chunk-backward kernels (no autograd, so it
+    runs inside the backward custom op)."""
+    grads = mlp_memory_chunk_backward_triton(q_c, k_c, v_c, lr_c, ret_c, mom_c, w1, w2, s1, s2, do_c, *d_next,
+                                             **options._asdict())
+    return [None if g is None else g.float() for g in grads]
 
 
 def chunk_backward(

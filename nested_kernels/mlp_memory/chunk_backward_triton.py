@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..common.chunk_gates_triton import chunk_gates_for
+from ..common.chunk_gates import ChunkGates
+from ..common.chunk_gates_triton import chunk_gates_for, chunk_gates_vjp
 
 GRAD_NAMES = ("dq", "dk", "dv", "dlr", "dretention", "dmomentum", "dw1", "dw2", "ds1", "ds2")
 
@@ -104,19 +105,16 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     dS1n = zeros_like_state(ds1_next, S1) if use_mom else None
     dS2n = zeros_like_state(ds2_next, S2) if use_mom else None
 
-    gate_leaves = [_padded_gate(g, BT, pad).requires_grad_() for g, pad in ((lr, 0.0), (retention, 1.0))]
-    if use_mom:
-        gate_leaves.append(_padded_gate(momentum, BT, 1.0).requires_grad_())
-    with torch.enable_grad():
-        gates = chunk_gates_for(BT)(*gate_leaves, *([] if use_mom else [None]))
-    decay, carry, write, mom_decay, mom_write, dgd_write = (
-        None if g is None else g.detach().reshape(BH, *g.shape[2:]) for g in gates)
+    gate_inputs = [_padded_gate(g, BT, pad).reshape(BH, BT).contiguous() for g, pad in ((lr, 0.0), (retention, 1.0))]
+    gate_inputs.append(_padded_gate(momentum, BT, 1.0).reshape(BH, BT).contiguous() if use_mom else None)
+    gates = chunk_gates_for(BT)(*gate_inputs)
+    decay, carry, write, mom_decay, mom_write, dgd_write = gates                # [BH, BT + 1, (BT)]
     dgd_inv = None
     if dgd:                                                                   # (I + L)^{-1} of the padded chunk
         from ..triton_kernels.common.dgd_inverse import dgd_inverse_fwd
 
         k_pad = F.pad(k, (0, 0, 0, 0, 0, BT - C)).reshape(B * BT, H, K).contiguous()
-        inv = dgd_inverse_fwd(k_pad, gates.dgd_write.detach().transpose(0, 1).contiguous())   # [H, B, BT, BT]
+        inv = dgd_inverse_fwd(k_pad, gates.dgd_write.view(B, H, BT + 1, BT).transpose(0, 1).contiguous())  # [H, B, ..]
         dgd_inv = inv.transpose(0, 1).reshape(BH, BT, BT).contiguous()
 
     common = dict(C=C, H=H, K=K, V=V, BT=BT, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
@@ -193,7 +191,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         d_write[:, 1:] += d_gm
     d_decay[:, C] += dlast[:, 0]
     d_write[:, C] += dvec[:, 2]
-    outs, grads = [gates.decay, gates.write], [d_decay, d_write]
+    cotangents = {"decay": d_decay, "write": d_write}
     if dgd:
         d_decay[:, :BT] += dvec[:, 4]                                         # rows before each token (Rhs)
         d_write[:, :BT] += d_gprev
@@ -202,11 +200,10 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
             d_dgd_write[:, 1:] += d_em
         d_dgd_write[:, C] += dvec[:, 6]
         d_dgd_write[:, :BT] += d_eprev                                        # through the DGD system
-        if gates.dgd_write is gates.write:                                    # no momentum: E is G
+        if not use_mom:                                                       # no momentum: E is G
             d_write += d_dgd_write
         else:
-            outs.append(gates.dgd_write)
-            grads.append(d_dgd_write)
+            cotangents["dgd_write"] = d_dgd_write
     if use_mom:
         d_carry, d_mom_decay = torch.zeros(BH, BT + 1, **f32), torch.zeros(BH, BT + 1, **f32)
         d_mom_write = torch.zeros(BH, BT + 1, BT, **f32)
@@ -217,11 +214,12 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         d_carry[:, C] += dlast[:, 1]
         d_mom_decay[:, C] += dlast[:, 2]
         d_mom_write[:, C] += dvec[:, 3]
-        outs += [gates.carry, gates.mom_decay, gates.mom_write]
-        grads += [d_carry, d_mom_decay, d_mom_write]
-    d_gates = torch.autograd.grad(outs, gate_leaves, [g.view(o.shape) for o, g in zip(outs, grads)], allow_unused=True)
-    d_gates = [torch.zeros_like(x) if d is None else d for d, x in zip(d_gates, gate_leaves)]
-    dlr, dret, *dmom = (d[..., :C].movedim(2, 1).to(g.dtype) for d, g in zip(d_gates, (lr, retention, momentum)))
+        cotangents.update(carry=d_carry, mom_decay=d_mom_decay, mom_write=d_mom_write)
+    if not use_mom:                                                           # G is the op's E output then
+        cotangents["dgd_write"] = cotangents.pop("write")
+    d_gates = chunk_gates_vjp(*gate_inputs, [cotangents.get(name) for name in ChunkGates._fields])
+    dlr, dret, *dmom = (d.view(B, H, BT)[..., :C].movedim(2, 1).to(g.dtype)
+                        for d, g in zip(d_gates, (lr, retention, momentum)) if d is not None)
 
     def like_state(grad, x):                                                  # a leading 1 sums over the batch
         if grad is None:

@@ -1,6 +1,6 @@
 """The `triton` backend of `mlp_memory`: the forward kernels of `triton_kernels/mlp_memory/` on the
-flat chunk layout, and for now an exact backward that walks the chunks in reverse and
-differentiates each one with the torch tier from its stored start state (`chunk_backward.py`).
+flat chunk layout, and an exact backward that walks the chunks in reverse, each one by the
+hand-written Triton chunk backward from its stored start state (`chunk_backward.py`).
 
 The op takes the raw gates (flat, padded with η = 0, α = μ = 1) and builds the gate matrices and
 the DGD inverses inside; its backward returns the gradients of the raw gates directly. It returns
