@@ -23,13 +23,14 @@ struct RecurrentSizes {
   int64_t N;  // sequences: B dense, cu_seqlens.size(0) - 1 varlen
 };
 
-// Checks every argument of `linear_memory_recurrent` (shapes, dtypes, q a `device_type` tensor
-// and every other tensor on q's device, chunk_size ≥ 1, cu_seqlens) and raises c10::Error
-// naming the argument.
+// Checks every argument of a `linear_memory` forward op (`linear_memory_recurrent` and those to
+// come: shapes, dtypes, q a `device_type` tensor and every other tensor on
+// q's device, chunk_size ≥ 1, cu_seqlens) and raises c10::Error naming the argument after `op`,
+// the message prefix ("linear_memory_recurrent: ").
 // `check_cu_seqlens_values` also reads cu_seqlens (0 first, T last, non-decreasing); it needs
 // cu_seqlens in host memory.
-RecurrentSizes check_linear_memory_recurrent_args(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+RecurrentSizes check_linear_memory_args(
+    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, c10::DeviceType device_type,
