@@ -11,6 +11,7 @@ from ..common.validation import (
 )
 from .chunked import linear_memory_chunked
 from .decode import LinearMemoryDecodeState, linear_memory_step
+from . import cuda as _cuda  # noqa: F401  (the chunked op's fake kernel)
 from .cpp import linear_memory_cpp, unsupported_reason as _cpp_unsupported
 from .reference import linear_memory_reference
 from .state import LinearMemoryState
