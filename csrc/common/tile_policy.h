@@ -12,6 +12,7 @@
 //                    consecutive products may update one buffer without a sync between them.
 // LoopTilePolicy does all of this with plain loops in acc_t: one thread on the CPU, or every
 // thread of a CUDA block (each output element a dot product on one thread, the fp32 path).
+// linear_memory/cuda/tile_policy_mma.cuh multiplies on tensor cores.
 #pragma once
 
 #ifndef NK_HOST_DEVICE

@@ -1,7 +1,8 @@
 // The chunked forward of `linear_memory` (SPEC §2 kernel notes, dgd=False), written once for the
 // CPU kernel and the CUDA kernel. Pure arithmetic on raw pointers: no ATen, so nvcc device code
-// can use it. The matrix products go through a tile policy (common/tile_policy.h: plain loops),
-// which also says how work is spread over threads and how they wait for each other.
+// can use it. The matrix products go through a tile policy (common/tile_policy.h: plain loops;
+// linear_memory/cuda/tile_policy_mma.cuh: mma.sync), which also says how work is spread over
+// threads and how they wait for each other.
 //
 // One call handles one (sequence, head) and one tile of BV value columns (every product is
 // column-wise in V). Per chunk of C tokens, rows i = 0..L−1 its real tokens, M^c, S^c the state

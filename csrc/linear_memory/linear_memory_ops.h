@@ -85,13 +85,22 @@ ChunkedTensors prepare_linear_memory_chunked(
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, const RecurrentSizes& s);
 
-// Chunked forward of SPEC §2 with dgd=False (linear_memory_chunk.h) on the CPU: the tiles and
-// the algorithm of the CUDA kernel to come, products as loops. Arguments as
+// Chunked forward of SPEC §2 with dgd=False (linear_memory_chunk.h) on the CPU: the same tiles
+// and the same algorithm as the CUDA kernel, products as loops. Arguments as
 // `linear_memory_recurrent_cpu`. Returns (o [B, T, H, V] in v's dtype, final memory, final
 // momentum (empty [0] without momentum), chunk_memory, chunk_momentum): the state at the start
 // of every chunk, [B, H, NC, K, V]; with cu_seqlens B = 1 and sequence n's chunks start at slot
 // Σ_{m<n} ceil(T_m / C), NC = T / C + N. States are float32, float64 for float64 inputs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_memory_chunked_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale);
+
+// The same on a CUDA device (csrc/linear_memory/cuda/, CUDA builds only): bf16/fp16 products on
+// tensor cores (mma.sync, sm_80+), fp32 products as loops. q in float32, bfloat16 or float16,
+// chunk_size ≤ 64, K ≤ 256. cu_seqlens values are not read back (no device sync): they must be valid.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_memory_chunked_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,

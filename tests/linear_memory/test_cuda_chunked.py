@@ -1,7 +1,8 @@
-"""`torch.ops.nested_kernels.linear_memory_chunked_fwd`, the chunked forward of
-csrc/linear_memory/linear_memory_chunk.h, against the torch tier and the token-by-token
-reference (SPEC §2, §7). Its CPU kernel runs the tiles and the algorithm of the CUDA kernel with
-loops for products, so these tests check the algorithm without a GPU."""
+"""`torch.ops.nested_kernels.linear_memory_chunked_fwd`, the chunked forward shared by the CPU
+kernel and the CUDA kernel (csrc/linear_memory/linear_memory_chunk.h), against the torch tier
+and the token-by-token reference (SPEC §2, §7). The CPU kernel runs the same tiles and the same
+algorithm as the CUDA kernel with loops for products, so these tests check the algorithm without
+a GPU; the `gpu` tests check the CUDA kernel itself."""
 import itertools
 
 import pytest
@@ -22,6 +23,7 @@ if not has_cpp_op("linear_memory_chunked_fwd"):
 op = torch.ops.nested_kernels.linear_memory_chunked_fwd
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 NAMES = ("o", "final memory", "final momentum", "chunk memory", "chunk momentum")
+CUDA_OK = torch.cuda.is_available() and bool(build_info().get("cuda"))
 
 
 def run_op(q, k, v, lr, ret, mom, h0, *, chunk_size, scale=1.0, cu_seqlens=None):
@@ -274,3 +276,59 @@ def test_chunked_bad_input(name, kwargs):
              "chunk_size", "scale")
     with pytest.raises(RuntimeError, match=rf"linear_memory_chunked_fwd: {name} "):
         op(*(kwargs[a] for a in order))
+
+
+# ---- the CUDA kernel (SPEC §7: run against the torch tier whenever a GPU is present) ----
+
+def gpu_params():
+    params = []
+    for T, (K, V), C, has_mom in itertools.product(
+        (1, 63, 100), ((16, 16), (20, 36), (64, 72), (128, 128), (256, 64)), (16, 32, 64), (False, True)
+    ):
+        params.append(pytest.param(T, K, V, C, has_mom, id=f"T{T}-K{K}-V{V}-C{C}-{'mom' if has_mom else 'nomom'}"))
+    return params
+
+
+def _cuda(x):
+    return None if x is None else x.cuda()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_OK, reason="needs an NVIDIA GPU and a CUDA build of the extension")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("T,K,V,chunk_size,has_mom", gpu_params())
+def test_chunked_cuda(T, K, V, chunk_size, has_mom, dtype):
+    """The CUDA kernel against the fp32 torch tier on the same rounded inputs (fla's ratio test)."""
+    B, H = 2, 2
+    q, k, v, lr, ret, mom, h0 = make_case(B, T, H, K, V, B, has_mom, True, torch.float32)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    kw = dict(chunk_size=chunk_size, scale=K**-0.5)
+    ref = run_torch(q.float(), k.float(), v.float(), lr, ret, mom, h0, **kw)
+    out = run_op(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), LinearMemoryState(*(_cuda(x) for x in h0)), **kw)
+    assert out[0].dtype == dtype and out[1].dtype == torch.float32
+    bound = 1e-5 if dtype == torch.float32 else 5e-3
+    for name, r, x in zip(NAMES, ref, out):
+        if r is None:
+            assert x.shape == (0,), name
+            continue
+        x = x.cpu()
+        assert not x.isnan().any(), f"{name}: NaN"
+        assert rms_ratio(r, x) <= bound, f"{name}: rms ratio {rms_ratio(r, x):.2e} > {bound}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_OK, reason="needs an NVIDIA GPU and a CUDA build of the extension")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_chunked_cuda_matches_cpu_twin(dtype):
+    """Varlen and partial chunks: the CUDA kernel against the CPU kernel."""
+    offsets, C = [0, 5, 5, 45, 100], 16
+    H, K, V, N = 2, 20, 36, len(offsets) - 1
+    q, k, v, lr, ret, mom, h0 = make_case(1, offsets[-1], H, K, V, N, True, True, torch.float32)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    cu = torch.tensor(offsets)
+    cpu = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C, cu_seqlens=cu)
+    gpu = run_op(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), LinearMemoryState(*(_cuda(x) for x in h0)),
+                 chunk_size=C, cu_seqlens=cu.cuda())
+    bound = 1e-5 if dtype == torch.float32 else 5e-3
+    for name, a, b in zip(NAMES, cpu, gpu):
+        assert rms_ratio(a, b.cpu()) <= bound, f"{name}: rms ratio {rms_ratio(a, b.cpu()):.2e} > {bound}"
