@@ -11,8 +11,8 @@ from ..common.validation import (
 )
 from .chunked import linear_memory_chunked
 from .decode import LinearMemoryDecodeState, linear_memory_step
-from . import cuda as _cuda  # noqa: F401  (the chunked op's fake kernel)
 from .cpp import linear_memory_cpp, unsupported_reason as _cpp_unsupported
+from .cuda import auto_reason as _cuda_auto, linear_memory_cuda, unsupported_reason as _cuda_unsupported
 from .reference import linear_memory_reference
 from .state import LinearMemoryState
 from .triton import auto_reason as _triton_auto, linear_memory_triton, unsupported_reason as _triton_unsupported
@@ -23,6 +23,7 @@ BACKENDS = OpBackends("linear_memory")
 BACKENDS.register("reference", linear_memory_reference)
 BACKENDS.register("torch", linear_memory_chunked)
 BACKENDS.register("triton", linear_memory_triton, _triton_unsupported, _triton_auto)
+BACKENDS.register("cuda", linear_memory_cuda, _cuda_unsupported, _cuda_auto)
 BACKENDS.register("cpp", linear_memory_cpp, _cpp_unsupported)
 
 
@@ -108,7 +109,7 @@ def linear_memory(
     _check(q, k, v, lr, retention, momentum, dgd, chunk_size, scale, initial_state, output_final_state, cu_seqlens)
     call = {
         "device": q.device, "dtype": q.dtype, "K": q.shape[-1], "V": v.shape[-1], "chunk_size": chunk_size,
-        "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *(initial_state or ())),
+        "dgd": dgd, "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *(initial_state or ())),
     }
     impl = BACKENDS.resolve(backend, call)
     return impl(

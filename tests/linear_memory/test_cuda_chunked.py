@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 
+from nested_kernels import linear_memory
 from nested_kernels._extension import build_info, has_cpp_op
 from nested_kernels.linear_memory import LinearMemoryState
 from nested_kernels.linear_memory.chunked import linear_memory_chunked
@@ -278,6 +279,14 @@ def test_chunked_bad_input(name, kwargs):
         op(*(kwargs[a] for a in order))
 
 
+def test_cuda_backend_says_why_it_cannot_run():
+    q, k, v, lr, ret, mom, _ = make_case(1, 8, 1, 4, 4, 1, True, False, torch.float32)
+    with pytest.raises(NotImplementedError, match="backend 'cuda' cannot run this call: "):
+        linear_memory(q, k, v, lr, ret, mom, backend="cuda")
+    o, _ = linear_memory(q, k, v, lr, ret, mom, backend="auto")  # never the untested CUDA kernel
+    torch.testing.assert_close(o, linear_memory(q, k, v, lr, ret, mom, backend="torch")[0])
+
+
 # ---- the CUDA kernel (SPEC §7: run against the torch tier whenever a GPU is present) ----
 
 def gpu_params():
@@ -320,7 +329,7 @@ def test_chunked_cuda(T, K, V, chunk_size, has_mom, dtype):
 @pytest.mark.skipif(not CUDA_OK, reason="needs an NVIDIA GPU and a CUDA build of the extension")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_chunked_cuda_matches_cpu_twin(dtype):
-    """Varlen and partial chunks: the CUDA kernel against the CPU kernel."""
+    """Varlen, partial chunks and the backend entry point: the CUDA kernel against the CPU kernel."""
     offsets, C = [0, 5, 5, 45, 100], 16
     H, K, V, N = 2, 20, 36, len(offsets) - 1
     q, k, v, lr, ret, mom, h0 = make_case(1, offsets[-1], H, K, V, N, True, True, torch.float32)
@@ -332,3 +341,7 @@ def test_chunked_cuda_matches_cpu_twin(dtype):
     bound = 1e-5 if dtype == torch.float32 else 5e-3
     for name, a, b in zip(NAMES, cpu, gpu):
         assert rms_ratio(a, b.cpu()) <= bound, f"{name}: rms ratio {rms_ratio(a, b.cpu()):.2e} > {bound}"
+    o, state = linear_memory(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), chunk_size=C, cu_seqlens=cu.cuda(),
+                             initial_state=LinearMemoryState(*(_cuda(x) for x in h0)), output_final_state=True,
+                             backend="cuda")
+    assert rms_ratio(cpu[0], o.cpu()) <= bound and rms_ratio(cpu[1], state.memory.cpu()) <= bound
