@@ -14,14 +14,14 @@ TORCH_LIBRARY(nested_kernels, m) {
       "linear_memory_recurrent(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
       "Tensor? initial_memory, Tensor? initial_momentum, Tensor? cu_seqlens, int chunk_size, float scale, "
       "bool dgd) -> (Tensor, Tensor, Tensor)");
-  // SPEC §2 with dgd=False, chunked (csrc/linear_memory/linear_memory_chunk.h), forward only.
+  // SPEC §2 chunked (csrc/linear_memory/linear_memory_chunk.h), forward only.
   // Returns (o, final_memory, final_momentum, chunk_memory, chunk_momentum): the chunk-start
   // states [B, H, NC, K, V] a backward reads; without momentum final_momentum and chunk_momentum
   // are empty [0] tensors.
   m.def(
       "linear_memory_chunked_fwd(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
-      "Tensor? initial_memory, Tensor? initial_momentum, Tensor? cu_seqlens, int chunk_size, float scale) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? initial_memory, Tensor? initial_momentum, Tensor? cu_seqlens, int chunk_size, float scale, "
+      "bool dgd) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // SPEC §2 decode step, forward only: T new tokens per sequence from the decode state (memory
   // M_t, chunk_memory M^c, momentum_state S_t, position in the chunk), all updated in place.
   // Returns o.

@@ -13,7 +13,7 @@ AUTO_ORDER = ("cuda", "triton", "cpp", "torch")
 # supports(call) -> None when the backend can run the call, else the reason it cannot. A call
 # describes what the backends decide on: "device" (torch.device), "requires_grad" (bool: autograd
 # records the call), "dtype" (of the main input) and the op's own facts (linear_memory: "K",
-# "V", "chunk_size", "dgd"; see each op's public function).
+# "V", "chunk_size"; see each op's public function).
 Supports = Callable[[dict], Optional[str]]
 
 

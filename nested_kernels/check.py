@@ -20,7 +20,7 @@ class Case(NamedTuple):
     backends: object                      # the op's OpBackends registry
     make: Callable[[], tuple]             # () -> (tensors, options) in fp64; tensors are differentiable
     call: Callable                        # (backend, *tensors, **options) -> (output, final_state)
-    facts: dict                           # what backends decide support on: K, V, chunk_size (, dgd)
+    facts: dict                           # what backends decide support on: K, V, chunk_size
 
     def backend_call(self, device: torch.device, requires_grad: bool) -> dict:
         """The call description the op's backends judge (backends run the check in fp32)."""
@@ -48,7 +48,7 @@ def _linear_case(varlen: bool):
         return linear_memory(q, k, v, lr, ret, mom, initial_state=LinearMemoryState(m0, s0),
                                      output_final_state=True, backend=backend, **options)
 
-    facts = dict(K=16, V=16, chunk_size=32, dgd=True) if varlen else dict(K=32, V=24, chunk_size=32, dgd=True)
+    facts = dict(K=16, V=16, chunk_size=32) if varlen else dict(K=32, V=24, chunk_size=32)
     return Case("linear_memory", "varlen" if varlen else "mom+dgd", LINEAR_BACKENDS, make, call, facts)
 
 

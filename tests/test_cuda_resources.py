@@ -84,6 +84,6 @@ def test_chunked_kernel_uses_tensor_cores():
     for arch in archs:
         kernels = {name: text for name, text in sass[arch].items() if "linear_memory_chunked_fwd" in name}
         low_precision = {name: text for name, text in kernels.items() if "BFloat16" in name or "Half" in name}
-        assert len(low_precision) == 4, (arch, sorted(kernels))  # {bf16, fp16} x {momentum, none}
+        assert len(low_precision) == 8, (arch, sorted(kernels))  # {bf16, fp16} x momentum on/off x dgd on/off
         for name, text in low_precision.items():
             assert "HMMA" in text, f"{arch} {name}: no HMMA (mma.sync) in its SASS"

@@ -1,4 +1,4 @@
-// The chunked forward of `linear_memory` (SPEC §2 kernel notes, dgd=False), written once for the
+// The chunked forward of `linear_memory` (SPEC §2 kernel notes), written once for the
 // CPU kernel and the CUDA kernel. Pure arithmetic on raw pointers: no ATen, so nvcc device code
 // can use it. The matrix products go through a tile policy (common/tile_policy.h: plain loops;
 // linear_memory/cuda/tile_policy_mma.cuh: mma.sync), which also says how work is spread over
@@ -11,6 +11,11 @@
 //   R  = K M^c − V
 //   O  = scale · (diag(β) Q M^c + diag(f) Q S^c − (tril(Q Kᵀ) ⊙ G) R)
 //   M' = β_r M^c + f_r S^c − Kᵀ (G_r ⊙ R),   S' = m_r S^c − Kᵀ (n_r ⊙ R)     (r = L − 1)
+// With dgd, also E_ij = η_j Π_{j<s≤i} α_s and W_i = k_i M_{i−1} (the state before token i), the
+// solution of the unit lower triangular system (I + L) W = P (triton_kernels/linear_memory/README.md):
+//   L_ij = (k_i·k_j) E_{i−1,j},  P_i = β_{i−1} k_i M^c + f_{i−1} k_i S^c − Σ_{j<i} G_{i−1,j} (k_i·k_j) r_j
+//   (j < i; β_{−1} = 1, f_{−1} = 0), solved by forward substitution, column by column of V, and
+//   O −= scale · (tril(Q Kᵀ) ⊙ E) W,   M' −= Kᵀ (E_r ⊙ W).
 // The gate products are running products over the chunk, not differences of log-cumsums:
 // retention 0 (log 0) stays exact and no exp is needed.
 #pragma once
@@ -89,26 +94,33 @@ struct ChunkWorkspace {
   op_t* r;        // [BT, BV] R
   op_t* rg;       // [BT, BV] G_r ⊙ R (row j scaled by G_{r,j})
   op_t* rn;       // [BT, BV] n_r ⊙ R (momentum only)
+  op_t* ae;       // [BT, BT] tril(Q Kᵀ) ⊙ E (dgd only)
+  op_t* ak;       // [BT, BT] strictly lower (K Kᵀ) ⊙ G shifted down a row (dgd only)
+  op_t* wop;      // [BT, BV] W (dgd only)
   acc_t* mem;     // [BK, BV] the memory tile
   acc_t* mom;     // [BK, BV] the momentum tile (momentum only)
   acc_t* g;       // [BT, BT] G
   acc_t* o;       // [BT, BV] diag(β) Q M^c + diag(f) Q S^c
-  acc_t* gates;   // [8, BT] η, α, μ, β, f, G_{r,·}, n_{·,r}, and (β_r, f_r, m_r)
+  acc_t* e;       // [BT, BT] E (dgd only)
+  acc_t* l;       // [BT, BT] L (dgd only)
+  acc_t* pw;      // [BT, BV] P, then W in its place (dgd only)
+  acc_t* gates;   // [9, BT] η, α, μ, β, f, G_{r,·}, n_{·,r}, E_{r,·}, and (β_r, f_r, m_r)
 };
 
 // Bytes of the workspace; `carve_chunk_workspace` lays it out in that many bytes (16-aligned).
 template <typename op_t, typename acc_t>
-NK_HOST_DEVICE inline int64_t chunk_workspace_bytes(const ChunkTileShape& s, bool has_momentum) {
+NK_HOST_DEVICE inline int64_t chunk_workspace_bytes(const ChunkTileShape& s, bool has_momentum, bool dgd) {
   const auto al = [](int64_t bytes) { return (bytes + 15) / 16 * 16; };
   const int64_t BT = s.BT, BK = s.BK, BV = s.BV;
   const int64_t op = sizeof(op_t), acc = sizeof(acc_t);
-  return al(BT * BK * op) * 2 + al(BT * BV * op) * (has_momentum ? 4 : 3) + al(BT * BT * op) +
-         al(BK * BV * acc) * (has_momentum ? 2 : 1) + al(BT * BT * acc) + al(BT * BV * acc) + al(8 * BT * acc);
+  return al(BT * BK * op) * 2 + al(BT * BV * op) * (3 + has_momentum + dgd) + al(BT * BT * op) * (1 + 2 * dgd) +
+         al(BK * BV * acc) * (1 + has_momentum) + al(BT * BT * acc) * (1 + 2 * dgd) +
+         al(BT * BV * acc) * (1 + dgd) + al(9 * BT * acc);
 }
 
 template <typename op_t, typename acc_t>
 NK_HOST_DEVICE inline ChunkWorkspace<op_t, acc_t> carve_chunk_workspace(char* base, const ChunkTileShape& s,
-                                                                        bool has_momentum) {
+                                                                        bool has_momentum, bool dgd) {
   const int64_t BT = s.BT, BK = s.BK, BV = s.BV;
   char* at = base;
   const auto take = [&at](int64_t bytes) {
@@ -124,11 +136,17 @@ NK_HOST_DEVICE inline ChunkWorkspace<op_t, acc_t> carve_chunk_workspace(char* ba
   w.r = reinterpret_cast<op_t*>(take(BT * BV * sizeof(op_t)));
   w.rg = reinterpret_cast<op_t*>(take(BT * BV * sizeof(op_t)));
   w.rn = has_momentum ? reinterpret_cast<op_t*>(take(BT * BV * sizeof(op_t))) : nullptr;
+  w.ae = dgd ? reinterpret_cast<op_t*>(take(BT * BT * sizeof(op_t))) : nullptr;
+  w.ak = dgd ? reinterpret_cast<op_t*>(take(BT * BT * sizeof(op_t))) : nullptr;
+  w.wop = dgd ? reinterpret_cast<op_t*>(take(BT * BV * sizeof(op_t))) : nullptr;
   w.mem = reinterpret_cast<acc_t*>(take(BK * BV * sizeof(acc_t)));
   w.mom = has_momentum ? reinterpret_cast<acc_t*>(take(BK * BV * sizeof(acc_t))) : nullptr;
   w.g = reinterpret_cast<acc_t*>(take(BT * BT * sizeof(acc_t)));
   w.o = reinterpret_cast<acc_t*>(take(BT * BV * sizeof(acc_t)));
-  w.gates = reinterpret_cast<acc_t*>(take(8 * BT * sizeof(acc_t)));
+  w.e = dgd ? reinterpret_cast<acc_t*>(take(BT * BT * sizeof(acc_t))) : nullptr;
+  w.l = dgd ? reinterpret_cast<acc_t*>(take(BT * BT * sizeof(acc_t))) : nullptr;
+  w.pw = dgd ? reinterpret_cast<acc_t*>(take(BT * BV * sizeof(acc_t))) : nullptr;
+  w.gates = reinterpret_cast<acc_t*>(take(9 * BT * sizeof(acc_t)));
   return w;
 }
 
@@ -153,7 +171,7 @@ NK_HOST_DEVICE inline int64_t chunk_slots(int64_t T, int64_t N, int64_t chunk_si
 // b, ldb, lower_a, epi) calling epi(i, j, Σ_l A(i,l) B(l,j)) once per output element, with the
 // same thread for (i, j) in every product of the same m × n.
 NK_EXEC_CHECK_DISABLE
-template <bool HAS_MOMENTUM, typename Policy, typename scalar_t, typename acc_t>
+template <bool HAS_MOMENTUM, bool DGD, typename Policy, typename scalar_t, typename acc_t>
 NK_HOST_DEVICE inline void linear_memory_chunked_fwd_tile(Policy& pol, const ChunkedParams<scalar_t, acc_t>& p,
                                                           const ChunkWorkspace<scalar_t, acc_t>& w,
                                                           const ChunkTileShape& sh, int64_t i_nh, int64_t i_vt) {
@@ -174,7 +192,8 @@ NK_HOST_DEVICE inline void linear_memory_chunked_fwd_tile(Policy& pol, const Chu
   acc_t* fgate = w.gates + 4 * BT;
   acc_t* g_last = w.gates + 5 * BT;  // G_{r,j}
   acc_t* n_last = w.gates + 6 * BT;  // n_{j,r}
-  acc_t* last = w.gates + 7 * BT;    // β_r, f_r, m_r
+  acc_t* e_last = w.gates + 7 * BT;  // E_{r,j}
+  acc_t* last = w.gates + 8 * BT;    // β_r, f_r, m_r
 
   // The state tile, zero past K and V.
   acc_t* p_m = p.memory + i_nh * K * V;
@@ -219,20 +238,31 @@ NK_HOST_DEVICE inline void linear_memory_chunked_fwd_tile(Policy& pol, const Chu
     });
     pol.sync();
 
-    // Gates. Column j of G: n_{j,i} = μ_i n_{j,i−1} (n_{j,j} = η_j), G_ij = α_i G_{i−1,j} + n_{j,i}.
+    // Gates. Column j of G: n_{j,i} = μ_i n_{j,i−1} (n_{j,j} = η_j), G_ij = α_i G_{i−1,j} + n_{j,i};
+    // of E: E_jj = η_j, E_ij = α_i E_{i−1,j}.
     pol.for_each(BT, [&](int j) {
-      acc_t n = eta[j], g = eta[j];
-      for (int i = 0; i < j; ++i) w.g[i * BT + j] = acc_t(0);
+      acc_t n = eta[j], g = eta[j], e = eta[j];
+      for (int i = 0; i < j; ++i) {
+        w.g[i * BT + j] = acc_t(0);
+        if (DGD) w.e[i * BT + j] = acc_t(0);
+      }
       w.g[j * BT + j] = g;
+      if (DGD) w.e[j * BT + j] = e;
       g_last[j] = j == L - 1 ? g : acc_t(0);
       n_last[j] = j == L - 1 ? n : acc_t(0);
+      e_last[j] = DGD && j == L - 1 ? e : acc_t(0);
       for (int i = j + 1; i < BT; ++i) {
         n = HAS_MOMENTUM ? mu[i] * n : acc_t(0);
         g = alpha[i] * g + n;
         w.g[i * BT + j] = g;
+        if (DGD) {
+          e = alpha[i] * e;
+          w.e[i * BT + j] = e;
+        }
         if (i == L - 1) {
           g_last[j] = g;
           n_last[j] = n;
+          if (DGD) e_last[j] = e;
         }
       }
     });
@@ -255,15 +285,30 @@ NK_HOST_DEVICE inline void linear_memory_chunked_fwd_tile(Policy& pol, const Chu
     pol.sync();
 
     // A = tril(Q Kᵀ) ⊙ G;  R = K M^c − V (and its row-scaled copies);  O = β ⊙ Q M^c + f ⊙ Q S^c.
+    // With dgd: tril(Q Kᵀ) ⊙ E, L, the shifted (K Kᵀ) ⊙ G and P's first terms.
     pol.template gemm<false, true>(BT, BT, BK, w.q, BK, w.k, BK, false, [&](int i, int j, acc_t x) {
       w.a[i * BT + j] = j <= i ? static_cast<scalar_t>(x * w.g[i * BT + j]) : zero;
+      if (DGD) w.ae[i * BT + j] = j <= i ? static_cast<scalar_t>(x * w.e[i * BT + j]) : zero;
     });
+    if (DGD) {
+      pol.template gemm<false, true>(BT, BT, BK, w.k, BK, w.k, BK, false, [&](int i, int j, acc_t x) {
+        const bool below = j < i;
+        w.l[i * BT + j] = below ? x * w.e[(i - 1) * BT + j] : acc_t(0);
+        w.ak[i * BT + j] = below ? static_cast<scalar_t>(x * w.g[(i - 1) * BT + j]) : zero;
+      });
+    }
     pol.template gemm<false, false>(BT, BV, BK, w.k, BK, w.mem, BV, false, [&](int i, int j, acc_t x) {
       const acc_t r = x - static_cast<acc_t>(w.v[i * BV + j]);
       w.r[i * BV + j] = static_cast<scalar_t>(r);
-      w.rg[i * BV + j] = static_cast<scalar_t>(g_last[i] * r);
+      if (!DGD) w.rg[i * BV + j] = static_cast<scalar_t>(g_last[i] * r);
       if (HAS_MOMENTUM) w.rn[i * BV + j] = static_cast<scalar_t>(n_last[i] * r);
+      if (DGD) w.pw[i * BV + j] = (i > 0 ? beta[i - 1] : acc_t(1)) * x;
     });
+    if (DGD && HAS_MOMENTUM) {  // same m × n as the product above: the same thread owns w.pw[i, j]
+      pol.template gemm<false, false>(BT, BV, BK, w.k, BK, w.mom, BV, false, [&](int i, int j, acc_t x) {
+        if (i > 0) w.pw[i * BV + j] += fgate[i - 1] * x;
+      });
+    }
     pol.template gemm<false, false>(BT, BV, BK, w.q, BK, w.mem, BV, false,
                                     [&](int i, int j, acc_t x) { w.o[i * BV + j] = beta[i] * x; });
     if (HAS_MOMENTUM) {  // same m × n as the product above: the same thread owns w.o[i, j]
@@ -272,10 +317,32 @@ NK_HOST_DEVICE inline void linear_memory_chunked_fwd_tile(Policy& pol, const Chu
     }
     pol.sync();
 
-    // O = scale · (w.o − A R), stored;  M' = β_r M^c + f_r S^c − Kᵀ (G_r ⊙ R);  S' = m_r S^c − Kᵀ (n_r ⊙ R).
+    if (DGD) {
+      // P −= ((K Kᵀ) ⊙ G_{i−1}) R, then (I + L) W = P by forward substitution, one column per thread.
+      pol.template gemm<false, false>(BT, BV, BT, w.ak, BT, w.r, BV, true,
+                                      [&](int i, int j, acc_t x) { w.pw[i * BV + j] -= x; });
+      pol.sync();
+      pol.for_each(BV, [&](int j) {
+        for (int i = 0; i < BT; ++i) {
+          acc_t x = w.pw[i * BV + j];
+          for (int l = 0; l < i; ++l) x -= w.l[i * BT + l] * w.pw[l * BV + j];
+          w.pw[i * BV + j] = x;
+          w.wop[i * BV + j] = static_cast<scalar_t>(x);
+          w.rg[i * BV + j] = static_cast<scalar_t>(g_last[i] * static_cast<acc_t>(w.r[i * BV + j]) + e_last[i] * x);
+        }
+      });
+      pol.sync();
+      // w.o −= (tril(Q Kᵀ) ⊙ E) W: the same m × n as the read below, so the same thread reads it there.
+      pol.template gemm<false, false>(BT, BV, BT, w.ae, BT, w.wop, BV, true,
+                                      [&](int i, int j, acc_t x) { w.o[i * BV + j] -= x; });
+    }
+
+    // O = scale · (w.o − A R), stored;  M' = β_r M^c + f_r S^c − Kᵀ (G_r ⊙ R [+ E_r ⊙ W]);
+    // S' = m_r S^c − Kᵀ (n_r ⊙ R).
     pol.template gemm<false, false>(BT, BV, BT, w.a, BT, w.r, BV, true, [&](int i, int j, acc_t x) {
       if (i < L && o_v + j < V) {
-        p.o[(row0 + static_cast<int64_t>(i) * H) * V + o_v + j] = static_cast<scalar_t>(p.scale * (w.o[i * BV + j] - x));
+        const int64_t at = (row0 + static_cast<int64_t>(i) * H) * V + o_v + j;
+        p.o[at] = static_cast<scalar_t>(p.scale * (w.o[i * BV + j] - x));
       }
     });
     const acc_t beta_r = last[0], f_r = last[1], m_r = last[2];

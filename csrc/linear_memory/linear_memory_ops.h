@@ -85,7 +85,7 @@ ChunkedTensors prepare_linear_memory_chunked(
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, const RecurrentSizes& s);
 
-// Chunked forward of SPEC §2 with dgd=False (linear_memory_chunk.h) on the CPU: the same tiles
+// Chunked forward of SPEC §2 (linear_memory_chunk.h) on the CPU: the same tiles
 // and the same algorithm as the CUDA kernel, products as loops. Arguments as
 // `linear_memory_recurrent_cpu`. Returns (o [B, T, H, V] in v's dtype, final memory, final
 // momentum (empty [0] without momentum), chunk_memory, chunk_momentum): the state at the start
@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
-    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale);
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
 
 // The same on a CUDA device (csrc/linear_memory/cuda/, CUDA builds only): bf16/fp16 products on
 // tensor cores (mma.sync, sm_80+), fp32 products as loops. q in float32, bfloat16 or float16,
@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
-    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale);
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
 
 // Sizes of one validated `linear_memory_step` call.
 struct StepSizes {

@@ -109,7 +109,7 @@ def linear_memory(
     _check(q, k, v, lr, retention, momentum, dgd, chunk_size, scale, initial_state, output_final_state, cu_seqlens)
     call = {
         "device": q.device, "dtype": q.dtype, "K": q.shape[-1], "V": v.shape[-1], "chunk_size": chunk_size,
-        "dgd": dgd, "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *(initial_state or ())),
+        "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *(initial_state or ())),
     }
     impl = BACKENDS.resolve(backend, call)
     return impl(

@@ -1,9 +1,9 @@
 """The `cuda` backend of `linear_memory`: the chunked forward of `csrc/linear_memory/`
-(`nested_kernels::linear_memory_chunked_fwd`; tensor cores for bf16/fp16), forward only and
-without DGD so far. Registered with TORCH_LIBRARY in C++; this file adds its fake (meta) kernel
-for torch.compile and an autograd kernel that refuses training. The same chunk algorithm runs
-on the CPU (the op's CPU kernel), which is how it is tested without a GPU; the CUDA kernel is
-compiled in CI but has not run on a GPU yet, so `backend="auto"` does not pick it."""
+(`nested_kernels::linear_memory_chunked_fwd`; tensor cores for bf16/fp16), forward only so far.
+Registered with TORCH_LIBRARY in C++; this file adds its fake (meta) kernel for torch.compile and
+an autograd kernel that refuses training. The same chunk algorithm runs on the CPU (the op's CPU
+kernel), which is how it is tested without a GPU; the CUDA kernel is compiled in CI but has not
+run on a GPU yet, so `backend="auto"` does not pick it."""
 from typing import Optional
 
 import torch
@@ -27,8 +27,6 @@ def unsupported_reason(call: dict) -> Optional[str]:
         return f"it runs on CUDA devices only, the inputs are on {call['device']}"
     if call["requires_grad"]:
         return "it is forward-only so far: gradients need the torch or triton backend"
-    if call.get("dgd"):
-        return "dgd=True is not implemented in the CUDA kernel yet; use the triton or torch backend"
     if call["dtype"] not in DTYPES:
         return f"it takes fp32/bf16/fp16 inputs, got {call['dtype']}"
     if call["chunk_size"] > MAX_CHUNK:
@@ -54,7 +52,7 @@ if has_cpp_op(OP_NAME):
 
     @torch.library.register_fake(f"nested_kernels::{OP_NAME}")
     def _linear_memory_chunked_fwd_fake(q, k, v, lr, retention, momentum, initial_memory, initial_momentum,
-                                        cu_seqlens, chunk_size, scale):
+                                        cu_seqlens, chunk_size, scale, dgd):
         B, T, H, K = q.shape
         V = v.shape[-1]
         N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -78,14 +76,12 @@ def linear_memory_cuda(
     q, k, v, lr, retention, momentum=None, *, dgd=False, chunk_size=64, scale=1.0,
     initial_state: Optional[LinearMemoryState] = None, output_final_state=False, cu_seqlens=None,
 ):
-    if dgd:
-        raise NotImplementedError("linear_memory: the cuda backend does not implement dgd=True yet")
     o, memory, mom, _, _ = getattr(torch.ops.nested_kernels, OP_NAME)(
         q, k, v, as_gate(lr, q, torch.float32), as_gate(retention, q, torch.float32),
         None if momentum is None else as_gate(momentum, q, torch.float32),
         None if initial_state is None else initial_state.memory,
         None if initial_state is None else initial_state.momentum,
-        cu_seqlens, chunk_size, float(scale),
+        cu_seqlens, chunk_size, float(scale), dgd,
     )
     final_state = None
     if output_final_state:

@@ -27,20 +27,20 @@ NAMES = ("o", "final memory", "final momentum", "chunk memory", "chunk momentum"
 CUDA_OK = torch.cuda.is_available() and bool(build_info().get("cuda"))
 
 
-def run_op(q, k, v, lr, ret, mom, h0, *, chunk_size, scale=1.0, cu_seqlens=None):
+def run_op(q, k, v, lr, ret, mom, h0, *, chunk_size, dgd=False, scale=1.0, cu_seqlens=None):
     return op(
         q, k, v, lr, ret, mom,
         None if h0 is None else h0.memory,
         None if h0 is None else h0.momentum,
-        cu_seqlens, chunk_size, scale,
+        cu_seqlens, chunk_size, scale, dgd,
     )
 
 
-def run_torch(q, k, v, lr, ret, mom, h0, *, chunk_size, scale=1.0):
+def run_torch(q, k, v, lr, ret, mom, h0, *, chunk_size, dgd=False, scale=1.0):
     """The torch tier's outputs and, for every chunk, its state at the start of the chunk: the
     stream run chunk by chunk, each call starting from the previous one's final state (SPEC §1:
     the end of a call is a chunk boundary)."""
-    kw = dict(chunk_size=chunk_size, scale=scale, output_final_state=True)
+    kw = dict(chunk_size=chunk_size, dgd=dgd, scale=scale, output_final_state=True)
     o, final = linear_memory_chunked(q, k, v, lr, ret, mom, initial_state=h0, **kw)
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -75,52 +75,55 @@ def make_case(B, T, H, K, V, N, has_mom, has_h0, dtype):
 
 def case_params():
     params = []
-    for T, (K, V), C, has_mom, has_h0 in itertools.product(
-        (1, 63, 100), ((16, 16), (20, 36), (64, 72)), (1, 16, 20, 32, 64), (False, True), (False, True)
+    for T, (K, V), C, has_mom, dgd, has_h0 in itertools.product(
+        (1, 63, 100), ((16, 16), (20, 36), (64, 72)), (1, 16, 20, 32, 64), (False, True), (False, True), (False, True)
     ):
         B, H = 2, 2
-        params.append(pytest.param(B, T, H, K, V, C, has_mom, has_h0,
+        params.append(pytest.param(B, T, H, K, V, C, has_mom, dgd, has_h0,
                                    id=f"B{B}-T{T}-H{H}-K{K}-V{V}-C{C}-{'mom' if has_mom else 'nomom'}-"
-                                      f"{'h0' if has_h0 else 'noh0'}"))
+                                      f"{'dgd' if dgd else 'nodgd'}-{'h0' if has_h0 else 'noh0'}"))
     return params
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-@pytest.mark.parametrize("B,T,H,K,V,chunk_size,has_mom,has_h0", case_params())
-def test_chunked_cpu(B, T, H, K, V, chunk_size, has_mom, has_h0, dtype):
+@pytest.mark.parametrize("B,T,H,K,V,chunk_size,has_mom,dgd,has_h0", case_params())
+def test_chunked_cpu(B, T, H, K, V, chunk_size, has_mom, dgd, has_h0, dtype):
     q, k, v, lr, ret, mom, h0 = make_case(B, T, H, K, V, B, has_mom, has_h0, dtype)
-    kw = dict(chunk_size=chunk_size, scale=K**-0.5)
+    kw = dict(chunk_size=chunk_size, dgd=dgd, scale=K**-0.5)
     out = run_op(q, k, v, lr, ret, mom, h0, **kw)
     assert out[0].dtype == dtype and out[1].dtype == dtype and out[3].dtype == dtype
     assert out[3].shape == (B, H, -(-T // chunk_size), K, V), out[3].shape
     assert_matches(out, run_torch(q, k, v, lr, ret, mom, h0, **kw), TOL[dtype], has_mom)
 
 
+@pytest.mark.parametrize("dgd", [False, True], ids=["nodgd", "dgd"])
 @pytest.mark.parametrize("K,V", [(128, 128), (256, 40)], ids=["K128-V128", "K256-V40"])
-def test_chunked_cpu_wide(K, V):
+def test_chunked_cpu_wide(K, V, dgd):
     """The widest tiles: BK = 128 with BV = 32, BK = 256 with BV = 16."""
     q, k, v, lr, ret, mom, h0 = make_case(1, 70, 1, K, V, 1, True, True, F64)
-    kw = dict(chunk_size=32, scale=K**-0.5)
+    kw = dict(chunk_size=32, dgd=dgd, scale=K**-0.5)
     assert_matches(run_op(q, k, v, lr, ret, mom, h0, **kw), run_torch(q, k, v, lr, ret, mom, h0, **kw), 1e-10, True)
 
 
-def test_chunked_against_reference():
-    """The token-by-token oracle itself, once, beside the torch tier used everywhere else."""
+@pytest.mark.parametrize("dgd", [False, True], ids=["nodgd", "dgd"])
+def test_chunked_against_reference(dgd):
+    """The token-by-token oracle itself, beside the torch tier used everywhere else."""
     q, k, v, lr, ret, mom, h0 = make_case(2, 50, 2, 20, 12, 2, True, True, F64)
-    o, memory, momentum, _, _ = run_op(q, k, v, lr, ret, mom, h0, chunk_size=16, scale=0.5)
-    ref_o, ref = linear_memory_reference(q, k, v, lr, ret, mom, chunk_size=16, scale=0.5, initial_state=h0,
+    o, memory, momentum, _, _ = run_op(q, k, v, lr, ret, mom, h0, chunk_size=16, dgd=dgd, scale=0.5)
+    ref_o, ref = linear_memory_reference(q, k, v, lr, ret, mom, dgd=dgd, chunk_size=16, scale=0.5, initial_state=h0,
                                          output_final_state=True)
     assert_matches((o, memory, momentum), (ref_o, ref.memory, ref.momentum), 1e-10, True)
 
 
 @pytest.mark.parametrize("cu_dtype", [torch.int32, torch.int64], ids=["cu32", "cu64"])
-@pytest.mark.parametrize("has_mom", [False, True], ids=["nomom", "mom"])
-def test_chunked_varlen(has_mom, cu_dtype):
+@pytest.mark.parametrize("has_mom,dgd", [(False, False), (True, True), (True, False), (False, True)],
+                         ids=["nomom-nodgd", "mom-dgd", "mom-nodgd", "nomom-dgd"])
+def test_chunked_varlen(has_mom, dgd, cu_dtype):
     # sequences of 5 (shorter than a chunk), 0, 40 and 55 tokens, chunk 16
     offsets, C = [0, 5, 5, 45, 100], 16
     H, K, V, N = 2, 20, 36, len(offsets) - 1
     q, k, v, lr, ret, mom, h0 = make_case(1, offsets[-1], H, K, V, N, has_mom, True, F64)
-    out = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C, cu_seqlens=torch.tensor(offsets, dtype=cu_dtype))
+    out = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C, dgd=dgd, cu_seqlens=torch.tensor(offsets, dtype=cu_dtype))
     NC = offsets[-1] // C + N
     assert out[3].shape == (1, H, NC, K, V), out[3].shape
     slot = 0
@@ -128,8 +131,8 @@ def test_chunked_varlen(has_mom, cu_dtype):
         s, e = offsets[n], offsets[n + 1]
         seq = [x[:, s:e] if x is not None else None for x in (q, k, v, lr, ret, mom)]
         h0_n = LinearMemoryState(*(None if x is None else x[n:n + 1] for x in h0))
-        one = run_op(*seq, h0_n, chunk_size=C)
-        assert_matches(one, run_torch(*seq, h0_n, chunk_size=C), 1e-10, has_mom)
+        one = run_op(*seq, h0_n, chunk_size=C, dgd=dgd)
+        assert_matches(one, run_torch(*seq, h0_n, chunk_size=C, dgd=dgd), 1e-10, has_mom)
         torch.testing.assert_close(out[0][:, s:e], one[0], atol=0, rtol=0, msg=lambda m: f"o of sequence {n}: {m}")
         nc = -(-(e - s) // C)
         for i, name in ((1, "final memory"), (2, "final momentum")):
@@ -148,16 +151,17 @@ def test_chunked_stream_in_pieces():
     """SPEC §1: the final state of one call, as the next call's initial state, continues a stream
     cut at a multiple of the chunk size exactly."""
     q, k, v, lr, ret, mom, h0 = make_case(2, 96, 2, 16, 24, 2, True, True, F64)
-    whole = run_op(q, k, v, lr, ret, mom, h0, chunk_size=32)
-    a = run_op(*(x[:, :64] for x in (q, k, v, lr, ret, mom)), h0, chunk_size=32)
-    b = run_op(*(x[:, 64:] for x in (q, k, v, lr, ret, mom)), LinearMemoryState(a[1], a[2]), chunk_size=32)
+    whole = run_op(q, k, v, lr, ret, mom, h0, chunk_size=32, dgd=True)
+    a = run_op(*(x[:, :64] for x in (q, k, v, lr, ret, mom)), h0, chunk_size=32, dgd=True)
+    b = run_op(*(x[:, 64:] for x in (q, k, v, lr, ret, mom)), LinearMemoryState(a[1], a[2]), chunk_size=32, dgd=True)
     torch.testing.assert_close(torch.cat([a[0], b[0]], 1), whole[0], atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(b[1], whole[1], atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(torch.cat([a[3], b[3]], 2), whole[3], atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dgd", [False, True], ids=["nodgd", "dgd"])
 @pytest.mark.parametrize("gate", ["retention0", "retention1", "lr0", "momentum1"])
-def test_chunked_extreme_gates(gate):
+def test_chunked_extreme_gates(gate, dgd):
     B, T, H, K, V, C = 2, 45, 2, 16, 20, 16
     q, k, v, lr, ret, mom, h0 = make_case(B, T, H, K, V, B, True, True, F64)
     if gate == "retention0":
@@ -168,9 +172,9 @@ def test_chunked_extreme_gates(gate):
         lr = torch.zeros_like(lr)
     else:
         mom = torch.ones_like(mom)
-    out = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C)
-    assert_matches(out, run_torch(q, k, v, lr, ret, mom, h0, chunk_size=C), 1e-10, True)
-    ref_o, ref = linear_memory_reference(q, k, v, lr, ret, mom, chunk_size=C, initial_state=h0,
+    out = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C, dgd=dgd)
+    assert_matches(out, run_torch(q, k, v, lr, ret, mom, h0, chunk_size=C, dgd=dgd), 1e-10, True)
+    ref_o, ref = linear_memory_reference(q, k, v, lr, ret, mom, dgd=dgd, chunk_size=C, initial_state=h0,
                                          output_final_state=True)
     assert_matches(out[:3], (ref_o, ref.memory, ref.momentum), 1e-10, True)
 
@@ -185,14 +189,14 @@ def test_chunked_nan_in_nan_out():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("has_mom", [False, True], ids=["nomom", "mom"])
-def test_chunked_cpu_low_precision(has_mom, dtype):
+@pytest.mark.parametrize("has_mom,dgd", [(False, False), (True, True)], ids=["nomom-nodgd", "mom-dgd"])
+def test_chunked_cpu_low_precision(has_mom, dgd, dtype):
     B, T, H, K, V, C = 2, 100, 2, 32, 36, 32
     q, k, v, lr, ret, mom, h0 = make_case(B, T, H, K, V, B, has_mom, True, torch.float32)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    out = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C, scale=K**-0.5)
+    out = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C, dgd=dgd, scale=K**-0.5)
     assert out[0].dtype == dtype and out[1].dtype == torch.float32 and out[3].dtype == torch.float32
-    ref = run_torch(q.float(), k.float(), v.float(), lr, ret, mom, h0, chunk_size=C, scale=K**-0.5)
+    ref = run_torch(q.float(), k.float(), v.float(), lr, ret, mom, h0, chunk_size=C, dgd=dgd, scale=K**-0.5)
     for name, r, x in zip(NAMES, ref, out):
         if r is None:
             continue
@@ -206,8 +210,8 @@ def test_chunked_non_contiguous_and_gate_dtypes():
     nc = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v, lr, ret, mom)]
     h0_nc = LinearMemoryState(*(x.transpose(2, 3).contiguous().transpose(2, 3) for x in h0))
     assert not nc[0].is_contiguous() and not h0_nc.memory.is_contiguous()
-    ref = run_torch(q, k, v, lr, ret, mom, h0, chunk_size=16)
-    assert_matches(run_op(*nc, h0_nc, chunk_size=16), ref, 1e-10, True)
+    ref = run_torch(q, k, v, lr, ret, mom, h0, chunk_size=16, dgd=True)
+    assert_matches(run_op(*nc, h0_nc, chunk_size=16, dgd=True), ref, 1e-10, True)
     qf, kf, vf = q.float(), k.float(), v.float()
     out = run_op(qf, kf, vf, lr, ret.to(torch.bfloat16), mom.half(), h0, chunk_size=16)  # gates of other dtypes
     same = run_op(qf, kf, vf, lr.float(), ret.to(torch.bfloat16).float(), mom.half().float(), h0, chunk_size=16)
@@ -235,9 +239,9 @@ def test_chunked_opcheck():
     # the fake (meta) kernel of nested_kernels.linear_memory.cuda against the CPU kernel
     q, k, v, lr, ret, mom, h0 = make_case(2, 20, 2, 8, 12, 2, True, True, torch.float32)
     for args in (
-        (q, k, v, lr, ret, mom, h0.memory, h0.momentum, None, 4, 0.5),
-        (q, k, v, lr, ret, None, None, None, None, 16, 1.0),
-        (q[:1], k[:1], v[:1], lr[:1], ret[:1], mom[:1], None, None, torch.tensor([0, 3, 20]), 16, 1.0),
+        (q, k, v, lr, ret, mom, h0.memory, h0.momentum, None, 4, 0.5, True),
+        (q, k, v, lr, ret, None, None, None, None, 16, 1.0, False),
+        (q[:1], k[:1], v[:1], lr[:1], ret[:1], mom[:1], None, None, torch.tensor([0, 3, 20]), 16, 1.0, True),
     ):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
@@ -249,7 +253,7 @@ def _bad_calls():
         q=torch.randn(B, T, H, K), k=torch.randn(B, T, H, K), v=torch.randn(B, T, H, V),
         lr=torch.rand(B, T, H), retention=torch.rand(B, T, H), momentum=torch.rand(B, T, H),
         initial_memory=torch.zeros(B, H, K, V), initial_momentum=torch.zeros(B, H, K, V),
-        cu_seqlens=None, chunk_size=4, scale=1.0,
+        cu_seqlens=None, chunk_size=4, scale=1.0, dgd=False,
     )
     packed = dict(q=good["q"][:1], k=good["k"][:1], v=good["v"][:1], lr=good["lr"][:1],
                   retention=good["retention"][:1], momentum=None, initial_memory=None, initial_momentum=None)
@@ -274,7 +278,7 @@ def _bad_calls():
 @pytest.mark.parametrize("name,kwargs", _bad_calls())
 def test_chunked_bad_input(name, kwargs):
     order = ("q", "k", "v", "lr", "retention", "momentum", "initial_memory", "initial_momentum", "cu_seqlens",
-             "chunk_size", "scale")
+             "chunk_size", "scale", "dgd")
     with pytest.raises(RuntimeError, match=rf"linear_memory_chunked_fwd: {name} "):
         op(*(kwargs[a] for a in order))
 
@@ -291,10 +295,12 @@ def test_cuda_backend_says_why_it_cannot_run():
 
 def gpu_params():
     params = []
-    for T, (K, V), C, has_mom in itertools.product(
-        (1, 63, 100), ((16, 16), (20, 36), (64, 72), (128, 128), (256, 64)), (16, 32, 64), (False, True)
+    for T, (K, V), C, has_mom, dgd in itertools.product(
+        (1, 63, 100), ((16, 16), (20, 36), (64, 72), (128, 128), (256, 64)), (16, 32, 64), (False, True),
+        (False, True),
     ):
-        params.append(pytest.param(T, K, V, C, has_mom, id=f"T{T}-K{K}-V{V}-C{C}-{'mom' if has_mom else 'nomom'}"))
+        params.append(pytest.param(T, K, V, C, has_mom, dgd, id=f"T{T}-K{K}-V{V}-C{C}-{'mom' if has_mom else 'nomom'}-"
+                                                               f"{'dgd' if dgd else 'nodgd'}"))
     return params
 
 
@@ -305,13 +311,13 @@ def _cuda(x):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_OK, reason="needs an NVIDIA GPU and a CUDA build of the extension")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("T,K,V,chunk_size,has_mom", gpu_params())
-def test_chunked_cuda(T, K, V, chunk_size, has_mom, dtype):
+@pytest.mark.parametrize("T,K,V,chunk_size,has_mom,dgd", gpu_params())
+def test_chunked_cuda(T, K, V, chunk_size, has_mom, dgd, dtype):
     """The CUDA kernel against the fp32 torch tier on the same rounded inputs (fla's ratio test)."""
     B, H = 2, 2
     q, k, v, lr, ret, mom, h0 = make_case(B, T, H, K, V, B, has_mom, True, torch.float32)
     q, k, v = (x.to(dtype) for x in (q, k, v))
-    kw = dict(chunk_size=chunk_size, scale=K**-0.5)
+    kw = dict(chunk_size=chunk_size, dgd=dgd, scale=K**-0.5)
     ref = run_torch(q.float(), k.float(), v.float(), lr, ret, mom, h0, **kw)
     out = run_op(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), LinearMemoryState(*(_cuda(x) for x in h0)), **kw)
     assert out[0].dtype == dtype and out[1].dtype == torch.float32
@@ -335,13 +341,13 @@ def test_chunked_cuda_matches_cpu_twin(dtype):
     q, k, v, lr, ret, mom, h0 = make_case(1, offsets[-1], H, K, V, N, True, True, torch.float32)
     q, k, v = (x.to(dtype) for x in (q, k, v))
     cu = torch.tensor(offsets)
-    cpu = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C, cu_seqlens=cu)
+    cpu = run_op(q, k, v, lr, ret, mom, h0, chunk_size=C, dgd=True, cu_seqlens=cu)
     gpu = run_op(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), LinearMemoryState(*(_cuda(x) for x in h0)),
-                 chunk_size=C, cu_seqlens=cu.cuda())
+                 chunk_size=C, dgd=True, cu_seqlens=cu.cuda())
     bound = 1e-5 if dtype == torch.float32 else 5e-3
     for name, a, b in zip(NAMES, cpu, gpu):
         assert rms_ratio(a, b.cpu()) <= bound, f"{name}: rms ratio {rms_ratio(a, b.cpu()):.2e} > {bound}"
-    o, state = linear_memory(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), chunk_size=C, cu_seqlens=cu.cuda(),
+    o, state = linear_memory(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), chunk_size=C, dgd=True, cu_seqlens=cu.cuda(),
                              initial_state=LinearMemoryState(*(_cuda(x) for x in h0)), output_final_state=True,
                              backend="cuda")
     assert rms_ratio(cpu[0], o.cpu()) <= bound and rms_ratio(cpu[1], state.memory.cpu()) <= bound

@@ -1,4 +1,4 @@
-// Chunked forward of `linear_memory` (SPEC §2, dgd=False) on a CUDA device: the chunk algorithm
+// Chunked forward of `linear_memory` (SPEC §2) on a CUDA device: the chunk algorithm
 // of linear_memory_chunk.h (shared with the CPU kernel), one block per (sequence, head) and
 // value tile, looping over the sequence's chunks with the state tile and every chunk tile in
 // shared memory. bf16/fp16 inputs multiply on tensor cores (MmaTilePolicy: mma.sync m16n8k16,
@@ -43,19 +43,19 @@ struct BlockPolicy<float> {
 // grid (N·H, value tiles); dynamic shared memory: the chunk workspace of `shape`. At most one block
 // per SM fits its shared memory at the larger tiles anyway; min-blocks 1 lets ptxas take the
 // registers it wants (with the default it spilled 4 bytes on sm_80).
-template <typename scalar_t, bool HAS_MOMENTUM>
+template <typename scalar_t, bool HAS_MOMENTUM, bool DGD>
 __global__ void __launch_bounds__(kThreads, 1)
     linear_memory_chunked_fwd_kernel(const ChunkedParams<scalar_t, float> p, const ChunkTileShape shape) {
   extern __shared__ __align__(16) char smem[];
-  const auto w = carve_chunk_workspace<scalar_t, float>(smem, shape, HAS_MOMENTUM);
+  const auto w = carve_chunk_workspace<scalar_t, float>(smem, shape, HAS_MOMENTUM, DGD);
   auto pol = BlockPolicy<scalar_t>::make();
-  linear_memory_chunked_fwd_tile<HAS_MOMENTUM>(pol, p, w, shape, static_cast<int64_t>(blockIdx.x),
+  linear_memory_chunked_fwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, static_cast<int64_t>(blockIdx.x),
                                                static_cast<int64_t>(blockIdx.y));
 }
 
-template <typename scalar_t, bool HAS_MOMENTUM>
+template <typename scalar_t, bool HAS_MOMENTUM, bool DGD>
 void launch(const ChunkedParams<scalar_t, float>& p, const ChunkTileShape& shape, int64_t NH, int64_t smem_bytes) {
-  const auto kernel = linear_memory_chunked_fwd_kernel<scalar_t, HAS_MOMENTUM>;
+  const auto kernel = linear_memory_chunked_fwd_kernel<scalar_t, HAS_MOMENTUM, DGD>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem_bytes)));
   const dim3 grid(static_cast<unsigned>(NH), static_cast<unsigned>((p.V + shape.BV - 1) / shape.BV));
@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
-    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale) {
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd) {
   constexpr const char* op = "linear_memory_chunked_fwd: ";
   const RecurrentSizes s = check_linear_memory_args(op, q, k, v, lr, retention, momentum, initial_memory,
                                                      initial_momentum, cu_seqlens, chunk_size, at::kCUDA,
@@ -97,10 +97,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
 
   const auto run = [&](auto tag) {
     using scalar_t = decltype(tag);
-    const int64_t smem = chunk_workspace_bytes<scalar_t, float>(shape, momentum.has_value());
+    const int64_t smem = chunk_workspace_bytes<scalar_t, float>(shape, momentum.has_value(), dgd);
     TORCH_CHECK(smem <= smem_optin, op, "chunk_size ", chunk_size, " with K = ", s.K, " in ", q.scalar_type(),
-                " needs ", smem, " bytes of shared memory per block, this device has ", smem_optin,
-                "; use a smaller chunk_size");
+                dgd ? " with dgd" : "", " needs ", smem, " bytes of shared memory per block, this device has ",
+                smem_optin, "; use a smaller chunk_size");
     ChunkedParams<scalar_t, float> p;
     p.q = t.q.const_data_ptr<scalar_t>();
     p.k = t.k.const_data_ptr<scalar_t>();
@@ -121,10 +121,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     p.NC = t.NC;
     p.chunk_size = chunk_size;
     p.scale = static_cast<float>(scale);
+    const int64_t NH = s.N * s.H;
     if (momentum.has_value()) {
-      launch<scalar_t, true>(p, shape, s.N * s.H, smem);
+      dgd ? launch<scalar_t, true, true>(p, shape, NH, smem) : launch<scalar_t, true, false>(p, shape, NH, smem);
     } else {
-      launch<scalar_t, false>(p, shape, s.N * s.H, smem);
+      dgd ? launch<scalar_t, false, true>(p, shape, NH, smem) : launch<scalar_t, false, false>(p, shape, NH, smem);
     }
   };
   switch (q.scalar_type()) {
