@@ -296,7 +296,7 @@ def test_cuda_backend_says_why_it_cannot_run():
 def gpu_params():
     params = []
     for T, (K, V), C, has_mom, dgd in itertools.product(
-        (1, 63, 100), ((16, 16), (20, 36), (64, 72), (128, 128), (256, 64)), (16, 32, 64), (False, True),
+        (1, 63, 100), ((16, 16), (20, 36), (64, 72), (128, 128), (256, 64)), (16, 20, 32, 64), (False, True),
         (False, True),
     ):
         params.append(pytest.param(T, K, V, C, has_mom, dgd, id=f"T{T}-K{K}-V{V}-C{C}-{'mom' if has_mom else 'nomom'}-"
@@ -306,6 +306,17 @@ def gpu_params():
 
 def _cuda(x):
     return None if x is None else x.cuda()
+
+
+def run_op_cuda(*args, **kwargs):
+    """run_op on the GPU; a configuration whose workspace exceeds this GPU's shared memory must be
+    refused by name (csrc/README.md lists them), and is then skipped."""
+    try:
+        return run_op(*args, **kwargs)
+    except RuntimeError as e:
+        if "bytes of shared memory per block, this device has" not in str(e):
+            raise
+        pytest.skip(f"does not fit this GPU's shared memory: {e}")
 
 
 @pytest.mark.gpu
@@ -319,7 +330,7 @@ def test_chunked_cuda(T, K, V, chunk_size, has_mom, dgd, dtype):
     q, k, v = (x.to(dtype) for x in (q, k, v))
     kw = dict(chunk_size=chunk_size, dgd=dgd, scale=K**-0.5)
     ref = run_torch(q.float(), k.float(), v.float(), lr, ret, mom, h0, **kw)
-    out = run_op(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), LinearMemoryState(*(_cuda(x) for x in h0)), **kw)
+    out = run_op_cuda(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), LinearMemoryState(*(_cuda(x) for x in h0)), **kw)
     assert out[0].dtype == dtype and out[1].dtype == torch.float32
     bound = 1e-5 if dtype == torch.float32 else 5e-3
     for name, r, x in zip(NAMES, ref, out):
