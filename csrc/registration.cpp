@@ -14,6 +14,14 @@ TORCH_LIBRARY(nested_kernels, m) {
       "linear_memory_recurrent(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
       "Tensor? initial_memory, Tensor? initial_momentum, Tensor? cu_seqlens, int chunk_size, float scale, "
       "bool dgd) -> (Tensor, Tensor, Tensor)");
+  // SPEC §2 chunked (csrc/linear_memory/linear_memory_chunk.h), forward only.
+  // Returns (o, final_memory, final_momentum, chunk_memory, chunk_momentum): the chunk-start
+  // states [B, H, NC, K, V] a backward reads; without momentum final_momentum and chunk_momentum
+  // are empty [0] tensors.
+  m.def(
+      "linear_memory_chunked_fwd(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
+      "Tensor? initial_memory, Tensor? initial_momentum, Tensor? cu_seqlens, int chunk_size, float scale, "
+      "bool dgd) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // SPEC §2 decode step, forward only: T new tokens per sequence from the decode state (memory
   // M_t, chunk_memory M^c, momentum_state S_t, position in the chunk), all updated in place.
   // Returns o.
@@ -34,6 +42,7 @@ TORCH_LIBRARY(nested_kernels, m) {
 
 TORCH_LIBRARY_IMPL(nested_kernels, CPU, m) {
   m.impl("linear_memory_recurrent", &nested_kernels::linear_memory::linear_memory_recurrent_cpu);
+  m.impl("linear_memory_chunked_fwd", &nested_kernels::linear_memory::linear_memory_chunked_fwd_cpu);
   m.impl("linear_memory_step", &nested_kernels::linear_memory::linear_memory_step_cpu);
   m.impl("mlp_memory_step", &nested_kernels::mlp_memory::mlp_memory_step_cpu);
 }

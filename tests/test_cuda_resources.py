@@ -2,7 +2,8 @@
 architecture the extension was built for, `cuobjdump --dump-resource-usage` on `_C` lists each
 kernel, none uses local memory, and only the MLP decode step has a stack frame (its device
 functions are called, not inlined: the frame saves registers around the calls; SASS shows the
-CALLs), of at most STACK_LIMIT bytes. A register spill would grow a frame or appear elsewhere."""
+CALLs), of at most STACK_LIMIT bytes. A register spill would grow a frame or appear elsewhere.
+The chunked linear_memory kernels with bf16/fp16 inputs multiply on tensor cores: HMMA in their SASS."""
 import importlib.util
 import re
 import subprocess
@@ -46,7 +47,7 @@ def test_every_built_arch_has_the_kernels():
     usage = resource_usage()
     archs = {f"sm_{a.replace('.', '').replace('+PTX', '')}" for a in INFO["cuda_archs"].split(";") if a}
     assert archs <= set(usage), (archs, sorted(usage))
-    expected = ("linear_memory_recurrent", "linear_memory_step", "mlp_memory_step")
+    expected = ("linear_memory_recurrent", "linear_memory_chunked_fwd", "linear_memory_step", "mlp_memory_step")
     for arch in archs:
         for op in expected:
             assert any(op in name for name in usage[arch]), f"no {op} kernel for {arch}: {sorted(usage[arch])}"
@@ -59,3 +60,30 @@ def test_no_local_memory_and_bounded_stack():
     bad = {(arch, name): u for arch, kernels in resource_usage().items() for name, u in kernels.items()
            if u["LOCAL"] or u["STACK"] > stack_limit(name)}
     assert not bad, bad
+
+
+def sass_by_kernel() -> dict:
+    """{arch: {kernel: SASS text}} of every kernel in `_C`."""
+    library = importlib.util.find_spec("nested_kernels._C").origin
+    out = subprocess.run([_cuobjdump(), "--dump-sass", library], capture_output=True, text=True, check=True).stdout
+    sass, arch, name = {}, None, None
+    for line in out.splitlines():
+        if match := re.search(r"arch = (sm_\d+a?)", line):
+            arch, name = match.group(1), None
+        elif match := re.search(r"Function : (\S+)", line):
+            name = match.group(1)
+            sass.setdefault(arch, {})[name] = ""
+        elif name is not None:
+            sass[arch][name] += line + "\n"
+    return sass
+
+
+def test_chunked_kernel_uses_tensor_cores():
+    archs = {f"sm_{a.replace('.', '').replace('+PTX', '')}" for a in INFO["cuda_archs"].split(";") if a}
+    sass = sass_by_kernel()
+    for arch in archs:
+        kernels = {name: text for name, text in sass[arch].items() if "linear_memory_chunked_fwd" in name}
+        low_precision = {name: text for name, text in kernels.items() if "BFloat16" in name or "Half" in name}
+        assert len(low_precision) == 8, (arch, sorted(kernels))  # {bf16, fp16} x momentum on/off x dgd on/off
+        for name, text in low_precision.items():
+            assert "HMMA" in text, f"{arch} {name}: no HMMA (mma.sync) in its SASS"

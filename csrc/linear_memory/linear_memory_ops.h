@@ -23,13 +23,14 @@ struct RecurrentSizes {
   int64_t N;  // sequences: B dense, cu_seqlens.size(0) - 1 varlen
 };
 
-// Checks every argument of `linear_memory_recurrent` (shapes, dtypes, q a `device_type` tensor
-// and every other tensor on q's device, chunk_size ≥ 1, cu_seqlens) and raises c10::Error
-// naming the argument.
+// Checks every argument of a `linear_memory` forward op (`linear_memory_recurrent`,
+// `linear_memory_chunked_fwd`: shapes, dtypes, q a `device_type` tensor and every other tensor on
+// q's device, chunk_size ≥ 1, cu_seqlens) and raises c10::Error naming the argument after `op`,
+// the message prefix ("linear_memory_recurrent: ").
 // `check_cu_seqlens_values` also reads cu_seqlens (0 first, T last, non-decreasing); it needs
 // cu_seqlens in host memory.
-RecurrentSizes check_linear_memory_recurrent_args(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+RecurrentSizes check_linear_memory_args(
+    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, c10::DeviceType device_type,
@@ -65,6 +66,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cpu(
 // The same on a CUDA device (csrc/linear_memory/cuda/, CUDA builds only). K <= 256.
 // cu_seqlens values are not read back (no device sync): they must be valid.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
+
+// The tensors of a `linear_memory_chunked_fwd` call: those of the recurrence, and the
+// chunk-start states [B, H, NC, K, V] (NC = chunk_slots(...), linear_memory_chunk.h; zeros where
+// no chunk writes, chunk_momentum an empty [0] tensor without momentum).
+struct ChunkedTensors : RecurrentTensors {
+  at::Tensor chunk_memory, chunk_momentum;
+  int64_t NC = 0;
+};
+
+ChunkedTensors prepare_linear_memory_chunked(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, const RecurrentSizes& s);
+
+// Chunked forward of SPEC §2 (linear_memory_chunk.h) on the CPU: the same tiles
+// and the same algorithm as the CUDA kernel, products as loops. Arguments as
+// `linear_memory_recurrent_cpu`. Returns (o [B, T, H, V] in v's dtype, final memory, final
+// momentum (empty [0] without momentum), chunk_memory, chunk_momentum): the state at the start
+// of every chunk, [B, H, NC, K, V]; with cu_seqlens B = 1 and sequence n's chunks start at slot
+// Σ_{m<n} ceil(T_m / C), NC = T / C + N. States are float32, float64 for float64 inputs.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_memory_chunked_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
+    const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
+
+// The same on a CUDA device (csrc/linear_memory/cuda/, CUDA builds only): bf16/fp16 products on
+// tensor cores (mma.sync, sm_80+), fp32 products as loops. q in float32, bfloat16 or float16,
+// chunk_size ≤ 64, K ≤ 256. cu_seqlens values are not read back (no device sync): they must be valid.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_memory_chunked_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,

@@ -3,6 +3,8 @@
 //   (b) momentum / dgd / chunks / initial state == a naive double loop of the definition
 //   (c) varlen == one dense call per sequence
 //   (d) bad arguments raise errors naming the argument
+//   (e) the chunked kernel (linear_memory_chunked_fwd_cpu, linear_memory_chunk.h) == the definition,
+//       its chunk-start states == the final states of the recurrence on the tokens before each chunk
 // Exit status non-zero on the first failure.
 #include "linear_memory/linear_memory_ops.h"
 
@@ -16,6 +18,7 @@
 #include <string>
 #include <vector>
 
+using nested_kernels::linear_memory::linear_memory_chunked_fwd_cpu;
 using nested_kernels::linear_memory::linear_memory_recurrent_cpu;
 
 namespace {
@@ -248,12 +251,44 @@ void test_errors() {
                [&] { call(in.q, in.lr, std::nullopt, at::tensor(std::vector<int64_t>{0, 4}), 1); });
 }
 
+void test_chunked() {
+  const int64_t B = 2, T = 45, H = 2, K = 12, V = 40;  // V: a full value tile of 32 and a partial one
+  const Inputs in = make_inputs(B, T, H, K, V, B, at::kDouble);
+  for (int64_t C : {1, 4, 16, 64})
+    for (bool has_momentum : {false, true})
+      for (bool dgd : {false, true}) {
+        const std::string name = std::string("(e) chunked C=") + std::to_string(C) + (has_momentum ? " momentum" : "") +
+                                 (dgd ? " dgd" : "");
+        const auto out = linear_memory_chunked_fwd_cpu(in.q, in.k, in.v, in.lr, in.retention,
+                                                       opt(has_momentum, in.momentum), in.m0,
+                                                       opt(has_momentum, in.s0), std::nullopt, C, 0.7, dgd);
+        const auto want = naive_definition(in, has_momentum, dgd, C, 0.7, true, {});
+        expect_close(std::get<0>(out), want[0], 1e-12, name + ": o");
+        expect_close(std::get<1>(out), want[1], 1e-12, name + ": final memory");
+        if (has_momentum) expect_close(std::get<2>(out), want[2], 1e-12, name + ": final momentum");
+        const at::Tensor& chunk_memory = std::get<3>(out);
+        expect(chunk_memory.sizes() == at::IntArrayRef({B, H, (T + C - 1) / C, K, V}), name + ": chunk_memory shape");
+        for (int64_t c = 0; c * C < T; ++c) {
+          const auto prefix = [&](const at::Tensor& x) { return x.slice(1, 0, c * C); };
+          const auto before = linear_memory_recurrent_cpu(
+              prefix(in.q), prefix(in.k), prefix(in.v), prefix(in.lr), prefix(in.retention),
+              opt(has_momentum, prefix(in.momentum)), in.m0, opt(has_momentum, in.s0), std::nullopt, C, 0.7, dgd);
+          const std::string chunk = name + " chunk " + std::to_string(c);
+          expect_close(chunk_memory.select(2, c), std::get<1>(before), 1e-12, chunk + ": start memory");
+          if (has_momentum) {
+            expect_close(std::get<4>(out).select(2, c), std::get<2>(before), 1e-12, chunk + ": start momentum");
+          }
+        }
+      }
+}
+
 int main() {
   at::manual_seed(42);
   test_gated_delta_rule();
   test_definition();
   test_varlen();
   test_errors();
+  test_chunked();
   std::cout << "test_linear_memory_recurrent: all " << g_checks << " checks passed" << std::endl;
   return 0;
 }

@@ -12,6 +12,7 @@ from ..common.validation import (
 from .chunked import linear_memory_chunked
 from .decode import LinearMemoryDecodeState, linear_memory_step
 from .cpp import linear_memory_cpp, unsupported_reason as _cpp_unsupported
+from .cuda import auto_reason as _cuda_auto, linear_memory_cuda, unsupported_reason as _cuda_unsupported
 from .reference import linear_memory_reference
 from .state import LinearMemoryState
 from .triton import auto_reason as _triton_auto, linear_memory_triton, unsupported_reason as _triton_unsupported
@@ -22,6 +23,7 @@ BACKENDS = OpBackends("linear_memory")
 BACKENDS.register("reference", linear_memory_reference)
 BACKENDS.register("torch", linear_memory_chunked)
 BACKENDS.register("triton", linear_memory_triton, _triton_unsupported, _triton_auto)
+BACKENDS.register("cuda", linear_memory_cuda, _cuda_unsupported, _cuda_auto)
 BACKENDS.register("cpp", linear_memory_cpp, _cpp_unsupported)
 
 

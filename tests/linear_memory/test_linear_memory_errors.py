@@ -53,7 +53,7 @@ CASES = {
     "state-momentum-without-gate": (dict(momentum=None), ValueError,
                                     "initial_state.momentum: expected None when momentum=None"),
     "backend-unknown": (dict(backend="jax"), ValueError, "backend: expected one of"),
-    "backend-cuda": (dict(backend="cuda"), NotImplementedError, "backend 'cuda' is not implemented yet"),
+    "backend-cuda": (dict(backend="cuda"), NotImplementedError, "backend 'cuda' cannot run this call"),
 }
 
 VARLEN_CASES = {

@@ -118,9 +118,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cpu(
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd) {
-  const RecurrentSizes s = check_linear_memory_recurrent_args(q, k, v, lr, retention, momentum, initial_memory,
-                                                              initial_momentum, cu_seqlens, chunk_size, at::kCPU,
-                                                              /*check_cu_seqlens_values=*/true);
+  const RecurrentSizes s = check_linear_memory_args("linear_memory_recurrent: ", q, k, v, lr, retention, momentum,
+                                                     initial_memory, initial_momentum, cu_seqlens, chunk_size,
+                                                     at::kCPU, /*check_cu_seqlens_values=*/true);
   const RecurrentTensors t = prepare_linear_memory_recurrent(q, k, v, lr, retention, momentum, initial_memory,
                                                              initial_momentum, cu_seqlens, s);
 

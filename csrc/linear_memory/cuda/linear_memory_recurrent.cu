@@ -155,9 +155,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
     const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd) {
-  const RecurrentSizes s = check_linear_memory_recurrent_args(q, k, v, lr, retention, momentum, initial_memory,
-                                                              initial_momentum, cu_seqlens, chunk_size, at::kCUDA,
-                                                              /*check_cu_seqlens_values=*/false);
+  const RecurrentSizes s = check_linear_memory_args("linear_memory_recurrent: ", q, k, v, lr, retention, momentum,
+                                                     initial_memory, initial_momentum, cu_seqlens, chunk_size,
+                                                     at::kCUDA, /*check_cu_seqlens_values=*/false);
   TORCH_CHECK(s.K <= kMaxK, "linear_memory_recurrent: q and k must have K <= ", kMaxK, " on CUDA, got K = ", s.K);
   TORCH_CHECK(s.N * s.H <= 0x7fffffff, "linear_memory_recurrent: N * H must be < 2^31 on CUDA, got ", s.N * s.H);
   const c10::cuda::CUDAGuard device_guard(q.device());
