@@ -1,0 +1,197 @@
+"""Forward kernels of `cms_level` (SPEC §4), one launch each per chunk of `period` tokens.
+
+Per chunk c with rows X (C×D) and the weights W^c frozen (see README.md here):
+    Z = X W1^c                                     cms_fwd_kernel_z   [rows, Dh tiles]
+    Y = X + φ(Z) W2^c,  E = grad_y or Y − target   cms_fwd_kernel_y   [rows, D tiles]
+    P = ((lr ⊙ E) W2^cᵀ) ⊙ φ'(Z)                   cms_fwd_kernel_p   [rows, Dh tiles]
+    W1^{c+1} = α W1^c − Xᵀ P
+    W2^{c+1} = α W2^c − φ(Z)ᵀ (lr ⊙ E)            cms_fwd_kernel_w   [D tiles × Dh tiles]
+Rows index [B, T, ·] tensors (r0 = the chunk's first token, n_rows its length); weights are
+read through a batch stride (0 for shared `[D, Dh]` weights). All products accumulate in fp32.
+"""
+import triton
+import triton.language as tl
+
+from .activations import act_fn, act_grad
+
+
+@triton.jit(do_not_specialize=["r0", "n_rows"])
+def cms_fwd_kernel_z(
+    x, w1, z, r0, n_rows, T, D, DH, stride_w,
+    BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Z = X W1^c, one [BT, BH] tile, summed over D in tiles of BD."""
+    i_h, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < n_rows
+    o_row = i_b * T + r0 + o_t
+    o_h = i_h * BH + tl.arange(0, BH)
+    m_h = o_h < DH
+    p_w1 = w1 + i_b * stride_w
+    b_z = tl.zeros([BT, BH], dtype=tl.float32)
+    for i_d in range(0, tl.cdiv(D, BD)):
+        o_d = i_d * BD + tl.arange(0, BD)
+        m_d = o_d < D
+        b_x = tl.load(x + o_row[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+        b_w1 = tl.load(p_w1 + o_d[:, None] * DH + o_h[None, :], mask=m_d[:, None] & m_h[None, :], other=0.0)
+        b_z += tl.dot(b_x.to(tl.float32), b_w1, input_precision=DOT_PRECISION)
+    tl.store(z + o_row[:, None] * DH + o_h[None, :], b_z, mask=m_t[:, None] & m_h[None, :])
+
+
+@triton.jit(do_not_specialize=["r0", "n_rows"])
+def cms_fwd_kernel_y(
+    x, w2, z, signal, y, e, r0, n_rows, T, D, DH, stride_w,
+    BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, USE_GELU: tl.constexpr, IS_GRAD_Y: tl.constexpr,
+    STORE_ERROR: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Y = X + φ(Z) W2^c, summed over Dh in tiles of BH; then E = grad_y or Y − target (fp32 Y)."""
+    i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < n_rows
+    o_row = i_b * T + r0 + o_t
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    p_w2 = w2 + i_b * stride_w
+    b_acc = tl.zeros([BT, BD], dtype=tl.float32)
+    for i_h in range(0, tl.cdiv(DH, BH)):
+        o_h = i_h * BH + tl.arange(0, BH)
+        m_h = o_h < DH
+        b_z = tl.load(z + o_row[:, None] * DH + o_h[None, :], mask=m_t[:, None] & m_h[None, :], other=0.0)
+        b_w2 = tl.load(p_w2 + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :], other=0.0)
+        b_acc += tl.dot(act_fn(b_z, USE_GELU), b_w2, input_precision=DOT_PRECISION)
+    o_td = o_row[:, None] * D + o_d[None, :]
+    m_td = m_t[:, None] & m_d[None, :]
+    b_y = tl.load(x + o_td, mask=m_td, other=0.0).to(tl.float32) + b_acc
+    tl.store(y + o_td, b_y.to(y.dtype.element_ty), mask=m_td)
+    if STORE_ERROR:
+        b_s = tl.load(signal + o_td, mask=m_td, other=0.0).to(tl.float32)
+        if IS_GRAD_Y:
+            b_e = b_s
+        else:
+            b_e = b_y - b_s
+        tl.store(e + o_td, b_e, mask=m_td)
+
+
+@triton.jit(do_not_specialize=["r0", "n_rows"])
+def cms_fwd_kernel_p(
+    e, lr, w2, z, p, r0, n_rows, T, D, DH, stride_w,
+    BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, USE_GELU: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """P = ((lr ⊙ E) W2^cᵀ) ⊙ φ'(Z), summed over D in tiles of BD."""
+    i_h, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < n_rows
+    o_row = i_b * T + r0 + o_t
+    o_h = i_h * BH + tl.arange(0, BH)
+    m_h = o_h < DH
+    p_w2 = w2 + i_b * stride_w
+    b_q = tl.zeros([BT, BH], dtype=tl.float32)
+    for i_d in range(0, tl.cdiv(D, BD)):
+        o_d = i_d * BD + tl.arange(0, BD)
+        m_d = o_d < D
+        b_e = tl.load(e + o_row[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+        b_w2 = tl.load(p_w2 + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :], other=0.0)
+        b_q += tl.dot(b_e, tl.trans(b_w2), input_precision=DOT_PRECISION)
+    o_th = o_row[:, None] * DH + o_h[None, :]
+    m_th = m_t[:, None] & m_h[None, :]
+    b_lr = tl.load(lr + o_row, mask=m_t, other=0.0)
+    b_z = tl.load(z + o_th, mask=m_th, other=0.0)
+    tl.store(p + o_th, b_lr[:, None] * b_q * act_grad(b_z, USE_GELU), mask=m_th)
+
+
+@triton.jit(do_not_specialize=["r0", "n_rows"])
+def cms_fwd_kernel_w(
+    x, z, e, lr, p, w1, w2, retention, w1_out, w2_out, r0, n_rows, T, D, DH, stride_w,
+    BT: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, USE_GELU: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The chunk's step on one (BD × BH) tile of W1 and the (BH × BD) tile of W2 at the same
+    place: W1' = α W1 − Xᵀ P and W2' = α W2 − φ(Z)ᵀ (lr ⊙ E), summed over the chunk's rows."""
+    i_h, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    o_h = i_h * BH + tl.arange(0, BH)
+    m_h = o_h < DH
+    b_u1 = tl.zeros([BD, BH], dtype=tl.float32)
+    b_u2 = tl.zeros([BH, BD], dtype=tl.float32)
+    for i_t in range(0, tl.cdiv(n_rows, BT)):
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < n_rows
+        o_row = i_b * T + r0 + o_t
+        m_td = m_t[:, None] & m_d[None, :]
+        m_th = m_t[:, None] & m_h[None, :]
+        b_x = tl.load(x + o_row[:, None] * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
+        b_le = tl.load(e + o_row[:, None] * D + o_d[None, :], mask=m_td, other=0.0) * tl.load(
+            lr + o_row, mask=m_t, other=0.0)[:, None]
+        b_a = act_fn(tl.load(z + o_row[:, None] * DH + o_h[None, :], mask=m_th, other=0.0), USE_GELU)
+        b_p = tl.load(p + o_row[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
+        b_u1 += tl.dot(tl.trans(b_x), b_p, input_precision=DOT_PRECISION)
+        b_u2 += tl.dot(tl.trans(b_a), b_le, input_precision=DOT_PRECISION)
+    b_alpha = tl.load(retention)
+    o_dh = o_d[:, None] * DH + o_h[None, :]
+    o_hd = o_h[:, None] * D + o_d[None, :]
+    m_dh = m_d[:, None] & m_h[None, :]
+    m_hd = m_h[:, None] & m_d[None, :]
+    b_w1 = tl.load(w1 + i_b * stride_w + o_dh, mask=m_dh, other=0.0)
+    tl.store(w1_out + i_b * D * DH + o_dh, b_alpha * b_w1 - b_u1, mask=m_dh)
+    b_w2 = tl.load(w2 + i_b * stride_w + o_hd, mask=m_hd, other=0.0)
+    tl.store(w2_out + i_b * D * DH + o_hd, b_alpha * b_w2 - b_u2, mask=m_hd)
+
+
+def cms_level_fwd(x, w1, w2, lr, retention, signal, *, period, is_grad_y, use_gelu, store_states,
+                  output_final_state):
+    """Launch the forward chunk by chunk. x, signal `[B, T, D]` contiguous (fp32 or 16-bit);
+    w1 `[D, Dh]` or `[B, D, Dh]`, w2 `[Dh, D]` or `[B, Dh, D]` fp32 contiguous; lr `[B, T]` fp32;
+    retention a 0-d fp32 tensor. Returns y (x's dtype), the weights after every chunk
+    (`[NC, B, D, Dh]`, `[NC, B, Dh, D]` when `store_states`, else the final ones as `[1, ...]`,
+    or None without `output_final_state`), Z `[B, T, Dh]` and E `[B, T, D]` (fp32)."""
+    import torch
+
+    from ..utils.launch import launch
+    from .configs import launch_config
+
+    B, T, D = x.shape
+    DH = w1.shape[-1]
+    NC = triton.cdiv(T, period)
+    assert NC > 0, "cms_level triton: T must be positive"
+    stride_w = 0 if w1.dim() == 2 else D * DH
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    f32 = dict(dtype=torch.float32, device=x.device)
+    y = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
+    z = torch.empty(B, T, DH, **f32)
+    e = torch.empty(B, T, D, **f32)
+    p = torch.empty(B, T, DH, **f32)
+    step_last = store_states or output_final_state
+    n_steps = NC if step_last else NC - 1
+    n_buf = n_steps if store_states else min(n_steps, 2)        # every state, or two in turn
+    w1s = torch.empty(n_buf, B, D, DH, **f32)
+    w2s = torch.empty(n_buf, B, DH, D, **f32)
+    cfg = {name: launch_config(name, D, DH) for name in ("fwd_z", "fwd_y", "fwd_p", "fwd_w")}
+    meta = lambda name: dict(BT=cfg[name].BT, BD=cfg[name].BD, BH=cfg[name].BH, num_warps=cfg[name].num_warps,
+                             num_stages=cfg[name].num_stages, DOT_PRECISION=precision)
+    W1, W2, stride = w1, w2, stride_w
+    for c in range(NC):
+        r0 = c * period
+        n_rows = min(period, T - r0)
+        rows = lambda name: triton.cdiv(n_rows, cfg[name].BT)
+        common = dict(r0=r0, n_rows=n_rows, T=T, D=D, DH=DH, stride_w=stride)
+        step = c < n_steps
+        launch(cms_fwd_kernel_z, (triton.cdiv(DH, cfg["fwd_z"].BH), rows("fwd_z"), B), x.device,
+               x=x, w1=W1, z=z, **common, **meta("fwd_z"))
+        launch(cms_fwd_kernel_y, (triton.cdiv(D, cfg["fwd_y"].BD), rows("fwd_y"), B), x.device,
+               x=x, w2=W2, z=z, signal=signal, y=y, e=e, **common, USE_GELU=use_gelu, IS_GRAD_Y=is_grad_y,
+               STORE_ERROR=step or store_states, **meta("fwd_y"))
+        if not step:
+            continue
+        launch(cms_fwd_kernel_p, (triton.cdiv(DH, cfg["fwd_p"].BH), rows("fwd_p"), B), x.device,
+               e=e, lr=lr, w2=W2, z=z, p=p, **common, USE_GELU=use_gelu, **meta("fwd_p"))
+        i_out = c if store_states else c % 2
+        launch(cms_fwd_kernel_w, (triton.cdiv(DH, cfg["fwd_w"].BH), triton.cdiv(D, cfg["fwd_w"].BD), B), x.device,
+               x=x, z=z, e=e, lr=lr, p=p, w1=W1, w2=W2, retention=retention, w1_out=w1s[i_out],
+               w2_out=w2s[i_out], **common, USE_GELU=use_gelu, **meta("fwd_w"))
+        W1, W2, stride = w1s[i_out], w2s[i_out], D * DH
+    if store_states:
+        return y, w1s, w2s, z, e
+    if output_final_state:
+        i_last = (NC - 1) % 2
+        return y, w1s[i_last:i_last + 1], w2s[i_last:i_last + 1], z, e
+    return y, None, None, z, e

@@ -1,0 +1,41 @@
+"""Launch configurations of the `cms_level` kernels: one table used by the launchers and by the
+compile report (`aot.py`), so what is reported is what runs.
+
+Every kernel is a tiled GEMM over one chunk: BT rows of the chunk, BD columns of D, BH columns
+of Dh. The row tile is 64 for every period (a 16-token chunk masks 48 rows): Hopper's wgmma
+needs 64-row tiles, and the per-chunk work is bound by reading the weights, not by the
+matrix units. Entries were chosen with `nested-kernels compile-report` (no spills on sm_90
+and sm_80, wgmma on sm_90).
+"""
+from typing import NamedTuple
+
+
+class LaunchConfig(NamedTuple):
+    BT: int
+    BD: int
+    BH: int
+    num_warps: int
+    num_stages: int
+
+
+# kernel -> (BT, BD, BH, num_warps, num_stages)
+TABLE = {
+    "fwd_z": (64, 64, 64, 4, 2),
+    "fwd_y": (64, 64, 64, 4, 2),
+    "fwd_p": (64, 64, 64, 4, 2),
+    "fwd_w": (64, 64, 64, 4, 2),
+    "bwd_q": (64, 64, 64, 4, 2),
+    "bwd_de": (64, 64, 64, 4, 2),
+    "bwd_dz": (64, 64, 64, 4, 2),
+    "bwd_dx": (64, 64, 64, 4, 2),
+    "bwd_dw": (64, 64, 64, 4, 2),
+}
+
+
+def launch_config(kernel: str, D: int, Dh: int) -> LaunchConfig:
+    """`kernel` in TABLE; the column tiles shrink to D and Dh (at least 16, what tl.dot needs)."""
+    import triton
+
+    BT, BD, BH, num_warps, num_stages = TABLE[kernel]
+    fit = lambda tile, n: min(tile, max(16, triton.next_power_of_2(n)))
+    return LaunchConfig(BT, fit(BD, D), fit(BH, Dh), num_warps, num_stages)
