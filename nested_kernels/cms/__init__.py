@@ -10,12 +10,14 @@ from ..common.validation import check_choice, check_chunk_size, check_flag, chec
 from .chunked import cms_level_chunked
 from .reference import cms_level_reference
 from .state import CMSState
+from .triton import auto_reason as _triton_auto, cms_level_triton, unsupported_reason as _triton_unsupported
 
 __all__ = ["cms_level", "CMSState", "BACKENDS", "cms_level_reference", "cms_level_chunked"]
 
 BACKENDS = OpBackends("cms_level")
 BACKENDS.register("reference", cms_level_reference)
 BACKENDS.register("torch", cms_level_chunked)
+BACKENDS.register("triton", cms_level_triton, _triton_unsupported, _triton_auto)
 
 
 def _check_weights(w1, w2, B: int, D: int, device: torch.device) -> None:
@@ -112,8 +114,10 @@ def cms_level(
         output_final_state (bool, Optional):
             whether to return the weights after the last step. Default: `False`.
         backend (str, Optional):
-            `"auto"`, `"reference"` (token loop, the oracle) or `"torch"` (chunked PyTorch);
-            `"triton"`, `"cuda"` and `"cpp"` are not implemented yet. Default: `"auto"`.
+            `"auto"`, `"reference"` (token loop, the oracle), `"torch"` (chunked PyTorch) or
+            `"triton"` (fused kernels; fp32/bf16/fp16 inputs; interpreted on a CPU, so `"auto"`
+            picks it on CUDA devices only); `"cuda"` and `"cpp"` are not implemented yet.
+            Default: `"auto"`.
 
     Returns:
         y (torch.Tensor):
@@ -158,7 +162,9 @@ def cms_level(
     check_choice("activation", activation, sorted(ACTIVATIONS))
     check_flag("output_final_state", output_final_state)
 
-    call = {"device": device, "requires_grad": needs_grad(x, w1, w2, lr, retention, target, grad_y)}
+    tensors = [t for t in (x, w1, w2, target, grad_y) if t is not None]
+    call = {"device": device, "requires_grad": needs_grad(x, w1, w2, lr, retention, target, grad_y),
+            "dtype": torch.float64 if any(t.dtype == torch.float64 for t in tensors) else x.dtype, "period": period}
     fn = BACKENDS.resolve(backend, call)
     return fn(
         x, w1, w2, period=period, lr=lr, retention=retention, target=target, grad_y=grad_y,
