@@ -27,7 +27,7 @@ def cms_bwd_kernel_q(
     i_h, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < n_rows
-    o_row = i_b * T + r0 + o_t
+    i_row = i_b * T + r0                                # the chunk's first row of [B·T]
     o_h = i_h * BH + tl.arange(0, BH)
     m_h = o_h < DH
     b_q = tl.zeros([BT, BH], dtype=tl.float32)
@@ -36,19 +36,19 @@ def cms_bwd_kernel_q(
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
         m_td = m_t[:, None] & m_d[None, :]
-        b_e = tl.load(e + o_row[:, None] * D + o_d[None, :], mask=m_td, other=0.0)
-        b_x = tl.load(x + o_row[:, None] * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
+        b_e = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)
+        b_x = tl.load(x + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
         b_w2 = tl.load(w2 + i_b * stride_w + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :],
                        other=0.0)
         b_g1 = tl.load(g1 + i_b * D * DH + o_d[:, None] * DH + o_h[None, :], mask=m_d[:, None] & m_h[None, :],
                        other=0.0)
         b_q += tl.dot(b_e, tl.trans(b_w2), input_precision=DOT_PRECISION)
         b_dp -= tl.dot(b_x, b_g1, input_precision=DOT_PRECISION)
-    o_th = o_row[:, None] * DH + o_h[None, :]
+    o_th = o_t[:, None] * DH + o_h[None, :]
     m_th = m_t[:, None] & m_h[None, :]
-    b_lr = tl.load(lr + o_row, mask=m_t, other=0.0)
-    tl.store(q + o_th, b_lr[:, None] * b_q, mask=m_th)
-    tl.store(dp + o_th, b_dp, mask=m_th)
+    b_lr = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)
+    tl.store(q + i_row * DH + o_th, b_lr[:, None] * b_q, mask=m_th)
+    tl.store(dp + i_row * DH + o_th, b_dp, mask=m_th)
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -62,7 +62,7 @@ def cms_bwd_kernel_de(
     i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < n_rows
-    o_row = i_b * T + r0 + o_t
+    i_row = i_b * T + r0                                # the chunk's first row of [B·T]
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
     b_dle = tl.zeros([BT, BD], dtype=tl.float32)
@@ -71,24 +71,25 @@ def cms_bwd_kernel_de(
         m_h = o_h < DH
         m_th = m_t[:, None] & m_h[None, :]
         m_hd = m_h[:, None] & m_d[None, :]
-        b_z = tl.load(z + o_row[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
-        b_dq = tl.load(dp + o_row[:, None] * DH + o_h[None, :], mask=m_th, other=0.0) * act_grad(b_z, USE_GELU)
+        b_z = tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
+        b_dp = tl.load(dp + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
+        b_dq = b_dp * act_grad(b_z, USE_GELU)
         b_w2 = tl.load(w2 + i_b * stride_w + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
         b_g2 = tl.load(g2 + i_b * D * DH + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
         b_dle += tl.dot(b_dq, b_w2, input_precision=DOT_PRECISION)
         b_dle -= tl.dot(act_fn(b_z, USE_GELU), b_g2, input_precision=DOT_PRECISION)
-    o_td = o_row[:, None] * D + o_d[None, :]
+    o_td = o_t[:, None] * D + o_d[None, :]
     m_td = m_t[:, None] & m_d[None, :]
-    b_e = tl.load(e + o_td, mask=m_td, other=0.0)
-    tl.store(dlr_part + o_row * ND + i_d, tl.sum(b_dle * b_e, axis=1), mask=m_t)
-    b_de = tl.load(lr + o_row, mask=m_t, other=0.0)[:, None] * b_dle
-    b_dy = tl.load(dy + o_td, mask=m_td, other=0.0).to(tl.float32)
+    b_e = tl.load(e + i_row * D + o_td, mask=m_td, other=0.0)
+    tl.store(dlr_part + i_row * ND + o_t * ND + i_d, tl.sum(b_dle * b_e, axis=1), mask=m_t)
+    b_de = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)[:, None] * b_dle
+    b_dy = tl.load(dy + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32)
     if IS_GRAD_Y:
-        tl.store(dyt + o_td, b_dy, mask=m_td)
-        tl.store(dsignal + o_td, b_de.to(dsignal.dtype.element_ty), mask=m_td)
+        tl.store(dyt + i_row * D + o_td, b_dy, mask=m_td)
+        tl.store(dsignal + i_row * D + o_td, b_de.to(dsignal.dtype.element_ty), mask=m_td)
     else:
-        tl.store(dyt + o_td, b_dy + b_de, mask=m_td)
-        tl.store(dsignal + o_td, (-b_de).to(dsignal.dtype.element_ty), mask=m_td)
+        tl.store(dyt + i_row * D + o_td, b_dy + b_de, mask=m_td)
+        tl.store(dsignal + i_row * D + o_td, (-b_de).to(dsignal.dtype.element_ty), mask=m_td)
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -100,29 +101,29 @@ def cms_bwd_kernel_dz(
     i_h, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < n_rows
-    o_row = i_b * T + r0 + o_t
+    i_row = i_b * T + r0                                # the chunk's first row of [B·T]
     o_h = i_h * BH + tl.arange(0, BH)
     m_h = o_h < DH
-    b_lr = tl.load(lr + o_row, mask=m_t, other=0.0)
+    b_lr = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)
     b_da = tl.zeros([BT, BH], dtype=tl.float32)
     for i_d in range(0, tl.cdiv(D, BD)):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
         m_td = m_t[:, None] & m_d[None, :]
         m_hd = m_h[:, None] & m_d[None, :]
-        b_le = tl.load(e + o_row[:, None] * D + o_d[None, :], mask=m_td, other=0.0) * b_lr[:, None]
-        b_dyt = tl.load(dyt + o_row[:, None] * D + o_d[None, :], mask=m_td, other=0.0)
+        b_le = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0) * b_lr[:, None]
+        b_dyt = tl.load(dyt + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)
         b_w2 = tl.load(w2 + i_b * stride_w + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
         b_g2 = tl.load(g2 + i_b * D * DH + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
         b_da += tl.dot(b_dyt, tl.trans(b_w2), input_precision=DOT_PRECISION)
         b_da -= tl.dot(b_le, tl.trans(b_g2), input_precision=DOT_PRECISION)
-    o_th = o_row[:, None] * DH + o_h[None, :]
+    o_th = o_t[:, None] * DH + o_h[None, :]
     m_th = m_t[:, None] & m_h[None, :]
-    b_z = tl.load(z + o_th, mask=m_th, other=0.0)
-    b_q = tl.load(q + o_th, mask=m_th, other=0.0)
-    b_dp = tl.load(dp + o_th, mask=m_th, other=0.0)
+    b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
+    b_q = tl.load(q + i_row * DH + o_th, mask=m_th, other=0.0)
+    b_dp = tl.load(dp + i_row * DH + o_th, mask=m_th, other=0.0)
     b_dz = b_da * act_grad(b_z, USE_GELU) + b_dp * b_q * act_grad2(b_z, USE_GELU)
-    tl.store(dz + o_th, b_dz, mask=m_th)
+    tl.store(dz + i_row * DH + o_th, b_dz, mask=m_th)
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -134,7 +135,7 @@ def cms_bwd_kernel_dx(
     i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < n_rows
-    o_row = i_b * T + r0 + o_t
+    i_row = i_b * T + r0                                # the chunk's first row of [B·T]
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
     b_dx = tl.zeros([BT, BD], dtype=tl.float32)
@@ -143,18 +144,18 @@ def cms_bwd_kernel_dx(
         m_h = o_h < DH
         m_th = m_t[:, None] & m_h[None, :]
         m_dh = m_d[:, None] & m_h[None, :]
-        o_th = o_row[:, None] * DH + o_h[None, :]
-        b_z = tl.load(z + o_th, mask=m_th, other=0.0)
-        b_p = tl.load(q + o_th, mask=m_th, other=0.0) * act_grad(b_z, USE_GELU)
-        b_dz = tl.load(dz + o_th, mask=m_th, other=0.0)
+        o_th = o_t[:, None] * DH + o_h[None, :]
+        b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
+        b_p = tl.load(q + i_row * DH + o_th, mask=m_th, other=0.0) * act_grad(b_z, USE_GELU)
+        b_dz = tl.load(dz + i_row * DH + o_th, mask=m_th, other=0.0)
         b_w1 = tl.load(w1 + i_b * stride_w + o_d[:, None] * DH + o_h[None, :], mask=m_dh, other=0.0)
         b_g1 = tl.load(g1 + i_b * D * DH + o_d[:, None] * DH + o_h[None, :], mask=m_dh, other=0.0)
         b_dx += tl.dot(b_dz, tl.trans(b_w1), input_precision=DOT_PRECISION)
         b_dx -= tl.dot(b_p, tl.trans(b_g1), input_precision=DOT_PRECISION)
-    o_td = o_row[:, None] * D + o_d[None, :]
+    o_td = o_t[:, None] * D + o_d[None, :]
     m_td = m_t[:, None] & m_d[None, :]
-    b_dx += tl.load(dyt + o_td, mask=m_td, other=0.0)
-    tl.store(dx + o_td, b_dx.to(dx.dtype.element_ty), mask=m_td)
+    b_dx += tl.load(dyt + i_row * D + o_td, mask=m_td, other=0.0)
+    tl.store(dx + i_row * D + o_td, b_dx.to(dx.dtype.element_ty), mask=m_td)
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -175,19 +176,20 @@ def cms_bwd_kernel_dw(
     for i_t in range(0, tl.cdiv(n_rows, BT)):
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < n_rows
-        o_row = i_b * T + r0 + o_t
+        i_row = i_b * T + r0                                # the chunk's first row of [B·T]
         m_td = m_t[:, None] & m_d[None, :]
         m_th = m_t[:, None] & m_h[None, :]
-        o_td = o_row[:, None] * D + o_d[None, :]
-        o_th = o_row[:, None] * DH + o_h[None, :]
-        b_x = tl.load(x + o_td, mask=m_td, other=0.0).to(tl.float32)
-        b_dz = tl.load(dz + o_th, mask=m_th, other=0.0)
+        o_td = o_t[:, None] * D + o_d[None, :]
+        o_th = o_t[:, None] * DH + o_h[None, :]
+        b_x = tl.load(x + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32)
+        b_dz = tl.load(dz + i_row * DH + o_th, mask=m_th, other=0.0)
         b_u1 += tl.dot(tl.trans(b_x), b_dz, input_precision=DOT_PRECISION)
-        b_z = tl.load(z + o_th, mask=m_th, other=0.0)
-        b_dq = tl.load(dp + o_th, mask=m_th, other=0.0) * act_grad(b_z, USE_GELU)
-        b_le = tl.load(e + o_td, mask=m_td, other=0.0) * tl.load(lr + o_row, mask=m_t, other=0.0)[:, None]
+        b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
+        b_dq = tl.load(dp + i_row * DH + o_th, mask=m_th, other=0.0) * act_grad(b_z, USE_GELU)
+        b_lr = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)
+        b_le = tl.load(e + i_row * D + o_td, mask=m_td, other=0.0) * b_lr[:, None]
         b_u2 += tl.dot(tl.trans(b_dq), b_le, input_precision=DOT_PRECISION)
-        b_dyt = tl.load(dyt + o_td, mask=m_td, other=0.0)
+        b_dyt = tl.load(dyt + i_row * D + o_td, mask=m_td, other=0.0)
         b_u2 += tl.dot(tl.trans(act_fn(b_z, USE_GELU)), b_dyt, input_precision=DOT_PRECISION)
     b_alpha = tl.load(retention)
     o_dh = o_d[:, None] * DH + o_h[None, :]

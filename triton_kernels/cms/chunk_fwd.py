@@ -24,7 +24,7 @@ def cms_fwd_kernel_z(
     i_h, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < n_rows
-    o_row = i_b * T + r0 + o_t
+    i_row = i_b * T + r0                                # the chunk's first row of [B·T]
     o_h = i_h * BH + tl.arange(0, BH)
     m_h = o_h < DH
     p_w1 = w1 + i_b * stride_w
@@ -32,10 +32,10 @@ def cms_fwd_kernel_z(
     for i_d in range(0, tl.cdiv(D, BD)):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
-        b_x = tl.load(x + o_row[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+        b_x = tl.load(x + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
         b_w1 = tl.load(p_w1 + o_d[:, None] * DH + o_h[None, :], mask=m_d[:, None] & m_h[None, :], other=0.0)
         b_z += tl.dot(b_x.to(tl.float32), b_w1, input_precision=DOT_PRECISION)
-    tl.store(z + o_row[:, None] * DH + o_h[None, :], b_z, mask=m_t[:, None] & m_h[None, :])
+    tl.store(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], b_z, mask=m_t[:, None] & m_h[None, :])
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -48,7 +48,7 @@ def cms_fwd_kernel_y(
     i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < n_rows
-    o_row = i_b * T + r0 + o_t
+    i_row = i_b * T + r0                                # the chunk's first row of [B·T]
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < D
     p_w2 = w2 + i_b * stride_w
@@ -56,20 +56,20 @@ def cms_fwd_kernel_y(
     for i_h in range(0, tl.cdiv(DH, BH)):
         o_h = i_h * BH + tl.arange(0, BH)
         m_h = o_h < DH
-        b_z = tl.load(z + o_row[:, None] * DH + o_h[None, :], mask=m_t[:, None] & m_h[None, :], other=0.0)
+        b_z = tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_t[:, None] & m_h[None, :], other=0.0)
         b_w2 = tl.load(p_w2 + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :], other=0.0)
         b_acc += tl.dot(act_fn(b_z, USE_GELU), b_w2, input_precision=DOT_PRECISION)
-    o_td = o_row[:, None] * D + o_d[None, :]
+    o_td = o_t[:, None] * D + o_d[None, :]
     m_td = m_t[:, None] & m_d[None, :]
-    b_y = tl.load(x + o_td, mask=m_td, other=0.0).to(tl.float32) + b_acc
-    tl.store(y + o_td, b_y.to(y.dtype.element_ty), mask=m_td)
+    b_y = tl.load(x + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32) + b_acc
+    tl.store(y + i_row * D + o_td, b_y.to(y.dtype.element_ty), mask=m_td)
     if STORE_ERROR:
-        b_s = tl.load(signal + o_td, mask=m_td, other=0.0).to(tl.float32)
+        b_s = tl.load(signal + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32)
         if IS_GRAD_Y:
             b_e = b_s
         else:
             b_e = b_y - b_s
-        tl.store(e + o_td, b_e, mask=m_td)
+        tl.store(e + i_row * D + o_td, b_e, mask=m_td)
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -81,7 +81,7 @@ def cms_fwd_kernel_p(
     i_h, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < n_rows
-    o_row = i_b * T + r0 + o_t
+    i_row = i_b * T + r0                                # the chunk's first row of [B·T]
     o_h = i_h * BH + tl.arange(0, BH)
     m_h = o_h < DH
     p_w2 = w2 + i_b * stride_w
@@ -89,14 +89,14 @@ def cms_fwd_kernel_p(
     for i_d in range(0, tl.cdiv(D, BD)):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
-        b_e = tl.load(e + o_row[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+        b_e = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
         b_w2 = tl.load(p_w2 + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :], other=0.0)
         b_q += tl.dot(b_e, tl.trans(b_w2), input_precision=DOT_PRECISION)
-    o_th = o_row[:, None] * DH + o_h[None, :]
+    o_th = o_t[:, None] * DH + o_h[None, :]
     m_th = m_t[:, None] & m_h[None, :]
-    b_lr = tl.load(lr + o_row, mask=m_t, other=0.0)
-    b_z = tl.load(z + o_th, mask=m_th, other=0.0)
-    tl.store(p + o_th, b_lr[:, None] * b_q * act_grad(b_z, USE_GELU), mask=m_th)
+    b_lr = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)
+    b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
+    tl.store(p + i_row * DH + o_th, b_lr[:, None] * b_q * act_grad(b_z, USE_GELU), mask=m_th)
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -116,14 +116,14 @@ def cms_fwd_kernel_w(
     for i_t in range(0, tl.cdiv(n_rows, BT)):
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < n_rows
-        o_row = i_b * T + r0 + o_t
+        i_row = i_b * T + r0                                # the chunk's first row of [B·T]
         m_td = m_t[:, None] & m_d[None, :]
         m_th = m_t[:, None] & m_h[None, :]
-        b_x = tl.load(x + o_row[:, None] * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
-        b_le = tl.load(e + o_row[:, None] * D + o_d[None, :], mask=m_td, other=0.0) * tl.load(
-            lr + o_row, mask=m_t, other=0.0)[:, None]
-        b_a = act_fn(tl.load(z + o_row[:, None] * DH + o_h[None, :], mask=m_th, other=0.0), USE_GELU)
-        b_p = tl.load(p + o_row[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
+        b_x = tl.load(x + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
+        b_le = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0) * tl.load(
+            lr + i_row + o_t, mask=m_t, other=0.0)[:, None]
+        b_a = act_fn(tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0), USE_GELU)
+        b_p = tl.load(p + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
         b_u1 += tl.dot(tl.trans(b_x), b_p, input_precision=DOT_PRECISION)
         b_u2 += tl.dot(tl.trans(b_a), b_le, input_precision=DOT_PRECISION)
     b_alpha = tl.load(retention)
