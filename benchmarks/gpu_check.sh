@@ -9,6 +9,8 @@
 #   2. info      python -m nested_kernels info                  (= `nested-kernels info`)
 #   3. check     python -m nested_kernels check --device cuda   (every op x tier against the reference)
 #   4. bench     python benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --budget-s ...
+#   4b. bench-cms python benchmarks/bench_cms.py --shapes small --budget-s ...: cms_level, triton vs
+#                torch; its .md/.json go to the step logs (packed with them), its table into the report
 #   5. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
 #   6. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
 #                own against the torch tier (a kernel fault stays one row; errors by tensor)
@@ -40,7 +42,8 @@
 #
 # Output in OUT_DIR: gpu-check-<stamp>.md (the report: card, driver, versions, pass/fail and time
 # of each step, result files), gpu-check-<stamp>-logs/<step>.log, linear_memory-<tag>.md/.json,
-# compile-report-sm90-<stamp>.md. Exit status: 0 when every step passed, else 1.
+# compile-report-sm90-<stamp>.md (8 files at most with PACK_LOGS=1: the device tool's limit; the
+# cms_level benchmark's files live in the packed logs). Exit status: 0 when every step passed, else 1.
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -158,9 +161,10 @@ fi
 run_step info 60 "$PYTHON" -m nested_kernels info
 run_step check 120 "$PYTHON" -m nested_kernels check --device cuda --quiet
 
-# The benchmark's limit leaves about 420 s for profile, isolate, the compile report and pytest.
+# The benchmark's limit leaves about 480 s for the cms benchmark, profile, isolate, the compile
+# report and pytest.
 BENCH_TAG="gpu-check-$STAMP"
-BENCH_CAP=$(( $(left_s) - 420 ))
+BENCH_CAP=$(( $(left_s) - 480 ))
 (( BENCH_CAP > 300 )) && BENCH_CAP=300
 (( BENCH_CAP < 60 )) && BENCH_CAP=60
 case $BENCH_SHAPES in
@@ -170,6 +174,10 @@ case $BENCH_SHAPES in
 esac
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
     "${SHAPE_ARGS[@]}"
+
+CMS_CAP=75
+run_step bench-cms "$CMS_CAP" "$PYTHON" benchmarks/bench_cms.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG" \
+    --shapes small --periods 16,4096 --budget-s $(( CMS_CAP - 30 ))
 
 run_step profile 120 "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
 run_step isolate 180 "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" --budget-s 120
@@ -222,6 +230,12 @@ run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
         echo
         sed -e 's/^# /### /' -e 's/^## /#### /' "$OUT_DIR/linear_memory-$BENCH_TAG.md"
     fi
+    if [[ -f "$LOG_DIR/cms-$BENCH_TAG.md" ]]; then
+        echo
+        echo "## cms_level benchmark"
+        echo
+        sed -e 's/^# /### /' -e 's/^## /#### /' "$LOG_DIR/cms-$BENCH_TAG.md"
+    fi
 } >> "$REPORT"
 
 if [[ ${PACK_LOGS:-$([[ -n ${OUT:-} ]] && echo 1 || echo 0)} == 1 ]]; then
@@ -233,6 +247,6 @@ echo
 cat "$REPORT"
 echo
 echo "== steps"
-grep -E '^\| (build|info|check|bench|profile|isolate|compile-report|pytest-gpu) \|' "$REPORT"
+grep -E '^\| (build|info|check|bench|bench-cms|profile|isolate|compile-report|pytest-gpu) \|' "$REPORT"
 echo "report: $REPORT"
 exit "$FAILED"
