@@ -7,6 +7,8 @@ registers before any product (fp32 dots for fp32 inputs, tf32 on the matrix unit
 so none of the 16-bit `tl.dot` problems of `triton_kernels/utils/operand_precision.py` apply.
 Weights and states are fp32."""
 import importlib.util
+import math
+import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -41,33 +43,33 @@ def _fake_states(x, w1, n: int):
 def _triton_fwd(
     x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, lr: torch.Tensor, retention: torch.Tensor,
     signal: torch.Tensor, period: int, is_grad_y: bool, activation: str, store_states: bool,
-    output_final_state: bool,
+    output_final_state: bool, checkpoint_every: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y, the weights after each chunk `[NC, B, ·]` (store_states), only the final ones `[1, B, ·]`
-    (output_final_state) or empty, and Z, E for the backward (empty unless store_states)."""
+    """y, the kept weights (store_states: W^{k}, W^{2k}, …, W^NC; else W^NC with
+    output_final_state, or none) and Z, E for the backward (empty unless store_states)."""
     from ..triton_kernels.cms.chunk_fwd import cms_level_fwd
 
     y, w1s, w2s, z, e = cms_level_fwd(x, w1, w2, lr, retention, signal, period=period, is_grad_y=is_grad_y,
                                       use_gelu=activation == "gelu", store_states=store_states,
-                                      output_final_state=output_final_state)
+                                      output_final_state=output_final_state, checkpoint_every=checkpoint_every)
     if store_states:
         return y, w1s, w2s, z, e
-    empty = x.new_empty(0, dtype=torch.float32)
-    if output_final_state:                   # one of two buffers used in turn: copy it out
-        return y, w1s.clone(), w2s.clone(), empty, empty.clone()
-    return y, empty, empty.clone(), empty.clone(), empty.clone()
+    return y, w1s, w2s, x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
 
 
 @_triton_fwd.register_fake
-def _(x, w1, w2, lr, retention, signal, period, is_grad_y, activation, store_states, output_final_state):
+def _(x, w1, w2, lr, retention, signal, period, is_grad_y, activation, store_states, output_final_state,
+      checkpoint_every):
+    from ..triton_kernels.cms.chunk_fwd import num_states
+
     B, T, D = x.shape
     Dh = w1.shape[-1]
     empty = lambda: x.new_empty(0, dtype=torch.float32)
     if store_states:
-        w1s, w2s = _fake_states(x, w1, -(-T // period))
+        w1s, w2s = _fake_states(x, w1, num_states(-(-T // period), checkpoint_every))
         return (torch.empty_like(x), w1s, w2s, x.new_empty(B, T, Dh, dtype=torch.float32),
                 x.new_empty(B, T, D, dtype=torch.float32))
-    w1s, w2s = _fake_states(x, w1, 1) if output_final_state else (empty(), empty())
+    w1s, w2s = _fake_states(x, w1, int(output_final_state))
     return torch.empty_like(x), w1s, w2s, empty(), empty()
 
 
@@ -76,45 +78,58 @@ def _triton_bwd(
     dy: torch.Tensor, dw1: Optional[torch.Tensor], dw2: Optional[torch.Tensor], x: torch.Tensor, w1: torch.Tensor,
     w2: torch.Tensor, lr: torch.Tensor, retention: torch.Tensor, signal: torch.Tensor, w1s: torch.Tensor,
     w2s: torch.Tensor, z: torch.Tensor, e: torch.Tensor, period: int, is_grad_y: bool, activation: str,
+    checkpoint_every: int,
 ) -> List[torch.Tensor]:
     """dx, dw1, dw2 (summed over the batch for shared weights), dlr, dretention, dsignal."""
     from ..triton_kernels.cms.chunk_bwd import cms_level_bwd
 
     dx, g1, g2, dlr, dret, dsignal = cms_level_bwd(
         x, w1, w2, lr, retention, signal, dy.contiguous(), dw1, dw2, w1s, w2s, z, e, period=period,
-        is_grad_y=is_grad_y, use_gelu=activation == "gelu")
+        is_grad_y=is_grad_y, use_gelu=activation == "gelu", checkpoint_every=checkpoint_every)
     if w1.dim() == 2:
         g1, g2 = g1.sum(0), g2.sum(0)
     return [dx, g1, g2, dlr, dret, dsignal]
 
 
 @_triton_bwd.register_fake
-def _(dy, dw1, dw2, x, w1, w2, lr, retention, signal, w1s, w2s, z, e, period, is_grad_y, activation):
+def _(dy, dw1, dw2, x, w1, w2, lr, retention, signal, w1s, w2s, z, e, period, is_grad_y, activation,
+      checkpoint_every):
     return [torch.empty_like(x), torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(lr),
             torch.empty_like(retention), torch.empty_like(signal)]
 
 
 def _setup_context(ctx, inputs, output):
-    x, w1, w2, lr, retention, signal, period, is_grad_y, activation, store_states, _ = inputs
+    x, w1, w2, lr, retention, signal, period, is_grad_y, activation, store_states, _, checkpoint_every = inputs
     _, w1s, w2s, z, e = output
     if not store_states:
         raise RuntimeError("cms_level triton: the forward ran without store_states, so it has no backward")
     ctx.save_for_backward(x, w1, w2, lr, retention, signal, w1s, w2s, z, e)
-    ctx.period, ctx.is_grad_y, ctx.activation = period, is_grad_y, activation
+    ctx.period, ctx.is_grad_y, ctx.activation, ctx.checkpoint_every = period, is_grad_y, activation, checkpoint_every
 
 
 def _backward(ctx, dy, dw1s, dw2s, dz, de):
     x, w1, w2, lr, retention, signal, w1s, w2s, z, e = ctx.saved_tensors
-    # Only the last stored state is an output of cms_level (the final state); the others are the
-    # backward's chunk-start weights and get no gradient from outside.
+    # Only the last kept state is an output of cms_level (the final state); the others are the
+    # backward's checkpoints and get no gradient from outside.
     dw1 = None if dw1s is None else dw1s[-1]
     dw2 = None if dw2s is None else dw2s[-1]
     grads = _triton_bwd(torch.zeros_like(x) if dy is None else dy, dw1, dw2, x, w1, w2, lr, retention, signal,
-                        w1s, w2s, z, e, ctx.period, ctx.is_grad_y, ctx.activation)
-    return (*grads, None, None, None, None, None)
+                        w1s, w2s, z, e, ctx.period, ctx.is_grad_y, ctx.activation, ctx.checkpoint_every)
+    return (*grads, None, None, None, None, None, None)
 
 
 _triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def checkpoint_interval(B: int, T: int, D: int, Dh: int, period: int) -> int:
+    """k such that a recording forward keeps every k-th chunk's weights: 1 (all of them) while
+    they fit in NESTED_KERNELS_CMS_STATES_MIB (default 4096) MiB, else ⌈√NC⌉, which keeps about
+    2√NC weight pairs alive in the backward (kept + one segment) for one more step per chunk."""
+    NC = -(-T // period)
+    budget = float(os.environ.get("NESTED_KERNELS_CMS_STATES_MIB", "4096")) * 2**20
+    if NC * 2 * B * D * Dh * 4 <= budget:
+        return 1
+    return max(1, math.ceil(math.sqrt(NC)))
 
 
 def triton_op_args(x, w1, w2, *, period, lr, retention, target, grad_y, activation, output_final_state):
@@ -135,7 +150,8 @@ def triton_op_args(x, w1, w2, *, period, lr, retention, target, grad_y, activati
     tensors = (x, w1, w2, lr, retention, signal)
     store_states = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return (x.contiguous(), w1.to(f32).contiguous(), w2.to(f32).contiguous(), lr, retention, signal.contiguous(),
-            int(period), grad_y is not None, activation, store_states, bool(output_final_state))
+            int(period), grad_y is not None, activation, store_states, bool(output_final_state),
+            checkpoint_interval(B, T, D, w1.shape[-1], period))
 
 
 def cms_level_triton(

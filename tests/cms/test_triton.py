@@ -119,6 +119,17 @@ def test_triton_chunk_tiles(monkeypatch, shared):
     check(2, 45, 40, 36, 20, "gelu", "target", shared, 0.9, True)
 
 
+@pytest.mark.parametrize("shared,mode", [(True, "target"), (False, "grad_y")], ids=["shared-target", "perseq-grad_y"])
+def test_triton_chunk_checkpoints(monkeypatch, shared, mode):
+    """A state budget of 0 MiB: the forward keeps W^4, W^8 and W^10 of 10 chunks (k = ⌈√10⌉ = 4)
+    and the backward recomputes the others segment by segment, with the same gradients."""
+    from nested_kernels.cms.triton import checkpoint_interval
+
+    monkeypatch.setenv("NESTED_KERNELS_CMS_STATES_MIB", "0")
+    assert checkpoint_interval(2, 37, 16, 24, 4) == 4
+    check(2, 37, 16, 24, 4, "gelu", mode, shared, 0.9, True)
+
+
 @pytest.mark.parametrize("dtype,mode", [(torch.bfloat16, "target"), (torch.bfloat16, "grad_y"),
                                         (torch.float16, "target")], ids=["bf16-target", "bf16-grad_y", "fp16-target"])
 def test_triton_chunk_half(dtype, mode):

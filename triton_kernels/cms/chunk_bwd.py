@@ -206,22 +206,27 @@ def cms_bwd_kernel_dw(
     tl.store(p_part, tl.load(p_part) + b_part)
 
 
-def cms_level_bwd(x, w1, w2, lr, retention, signal, dy, dw1, dw2, w1s, w2s, z, e, *, period, is_grad_y, use_gelu):
+def cms_level_bwd(x, w1, w2, lr, retention, signal, dy, dw1, dw2, w1s, w2s, z, e, *, period, is_grad_y, use_gelu,
+                  checkpoint_every=1):
     """Launch the backward chunk by chunk in reverse. Inputs as `cms_level_fwd` takes them plus
-    dy `[B, T, D]`, the final state's gradients dw1 `[B, D, Dh]`, dw2 `[B, Dh, D]` (or None),
-    the forward's stored states w1s, w2s `[NC, B, ...]` (W^1 … W^NC) and its Z, E. Returns
-    dx (x's dtype), dw1, dw2 (per sequence, fp32: the caller sums shared weights over the
-    batch), dlr `[B, T]`, dretention (0-d) and the signal's gradient (signal's dtype)."""
+    dy `[B, T, D]`, the final state's gradients dw1 `[B, D, Dh]`, dw2 `[B, Dh, D]` (or None)
+    and what the recording forward kept: w1s, w2s (W^{k}, W^{2k}, …, W^NC for k =
+    `checkpoint_every`), Z and E. The chunks run in segments of k from the last one; a segment
+    first recomputes its chunk-start weights from its first one (one step per chunk from the
+    stored Z and E). Returns dx (x's dtype), dw1, dw2 (per sequence, fp32: the caller sums
+    shared weights over the batch), dlr `[B, T]`, dretention (0-d) and the signal's gradient
+    (signal's dtype)."""
     import torch
 
     from ..utils.launch import launch
-    from .configs import launch_config
+    from .chunk_fwd import _launch_meta, cms_fwd_step, dot_precision
 
     B, T, D = x.shape
     DH = w1.shape[-1]
     NC = triton.cdiv(T, period)
+    k = checkpoint_every
     stride_w = 0 if w1.dim() == 2 else D * DH
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    precision = dot_precision(x)
     f32 = dict(dtype=torch.float32, device=x.device)
     g1 = torch.zeros(B, D, DH, **f32) if dw1 is None else dw1.to(torch.float32).contiguous().clone()
     g2 = torch.zeros(B, DH, D, **f32) if dw2 is None else dw2.to(torch.float32).contiguous().clone()
@@ -231,30 +236,40 @@ def cms_level_bwd(x, w1, w2, lr, retention, signal, dy, dw1, dw2, w1s, w2s, z, e
     dyt = torch.empty(B, T, D, **f32)
     dx = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     dsignal = torch.empty(B, T, D, dtype=signal.dtype, device=x.device)
-    cfg = {name: launch_config(name, D, DH) for name in ("bwd_q", "bwd_de", "bwd_dz", "bwd_dx", "bwd_dw")}
-    ND = triton.cdiv(D, cfg["bwd_de"].BD)
+    n_seg = min(k, NC) - 1                                   # recomputed weights per segment
+    seg1, seg2 = torch.empty(n_seg, B, D, DH, **f32), torch.empty(n_seg, B, DH, D, **f32)
+    p = torch.empty(B, T, DH, **f32) if n_seg else None
+    meta = {name: _launch_meta(name, D, DH, precision) for name in ("bwd_q", "bwd_de", "bwd_dz", "bwd_dx", "bwd_dw")}
+    ND = triton.cdiv(D, meta["bwd_de"]["BD"])
     dlr_part = torch.empty(B, T, ND, **f32)
-    dalpha_part = torch.zeros(B, triton.cdiv(DH, cfg["bwd_dw"].BH), triton.cdiv(D, cfg["bwd_dw"].BD), **f32)
-    meta = lambda name: dict(BT=cfg[name].BT, BD=cfg[name].BD, BH=cfg[name].BH, num_warps=cfg[name].num_warps,
-                             num_stages=cfg[name].num_stages, DOT_PRECISION=precision)
-    grid_rows = lambda name, n_rows: (triton.cdiv(DH, cfg[name].BH) if name in ("bwd_q", "bwd_dz")
-                                      else triton.cdiv(D, cfg[name].BD), triton.cdiv(n_rows, cfg[name].BT), B)
-    for c in reversed(range(NC)):
-        r0 = c * period
-        n_rows = min(period, T - r0)
-        W1, W2, stride = (w1, w2, stride_w) if c == 0 else (w1s[c - 1], w2s[c - 1], D * DH)
-        common = dict(r0=r0, n_rows=n_rows, T=T, D=D, DH=DH, stride_w=stride)
-        launch(cms_bwd_kernel_q, grid_rows("bwd_q", n_rows), x.device,
-               x=x, e=e, lr=lr, w2=W2, g1=g1, q=q, dp=dp, **common, **meta("bwd_q"))
-        launch(cms_bwd_kernel_de, grid_rows("bwd_de", n_rows), x.device,
-               z=z, dp=dp, e=e, lr=lr, dy=dy, w2=W2, g2=g2, dyt=dyt, dsignal=dsignal, dlr_part=dlr_part, **common,
-               ND=ND, USE_GELU=use_gelu, IS_GRAD_Y=is_grad_y, **meta("bwd_de"))
-        launch(cms_bwd_kernel_dz, grid_rows("bwd_dz", n_rows), x.device,
-               e=e, lr=lr, dyt=dyt, w2=W2, g2=g2, z=z, q=q, dp=dp, dz=dz, **common, USE_GELU=use_gelu,
-               **meta("bwd_dz"))
-        launch(cms_bwd_kernel_dx, grid_rows("bwd_dx", n_rows), x.device,
-               z=z, q=q, dz=dz, dyt=dyt, w1=W1, g1=g1, dx=dx, **common, USE_GELU=use_gelu, **meta("bwd_dx"))
-        launch(cms_bwd_kernel_dw, (triton.cdiv(DH, cfg["bwd_dw"].BH), triton.cdiv(D, cfg["bwd_dw"].BD), B), x.device,
-               x=x, z=z, dp=dp, e=e, lr=lr, dyt=dyt, dz=dz, w1=W1, w2=W2, retention=retention, g1=g1, g2=g2,
-               dalpha_part=dalpha_part, **common, USE_GELU=use_gelu, **meta("bwd_dw"))
+    dalpha_part = torch.zeros(B, triton.cdiv(DH, meta["bwd_dw"]["BH"]), triton.cdiv(D, meta["bwd_dw"]["BD"]), **f32)
+    grid_rows = lambda name, n_rows: (triton.cdiv(DH, meta[name]["BH"]) if name in ("bwd_q", "bwd_dz")
+                                      else triton.cdiv(D, meta[name]["BD"]), triton.cdiv(n_rows, meta[name]["BT"]), B)
+    for c0 in reversed(range(0, NC, k)):
+        c1 = min(c0 + k, NC)
+        start = (w1, w2, stride_w) if c0 == 0 else (w1s[c0 // k - 1], w2s[c0 // k - 1], D * DH)
+        weights = [start] + [(seg1[j], seg2[j], D * DH) for j in range(c1 - c0 - 1)]     # W^c for c in [c0, c1)
+        for c in range(c0, c1 - 1):                          # recompute W^{c0+1} … W^{c1−1}
+            r0 = c * period
+            W1, W2, stride = weights[c - c0]
+            cms_fwd_step(x, z, e, lr, p, W1, W2, retention, seg1[c - c0], seg2[c - c0], r0=r0,
+                         n_rows=min(period, T - r0), stride_w=stride, use_gelu=use_gelu)
+        for c in reversed(range(c0, c1)):
+            r0 = c * period
+            n_rows = min(period, T - r0)
+            W1, W2, stride = weights[c - c0]
+            common = dict(r0=r0, n_rows=n_rows, T=T, D=D, DH=DH, stride_w=stride)
+            launch(cms_bwd_kernel_q, grid_rows("bwd_q", n_rows), x.device,
+                   x=x, e=e, lr=lr, w2=W2, g1=g1, q=q, dp=dp, **common, **meta["bwd_q"])
+            launch(cms_bwd_kernel_de, grid_rows("bwd_de", n_rows), x.device,
+                   z=z, dp=dp, e=e, lr=lr, dy=dy, w2=W2, g2=g2, dyt=dyt, dsignal=dsignal, dlr_part=dlr_part, **common,
+                   ND=ND, USE_GELU=use_gelu, IS_GRAD_Y=is_grad_y, **meta["bwd_de"])
+            launch(cms_bwd_kernel_dz, grid_rows("bwd_dz", n_rows), x.device,
+                   e=e, lr=lr, dyt=dyt, w2=W2, g2=g2, z=z, q=q, dp=dp, dz=dz, **common, USE_GELU=use_gelu,
+                   **meta["bwd_dz"])
+            launch(cms_bwd_kernel_dx, grid_rows("bwd_dx", n_rows), x.device,
+                   z=z, q=q, dz=dz, dyt=dyt, w1=W1, g1=g1, dx=dx, **common, USE_GELU=use_gelu, **meta["bwd_dx"])
+            launch(cms_bwd_kernel_dw, (triton.cdiv(DH, meta["bwd_dw"]["BH"]), triton.cdiv(D, meta["bwd_dw"]["BD"]), B),
+                   x.device, x=x, z=z, dp=dp, e=e, lr=lr, dyt=dyt, dz=dz, w1=W1, w2=W2, retention=retention, g1=g1,
+                   g2=g2, dalpha_part=dalpha_part, **common, USE_GELU=use_gelu, **meta["bwd_dw"])
     return dx, g1, g2, dlr_part.sum(-1), dalpha_part.sum(), dsignal

@@ -137,61 +137,98 @@ def cms_fwd_kernel_w(
     tl.store(w2_out + i_b * D * DH + o_hd, b_alpha * b_w2 - b_u2, mask=m_hd)
 
 
+def _launch_meta(name: str, D: int, DH: int, precision: str) -> dict:
+    """The table's tiles, warps and stages for `name` at these widths, as launch keywords."""
+    from .configs import launch_config
+
+    cfg = launch_config(name, D, DH)
+    return dict(BT=cfg.BT, BD=cfg.BD, BH=cfg.BH, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                DOT_PRECISION=precision)
+
+
+def dot_precision(x) -> str:
+    """Exact fp32 products for fp32 inputs; tf32 (the matrix units) for 16-bit ones."""
+    import torch
+
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def num_states(NC: int, checkpoint_every: int) -> int:
+    """How many weights a recording forward keeps: W^{k}, W^{2k}, … below W^NC, then W^NC."""
+    return triton.cdiv(NC, checkpoint_every)
+
+
+def cms_fwd_step(x, z, e, lr, p, w1, w2, retention, w1_out, w2_out, *, r0, n_rows, stride_w, use_gelu):
+    """The step of one chunk from its Z and E: P, then W^{c+1} into w1_out, w2_out `[B, ·, ·]`."""
+    from ..utils.launch import launch
+
+    B, T, D = x.shape
+    DH = z.shape[-1]
+    precision = dot_precision(x)
+    common = dict(r0=r0, n_rows=n_rows, T=T, D=D, DH=DH, stride_w=stride_w, USE_GELU=use_gelu)
+    meta = _launch_meta("fwd_p", D, DH, precision)
+    launch(cms_fwd_kernel_p, (triton.cdiv(DH, meta["BH"]), triton.cdiv(n_rows, meta["BT"]), B), x.device,
+           e=e, lr=lr, w2=w2, z=z, p=p, **common, **meta)
+    meta = _launch_meta("fwd_w", D, DH, precision)
+    launch(cms_fwd_kernel_w, (triton.cdiv(DH, meta["BH"]), triton.cdiv(D, meta["BD"]), B), x.device,
+           x=x, z=z, e=e, lr=lr, p=p, w1=w1, w2=w2, retention=retention, w1_out=w1_out, w2_out=w2_out, **common,
+           **meta)
+
+
 def cms_level_fwd(x, w1, w2, lr, retention, signal, *, period, is_grad_y, use_gelu, store_states,
-                  output_final_state):
+                  output_final_state, checkpoint_every=1):
     """Launch the forward chunk by chunk. x, signal `[B, T, D]` contiguous (fp32 or 16-bit);
     w1 `[D, Dh]` or `[B, D, Dh]`, w2 `[Dh, D]` or `[B, Dh, D]` fp32 contiguous; lr `[B, T]` fp32;
-    retention a 0-d fp32 tensor. Returns y (x's dtype), the weights after every chunk
-    (`[NC, B, D, Dh]`, `[NC, B, Dh, D]` when `store_states`, else the final ones as `[1, ...]`,
-    or None without `output_final_state`), Z `[B, T, Dh]` and E `[B, T, D]` (fp32)."""
+    retention a 0-d fp32 tensor. Returns y (x's dtype), the kept weights w1s `[S, B, D, Dh]`,
+    w2s `[S, B, Dh, D]` (fp32), Z `[B, T, Dh]` and E `[B, T, D]` (fp32).
+
+    With `store_states` (for the backward) the kept weights are W^{k}, W^{2k}, … (k =
+    `checkpoint_every`) and last W^NC, S = ceil(NC / k): k = 1 keeps every chunk's; the others
+    are recomputed by the backward. Otherwise S = 1 (W^NC) with `output_final_state`, else 0;
+    the weights in between live in two buffers used in turn."""
     import torch
 
     from ..utils.launch import launch
-    from .configs import launch_config
 
     B, T, D = x.shape
     DH = w1.shape[-1]
     NC = triton.cdiv(T, period)
     assert NC > 0, "cms_level triton: T must be positive"
-    stride_w = 0 if w1.dim() == 2 else D * DH
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    assert checkpoint_every >= 1, checkpoint_every
+    precision = dot_precision(x)
     f32 = dict(dtype=torch.float32, device=x.device)
     y = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     z = torch.empty(B, T, DH, **f32)
     e = torch.empty(B, T, D, **f32)
     p = torch.empty(B, T, DH, **f32)
-    step_last = store_states or output_final_state
-    n_steps = NC if step_last else NC - 1
-    n_buf = n_steps if store_states else min(n_steps, 2)        # every state, or two in turn
-    w1s = torch.empty(n_buf, B, D, DH, **f32)
-    w2s = torch.empty(n_buf, B, DH, D, **f32)
-    cfg = {name: launch_config(name, D, DH) for name in ("fwd_z", "fwd_y", "fwd_p", "fwd_w")}
-    meta = lambda name: dict(BT=cfg[name].BT, BD=cfg[name].BD, BH=cfg[name].BH, num_warps=cfg[name].num_warps,
-                             num_stages=cfg[name].num_stages, DOT_PRECISION=precision)
-    W1, W2, stride = w1, w2, stride_w
+    S = num_states(NC, checkpoint_every) if store_states else int(output_final_state)
+    w1s, w2s = torch.empty(S, B, D, DH, **f32), torch.empty(S, B, DH, D, **f32)
+    n_scratch = min(2, NC - 1 - (NC - 1) // checkpoint_every) if store_states else min(2, NC - 1)
+    scratch1, scratch2 = torch.empty(n_scratch, B, D, DH, **f32), torch.empty(n_scratch, B, DH, D, **f32)
+
+    def destination(c):
+        """Where W^{c+1} goes, or None when it is not needed."""
+        if c == NC - 1:
+            return (w1s[S - 1], w2s[S - 1]) if S else None
+        if store_states and (c + 1) % checkpoint_every == 0:
+            return w1s[(c + 1) // checkpoint_every - 1], w2s[(c + 1) // checkpoint_every - 1]
+        return scratch1[c % 2], scratch2[c % 2]
+
+    meta_z, meta_y = _launch_meta("fwd_z", D, DH, precision), _launch_meta("fwd_y", D, DH, precision)
+    W1, W2, stride = w1, w2, 0 if w1.dim() == 2 else D * DH
     for c in range(NC):
         r0 = c * period
         n_rows = min(period, T - r0)
-        rows = lambda name: triton.cdiv(n_rows, cfg[name].BT)
         common = dict(r0=r0, n_rows=n_rows, T=T, D=D, DH=DH, stride_w=stride)
-        step = c < n_steps
-        launch(cms_fwd_kernel_z, (triton.cdiv(DH, cfg["fwd_z"].BH), rows("fwd_z"), B), x.device,
-               x=x, w1=W1, z=z, **common, **meta("fwd_z"))
-        launch(cms_fwd_kernel_y, (triton.cdiv(D, cfg["fwd_y"].BD), rows("fwd_y"), B), x.device,
+        out = destination(c)
+        launch(cms_fwd_kernel_z, (triton.cdiv(DH, meta_z["BH"]), triton.cdiv(n_rows, meta_z["BT"]), B), x.device,
+               x=x, w1=W1, z=z, **common, **meta_z)
+        launch(cms_fwd_kernel_y, (triton.cdiv(D, meta_y["BD"]), triton.cdiv(n_rows, meta_y["BT"]), B), x.device,
                x=x, w2=W2, z=z, signal=signal, y=y, e=e, **common, USE_GELU=use_gelu, IS_GRAD_Y=is_grad_y,
-               STORE_ERROR=step or store_states, **meta("fwd_y"))
-        if not step:
+               STORE_ERROR=out is not None or store_states, **meta_y)
+        if out is None:
             continue
-        launch(cms_fwd_kernel_p, (triton.cdiv(DH, cfg["fwd_p"].BH), rows("fwd_p"), B), x.device,
-               e=e, lr=lr, w2=W2, z=z, p=p, **common, USE_GELU=use_gelu, **meta("fwd_p"))
-        i_out = c if store_states else c % 2
-        launch(cms_fwd_kernel_w, (triton.cdiv(DH, cfg["fwd_w"].BH), triton.cdiv(D, cfg["fwd_w"].BD), B), x.device,
-               x=x, z=z, e=e, lr=lr, p=p, w1=W1, w2=W2, retention=retention, w1_out=w1s[i_out],
-               w2_out=w2s[i_out], **common, USE_GELU=use_gelu, **meta("fwd_w"))
-        W1, W2, stride = w1s[i_out], w2s[i_out], D * DH
-    if store_states:
-        return y, w1s, w2s, z, e
-    if output_final_state:
-        i_last = (NC - 1) % 2
-        return y, w1s[i_last:i_last + 1], w2s[i_last:i_last + 1], z, e
-    return y, None, None, z, e
+        cms_fwd_step(x, z, e, lr, p, W1, W2, retention, *out, r0=r0, n_rows=n_rows, stride_w=stride,
+                     use_gelu=use_gelu)
+        W1, W2, stride = out[0], out[1], D * DH
+    return y, w1s, w2s, z, e
