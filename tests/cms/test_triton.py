@@ -107,8 +107,9 @@ def small_tiles(monkeypatch, BT, BD, BH):
     the interpreter runs fast take the multi-tile paths of D = 4096, Dh = 16384 and long periods."""
     from nested_kernels.triton_kernels.cms import configs
 
-    table = {kernel: (BT, BD, BH, *entry[3:]) for kernel, entry in configs.TABLE.items()}
-    monkeypatch.setattr(configs, "TABLE", table)
+    for name in ("TABLE", "TABLE_FP32"):
+        table = {kernel: (BT, BD, BH, *entry[3:]) for kernel, entry in getattr(configs, name).items()}
+        monkeypatch.setattr(configs, name, table)
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "perseq"])

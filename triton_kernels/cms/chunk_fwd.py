@@ -141,7 +141,7 @@ def _launch_meta(name: str, D: int, DH: int, precision: str) -> dict:
     """The table's tiles, warps and stages for `name` at these widths, as launch keywords."""
     from .configs import launch_config
 
-    cfg = launch_config(name, D, DH)
+    cfg = launch_config(name, D, DH, precision)
     return dict(BT=cfg.BT, BD=cfg.BD, BH=cfg.BH, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                 DOT_PRECISION=precision)
 
