@@ -164,7 +164,8 @@ def cms_level(
 
     tensors = [t for t in (x, w1, w2, target, grad_y) if t is not None]
     call = {"device": device, "requires_grad": needs_grad(x, w1, w2, lr, retention, target, grad_y),
-            "dtype": torch.float64 if any(t.dtype == torch.float64 for t in tensors) else x.dtype, "period": period}
+            "dtype": torch.float64 if any(t.dtype == torch.float64 for t in tensors) else x.dtype, "period": period,
+            "T": T, "D": D, "Dh": w1.shape[-1]}
     fn = BACKENDS.resolve(backend, call)
     return fn(
         x, w1, w2, period=period, lr=lr, retention=retention, target=target, grad_y=grad_y,

@@ -25,6 +25,10 @@ def unsupported_reason(call: dict) -> Optional[str]:
         return f"it runs on CUDA devices (or interpreted on the CPU), the inputs are on {call['device']}"
     if call["dtype"] not in DTYPES:
         return f"it takes fp32/bf16/fp16 inputs, got {call['dtype']} (use backend='torch' or 'reference')"
+    rows = min(call["period"], call["T"])
+    if rows * max(call["D"], call["Dh"]) >= 2**31:
+        return (f"a chunk's rows × max(D, Dh) must stay below 2^31 (32-bit offsets inside a chunk), got "
+                f"min(period, T) = {rows}, D = {call['D']}, Dh = {call['Dh']}")
     return None
 
 

@@ -179,6 +179,17 @@ def test_triton_rejects_fp64():
         cms_level(x.float(), w1, w2.float(), period=4, lr=0.1, target=x.float(), backend="triton")
 
 
+def test_triton_rejects_huge_chunks():
+    """32-bit offsets inside a chunk: rows × max(D, Dh) < 2^31 (decided before any allocation)."""
+    from nested_kernels.cms import BACKENDS
+
+    call = {"device": torch.device(DEVICE), "requires_grad": False, "dtype": torch.float32, "period": 2**20,
+            "T": 2**18, "D": 4096, "Dh": 16384}
+    with pytest.raises(NotImplementedError, match=r"rows × max\(D, Dh\) must stay below 2\^31"):
+        BACKENDS.resolve("triton", call)
+    assert BACKENDS.resolve("triton", {**call, "period": 4096}) is not None
+
+
 @pytest.mark.parametrize("change,error,match", [
     (dict(w2=torch.zeros(16, 8)), ValueError, r"^w2: expected"),
     (dict(period=0), ValueError, r"^period: expected"),
