@@ -9,15 +9,18 @@
 #   2. info      python -m nested_kernels info                  (= `nested-kernels info`)
 #   3. check     python -m nested_kernels check --device cuda   (every op x tier against the reference)
 #   4. bench     python benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --budget-s ...
-#   5. bench-mlp python benchmarks/bench_mlp_memory.py: mlp_memory triton vs torch vs vmap(grad)
-#   6. decode    python benchmarks/bench_decode.py: decode steps (T = 1) at batch 1…256 vs fla
-#   7. hope-layer python benchmarks/bench_hope_layer.py: a HOPE layer vs a Transformer layer (SDPA), T 8192
-#   8. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
-#   9. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
+#   5. bench-cms python benchmarks/bench_cms.py --shapes small --budget-s ...: cms_level, triton vs torch
+#   6. bench-mlp python benchmarks/bench_mlp_memory.py: mlp_memory triton vs torch vs vmap(grad)
+#   7. decode    python benchmarks/bench_decode.py: decode steps (T = 1) at batch 1…256 vs fla
+#   8. hope-layer python benchmarks/bench_hope_layer.py: a HOPE layer vs a Transformer layer (SDPA), T 8192
+#                (steps 5-8 write their .md/.json into the step logs, packed with them; their tables
+#                go into the report)
+#   9. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
+#  10. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
 #                own against the torch tier (a kernel fault stays one row; errors by tensor)
-#  10. sanitizer compute-sanitizer memcheck, then racecheck, over the CUDA-kernel GPU tests (-k cuda)
-#  11. compile   python -m nested_kernels compile-report --arch 90 --out ...
-#  12. pytest    python -m pytest -m gpu -q
+#  11. sanitizer compute-sanitizer memcheck, then racecheck, over the CUDA-kernel GPU tests (-k cuda)
+#  12. compile   python -m nested_kernels compile-report --arch 90 --out ...
+#  13. pytest    python -m pytest -m gpu -q
 # The benchmark runs before pytest: `pytest -m gpu` is the long, open-ended step (a few hundred
 # cases against the float64 token-loop reference), so it gets whatever time is left, while the
 # benchmark (which gates itself on correctness) and the compile report always get theirs.
@@ -34,8 +37,8 @@
 #   PYTHON                interpreter (default: python, else python3)
 #   TOTAL_S               time budget of the whole script in seconds (default 540)
 #   BENCH_SHAPES          auto | small | all (default auto)
-#   STEPS                 the steps to run, by name (default: all of build info check bench bench-mlp decode
-#                         hope-layer profile isolate sanitizer compile-report pytest-gpu); the device tool gives
+#   STEPS                 the steps to run, by name (default: all of build info check bench bench-cms
+#                         bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu); the device tool gives
 #                         10 minutes a call, so a session can split them over calls, e.g.
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile"
 #   SKIP_BUILD=1          reuse the extension already built (e.g. a second run on a warm machine)
@@ -48,7 +51,8 @@
 #
 # Output in OUT_DIR: gpu-check-<stamp>.md (the report: card, driver, versions, pass/fail and time
 # of each step, result files), gpu-check-<stamp>-logs/<step>.log, linear_memory-<tag>.md/.json,
-# compile-report-sm90-<stamp>.md. Exit status: 0 when every step passed, else 1.
+# compile-report-sm90-<stamp>.md (8 files at most with PACK_LOGS=1: the device tool's limit; the
+# cms_level benchmark's files live in the packed logs). Exit status: 0 when every step passed, else 1.
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -81,7 +85,7 @@ except Exception as e:
 
 left_s() { echo $(( TOTAL_S - SECONDS - RESERVE_S )); }
 
-STEPS=${STEPS:-build info check bench bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu}
+STEPS=${STEPS:-build info check bench bench-cms bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu}
 want() { [[ " $STEPS " == *" $1 "* ]]; }   # want STEP: whether STEPS names it
 
 # run_step NAME CAP_S CMD...: run CMD with a time limit of min(CAP_S, time left), log it, and add
@@ -173,9 +177,10 @@ fi
 run_step info 60 "$PYTHON" -m nested_kernels info
 run_step check 120 "$PYTHON" -m nested_kernels check --device cuda --quiet
 
-# The benchmark's limit leaves about 420 s for profile, isolate, the compile report and pytest.
+# The benchmark's limit leaves about 480 s for the cms benchmark, profile, isolate, the compile
+# report and pytest.
 BENCH_TAG="gpu-check-$STAMP"
-BENCH_CAP=$(( $(left_s) - 420 ))
+BENCH_CAP=$(( $(left_s) - 480 ))
 (( BENCH_CAP > 300 )) && BENCH_CAP=300
 (( BENCH_CAP < 60 )) && BENCH_CAP=60
 case $BENCH_SHAPES in
@@ -186,9 +191,12 @@ esac
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
     "${SHAPE_ARGS[@]}"
 
-run_step bench-mlp 150 "$PYTHON" benchmarks/bench_mlp_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG"
-run_step decode 90 "$PYTHON" benchmarks/bench_decode.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG"
-run_step hope-layer 120 "$PYTHON" benchmarks/bench_hope_layer.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG"
+CMS_CAP=75
+run_step bench-cms "$CMS_CAP" "$PYTHON" benchmarks/bench_cms.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG" \
+    --shapes small --periods 16,4096 --budget-s $(( CMS_CAP - 30 ))
+run_step bench-mlp 150 "$PYTHON" benchmarks/bench_mlp_memory.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
+run_step decode 90 "$PYTHON" benchmarks/bench_decode.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
+run_step hope-layer 120 "$PYTHON" benchmarks/bench_hope_layer.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
 
 run_step profile 120 "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
 run_step isolate 180 "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" --budget-s 120
@@ -246,8 +254,7 @@ run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
     echo "## Result files"
     echo
     for f in "$OUT_DIR/linear_memory-$BENCH_TAG.md" "$OUT_DIR/linear_memory-$BENCH_TAG.json" \
-             "$OUT_DIR/mlp_memory-$BENCH_TAG.md" "$OUT_DIR/decode-$BENCH_TAG.md" \
-             "$OUT_DIR/hope_layer-$BENCH_TAG.md" "$OUT_DIR/isolate-triton.md" \
+             "$OUT_DIR/isolate-triton.md" \
              "$OUT_DIR/isolate-triton.json" "$OUT_DIR/profile-linear_memory.md" "$COMPILE_OUT"; do
         if [[ -f $f ]]; then echo "* \`$f\`"; else echo "* \`$f\` (not written)"; fi
     done
@@ -268,6 +275,14 @@ run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
         echo
         sed -e 's/^# /### /' -e 's/^## /#### /' "$OUT_DIR/linear_memory-$BENCH_TAG.md"
     fi
+    for bench in cms mlp_memory decode hope_layer; do
+        md="$LOG_DIR/$bench-$BENCH_TAG.md"
+        [[ -f $md ]] || continue
+        echo
+        echo "## $bench benchmark"
+        echo
+        sed -e 's/^# /### /' -e 's/^## /#### /' "$md"
+    done
 } >> "$REPORT"
 
 if [[ ${PACK_LOGS:-$([[ -n ${OUT:-} ]] && echo 1 || echo 0)} == 1 ]]; then
@@ -279,6 +294,6 @@ echo
 cat "$REPORT"
 echo
 echo "== steps"
-grep -E '^\| (build|info|check|bench|bench-mlp|decode|hope-layer|profile|isolate|sanitizer|compile-report|pytest-gpu) \|' "$REPORT"
+grep -E '^\| (build|info|check|bench|bench-cms|bench-mlp|decode|hope-layer|profile|isolate|sanitizer|compile-report|pytest-gpu) \|' "$REPORT"
 echo "report: $REPORT"
 exit "$FAILED"

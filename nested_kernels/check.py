@@ -141,7 +141,7 @@ def _cms_case(signal: str):
         return cms_level(x, w1, w2, lr=lr, retention=0.9, output_final_state=True, backend=backend,
                               **{signal: signal_tensor}, **options)
 
-    return Case("cms_level", signal, CMS_BACKENDS, make, call, dict(period=16))
+    return Case("cms_level", signal, CMS_BACKENDS, make, call, dict(period=16, T=70, D=16, Dh=32))
 
 
 CASES: List[Case] = [

@@ -11,6 +11,7 @@ from .chunked import cms_level_chunked
 from .decode import CMSDecodeState, cms_level_step
 from .reference import cms_level_reference
 from .state import CMSState
+from .triton import auto_reason as _triton_auto, cms_level_triton, unsupported_reason as _triton_unsupported
 
 __all__ = ["cms_level", "CMSState", "BACKENDS", "cms_level_reference", "cms_level_chunked", "cms_level_step",
            "CMSDecodeState"]
@@ -18,6 +19,7 @@ __all__ = ["cms_level", "CMSState", "BACKENDS", "cms_level_reference", "cms_leve
 BACKENDS = OpBackends("cms_level")
 BACKENDS.register("reference", cms_level_reference)
 BACKENDS.register("torch", cms_level_chunked)
+BACKENDS.register("triton", cms_level_triton, _triton_unsupported, _triton_auto)
 
 
 def cms_level(
@@ -89,8 +91,10 @@ def cms_level(
         output_final_state (bool, Optional):
             whether to return the weights after the last step. Default: `False`.
         backend (str, Optional):
-            `"auto"`, `"reference"` (token loop, the oracle) or `"torch"` (chunked PyTorch);
-            `"triton"`, `"cuda"` and `"cpp"` are not implemented yet. Default: `"auto"`.
+            `"auto"`, `"reference"` (token loop, the oracle), `"torch"` (chunked PyTorch) or
+            `"triton"` (fused kernels; fp32/bf16/fp16 inputs; interpreted on a CPU, so `"auto"`
+            picks it on CUDA devices only); `"cuda"` and `"cpp"` are not implemented yet.
+            Default: `"auto"`.
 
     Returns:
         y (torch.Tensor):
@@ -116,7 +120,11 @@ def cms_level(
     check_cms_inputs(x, w1, w2, period, lr, retention, target, grad_y, activation)
     check_flag("output_final_state", output_final_state)
 
-    call = {"device": x.device, "requires_grad": needs_grad(x, w1, w2, lr, retention, target, grad_y)}
+    B, T, D = x.shape
+    tensors = [t for t in (x, w1, w2, target, grad_y) if t is not None]
+    call = {"device": x.device, "requires_grad": needs_grad(x, w1, w2, lr, retention, target, grad_y),
+            "dtype": torch.float64 if any(t.dtype == torch.float64 for t in tensors) else x.dtype, "period": period,
+            "T": T, "D": D, "Dh": w1.shape[-1]}
     fn = BACKENDS.resolve(backend, call)
     return fn(
         x, w1, w2, period=period, lr=lr, retention=retention, target=target, grad_y=grad_y,

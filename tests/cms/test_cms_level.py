@@ -272,7 +272,7 @@ def test_validation(change, error, name):
         cms_level(call.pop("x"), call.pop("w1"), call.pop("w2"), **call)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda", "cpp"])
+@pytest.mark.parametrize("backend", ["cuda", "cpp"])
 def test_backend_not_implemented(backend):
     with pytest.raises(NotImplementedError, match=backend):
         cms_level(**{k: v for k, v in _valid_call().items() if k not in ("backend",)}, backend=backend)

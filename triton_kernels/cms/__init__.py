@@ -1,0 +1,1 @@
+"""Triton kernels of `cms_level` (SPEC §4)."""
