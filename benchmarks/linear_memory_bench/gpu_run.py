@@ -52,6 +52,7 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
             print(f"[{time.perf_counter() - start:7.1f} s] {shape.name} {msg}", file=sys.stderr, flush=True)
 
         gate_ok: Dict[Tuple[str, str, str], bool] = {}
+        gate_error: Dict[Tuple[str, str, str], str] = {}
         if not over_budget():
             for tier in tiers:
                 for variant, dgd in settings.VARIANTS:
@@ -60,6 +61,8 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
                     run.gates.append(g)
                     for mode in modes:
                         gate_ok[(tier, variant, mode)] = bool(g["passed"].get(mode))
+                        if mode in g["errors"]:
+                            gate_error[(tier, variant, mode)] = g["errors"][mode]
 
         x, no_inputs = None, None              # the inputs, or why there are none
         if over_budget():
@@ -79,7 +82,8 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
                         row.status = not_run()
                         continue
                     if backend != "torch" and not gate_ok.get((backend, variant, mode), False):
-                        row.status = GATE_FAILED
+                        error = gate_error.get((backend, variant, mode))
+                        row.status = GATE_FAILED if error is None else f"not run: {error}"
                         continue
                     log(f"{MODE_LABEL[mode]} {variant} {backend}")
                     max_call_s = args.torch_max_call_s if backend == "torch" else 60.0

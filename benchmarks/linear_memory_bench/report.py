@@ -149,7 +149,7 @@ def to_markdown(run: Run) -> str:
                 worst = max(g["ratios"].get(mode, {}).items(), key=lambda kv: kv[1], default=None)
                 worst_s = "—" if worst is None else f"{worst[1]:.2e} ({worst[0]})"
                 lines.append(f"| {g['shape']} | {g['backend']} | {g['variant']} | {MODE_LABEL[mode]} "
-                             f"| {'yes' if passed else 'NO'} | {worst_s} | {g['error'] or ''} |")
+                             f"| {'yes' if passed else 'NO'} | {worst_s} | {g['errors'].get(mode, '')} |")
     return "\n".join(lines) + "\n"
 
 
