@@ -32,6 +32,12 @@ Decisions ([decision] in SPEC §6 and those this module adds):
   written in SPEC would also add Norm(h) to the residual stream in every layer.
 * [decision, here] tied input/output embeddings and a final RMSNorm.
 
+Backends: `HopeConfig.backend` (or `HopeLM(config, backend=...)`) is the `backend=` of M_memory
+(`mlp_memory`) and of the CMS levels (`cms_level`): "reference", "torch", "triton" (their Triton
+kernels; interpreted on a CPU) or "auto". The self-modifying memories run on the torch tier
+unless the backend is "reference" (their fused op is not a kernel yet); decode steps on "torch"
+for the reference/torch backends, else "auto" (the cpp/cuda step kernels where they can run).
+
 Streaming state (exact, no recomputation): every op counts chunks from the start of its call
 (SPEC §1), so `HopeLM.forward` returns per layer the *decode* state of every op — the
 self-modifying memories and M_memory as `MLPMemoryDecodeState`s (chunk-start weights, running

@@ -92,6 +92,26 @@ def test_backends_agree():
         assert_close(f"grad {name}", g_tor[name], g_ref[name])
 
 
+def test_triton_backend_agrees_with_torch():
+    """backend="triton" (M_memory and the CMS levels on their Triton kernels, interpreted on a CPU)
+    gives the torch tier's logits and parameter gradients, fp32, split calls included."""
+    cfg = tiny(layers=1, cms_levels=[(24, 4)], c_mem=16)
+    tokens = torch.randint(0, cfg.vocab, (2, 19))
+    results = []
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        model = HopeLM(dataclasses.replace(cfg, backend=backend))
+        logits, state = model(tokens[:, :16])
+        logits = torch.cat([logits, model(tokens[:, 16:], state)[0]], 1)
+        (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+        results.append((logits, {n: p.grad for n, p in model.named_parameters()}))
+    (l_torch, g_torch), (l_triton, g_triton) = results
+    scale = l_torch.abs().max().item()
+    assert_close("logits", l_triton, l_torch, atol=1e-5 * scale)
+    for name, g in g_torch.items():
+        assert_close(f"grad {name}", g_triton[name], g, atol=1e-4 * max(g.abs().max().item(), 1e-6))
+
+
 @pytest.mark.parametrize("splits", [[8, 16], [24], [5, 3, 11, 5], [1] * 24, [3, 9, 1, 13]], ids=str)
 def test_chained_calls(splits):
     """Any split continues every op from its position in its chunk: the logits and states of one call."""
