@@ -4,6 +4,7 @@
 // without a GPU; the fast CPU path is the recurrence (linear_memory_recurrent).
 #include "common/tile_policy.h"
 #include "linear_memory/linear_memory_chunk.h"
+#include "linear_memory/linear_memory_chunked_host.h"
 #include "linear_memory/linear_memory_ops.h"
 
 #include <ATen/ATen.h>
@@ -60,26 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_chunked_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    ChunkedParams<scalar_t, acc_t> p;
-    p.q = t.q.const_data_ptr<scalar_t>();
-    p.k = t.k.const_data_ptr<scalar_t>();
-    p.v = t.v.const_data_ptr<scalar_t>();
-    p.lr = t.lr.const_data_ptr<acc_t>();
-    p.retention = t.retention.const_data_ptr<acc_t>();
-    p.momentum = momentum.has_value() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
-    p.cu_seqlens = cu_seqlens.has_value() ? t.cu_seqlens.const_data_ptr<int64_t>() : nullptr;
-    p.o = t.o.mutable_data_ptr<scalar_t>();
-    p.memory = t.final_memory.mutable_data_ptr<acc_t>();
-    p.mom_state = momentum.has_value() ? t.final_momentum.mutable_data_ptr<acc_t>() : nullptr;
-    p.chunk_memory = t.chunk_memory.mutable_data_ptr<acc_t>();
-    p.chunk_momentum = momentum.has_value() ? t.chunk_momentum.mutable_data_ptr<acc_t>() : nullptr;
-    p.T = s.T;
-    p.H = s.H;
-    p.K = s.K;
-    p.V = s.V;
-    p.NC = t.NC;
-    p.chunk_size = chunk_size;
-    p.scale = static_cast<acc_t>(scale);
+    const ChunkedParams<scalar_t, acc_t> p = chunked_params<scalar_t, acc_t>(t, s, chunk_size, scale);
     const int64_t NH = s.N * s.H;
     if (momentum.has_value()) {
       dgd ? chunked_fwd_cpu<scalar_t, acc_t, true, true>(p, NH)

@@ -7,6 +7,7 @@
 #include "common/tile_policy.h"
 #include "common/tile_policy_mma.cuh"
 #include "linear_memory/linear_memory_chunk.h"
+#include "linear_memory/linear_memory_chunked_host.h"
 #include "linear_memory/linear_memory_ops.h"
 
 #include <ATen/ATen.h>
@@ -101,26 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     TORCH_CHECK(smem <= smem_optin, op, "chunk_size ", chunk_size, " with K = ", s.K, " in ", q.scalar_type(),
                 dgd ? " with dgd" : "", " needs ", smem, " bytes of shared memory per block, this device has ",
                 smem_optin, "; use a smaller chunk_size");
-    ChunkedParams<scalar_t, float> p;
-    p.q = t.q.const_data_ptr<scalar_t>();
-    p.k = t.k.const_data_ptr<scalar_t>();
-    p.v = t.v.const_data_ptr<scalar_t>();
-    p.lr = t.lr.const_data_ptr<float>();
-    p.retention = t.retention.const_data_ptr<float>();
-    p.momentum = momentum.has_value() ? t.momentum.const_data_ptr<float>() : nullptr;
-    p.cu_seqlens = cu_seqlens.has_value() ? t.cu_seqlens.const_data_ptr<int64_t>() : nullptr;
-    p.o = t.o.mutable_data_ptr<scalar_t>();
-    p.memory = t.final_memory.mutable_data_ptr<float>();
-    p.mom_state = momentum.has_value() ? t.final_momentum.mutable_data_ptr<float>() : nullptr;
-    p.chunk_memory = t.chunk_memory.mutable_data_ptr<float>();
-    p.chunk_momentum = momentum.has_value() ? t.chunk_momentum.mutable_data_ptr<float>() : nullptr;
-    p.T = s.T;
-    p.H = s.H;
-    p.K = s.K;
-    p.V = s.V;
-    p.NC = t.NC;
-    p.chunk_size = chunk_size;
-    p.scale = static_cast<float>(scale);
+    const ChunkedParams<scalar_t, float> p = chunked_params<scalar_t, float>(t, s, chunk_size, scale);
     const int64_t NH = s.N * s.H;
     if (momentum.has_value()) {
       dgd ? launch<scalar_t, true, true>(p, shape, NH, smem) : launch<scalar_t, true, false>(p, shape, NH, smem);
