@@ -11,7 +11,8 @@ from .chunked import cms_level_chunked
 from .decode import CMSDecodeState, cms_level_step
 from .reference import cms_level_reference
 from .state import CMSState
-from .triton import auto_reason as _triton_auto, cms_level_triton, unsupported_reason as _triton_unsupported
+from ..common.triton_backend import auto_reason as _triton_auto
+from .triton import cms_level_triton, unsupported_reason as _triton_unsupported
 
 __all__ = ["cms_level", "CMSState", "BACKENDS", "cms_level_reference", "cms_level_chunked", "cms_level_step",
            "CMSDecodeState"]

@@ -6,35 +6,25 @@ formula of a `torch.library` custom op. On a CPU the kernels run in Triton's int
 registers before any product (fp32 dots for fp32 inputs, tf32 on the matrix units otherwise),
 so none of the 16-bit `tl.dot` problems of `triton_kernels/utils/operand_precision.py` apply.
 Weights and states are fp32."""
-import importlib.util
 import math
 import os
 from typing import List, Optional, Tuple
 
 import torch
 
+from ..common.triton_backend import triton_call_reason
 from .state import CMSState
-
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def unsupported_reason(call: dict) -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    if call["device"].type not in ("cpu", "cuda"):
-        return f"it runs on CUDA devices (or interpreted on the CPU), the inputs are on {call['device']}"
-    if call["dtype"] not in DTYPES:
-        return f"it takes fp32/bf16/fp16 inputs, got {call['dtype']} (use backend='torch' or 'reference')"
+    reason = triton_call_reason(call)
+    if reason is not None:
+        return reason
     rows = min(call["period"], call["T"])
     if rows * max(call["D"], call["Dh"]) >= 2**31:
         return (f"a chunk's rows × max(D, Dh) must stay below 2^31 (32-bit offsets inside a chunk), got "
                 f"min(period, T) = {rows}, D = {call['D']}, Dh = {call['Dh']}")
     return None
-
-
-def auto_reason(call: dict) -> Optional[str]:
-    """`backend="auto"` takes the Triton kernels on a GPU only: interpreted on a CPU they are slow."""
-    return None if call["device"].type == "cuda" else "interpreted on the CPU"
 
 
 def _fake_states(x, w1, n: int):

@@ -15,7 +15,8 @@ from .cpp import linear_memory_cpp, unsupported_reason as _cpp_unsupported
 from .cuda import auto_reason as _cuda_auto, linear_memory_cuda, unsupported_reason as _cuda_unsupported
 from .reference import linear_memory_reference
 from .state import LinearMemoryState
-from .triton import auto_reason as _triton_auto, linear_memory_triton, unsupported_reason as _triton_unsupported
+from ..common.triton_backend import auto_reason as _triton_auto
+from .triton import linear_memory_triton, unsupported_reason as _triton_unsupported
 
 __all__ = ["linear_memory", "LinearMemoryState", "BACKENDS", "linear_memory_step", "LinearMemoryDecodeState"]
 

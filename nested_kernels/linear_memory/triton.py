@@ -3,7 +3,6 @@ on the flat chunk layout. The gate matrices and the DGD system's inverse are sma
 tensors built by the shared kernels of `triton_kernels/common/` (custom ops in
 `common/chunk_gates_triton.py`, `common/dgd_inverse_triton.py`); the chunk kernels do the
 state-sized work. On a CPU the kernels run in Triton's interpreter."""
-import importlib.util
 import warnings
 from typing import List, Optional, Tuple
 
@@ -15,30 +14,22 @@ from ..common.dgd_inverse_triton import dgd_inverse_triton
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
 from ..common.kept_states import keeping_chunk_states
+from ..common.triton_backend import triton_call_reason
 from .state import LinearMemoryState
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 256
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def unsupported_reason(call: dict) -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    if call["device"].type not in ("cpu", "cuda"):
-        return f"it runs on CUDA devices (or interpreted on the CPU), the inputs are on {call['device']}"
-    if call["dtype"] not in DTYPES:
-        return f"it takes fp32/bf16/fp16 inputs, got {call['dtype']} (use backend='torch' or 'reference')"
+    reason = triton_call_reason(call)
+    if reason is not None:
+        return reason
     if call["chunk_size"] not in CHUNK_SIZES:
         return f"chunk_size must be one of {CHUNK_SIZES}, got {call['chunk_size']}"
     if max(call["K"], call["V"]) > MAX_DIM:
         return f"K and V up to {MAX_DIM}, got K={call['K']}, V={call['V']}"
     return None
-
-
-def auto_reason(call: dict) -> Optional[str]:
-    """`backend="auto"` takes the Triton kernels on a GPU only: interpreted on a CPU they are slow."""
-    return None if call["device"].type == "cuda" else "interpreted on the CPU"
 
 
 def _last_row(x: torch.Tensor, last_rows: torch.Tensor) -> torch.Tensor:

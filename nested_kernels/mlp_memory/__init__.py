@@ -14,7 +14,8 @@ from .decode import MLPMemoryDecodeState, mlp_memory_step
 from .options import READ_MODES, check_mlp_options
 from .reference import mlp_memory_reference
 from .state import MLPMemoryState
-from .triton import auto_reason as _triton_auto, mlp_memory_triton, unsupported_reason as _triton_unsupported
+from ..common.triton_backend import auto_reason as _triton_auto
+from .triton import mlp_memory_triton, unsupported_reason as _triton_unsupported
 
 __all__ = ["mlp_memory", "MLPMemoryState", "BACKENDS", "READ_MODES", "mlp_memory_step", "MLPMemoryDecodeState"]
 

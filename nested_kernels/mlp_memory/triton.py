@@ -6,7 +6,6 @@ The op takes the raw gates (flat, padded with η = 0, α = μ = 1) and builds th
 the DGD inverses inside; its backward returns the gradients of the raw gates directly. It returns
 the states of every chunk boundary `[NC + N, H, ·, ·]` (slots: see `triton_kernels/mlp_memory/
 chunk_fwd.py`), the final states among them: what the backward starts its chunks from."""
-import importlib.util
 import warnings
 from typing import List, Optional, Tuple
 
@@ -18,31 +17,23 @@ from ..common.chunk_state import dgd_inverse
 from ..common.dgd_inverse_triton import dgd_inverse_triton
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
+from ..common.triton_backend import triton_call_reason
 from .chunk_backward import ChunkOptions, chunk_backward
 from .state import MLPMemoryState
 
 CHUNK_SIZES = (8, 16, 32, 64)
 MAX_KV, MAX_DH = 128, 512
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def unsupported_reason(call: dict) -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    if call["device"].type not in ("cpu", "cuda"):
-        return f"it runs on CUDA devices (or interpreted on the CPU), the inputs are on {call['device']}"
-    if call["dtype"] not in DTYPES:
-        return f"it takes fp32/bf16/fp16 inputs, got {call['dtype']} (use backend='torch' or 'reference')"
+    reason = triton_call_reason(call)
+    if reason is not None:
+        return reason
     if call["chunk_size"] not in CHUNK_SIZES:
         return f"chunk_size must be one of {CHUNK_SIZES}, got {call['chunk_size']}"
     if max(call["K"], call["V"]) > MAX_KV or call["Dh"] > MAX_DH:
         return f"K and V up to {MAX_KV}, Dh up to {MAX_DH}, got K={call['K']}, V={call['V']}, Dh={call['Dh']}"
     return None
-
-
-def auto_reason(call: dict) -> Optional[str]:
-    """`backend="auto"` takes the Triton kernels on a GPU only: interpreted on a CPU they are slow."""
-    return None if call["device"].type == "cuda" else "interpreted on the CPU"
 
 
 def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
