@@ -21,17 +21,16 @@ fails is reported, not timed. Without a CUDA device the GPU rows read "not measu
 device)". Writes decode-<tag>.md and decode-<tag>.json.
 """
 import argparse
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from linear_memory_bench import ROOT
-from linear_memory_bench.report import machine_meta
-from linear_memory_bench.timing import time_cpu, time_cuda
+from linear_memory_bench.report import machine_meta, write_tables
+from linear_memory_bench.timing import time_row
 from nested_kernels import (
     LinearMemoryDecodeState, MLPMemoryDecodeState, MLPMemoryState, linear_memory_step, mlp_memory_step,
 )
@@ -116,14 +115,10 @@ def gate_error(fresh, call, backend: str) -> float:
     return err / max(scale, 1e-30)
 
 
-def time_call(fn: Callable[[], object], cuda: bool) -> List[float]:
-    if cuda:
-        ms, _, _, skip = time_cuda(fn, [], warmup_ms=25, rep_ms=100, max_call_s=5.0)
-        if ms is None:
-            raise RuntimeError(skip)
-    else:
-        ms = time_cpu(fn, [], min_runs=20, budget_s=1.0, max_row_s=5.0, max_runs=200)
-    return [m * 1e3 for m in ms]
+def time_call(fn: Callable[[], object], cuda: bool) -> Tuple[Optional[List[float]], str]:
+    """(µs quantiles (0.5, 0.2, 0.8) or None, why not timed) of one call."""
+    ms, _, note = time_row(fn, [], cuda=cuda, max_call_s=5.0, cpu_min_runs=20, cpu_budget_s=1.0)
+    return (None, note) if ms is None else ([m * 1e3 for m in ms], "")
 
 
 def run(batches: List[int], device: torch.device, peak_tbps: float) -> List[Row]:
@@ -151,7 +146,9 @@ def run(batches: List[int], device: torch.device, peak_tbps: float) -> List[Row]
                         row.note = f"not timed: correctness gate failed ({row.gate_error:.2e} > {GATE_TOL:g})"
                         continue
                     state = fresh()
-                    row.us = time_call(lambda: call(state, backend), cuda)
+                    row.us, row.note = time_call(lambda: call(state, backend), cuda)
+                if row.us is None:
+                    continue
                 row.tokens_per_s = N / (row.us[0] * 1e-6)
                 if cuda:
                     row.bandwidth_fraction = nbytes / (row.us[0] * 1e-6) / (peak_tbps * 1e12)
@@ -164,12 +161,14 @@ def run(batches: List[int], device: torch.device, peak_tbps: float) -> List[Row]
                 try:
                     fn, nbytes = fla_case(N, device)
                     with torch.no_grad():
-                        row.us = time_call(fn, cuda)
+                        row.us, row.note = time_call(fn, cuda)
                 except ImportError:
                     row.note = "fla not installed"
                     continue
                 except Exception as e:  # noqa: BLE001 (a peer that fails is reported, not fatal)
                     row.note = f"fla failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                    continue
+                if row.us is None:
                     continue
                 row.tokens_per_s = N / (row.us[0] * 1e-6)
                 row.bandwidth_fraction = nbytes / (row.us[0] * 1e-6) / (peak_tbps * 1e12)
@@ -205,15 +204,7 @@ def main(argv=None) -> int:
     meta.pop("chunk_size", None)
     meta["dtype"] = "fp32 inputs and state"
     tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
-    os.makedirs(args.out_dir, exist_ok=True)
-    md, js = (os.path.join(args.out_dir, f"decode-{tag}.{ext}") for ext in ("md", "json"))
-    text = to_markdown(rows, meta)
-    with open(md, "w") as f:
-        f.write(text)
-    with open(js, "w") as f:
-        json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1)
-    print(text)
-    print(f"wrote {md} and {js}")
+    write_tables(args.out_dir, f"decode-{tag}", to_markdown(rows, meta), meta, rows)
     return 0
 
 

@@ -16,17 +16,16 @@ unless given) so it is exercised end to end; those figures are CPU timings, not 
 Writes hope_layer-<tag>.md / .json.
 """
 import argparse
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from linear_memory_bench import ROOT
-from linear_memory_bench.report import machine_meta
-from linear_memory_bench.timing import time_cpu, time_cuda
+from linear_memory_bench.report import machine_meta, write_tables
+from linear_memory_bench.timing import time_row
 from nested_kernels.models import HopeConfig
 from nested_kernels.models.hope import HopeBlock
 
@@ -98,20 +97,10 @@ def main(argv=None) -> int:
         for name, layer in (("hope", hope), ("transformer", transformer)):
             row = Row(name, mode, shape)
             rows.append(row)
-            try:
-                fn, leaves = layer_call(name, layer, x, mode)
-                if cuda:
-                    ms, _, peak, skip = time_cuda(fn, leaves, warmup_ms=25, rep_ms=100, max_call_s=args.max_call_s)
-                    if ms is None:
-                        row.note = skip
-                        continue
-                    row.peak_mib = peak / 2**20
-                else:
-                    ms = time_cpu(fn, leaves, min_runs=3, budget_s=2.0, max_row_s=args.max_call_s)
-            except torch.OutOfMemoryError:
-                row.note = "OOM"
+            fn, leaves = layer_call(name, layer, x, mode)
+            row.ms, row.peak_mib, row.note = time_row(fn, leaves, cuda=cuda, max_call_s=args.max_call_s)
+            if row.ms is None:
                 continue
-            row.ms = [float(m) for m in ms]
             row.tokens_per_s = args.B * T / (row.ms[0] * 1e-3)
             print(f"{name} {mode}: {row.ms[0]:.3f} ms", flush=True)
     meta = machine_meta(cuda, args)
@@ -129,14 +118,7 @@ def main(argv=None) -> int:
         lines.append(f"| {r.layer} | {r.mode} | {r.shape} | {t} | {f'{r.tokens_per_s:,.0f}' if r.tokens_per_s else '—'} | "
                      f"{f'{r.peak_mib:,.0f}' if r.peak_mib is not None else '—'} | {r.note} |")
     tag = args.tag or ("gpu" if cuda else "cpu")
-    os.makedirs(args.out_dir, exist_ok=True)
-    md, js = (os.path.join(args.out_dir, f"hope_layer-{tag}.{ext}") for ext in ("md", "json"))
-    with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(js, "w") as f:
-        json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1)
-    print("\n".join(lines))
-    print(f"wrote {md} and {js}")
+    write_tables(args.out_dir, f"hope_layer-{tag}", "\n".join(lines) + "\n", meta, rows)
     return 0
 
 

@@ -23,18 +23,17 @@ o and every gradient); a tier that fails is not timed. A tier whose one call tak
 `--max-call-s` or runs out of memory is reported as such. Writes mlp_memory-<tag>.md / .json.
 """
 import argparse
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from linear_memory_bench import ROOT
-from linear_memory_bench.report import machine_meta
+from linear_memory_bench.report import machine_meta, write_tables
 from linear_memory_bench.settings import PEAK_TBPS, PEAK_TFLOPS, SHAPES, SMALL_SHAPES, BenchShape
-from linear_memory_bench.timing import time_cpu, time_cuda
+from linear_memory_bench.timing import time_row
 from mlp_memory_vmap import mlp_memory_vmap_grad
 from nested_kernels import MLPMemoryState, linear_memory, mlp_memory
 from nested_kernels.mlp_memory import BACKENDS as MLP_BACKENDS
@@ -160,20 +159,10 @@ def run(shapes, modes, chunk: int, device, args) -> List[Row]:
                 if tier == "linear_memory-triton" and not cuda:
                     row.note = CPU_TRITON
                     continue
-                try:
-                    fn, leaves = tier_call(tier, x, chunk, mode)
-                    if cuda:
-                        ms, _, peak, skip = time_cuda(fn, leaves, warmup_ms=25, rep_ms=100, max_call_s=args.max_call_s)
-                        if ms is None:
-                            row.note = skip
-                            continue
-                        row.peak_mib = peak / 2**20
-                    else:
-                        ms = time_cpu(fn, leaves, min_runs=3, budget_s=2.0, max_row_s=args.max_call_s)
-                except torch.OutOfMemoryError:
-                    row.note = "OOM"
+                fn, leaves = tier_call(tier, x, chunk, mode)
+                row.ms, row.peak_mib, row.note = time_row(fn, leaves, cuda=cuda, max_call_s=args.max_call_s)
+                if row.ms is None:
                     continue
-                row.ms = [float(m) for m in ms]
                 row.tokens_per_s = row.tokens / (row.ms[0] * 1e-3)
                 if cuda and row.flops:
                     bound = max(row.flops / (args.peak_tflops * 1e12), row.bytes / (args.peak_tbps * 1e12))
@@ -234,15 +223,7 @@ def main(argv=None) -> int:
     if device.type != "cuda":
         meta["note"] = "no CUDA device: the GPU tiers are not measured; CPU timings compare the CPU tiers only"
     tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
-    os.makedirs(args.out_dir, exist_ok=True)
-    md, js = (os.path.join(args.out_dir, f"mlp_memory-{tag}.{ext}") for ext in ("md", "json"))
-    text = to_markdown(rows, meta)
-    with open(md, "w") as f:
-        f.write(text)
-    with open(js, "w") as f:
-        json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1)
-    print(text)
-    print(f"wrote {md} and {js}")
+    write_tables(args.out_dir, f"mlp_memory-{tag}", to_markdown(rows, meta), meta, rows)
     return 0
 
 

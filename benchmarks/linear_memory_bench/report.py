@@ -170,3 +170,17 @@ def write_outputs(run: Run, out_dir: str, tag: str) -> Tuple[str, str]:
             f.write(text)
         os.replace(tmp, path)
     return md_path, json_path
+
+
+def write_tables(out_dir: str, stem: str, text: str, meta: Dict[str, object], rows: Sequence[object]) -> Tuple[str, str]:
+    """Write `<stem>.md` (text) and `<stem>.json` (meta and the dataclass rows) into out_dir, print the
+    table; returns the two paths (the standalone benchmarks' output)."""
+    os.makedirs(out_dir, exist_ok=True)
+    md, js = (os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "json"))
+    with open(md, "w") as f:
+        f.write(text)
+    with open(js, "w") as f:
+        json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1)
+    print(text)
+    print(f"wrote {md} and {js}")
+    return md, js

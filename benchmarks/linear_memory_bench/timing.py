@@ -105,3 +105,19 @@ def _release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def time_row(fn: Fn, leaves: Sequence[torch.Tensor], *, cuda: bool, max_call_s: float, cpu_min_runs: int = 3,
+             cpu_budget_s: float = 2.0) -> Tuple[Optional[List[float]], Optional[float], str]:
+    """(ms quantiles (0.5, 0.2, 0.8) or None, peak MiB on a GPU, why it was not timed) of one row of
+    the standalone benchmarks (bench_mlp_memory, bench_decode, bench_hope_layer): `time_cuda` with
+    25/100 ms warm-up/repetitions on a GPU, `time_cpu` on a CPU; running out of memory is reported."""
+    try:
+        if cuda:
+            ms, _, peak, skip = time_cuda(fn, leaves, warmup_ms=25, rep_ms=100, max_call_s=max_call_s)
+            return (None, None, skip) if ms is None else ([float(m) for m in ms], peak / 2**20, "")
+        ms = time_cpu(fn, leaves, min_runs=cpu_min_runs, budget_s=cpu_budget_s, max_row_s=max_call_s,
+                      max_runs=max(50, cpu_min_runs))
+        return [float(m) for m in ms], None, ""
+    except torch.OutOfMemoryError:
+        return None, None, "OOM"
