@@ -1,6 +1,7 @@
 """What every op's `triton` backend checks first, and when `backend="auto"` may pick it."""
 import importlib.util
-from typing import Optional
+import warnings
+from typing import Optional, Tuple
 
 import torch
 
@@ -22,3 +23,19 @@ def triton_call_reason(call: dict) -> Optional[str]:
 def auto_reason(call: dict) -> Optional[str]:
     """`backend="auto"` takes the Triton kernels on a GPU only: interpreted on a CPU they are slow."""
     return None if call["device"].type == "cuda" else "interpreted on the CPU"
+
+
+def flat_operands(layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v in the flat chunk layout (`common/flat_chunks.py`), contiguous; as fp32 copies, with a
+    warning naming `op`, where 16-bit dot operands are not safe (`triton_kernels/utils/operand_precision.py`)."""
+    from ..triton_kernels.utils.launch import interpreted
+    from ..triton_kernels.utils.operand_precision import fp32_operands_reason
+
+    qf, kf, vf = (layout.flatten(x).contiguous() for x in (q, k, v))
+    reason = fp32_operands_reason(q.device, q.dtype)
+    if reason is not None:                                                    # fp32 holds 16-bit values exactly
+        if not interpreted():
+            warnings.warn(f"{op}(backend='triton'): {reason}", RuntimeWarning, stacklevel=4)
+        qf, kf, vf = qf.float(), kf.float(), vf.float()
+    return qf, kf, vf

@@ -3,7 +3,6 @@ on the flat chunk layout. The gate matrices and the DGD system's inverse are sma
 tensors built by the shared kernels of `triton_kernels/common/` (custom ops in
 `common/chunk_gates_triton.py`, `common/dgd_inverse_triton.py`); the chunk kernels do the
 state-sized work. On a CPU the kernels run in Triton's interpreter."""
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -14,7 +13,7 @@ from ..common.dgd_inverse_triton import dgd_inverse_triton
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
 from ..common.kept_states import keeping_chunk_states
-from ..common.triton_backend import triton_call_reason
+from ..common.triton_backend import flat_operands, triton_call_reason
 from .state import LinearMemoryState
 
 CHUNK_SIZES = (16, 32, 64)
@@ -143,18 +142,10 @@ _triton_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, initial_state, cu_seqlens):
     """The layout and the arguments of `nested_kernels::linear_memory_triton_fwd` for one call."""
-    from ..triton_kernels.utils.launch import interpreted
-    from ..triton_kernels.utils.operand_precision import fp32_operands_reason
-
     B, T, H, K = q.shape
     f32 = torch.float32
     layout = flat_chunks(B, T, chunk_size, cu_seqlens, q.device)
-    qf, kf, vf = (layout.flatten(x).contiguous() for x in (q, k, v))
-    reason = fp32_operands_reason(q.device, q.dtype)
-    if reason is not None:                                                    # fp32 holds 16-bit values exactly
-        if not interpreted():
-            warnings.warn(f"linear_memory(backend='triton'): {reason}", RuntimeWarning, stacklevel=3)
-        qf, kf, vf = qf.float(), kf.float(), vf.float()
+    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory")
 
     def gate(x, pad):
         return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))

@@ -6,7 +6,6 @@ The op takes the raw gates (flat, padded with η = 0, α = μ = 1) and builds th
 the DGD inverses inside; its backward returns the gradients of the raw gates directly. It returns
 the states of every chunk boundary `[NC + N, H, ·, ·]` (slots: see `triton_kernels/mlp_memory/
 chunk_fwd.py`), the final states among them: what the backward starts its chunks from."""
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -17,7 +16,7 @@ from ..common.chunk_state import dgd_inverse
 from ..common.dgd_inverse_triton import dgd_inverse_triton
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
-from ..common.triton_backend import triton_call_reason
+from ..common.triton_backend import flat_operands, triton_call_reason
 from .chunk_backward import ChunkOptions, chunk_backward
 from .state import MLPMemoryState
 
@@ -197,18 +196,10 @@ _triton_fwd.register_autograd(_backward, setup_context=_setup_context)
 def triton_op_args(q, k, v, lr, retention, momentum, *, initial_state, activation, residual, dgd, self_target, read,
                    chunk_size, cu_seqlens):
     """The layout and the arguments of `nested_kernels::mlp_memory_triton_fwd` for one call."""
-    from ..triton_kernels.utils.launch import interpreted
-    from ..triton_kernels.utils.operand_precision import fp32_operands_reason
-
     B, T, H, K = q.shape
     f32 = torch.float32
     layout = flat_chunks(B, T, chunk_size, cu_seqlens, q.device)
-    qf, kf, vf = (layout.flatten(x).contiguous() for x in (q, k, v))
-    reason = fp32_operands_reason(q.device, q.dtype)
-    if reason is not None:                                                    # fp32 holds 16-bit values exactly
-        if not interpreted():
-            warnings.warn(f"mlp_memory(backend='triton'): {reason}", RuntimeWarning, stacklevel=3)
-        qf, kf, vf = qf.float(), kf.float(), vf.float()
+    qf, kf, vf = flat_operands(layout, q, k, v, "mlp_memory")
     gate = lambda x, pad: None if x is None else layout.flatten(as_gate(x, q, f32), pad).contiguous()
     N = layout.chunk_offsets.numel() - 1
     w1, w2 = (x.to(f32).contiguous() for x in (initial_state.w1, initial_state.w2))
