@@ -50,13 +50,13 @@ if BENCHMARKS not in sys.path:
     sys.path.append(BENCHMARKS)
 
 from linear_memory_bench import ROOT  # noqa: E402
-from linear_memory_bench.counts import roofline_fraction  # noqa: E402
 from linear_memory_bench.gate import rms_ratio  # noqa: E402
 from linear_memory_bench.report import _fmt, _git_commit, _si  # noqa: E402
-from linear_memory_bench.rows import Row, Run  # noqa: E402
+from linear_memory_bench.rows import Row, Run, _finish  # noqa: E402
 from linear_memory_bench.settings import (  # noqa: E402
     GATE_FAILED, GATE_T, GATE_TOL_GRAD, GATE_TOL_OUT, MODE_LABEL, MODES, NO_CUDA, OUT_OF_BUDGET, PEAK_TBPS, _mode)
-from linear_memory_bench.timing import _first_line, _release, time_cpu, time_cuda  # noqa: E402
+from linear_memory_bench.gpu_run import _time_row  # noqa: E402
+from linear_memory_bench.timing import _first_line, _release, time_cpu  # noqa: E402
 
 from nested_kernels.cms import cms_level  # noqa: E402
 
@@ -168,16 +168,6 @@ def _row(s: CMSShape, period: int, mode: str, backend: str, device: str) -> Row:
                bytes=cms_bytes(s, period, mode))
 
 
-def _finish(row: Row, ms, method: str, peak: Optional[int], args) -> None:
-    row.ms, row.p20, row.p80 = (float(v) for v in ms)
-    row.method = method
-    row.tokens_per_s = row.tokens / (row.ms * 1e-3)
-    row.peak_mib = None if peak is None else peak / 2**20
-    if row.device == "cuda":
-        row.roofline = roofline_fraction(row.flops, row.bytes, row.ms, peak_tflops=args.peak_tflops,
-                                         peak_tbps=args.peak_tbps)
-
-
 def run_gpu(run: Run, shapes, periods, modes, args, write) -> None:
     device = torch.device("cuda")
     start = time.perf_counter()
@@ -208,23 +198,8 @@ def run_gpu(run: Run, shapes, periods, modes, args, write) -> None:
                         row.status = GATE_FAILED
                         continue
                     log(f"{MODE_LABEL[mode]} {backend}")
-                    fn = leaves = None
-                    try:
-                        fn, leaves = cms_callable(x, backend, period, mode)
-                        max_s = args.torch_max_call_s if backend == "torch" else 60.0
-                        ms, method, peak, skip = time_cuda(fn, leaves, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
-                                                           max_call_s=max_s)
-                        if skip is not None:
-                            row.status = skip
-                        else:
-                            _finish(row, ms, method, peak, args)
-                    except torch.cuda.OutOfMemoryError:
-                        row.status = "OOM"
-                    except Exception as e:  # noqa: BLE001
-                        row.status = f"error: {type(e).__name__}: {_first_line(e)}"
-                    finally:
-                        del fn, leaves
-                        _release()
+                    max_s = args.torch_max_call_s if backend == "torch" else 60.0
+                    _time_row(row, lambda: cms_callable(x, backend, period, mode), args, max_call_s=max_s)
             x = None
             _release()
             write()
