@@ -1,6 +1,6 @@
 """`nested-kernels check`: every op × every backend this machine can run, against the
 reference on fresh random inputs, forward and backward (the final state in the loss)."""
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F

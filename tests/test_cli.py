@@ -2,7 +2,6 @@
 import subprocess
 import sys
 
-import torch
 
 from nested_kernels import cli
 from nested_kernels.linear_memory import BACKENDS as LINEAR_BACKENDS

@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..linear_memory import LinearMemoryState, linear_memory
+from ..linear_memory import linear_memory
 from ..mlp_memory import MLPMemoryState, mlp_memory
 from .memory_layer import GatedOutput, MemoryProjections
 

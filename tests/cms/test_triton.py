@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from nested_kernels.cms import CMSState, cms_level
+from nested_kernels.cms import cms_level
 from tests.helpers import rms_ratio
 
 pytest.importorskip("triton")
