@@ -144,7 +144,6 @@ def mlp_memory_bwd_kernel_inner(
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
     m_t = o_t < C
-    m_causal = o_t[:, None] >= o_t[None, :]
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < DH
     o_tk = ((i_b * C + o_t) * H + i_h) * K
@@ -416,7 +415,6 @@ def mlp_memory_bwd_kernel_dw(
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
     m_t = o_t < C
-    m_causal = o_t[:, None] >= o_t[None, :]
     o_d = i_d * BD + tl.arange(0, BD)
     m_d = o_d < DH
     o_tk = ((i_b * C + o_t) * H + i_h) * K
