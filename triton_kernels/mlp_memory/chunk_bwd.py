@@ -5,18 +5,21 @@ inputs, zero gradients). The hidden width Dh is cut into tiles of BD columns and
 that touches W1 [K, Dh] or W2 [Dh, V] runs one program per (Dh tile, sequence·head):
 
 1. `mlp_memory_bwd_kernel_res`   R = f_{W^c}(K) − target, summed over the Dh tiles   [BH, BT, V];
-   `mlp_memory_bwd_kernel_qk` (read="current") Q Kᵀ and dO Rᵀ                       [BH, 2, BT, BT]
-2. `mlp_memory_bwd_kernel_inner` per Dh tile: Z, A, P = R W2ᵀ, D = P ⊙ φ'(Z), the reads (Zq, Aq,
-   their adjoints dAq, dZq), the adjoint dD and from it dP = dD ⊙ φ'(Z), dZ'' = dD ⊙ P ⊙ φ''(Z);
+   `mlp_memory_bwd_kernel_qk` (read="current" or DGD) Q Kᵀ, dO Rᵀ, K Kᵀ and their products
+   with the gate matrices                                                       [BH, 7, BT, BT]
+2. `mlp_memory_bwd_kernel_inner` per Dh tile: Z, A, P = R W2ᵀ, D = P ⊙ φ'(Z), with DGD the
+   pseudo-values W = (I + L)^{-1} Rhs, the reads (Zq, Aq, their adjoints dAq, dZq), with DGD
+   dW and dRhs = (I + L)^{-T} dW, the adjoint dD and from it dP = dD ⊙ φ'(Z), dZ'' = dD ⊙ P ⊙ φ''(Z);
    stores those C×Dh tiles in scratch, and partial sums over the tile of every product that
-   contracts Dh: Aq Aᵀ, dZq Dᵀ (C×C), dQ, dR (C×K, C×V) and the gate gradients.
+   contracts Dh: Aq Aᵀ, dZq Dᵀ, dRhs Dᵀ, dZq Wᵀ, dRhs Wᵀ (C×C), dQ, dR (C×K, C×V) and the gate
+   gradients.
 3. `mlp_memory_bwd_kernel_dres`  (after the partials are summed over Dh tiles) the C×C side of
-   the reads: dR, dQ, the read part of dK, dV, and dG on the read rows.
+   the reads and of the DGD system: dR, dQ, the C×C part of dK, dV, and dG, dE.
 4. `mlp_memory_bwd_kernel_dw`    per Dh tile: dA, dZ, and the weight gradients dW1[:, tile],
    dS1[:, tile], dW2[tile, :], dS2[tile, :] (each program owns its tile: no atomics), with the
    write part of dK and the self-target part of dV as partial sums.
 
-Scratch (global memory, fp32, [BH, BT, Dh] each): Z, Aq, dZq, dP, dZ'', D. A C×Dh tile per
+Scratch (global memory, fp32, [BH, BT, Dh] each): Z, Aq, dZq, dP, dZ'', D (and W, dRhs). A C×Dh tile per
 intermediate is what the register file cannot hold across stages (Dh ≤ 512, C ≤ 64).
 All products accumulate in fp32 (inputs are converted on load).
 """
