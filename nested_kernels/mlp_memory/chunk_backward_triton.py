@@ -53,8 +53,10 @@ def _check(q, k, v, lr, momentum, w1, w2, s1, s2, do, activation, residual, dgd,
     if (momentum is None) != (s1 is None) or (momentum is None) != (s2 is None):
         raise ValueError("momentum, s1, s2: expected all three or none")
     Dh = w1.shape[-1]
-    if w1.shape[1:] != (H, K, Dh) or w2.shape[1:] != (H, Dh, V) or w1.shape[0] not in (1, B) or w2.shape[0] != w1.shape[0]:
-        raise ValueError(f"expected w1 [B | 1, H, K, Dh], w2 [B | 1, H, Dh, V]; got {tuple(w1.shape)}, {tuple(w2.shape)}")
+    if (w1.shape[1:] != (H, K, Dh) or w2.shape[1:] != (H, Dh, V) or w1.shape[0] not in (1, B)
+            or w2.shape[0] != w1.shape[0]):
+        raise ValueError(f"expected w1 [B | 1, H, K, Dh], w2 [B | 1, H, Dh, V]; got {tuple(w1.shape)}, "
+                         f"{tuple(w2.shape)}")
     return B, C, H, K, V, Dh
 
 
@@ -117,7 +119,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         inv = dgd_inverse_fwd(k_pad, gates.dgd_write.view(B, H, BT + 1, BT).transpose(0, 1).contiguous())  # [H, B, ..]
         dgd_inv = inv.transpose(0, 1).reshape(BH, BT, BT).contiguous()
 
-    common = dict(C=C, H=H, K=K, V=V, BT=BT, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    common = dict(C=C, H=H, K=K, V=V, BT=BT, DOT_PRECISION="tf32" if q.element_size() < 4 else "ieee")
     act = ACT_CODES[activation]
     res = torch.empty(BH, BT, V, **f32)
     cfg = launch_config("res", K, V, Dh, BT, dgd)

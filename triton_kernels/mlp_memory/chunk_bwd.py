@@ -5,18 +5,21 @@ inputs, zero gradients). The hidden width Dh is cut into tiles of BD columns and
 that touches W1 [K, Dh] or W2 [Dh, V] runs one program per (Dh tile, sequence·head):
 
 1. `mlp_memory_bwd_kernel_res`   R = f_{W^c}(K) − target, summed over the Dh tiles   [BH, BT, V];
-   `mlp_memory_bwd_kernel_qk` (read="current") Q Kᵀ and dO Rᵀ                       [BH, 2, BT, BT]
-2. `mlp_memory_bwd_kernel_inner` per Dh tile: Z, A, P = R W2ᵀ, D = P ⊙ φ'(Z), the reads (Zq, Aq,
-   their adjoints dAq, dZq), the adjoint dD and from it dP = dD ⊙ φ'(Z), dZ'' = dD ⊙ P ⊙ φ''(Z);
+   `mlp_memory_bwd_kernel_qk` (read="current" or DGD) Q Kᵀ, dO Rᵀ, K Kᵀ and their products
+   with the gate matrices                                                       [BH, 7, BT, BT]
+2. `mlp_memory_bwd_kernel_inner` per Dh tile: Z, A, P = R W2ᵀ, D = P ⊙ φ'(Z), with DGD the
+   pseudo-values W = (I + L)^{-1} Rhs, the reads (Zq, Aq, their adjoints dAq, dZq), with DGD
+   dW and dRhs = (I + L)^{-T} dW, the adjoint dD and from it dP = dD ⊙ φ'(Z), dZ'' = dD ⊙ P ⊙ φ''(Z);
    stores those C×Dh tiles in scratch, and partial sums over the tile of every product that
-   contracts Dh: Aq Aᵀ, dZq Dᵀ (C×C), dQ, dR (C×K, C×V) and the gate gradients.
+   contracts Dh: Aq Aᵀ, dZq Dᵀ, dRhs Dᵀ, dZq Wᵀ, dRhs Wᵀ (C×C), dQ, dR (C×K, C×V) and the gate
+   gradients.
 3. `mlp_memory_bwd_kernel_dres`  (after the partials are summed over Dh tiles) the C×C side of
-   the reads: dR, dQ, the read part of dK, dV, and dG on the read rows.
+   the reads and of the DGD system: dR, dQ, the C×C part of dK, dV, and dG, dE.
 4. `mlp_memory_bwd_kernel_dw`    per Dh tile: dA, dZ, and the weight gradients dW1[:, tile],
    dS1[:, tile], dW2[tile, :], dS2[tile, :] (each program owns its tile: no atomics), with the
    write part of dK and the self-target part of dV as partial sums.
 
-Scratch (global memory, fp32, [BH, BT, Dh] each): Z, Aq, dZq, dP, dZ'', D. A C×Dh tile per
+Scratch (global memory, fp32, [BH, BT, Dh] each): Z, Aq, dZq, dP, dZ'', D (and W, dRhs). A C×Dh tile per
 intermediate is what the register file cannot hold across stages (Dh ≤ 512, C ≤ 64).
 All products accumulate in fp32 (inputs are converted on load).
 """
@@ -36,6 +39,18 @@ def _rows(ptr, o_row, m_t, o_col, m_col):
 def _tile(ptr, o_base, o_r, m_r, o_c, m_c, NCOL: tl.constexpr):
     """A tile of a row-major matrix with NCOL columns at o_base (padding reads 0)."""
     return tl.load(ptr + o_base + o_r[:, None] * NCOL + o_c[None, :], mask=m_r[:, None] & m_c[None, :], other=0.0)
+
+
+@triton.jit
+def _rows_t(ptr, o_row, m_t, o_col, m_col):
+    """`_rows` transposed, [B·, BT], read by address (no layout conversion in registers)."""
+    return tl.load(ptr + o_row[None, :] + o_col[:, None], mask=m_t[None, :] & m_col[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _tile_t(ptr, o_base, o_r, m_r, o_c, m_c, NCOL: tl.constexpr):
+    """`_tile` transposed, [len(o_c), len(o_r)], read by address."""
+    return tl.load(ptr + o_base + o_r[None, :] * NCOL + o_c[:, None], mask=m_r[None, :] & m_c[:, None], other=0.0)
 
 
 @triton.jit(do_not_specialize=["C"])
@@ -194,18 +209,17 @@ def mlp_memory_bwd_kernel_inner(
         m_v = o_v < V
         b_r = tl.load(res + (i_bh * BT + o_t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
         b_do = _rows(do, o_tv, m_t, o_v, m_v)
-        b_w2 = _tile(w2, o_w2, o_d, m_d, o_v, m_v, V)
-        b_dw2n = _tile(dw2n, o_w2, o_d, m_d, o_v, m_v, V)
-        b_p = tl.dot(b_r, tl.trans(b_w2), b_p, input_precision=DOT_PRECISION)
-        b_dow = tl.dot(b_do, tl.trans(b_w2), b_dow, input_precision=DOT_PRECISION)
-        b_last_beta += tl.sum(b_dw2n * b_w2, 1)
+        b_w2t = _tile_t(w2, o_w2, o_d, m_d, o_v, m_v, V)                     # [BV, BD]
+        b_dw2nt = _tile_t(dw2n, o_w2, o_d, m_d, o_v, m_v, V)
+        b_p = tl.dot(b_r, b_w2t, b_p, input_precision=DOT_PRECISION)
+        b_dow = tl.dot(b_do, b_w2t, b_dow, input_precision=DOT_PRECISION)
+        b_last_beta += tl.sum(b_dw2nt * b_w2t, 0)
         if USE_MOMENTUM:
-            b_s2 = _tile(s2, o_w2, o_d, m_d, o_v, m_v, V)
-            b_ds2n = _tile(ds2n, o_w2, o_d, m_d, o_v, m_v, V)
-            b_last_carry += tl.sum(b_dw2n * b_s2, 1)
-            b_last_mom += tl.sum(b_ds2n * b_s2, 1)
+            b_s2t = _tile_t(s2, o_w2, o_d, m_d, o_v, m_v, V)
+            b_last_carry += tl.sum(b_dw2nt * b_s2t, 0)
+            b_last_mom += tl.sum(_tile_t(ds2n, o_w2, o_d, m_d, o_v, m_v, V) * b_s2t, 0)
             if IS_READ_CURRENT:
-                b_dos = tl.dot(b_do, tl.trans(b_s2), b_dos, input_precision=DOT_PRECISION)
+                b_dos = tl.dot(b_do, b_s2t, b_dos, input_precision=DOT_PRECISION)
 
     b_a = phi(b_z, ACT)
     b_dphi = phi_grad(b_z, ACT)
@@ -221,6 +235,7 @@ def mlp_memory_bwd_kernel_inner(
     b_beta = tl.load(decay + o_gate + 1 + o_t)
     b_carry = tl.load(carry + o_gate + 1 + o_t) if USE_MOMENTUM else b_beta
     o_c7 = (i_bh * 7 * BT + o_t[:, None]) * BT + o_t[None, :]                # masked products: see kernel_qk
+    o_c7t = (i_bh * 7 * BT + o_t[None, :]) * BT + o_t[:, None]               # the same, read transposed
     if USE_DGD:
         # W = (I + L)^{-1} Rhs,  Rhs = diag(β_prev) Z + diag(f_prev) K S1 − ((K Kᵀ) ⊙ G_prev) D
         b_rhs = tl.load(decay + o_gate + o_t)[:, None] * b_z - tl.dot(tl.load(qk_dor + o_c7 + 6 * BT * BT), b_d,
@@ -246,7 +261,7 @@ def mlp_memory_bwd_kernel_inner(
     b_dzq = b_daq * phi_grad(b_zq, ACT)
     o_vec = o_part * 8 * BT + o_t
     if IS_READ_CURRENT:
-        b_dd -= tl.dot(tl.trans(tl.load(qk_dor + o_c7 + 3 * BT * BT)), b_dzq, input_precision=DOT_PRECISION)
+        b_dd -= tl.dot(tl.load(qk_dor + o_c7t + 3 * BT * BT), b_dzq, input_precision=DOT_PRECISION)
         tl.store(dvec_part + o_vec, tl.sum(b_aq * b_dow, 1) + tl.sum(b_dzq * b_qw, 1))
         if USE_MOMENTUM:
             tl.store(dvec_part + o_vec + BT, tl.sum(b_aq * b_dos, 1) + tl.sum(b_dzq * b_qs, 1))
@@ -258,9 +273,9 @@ def mlp_memory_bwd_kernel_inner(
         b_el = tl.load(dgd_write + (o_gate + C) * BT + o_t)
         b_dwp = -b_el[:, None] * b_kg
         if IS_READ_CURRENT:
-            b_dwp -= tl.dot(tl.trans(tl.load(qk_dor + o_c7 + 5 * BT * BT)), b_dzq, input_precision=DOT_PRECISION)
-        b_drhs = tl.dot(tl.trans(tl.load(dgd_inv + o_inv)), b_dwp, input_precision=DOT_PRECISION)
-        b_dd -= tl.dot(tl.trans(tl.load(qk_dor + o_c7 + 6 * BT * BT)), b_drhs, input_precision=DOT_PRECISION)
+            b_dwp -= tl.dot(tl.load(qk_dor + o_c7t + 5 * BT * BT), b_dzq, input_precision=DOT_PRECISION)
+        b_drhs = tl.dot(tl.load(dgd_inv + (i_bh * BT + o_t[None, :]) * BT + o_t[:, None]), b_dwp, input_precision=DOT_PRECISION)
+        b_dd -= tl.dot(tl.load(qk_dor + o_c7t + 6 * BT * BT), b_drhs, input_precision=DOT_PRECISION)
         tl.store(dvec_part + o_vec + 4 * BT, tl.sum(b_drhs * b_z, 1))
         if USE_MOMENTUM:
             tl.store(dvec_part + o_vec + 5 * BT, tl.sum(b_drhs * b_kss, 1))
@@ -288,9 +303,9 @@ def mlp_memory_bwd_kernel_inner(
     for k0 in range(0, K, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < K
-        b_dq = tl.dot(b_dzq_beta, tl.trans(_tile(w1, o_w1, o_k, m_k, o_d, m_d, DH)), input_precision=DOT_PRECISION)
+        b_dq = tl.dot(b_dzq_beta, _tile_t(w1, o_w1, o_k, m_k, o_d, m_d, DH), input_precision=DOT_PRECISION)
         if USE_MOMENTUM and IS_READ_CURRENT:
-            b_dq = tl.dot(b_carry[:, None] * b_dzq, tl.trans(_tile(s1, o_w1, o_k, m_k, o_d, m_d, DH)), b_dq,
+            b_dq = tl.dot(b_carry[:, None] * b_dzq, _tile_t(s1, o_w1, o_k, m_k, o_d, m_d, DH), b_dq,
                           input_precision=DOT_PRECISION)
         tl.store(dq_part + (o_part * BT + o_t[:, None]) * K + o_k[None, :], b_dq, mask=m_k[None, :])
 
@@ -438,15 +453,15 @@ def mlp_memory_bwd_kernel_dw(
         o_rv = (i_bh * BT + o_t[:, None]) * V + o_v[None, :]
         b_r = tl.load(res + o_rv, mask=m_v[None, :], other=0.0)
         b_dr = tl.load(dres + o_rv, mask=m_v[None, :], other=0.0)
-        b_w2 = _tile(w2, o_w2, o_d, m_d, o_v, m_v, V)
-        b_da = tl.dot(b_dr, tl.trans(b_w2), b_da, input_precision=DOT_PRECISION)
-        b_da = tl.dot(-b_gl[:, None] * b_r, tl.trans(_tile(dw2n, o_w2, o_d, m_d, o_v, m_v, V)), b_da,
+        b_w2t = _tile_t(w2, o_w2, o_d, m_d, o_v, m_v, V)
+        b_da = tl.dot(b_dr, b_w2t, b_da, input_precision=DOT_PRECISION)
+        b_da = tl.dot(-b_gl[:, None] * b_r, _tile_t(dw2n, o_w2, o_d, m_d, o_v, m_v, V), b_da,
                       input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
-            b_da = tl.dot(-b_nl[:, None] * b_r, tl.trans(_tile(ds2n, o_w2, o_d, m_d, o_v, m_v, V)), b_da,
+            b_da = tl.dot(-b_nl[:, None] * b_r, _tile_t(ds2n, o_w2, o_d, m_d, o_v, m_v, V), b_da,
                           input_precision=DOT_PRECISION)
         if IS_SELF_TARGET:
-            b_dav = tl.dot(-b_dr, tl.trans(b_w2), b_dav, input_precision=DOT_PRECISION)   # dAv = −dR W2ᵀ
+            b_dav = tl.dot(-b_dr, b_w2t, b_dav, input_precision=DOT_PRECISION)   # dAv = −dR W2ᵀ
     if IS_READ_CURRENT:
         b_dorg = tl.load(qk_dor + (i_bh * 7 * BT + 4 * BT + o_t[:, None]) * BT + o_t[None, :])   # (dO Rᵀ) ⊙ G
         b_da = tl.dot(tl.trans(-b_dorg), tl.load(aq_buf + o_scr, mask=m_d[None, :], other=0.0), b_da,
@@ -486,29 +501,31 @@ def mlp_memory_bwd_kernel_dw(
         m_k = o_k < K
         m_kd = m_k[:, None] & m_d[None, :]
         o_kd = o_w1 + o_k[:, None] * DH + o_d[None, :]
-        b_q = _rows(q, o_tk, m_t, o_k, m_k)
-        b_k = _rows(k, o_tk, m_t, o_k, m_k)
-        b_w1 = tl.load(w1 + o_kd, mask=m_kd, other=0.0)
-        b_dw1n = tl.load(dw1n + o_kd, mask=m_kd, other=0.0)
-        b_dw1 = tl.dot(tl.trans(b_q), b_dzq_beta, b_beta_last * b_dw1n, input_precision=DOT_PRECISION)
-        b_dw1 = tl.dot(tl.trans(b_k), b_dz, b_dw1, input_precision=DOT_PRECISION)
-        b_dk = tl.dot(b_dz, tl.trans(b_w1), input_precision=DOT_PRECISION)
-        b_dk = tl.dot(-b_gl[:, None] * b_d, tl.trans(b_dw1n), b_dk, input_precision=DOT_PRECISION)
+        b_qt = _rows_t(q, o_tk, m_t, o_k, m_k)                               # [BK, BT]
+        b_kt = _rows_t(k, o_tk, m_t, o_k, m_k)
+        b_w1t = _tile_t(w1, o_w1, o_k, m_k, o_d, m_d, DH)                    # [BD, BK]
+        b_dw1nt = _tile_t(dw1n, o_w1, o_k, m_k, o_d, m_d, DH)
+        b_dw1 = tl.dot(b_qt, b_dzq_beta, b_beta_last * tl.load(dw1n + o_kd, mask=m_kd, other=0.0),
+                       input_precision=DOT_PRECISION)
+        b_dw1 = tl.dot(b_kt, b_dz, b_dw1, input_precision=DOT_PRECISION)
+        b_dk = tl.dot(b_dz, b_w1t, input_precision=DOT_PRECISION)
+        b_dk = tl.dot(-b_gl[:, None] * b_d, b_dw1nt, b_dk, input_precision=DOT_PRECISION)
         if USE_DGD:
-            b_dk = tl.dot(-b_wpe, tl.trans(b_dw1n), b_dk, input_precision=DOT_PRECISION)
+            b_dk = tl.dot(-b_wpe, b_dw1nt, b_dk, input_precision=DOT_PRECISION)
         if IS_SELF_TARGET:
-            b_dw1 = tl.dot(tl.trans(_rows(v, o_tv, m_t, o_k, m_k)), b_dzv, b_dw1, input_precision=DOT_PRECISION)
+            b_dw1 = tl.dot(_rows_t(v, o_tv, m_t, o_k, m_k), b_dzv, b_dw1, input_precision=DOT_PRECISION)
             tl.store(dv_part + (o_part * BT + o_t[:, None]) * K + o_k[None, :],
-                     tl.dot(b_dzv, tl.trans(b_w1), input_precision=DOT_PRECISION), mask=m_k[None, :])
+                     tl.dot(b_dzv, b_w1t, input_precision=DOT_PRECISION), mask=m_k[None, :])
         if USE_MOMENTUM:
-            b_ds1n = tl.load(ds1n + o_kd, mask=m_kd, other=0.0)
-            b_dk = tl.dot(-b_nl[:, None] * b_d, tl.trans(b_ds1n), b_dk, input_precision=DOT_PRECISION)
-            b_ds1 = b_carry_last * b_dw1n + b_mom_last * b_ds1n
+            b_dk = tl.dot(-b_nl[:, None] * b_d, _tile_t(ds1n, o_w1, o_k, m_k, o_d, m_d, DH), b_dk,
+                          input_precision=DOT_PRECISION)
+            b_ds1 = (b_carry_last * tl.load(dw1n + o_kd, mask=m_kd, other=0.0)
+                     + b_mom_last * tl.load(ds1n + o_kd, mask=m_kd, other=0.0))
             if IS_READ_CURRENT:
-                b_ds1 = tl.dot(tl.trans(b_q), b_dzq_carry, b_ds1, input_precision=DOT_PRECISION)
+                b_ds1 = tl.dot(b_qt, b_dzq_carry, b_ds1, input_precision=DOT_PRECISION)
             if USE_DGD:
-                b_ds1 = tl.dot(tl.trans(b_k), b_drhs_carry, b_ds1, input_precision=DOT_PRECISION)
-                b_dk = tl.dot(b_drhs_carry, tl.trans(tl.load(s1 + o_kd, mask=m_kd, other=0.0)), b_dk,
+                b_ds1 = tl.dot(b_kt, b_drhs_carry, b_ds1, input_precision=DOT_PRECISION)
+                b_dk = tl.dot(b_drhs_carry, _tile_t(s1, o_w1, o_k, m_k, o_d, m_d, DH), b_dk,
                               input_precision=DOT_PRECISION)
             tl.store(ds1 + o_kd, b_ds1, mask=m_kd)
         tl.store(dw1 + o_kd, b_dw1, mask=m_kd)

@@ -7,8 +7,10 @@ for sm_90 and sm_80 with every flag on (momentum, `read="current"`, self target:
 registers), K = V = 128, Dh = 512, without and with DGD: among the candidates free of spills on
 both, the largest tiles; `inner` holds a dozen BT×BD blocks through its loops, hence BD = 16
 there. BT = 64 entries use wgmma on sm_90 (`nested-kernels compile-report --kernel
-mlp_memory_bwd`). With DGD two BT = 64 kernels still spill on sm_80 (no candidate is clean on
-both archs; see `aot_bwd.KNOWN_SPILLS`).
+mlp_memory_bwd`). With DGD the inner kernel at BT = 64 still spills on sm_80 (no candidate is
+clean on both archs; see `aot_bwd.KNOWN_SPILLS`). Products whose operand is a transposed input
+read it transposed by address (`_rows_t`, `_tile_t`) rather than `tl.trans` of a loaded block:
+that alone took the DGD inner kernel at BT = 64 on sm_80 from 272 to 140 B of spills.
 """
 from typing import NamedTuple
 
@@ -29,7 +31,7 @@ TABLE = {
     "qk": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
     "inner": {16: (16, 16, 16, 8, 1), 32: (16, 16, 16, 8, 1), 64: (16, 16, 16, 8, 1)},
     "dres": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
-    "dw": {16: (16, 16, 32, 4, 1), 32: (16, 16, 16, 4, 1), 64: (16, 16, 32, 8, 1)},
+    "dw": {16: (32, 32, 32, 8, 1), 32: (16, 16, 16, 8, 1), 64: (16, 16, 32, 8, 1)},
 }
 # with DGD (more live blocks), where the entry above spills
 TABLE_DGD = {

@@ -41,7 +41,7 @@ def phi_grad2(z, ACT: tl.constexpr):
         out = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))                    # s (1 − s) (2 + z (1 − 2s))
     else:
         th = _gelu_tanh(z)
-        u1 = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z * z)                          # u' and u'' of u = c (z + a z³)
+        u1 = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z * z)        # u' and u'' of u = c (z + a z³)
         u2 = 6.0 * 0.7978845608028654 * 0.044715 * z
         out = (1.0 - th * th) * (u1 + 0.5 * z * (u2 - 2.0 * th * u1 * u1))
     return out
