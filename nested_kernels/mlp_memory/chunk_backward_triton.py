@@ -35,7 +35,7 @@ def _per_sequence(x: Optional[torch.Tensor], B: int) -> Optional[torch.Tensor]:
 
 
 def _check(q, k, v, lr, momentum, w1, w2, s1, s2, do, activation, residual, dgd, self_target, read):
-    from ..triton_kernels.mlp_memory.phi import ACT_CODES
+    from ..triton_kernels.common.activations import ACT_CODES
 
     B, C, H, K = q.shape
     V = v.shape[-1]
@@ -88,7 +88,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         mlp_memory_bwd_kernel_res,
     )
     from ..triton_kernels.mlp_memory.configs_bwd import chunk_tile, launch_config
-    from ..triton_kernels.mlp_memory.phi import ACT_CODES
+    from ..triton_kernels.common.activations import ACT_CODES
     from ..triton_kernels.utils.launch import launch
 
     B, C, H, K, V, Dh = _check(q, k, v, lr, momentum, w1, w2, s1, s2, do, activation, residual, dgd, self_target,

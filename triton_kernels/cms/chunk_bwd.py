@@ -15,7 +15,7 @@ The target's gradient is −dE, grad_y's is dE. Z and E come from the forward ([
 import triton
 import triton.language as tl
 
-from .activations import act_fn, act_grad, act_grad2
+from ..common.activations import phi, phi_grad, phi_grad2
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -73,11 +73,11 @@ def cms_bwd_kernel_de(
         m_hd = m_h[:, None] & m_d[None, :]
         b_z = tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
         b_dp = tl.load(dp + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
-        b_dq = b_dp * act_grad(b_z, USE_GELU)
+        b_dq = b_dp * phi_grad(b_z, USE_GELU)
         b_w2 = tl.load(w2 + i_b * stride_w + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
         b_g2 = tl.load(g2 + i_b * D * DH + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
         b_dle += tl.dot(b_dq, b_w2, input_precision=DOT_PRECISION)
-        b_dle -= tl.dot(act_fn(b_z, USE_GELU), b_g2, input_precision=DOT_PRECISION)
+        b_dle -= tl.dot(phi(b_z, USE_GELU), b_g2, input_precision=DOT_PRECISION)
     o_td = o_t[:, None] * D + o_d[None, :]
     m_td = m_t[:, None] & m_d[None, :]
     b_e = tl.load(e + i_row * D + o_td, mask=m_td, other=0.0)
@@ -122,7 +122,7 @@ def cms_bwd_kernel_dz(
     b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
     b_q = tl.load(q + i_row * DH + o_th, mask=m_th, other=0.0)
     b_dp = tl.load(dp + i_row * DH + o_th, mask=m_th, other=0.0)
-    b_dz = b_da * act_grad(b_z, USE_GELU) + b_dp * b_q * act_grad2(b_z, USE_GELU)
+    b_dz = b_da * phi_grad(b_z, USE_GELU) + b_dp * b_q * phi_grad2(b_z, USE_GELU)
     tl.store(dz + i_row * DH + o_th, b_dz, mask=m_th)
 
 
@@ -146,7 +146,7 @@ def cms_bwd_kernel_dx(
         m_dh = m_d[:, None] & m_h[None, :]
         o_th = o_t[:, None] * DH + o_h[None, :]
         b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
-        b_p = tl.load(q + i_row * DH + o_th, mask=m_th, other=0.0) * act_grad(b_z, USE_GELU)
+        b_p = tl.load(q + i_row * DH + o_th, mask=m_th, other=0.0) * phi_grad(b_z, USE_GELU)
         b_dz = tl.load(dz + i_row * DH + o_th, mask=m_th, other=0.0)
         b_w1 = tl.load(w1 + i_b * stride_w + o_d[:, None] * DH + o_h[None, :], mask=m_dh, other=0.0)
         b_g1 = tl.load(g1 + i_b * D * DH + o_d[:, None] * DH + o_h[None, :], mask=m_dh, other=0.0)
@@ -185,12 +185,12 @@ def cms_bwd_kernel_dw(
         b_dz = tl.load(dz + i_row * DH + o_th, mask=m_th, other=0.0)
         b_u1 += tl.dot(tl.trans(b_x), b_dz, input_precision=DOT_PRECISION)
         b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
-        b_dq = tl.load(dp + i_row * DH + o_th, mask=m_th, other=0.0) * act_grad(b_z, USE_GELU)
+        b_dq = tl.load(dp + i_row * DH + o_th, mask=m_th, other=0.0) * phi_grad(b_z, USE_GELU)
         b_lr = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)
         b_le = tl.load(e + i_row * D + o_td, mask=m_td, other=0.0) * b_lr[:, None]
         b_u2 += tl.dot(tl.trans(b_dq), b_le, input_precision=DOT_PRECISION)
         b_dyt = tl.load(dyt + i_row * D + o_td, mask=m_td, other=0.0)
-        b_u2 += tl.dot(tl.trans(act_fn(b_z, USE_GELU)), b_dyt, input_precision=DOT_PRECISION)
+        b_u2 += tl.dot(tl.trans(phi(b_z, USE_GELU)), b_dyt, input_precision=DOT_PRECISION)
     b_alpha = tl.load(retention)
     o_dh = o_d[:, None] * DH + o_h[None, :]
     o_hd = o_h[:, None] * D + o_d[None, :]

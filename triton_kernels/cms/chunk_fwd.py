@@ -12,7 +12,7 @@ read through a batch stride (0 for shared `[D, Dh]` weights). All products accum
 import triton
 import triton.language as tl
 
-from .activations import act_fn, act_grad
+from ..common.activations import phi, phi_grad
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -58,7 +58,7 @@ def cms_fwd_kernel_y(
         m_h = o_h < DH
         b_z = tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_t[:, None] & m_h[None, :], other=0.0)
         b_w2 = tl.load(p_w2 + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :], other=0.0)
-        b_acc += tl.dot(act_fn(b_z, USE_GELU), b_w2, input_precision=DOT_PRECISION)
+        b_acc += tl.dot(phi(b_z, USE_GELU), b_w2, input_precision=DOT_PRECISION)
     o_td = o_t[:, None] * D + o_d[None, :]
     m_td = m_t[:, None] & m_d[None, :]
     b_y = tl.load(x + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32) + b_acc
@@ -96,7 +96,7 @@ def cms_fwd_kernel_p(
     m_th = m_t[:, None] & m_h[None, :]
     b_lr = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)
     b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
-    tl.store(p + i_row * DH + o_th, b_lr[:, None] * b_q * act_grad(b_z, USE_GELU), mask=m_th)
+    tl.store(p + i_row * DH + o_th, b_lr[:, None] * b_q * phi_grad(b_z, USE_GELU), mask=m_th)
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -122,7 +122,7 @@ def cms_fwd_kernel_w(
         b_x = tl.load(x + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
         b_le = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0) * tl.load(
             lr + i_row + o_t, mask=m_t, other=0.0)[:, None]
-        b_a = act_fn(tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0), USE_GELU)
+        b_a = phi(tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0), USE_GELU)
         b_p = tl.load(p + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
         b_u1 += tl.dot(tl.trans(b_x), b_p, input_precision=DOT_PRECISION)
         b_u2 += tl.dot(tl.trans(b_a), b_le, input_precision=DOT_PRECISION)

@@ -26,7 +26,7 @@ All products accumulate in fp32 (inputs are converted on load).
 import triton
 import triton.language as tl
 
-from .phi import phi, phi_grad, phi_grad2
+from ..common.activations import phi, phi_grad, phi_grad2
 
 
 @triton.jit

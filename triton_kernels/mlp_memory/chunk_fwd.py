@@ -13,27 +13,7 @@ activations A, the residuals R, the errors δ and the DGD pseudo-values for the 
 import triton
 import triton.language as tl
 
-SILU, GELU = 0, 1
-_GELU_C = 0.7978845608028654                     # sqrt(2 / π)
-
-
-@triton.jit
-def _phi(z, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 0:
-        return z * tl.sigmoid(z)
-    else:
-        th = 2.0 * tl.sigmoid(2.0 * _GELU_C * (z + 0.044715 * z * z * z)) - 1.0   # tanh
-        return 0.5 * z * (1.0 + th)
-
-
-@triton.jit
-def _phi_grad(z, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 0:
-        s = tl.sigmoid(z)
-        return s * (1.0 + z * (1.0 - s))
-    else:
-        th = 2.0 * tl.sigmoid(2.0 * _GELU_C * (z + 0.044715 * z * z * z)) - 1.0
-        return 0.5 * (1.0 + th) + 0.5 * z * (1.0 - th * th) * _GELU_C * (1.0 + 3.0 * 0.044715 * z * z)
+from ..common.activations import ACT_CODES, phi, phi_grad
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -134,10 +114,10 @@ def mlp_memory_fwd_kernel_h(
                 if USE_MOMENTUM:
                     b_p += tl.load(carry + o_gate + o_t, mask=m_t, other=0.0)[:, None] * b_ks
                 tl.store(dgd_rhs + o_td, b_p, mask=m_td)
-            b_a = _phi(b_z, ACTIVATION)
+            b_a = phi(b_z, ACTIVATION)
             tl.store(act + o_td, b_a, mask=m_td)
             if USE_SELF_TARGET:                                               # (A − φ(V W1)) W2: one accumulator
-                b_a -= _phi(b_zv, ACTIVATION)
+                b_a -= phi(b_zv, ACTIVATION)
             b_w2 = tl.load(p_w2 + o_d[:, None] * V + o_v[None, :], mask=m_d[:, None] & m_v[None, :], other=0.0)
             b_f += tl.dot(b_a.to(dtype), b_w2.to(dtype), input_precision=DOT_PRECISION)
         # R = [K +] A W2 − V, or with the self-target [K − V +] (A − φ(V W1)) W2
@@ -166,7 +146,7 @@ def mlp_memory_fwd_kernel_h(
             o_dv = o_d[:, None] * V + o_v[None, :]
             m_dv = m_d[:, None] & m_v[None, :]
             b_w2 = tl.load(p_w2 + o_dv, mask=m_dv, other=0.0)
-            b_delta = tl.dot(b_r, tl.trans(b_w2.to(dtype)), input_precision=DOT_PRECISION) * _phi_grad(
+            b_delta = tl.dot(b_r, tl.trans(b_w2.to(dtype)), input_precision=DOT_PRECISION) * phi_grad(
                 b_z, ACTIVATION)                                              # δ = (R W2ᵀ) ⊙ φ'(Z)
             tl.store(delta + o_td, b_delta, mask=m_td)
             # W2 rows of the tile: β W2 + f S2 − (G ⊙ A)ᵀ R;  S2 = m S2 − (N ⊙ A)ᵀ R
@@ -301,13 +281,13 @@ def mlp_memory_fwd_kernel_o(
                 b_zq += b_carry[:, None] * b_qs
             if USE_DGD:
                 b_zq -= tl.dot(b_qk_dgd, tl.load(pseudo + o_td, mask=m_td, other=0.0), input_precision=DOT_PRECISION)
-            b_aq = _phi(b_zq, ACTIVATION).to(dtype)
+            b_aq = phi(b_zq, ACTIVATION).to(dtype)
             b_a = tl.load(act + o_td, mask=m_td, other=0.0).to(dtype)
             b_aa += tl.dot(b_aq, tl.trans(b_a), input_precision=DOT_PRECISION)
             if USE_MOMENTUM:
                 b_os += tl.dot(b_aq, tl.load(p_s2 + o_dv, mask=m_dv, other=0.0).to(dtype), input_precision=DOT_PRECISION)
         else:
-            b_aq = _phi(b_zq, ACTIVATION).to(dtype)
+            b_aq = phi(b_zq, ACTIVATION).to(dtype)
         b_o += tl.dot(b_aq, tl.load(p_w2 + o_dv, mask=m_dv, other=0.0).to(dtype), input_precision=DOT_PRECISION)
     if IS_CURRENT:
         b_o = b_decay[:, None] * b_o
@@ -362,7 +342,7 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
     dgd_rhs = torch.empty(Tp, H, DH, **f32) if dgd else None
     pseudo = torch.empty(Tp, H, DH, **f32) if dgd else None
     common = dict(NC=NC, H=H, K=K, V=V, DH=DH, BT=BT, BC=max(16, BT),
-                  ACTIVATION={"silu": SILU, "gelu": GELU}[activation], USE_RESIDUAL=residual,
+                  ACTIVATION=ACT_CODES[activation], USE_RESIDUAL=residual,
                   USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
     cfg = launch_config("fwd_h", K, V, DH, BT)
     launch(
