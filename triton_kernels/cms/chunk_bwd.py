@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ..common.activations import phi, phi_grad, phi_grad2
+from ..common.tiles import load_tile
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -35,13 +36,10 @@ def cms_bwd_kernel_q(
     for i_d in range(0, tl.cdiv(D, BD)):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
-        m_td = m_t[:, None] & m_d[None, :]
-        b_e = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)
-        b_x = tl.load(x + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
-        b_w2 = tl.load(w2 + i_b * stride_w + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :],
-                       other=0.0)
-        b_g1 = tl.load(g1 + i_b * D * DH + o_d[:, None] * DH + o_h[None, :], mask=m_d[:, None] & m_h[None, :],
-                       other=0.0)
+        b_e = load_tile(e + i_row * D, o_t, m_t, o_d, m_d, D)
+        b_x = load_tile(x + i_row * D, o_t, m_t, o_d, m_d, D).to(tl.float32)
+        b_w2 = load_tile(w2 + i_b * stride_w, o_h, m_h, o_d, m_d, D)
+        b_g1 = load_tile(g1 + i_b * D * DH, o_d, m_d, o_h, m_h, DH)
         b_q += tl.dot(b_e, tl.trans(b_w2), input_precision=DOT_PRECISION)
         b_dp -= tl.dot(b_x, b_g1, input_precision=DOT_PRECISION)
     o_th = o_t[:, None] * DH + o_h[None, :]
@@ -69,21 +67,19 @@ def cms_bwd_kernel_de(
     for i_h in range(0, tl.cdiv(DH, BH)):
         o_h = i_h * BH + tl.arange(0, BH)
         m_h = o_h < DH
-        m_th = m_t[:, None] & m_h[None, :]
-        m_hd = m_h[:, None] & m_d[None, :]
-        b_z = tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
-        b_dp = tl.load(dp + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
+        b_z = load_tile(z + i_row * DH, o_t, m_t, o_h, m_h, DH)
+        b_dp = load_tile(dp + i_row * DH, o_t, m_t, o_h, m_h, DH)
         b_dq = b_dp * phi_grad(b_z, USE_GELU)
-        b_w2 = tl.load(w2 + i_b * stride_w + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
-        b_g2 = tl.load(g2 + i_b * D * DH + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
+        b_w2 = load_tile(w2 + i_b * stride_w, o_h, m_h, o_d, m_d, D)
+        b_g2 = load_tile(g2 + i_b * D * DH, o_h, m_h, o_d, m_d, D)
         b_dle += tl.dot(b_dq, b_w2, input_precision=DOT_PRECISION)
         b_dle -= tl.dot(phi(b_z, USE_GELU), b_g2, input_precision=DOT_PRECISION)
     o_td = o_t[:, None] * D + o_d[None, :]
     m_td = m_t[:, None] & m_d[None, :]
-    b_e = tl.load(e + i_row * D + o_td, mask=m_td, other=0.0)
+    b_e = load_tile(e + i_row * D, o_t, m_t, o_d, m_d, D)
     tl.store(dlr_part + i_row * ND + o_t * ND + i_d, tl.sum(b_dle * b_e, axis=1), mask=m_t)
     b_de = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)[:, None] * b_dle
-    b_dy = tl.load(dy + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32)
+    b_dy = load_tile(dy + i_row * D, o_t, m_t, o_d, m_d, D).to(tl.float32)
     if IS_GRAD_Y:
         tl.store(dyt + i_row * D + o_td, b_dy, mask=m_td)
         tl.store(dsignal + i_row * D + o_td, b_de.to(dsignal.dtype.element_ty), mask=m_td)
@@ -109,19 +105,17 @@ def cms_bwd_kernel_dz(
     for i_d in range(0, tl.cdiv(D, BD)):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
-        m_td = m_t[:, None] & m_d[None, :]
-        m_hd = m_h[:, None] & m_d[None, :]
-        b_le = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0) * b_lr[:, None]
-        b_dyt = tl.load(dyt + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)
-        b_w2 = tl.load(w2 + i_b * stride_w + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
-        b_g2 = tl.load(g2 + i_b * D * DH + o_h[:, None] * D + o_d[None, :], mask=m_hd, other=0.0)
+        b_le = load_tile(e + i_row * D, o_t, m_t, o_d, m_d, D) * b_lr[:, None]
+        b_dyt = load_tile(dyt + i_row * D, o_t, m_t, o_d, m_d, D)
+        b_w2 = load_tile(w2 + i_b * stride_w, o_h, m_h, o_d, m_d, D)
+        b_g2 = load_tile(g2 + i_b * D * DH, o_h, m_h, o_d, m_d, D)
         b_da += tl.dot(b_dyt, tl.trans(b_w2), input_precision=DOT_PRECISION)
         b_da -= tl.dot(b_le, tl.trans(b_g2), input_precision=DOT_PRECISION)
     o_th = o_t[:, None] * DH + o_h[None, :]
     m_th = m_t[:, None] & m_h[None, :]
-    b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
-    b_q = tl.load(q + i_row * DH + o_th, mask=m_th, other=0.0)
-    b_dp = tl.load(dp + i_row * DH + o_th, mask=m_th, other=0.0)
+    b_z = load_tile(z + i_row * DH, o_t, m_t, o_h, m_h, DH)
+    b_q = load_tile(q + i_row * DH, o_t, m_t, o_h, m_h, DH)
+    b_dp = load_tile(dp + i_row * DH, o_t, m_t, o_h, m_h, DH)
     b_dz = b_da * phi_grad(b_z, USE_GELU) + b_dp * b_q * phi_grad2(b_z, USE_GELU)
     tl.store(dz + i_row * DH + o_th, b_dz, mask=m_th)
 
@@ -142,19 +136,16 @@ def cms_bwd_kernel_dx(
     for i_h in range(0, tl.cdiv(DH, BH)):
         o_h = i_h * BH + tl.arange(0, BH)
         m_h = o_h < DH
-        m_th = m_t[:, None] & m_h[None, :]
-        m_dh = m_d[:, None] & m_h[None, :]
-        o_th = o_t[:, None] * DH + o_h[None, :]
-        b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
-        b_p = tl.load(q + i_row * DH + o_th, mask=m_th, other=0.0) * phi_grad(b_z, USE_GELU)
-        b_dz = tl.load(dz + i_row * DH + o_th, mask=m_th, other=0.0)
-        b_w1 = tl.load(w1 + i_b * stride_w + o_d[:, None] * DH + o_h[None, :], mask=m_dh, other=0.0)
-        b_g1 = tl.load(g1 + i_b * D * DH + o_d[:, None] * DH + o_h[None, :], mask=m_dh, other=0.0)
+        b_z = load_tile(z + i_row * DH, o_t, m_t, o_h, m_h, DH)
+        b_p = load_tile(q + i_row * DH, o_t, m_t, o_h, m_h, DH) * phi_grad(b_z, USE_GELU)
+        b_dz = load_tile(dz + i_row * DH, o_t, m_t, o_h, m_h, DH)
+        b_w1 = load_tile(w1 + i_b * stride_w, o_d, m_d, o_h, m_h, DH)
+        b_g1 = load_tile(g1 + i_b * D * DH, o_d, m_d, o_h, m_h, DH)
         b_dx += tl.dot(b_dz, tl.trans(b_w1), input_precision=DOT_PRECISION)
         b_dx -= tl.dot(b_p, tl.trans(b_g1), input_precision=DOT_PRECISION)
     o_td = o_t[:, None] * D + o_d[None, :]
     m_td = m_t[:, None] & m_d[None, :]
-    b_dx += tl.load(dyt + i_row * D + o_td, mask=m_td, other=0.0)
+    b_dx += load_tile(dyt + i_row * D, o_t, m_t, o_d, m_d, D)
     tl.store(dx + i_row * D + o_td, b_dx.to(dx.dtype.element_ty), mask=m_td)
 
 
@@ -177,30 +168,26 @@ def cms_bwd_kernel_dw(
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < n_rows
         i_row = i_b * T + r0                                # the chunk's first row of [B·T]
-        m_td = m_t[:, None] & m_d[None, :]
-        m_th = m_t[:, None] & m_h[None, :]
-        o_td = o_t[:, None] * D + o_d[None, :]
-        o_th = o_t[:, None] * DH + o_h[None, :]
-        b_x = tl.load(x + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32)
-        b_dz = tl.load(dz + i_row * DH + o_th, mask=m_th, other=0.0)
+        b_x = load_tile(x + i_row * D, o_t, m_t, o_d, m_d, D).to(tl.float32)
+        b_dz = load_tile(dz + i_row * DH, o_t, m_t, o_h, m_h, DH)
         b_u1 += tl.dot(tl.trans(b_x), b_dz, input_precision=DOT_PRECISION)
-        b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
-        b_dq = tl.load(dp + i_row * DH + o_th, mask=m_th, other=0.0) * phi_grad(b_z, USE_GELU)
+        b_z = load_tile(z + i_row * DH, o_t, m_t, o_h, m_h, DH)
+        b_dq = load_tile(dp + i_row * DH, o_t, m_t, o_h, m_h, DH) * phi_grad(b_z, USE_GELU)
         b_lr = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)
-        b_le = tl.load(e + i_row * D + o_td, mask=m_td, other=0.0) * b_lr[:, None]
+        b_le = load_tile(e + i_row * D, o_t, m_t, o_d, m_d, D) * b_lr[:, None]
         b_u2 += tl.dot(tl.trans(b_dq), b_le, input_precision=DOT_PRECISION)
-        b_dyt = tl.load(dyt + i_row * D + o_td, mask=m_td, other=0.0)
+        b_dyt = load_tile(dyt + i_row * D, o_t, m_t, o_d, m_d, D)
         b_u2 += tl.dot(tl.trans(phi(b_z, USE_GELU)), b_dyt, input_precision=DOT_PRECISION)
     b_alpha = tl.load(retention)
     o_dh = o_d[:, None] * DH + o_h[None, :]
     o_hd = o_h[:, None] * D + o_d[None, :]
     m_dh = m_d[:, None] & m_h[None, :]
     m_hd = m_h[:, None] & m_d[None, :]
-    b_g1 = tl.load(g1 + i_b * D * DH + o_dh, mask=m_dh, other=0.0)
-    b_part = tl.sum(tl.sum(b_g1 * tl.load(w1 + i_b * stride_w + o_dh, mask=m_dh, other=0.0), axis=1), axis=0)
+    b_g1 = load_tile(g1 + i_b * D * DH, o_d, m_d, o_h, m_h, DH)
+    b_part = tl.sum(tl.sum(b_g1 * load_tile(w1 + i_b * stride_w, o_d, m_d, o_h, m_h, DH), axis=1), axis=0)
     tl.store(g1 + i_b * D * DH + o_dh, b_alpha * b_g1 + b_u1, mask=m_dh)
-    b_g2 = tl.load(g2 + i_b * D * DH + o_hd, mask=m_hd, other=0.0)
-    b_part += tl.sum(tl.sum(b_g2 * tl.load(w2 + i_b * stride_w + o_hd, mask=m_hd, other=0.0), axis=1), axis=0)
+    b_g2 = load_tile(g2 + i_b * D * DH, o_h, m_h, o_d, m_d, D)
+    b_part += tl.sum(tl.sum(b_g2 * load_tile(w2 + i_b * stride_w, o_h, m_h, o_d, m_d, D), axis=1), axis=0)
     tl.store(g2 + i_b * D * DH + o_hd, b_alpha * b_g2 + b_u2, mask=m_hd)
     p_part = dalpha_part + (i_b * tl.num_programs(0) + i_h) * tl.num_programs(1) + i_d
     tl.store(p_part, tl.load(p_part) + b_part)

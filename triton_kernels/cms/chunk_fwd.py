@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..common.activations import phi, phi_grad
+from ..common.tiles import load_tile
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -32,8 +33,8 @@ def cms_fwd_kernel_z(
     for i_d in range(0, tl.cdiv(D, BD)):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
-        b_x = tl.load(x + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-        b_w1 = tl.load(p_w1 + o_d[:, None] * DH + o_h[None, :], mask=m_d[:, None] & m_h[None, :], other=0.0)
+        b_x = load_tile(x + i_row * D, o_t, m_t, o_d, m_d, D)
+        b_w1 = load_tile(p_w1, o_d, m_d, o_h, m_h, DH)
         b_z += tl.dot(b_x.to(tl.float32), b_w1, input_precision=DOT_PRECISION)
     tl.store(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], b_z, mask=m_t[:, None] & m_h[None, :])
 
@@ -56,15 +57,15 @@ def cms_fwd_kernel_y(
     for i_h in range(0, tl.cdiv(DH, BH)):
         o_h = i_h * BH + tl.arange(0, BH)
         m_h = o_h < DH
-        b_z = tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_t[:, None] & m_h[None, :], other=0.0)
-        b_w2 = tl.load(p_w2 + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :], other=0.0)
+        b_z = load_tile(z + i_row * DH, o_t, m_t, o_h, m_h, DH)
+        b_w2 = load_tile(p_w2, o_h, m_h, o_d, m_d, D)
         b_acc += tl.dot(phi(b_z, USE_GELU), b_w2, input_precision=DOT_PRECISION)
     o_td = o_t[:, None] * D + o_d[None, :]
     m_td = m_t[:, None] & m_d[None, :]
-    b_y = tl.load(x + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32) + b_acc
+    b_y = load_tile(x + i_row * D, o_t, m_t, o_d, m_d, D).to(tl.float32) + b_acc
     tl.store(y + i_row * D + o_td, b_y.to(y.dtype.element_ty), mask=m_td)
     if STORE_ERROR:
-        b_s = tl.load(signal + i_row * D + o_td, mask=m_td, other=0.0).to(tl.float32)
+        b_s = load_tile(signal + i_row * D, o_t, m_t, o_d, m_d, D).to(tl.float32)
         if IS_GRAD_Y:
             b_e = b_s
         else:
@@ -89,13 +90,13 @@ def cms_fwd_kernel_p(
     for i_d in range(0, tl.cdiv(D, BD)):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
-        b_e = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-        b_w2 = tl.load(p_w2 + o_h[:, None] * D + o_d[None, :], mask=m_h[:, None] & m_d[None, :], other=0.0)
+        b_e = load_tile(e + i_row * D, o_t, m_t, o_d, m_d, D)
+        b_w2 = load_tile(p_w2, o_h, m_h, o_d, m_d, D)
         b_q += tl.dot(b_e, tl.trans(b_w2), input_precision=DOT_PRECISION)
     o_th = o_t[:, None] * DH + o_h[None, :]
     m_th = m_t[:, None] & m_h[None, :]
     b_lr = tl.load(lr + i_row + o_t, mask=m_t, other=0.0)
-    b_z = tl.load(z + i_row * DH + o_th, mask=m_th, other=0.0)
+    b_z = load_tile(z + i_row * DH, o_t, m_t, o_h, m_h, DH)
     tl.store(p + i_row * DH + o_th, b_lr[:, None] * b_q * phi_grad(b_z, USE_GELU), mask=m_th)
 
 
@@ -117,13 +118,11 @@ def cms_fwd_kernel_w(
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < n_rows
         i_row = i_b * T + r0                                # the chunk's first row of [B·T]
-        m_td = m_t[:, None] & m_d[None, :]
-        m_th = m_t[:, None] & m_h[None, :]
-        b_x = tl.load(x + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
-        b_le = tl.load(e + i_row * D + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0) * tl.load(
+        b_x = load_tile(x + i_row * D, o_t, m_t, o_d, m_d, D).to(tl.float32)
+        b_le = load_tile(e + i_row * D, o_t, m_t, o_d, m_d, D) * tl.load(
             lr + i_row + o_t, mask=m_t, other=0.0)[:, None]
-        b_a = phi(tl.load(z + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0), USE_GELU)
-        b_p = tl.load(p + i_row * DH + o_t[:, None] * DH + o_h[None, :], mask=m_th, other=0.0)
+        b_a = phi(load_tile(z + i_row * DH, o_t, m_t, o_h, m_h, DH), USE_GELU)
+        b_p = load_tile(p + i_row * DH, o_t, m_t, o_h, m_h, DH)
         b_u1 += tl.dot(tl.trans(b_x), b_p, input_precision=DOT_PRECISION)
         b_u2 += tl.dot(tl.trans(b_a), b_le, input_precision=DOT_PRECISION)
     b_alpha = tl.load(retention)
@@ -131,9 +130,9 @@ def cms_fwd_kernel_w(
     o_hd = o_h[:, None] * D + o_d[None, :]
     m_dh = m_d[:, None] & m_h[None, :]
     m_hd = m_h[:, None] & m_d[None, :]
-    b_w1 = tl.load(w1 + i_b * stride_w + o_dh, mask=m_dh, other=0.0)
+    b_w1 = load_tile(w1 + i_b * stride_w, o_d, m_d, o_h, m_h, DH)
     tl.store(w1_out + i_b * D * DH + o_dh, b_alpha * b_w1 - b_u1, mask=m_dh)
-    b_w2 = tl.load(w2 + i_b * stride_w + o_hd, mask=m_hd, other=0.0)
+    b_w2 = load_tile(w2 + i_b * stride_w, o_h, m_h, o_d, m_d, D)
     tl.store(w2_out + i_b * D * DH + o_hd, b_alpha * b_w2 - b_u2, mask=m_hd)
 
 

@@ -21,14 +21,16 @@ class LaunchConfig(NamedTuple):
 
 # kernel -> (BT, BD, BH, num_warps, num_stages). 8 warps everywhere: with 4 every kernel but
 # fwd_z spilled at 64 × 64 tiles. The backward's row-tiled kernels hold five tiles per step of
-# their loop and take BH = 32; the two step kernels (fwd_w, bwd_dw) keep 64 × 64 weight tiles (the
-# M side of their products, where wgmma needs 64) and step through the chunk's rows by 32.
+# their loop and take BH = 32 (bwd_q, whose two products each read a row and a weight tile per
+# step, also BD = 32: at 64 it sat at 255 registers on sm_80); the two step kernels (fwd_w,
+# bwd_dw) keep 64 × 64 weight tiles (the M side of their products, where wgmma needs 64) and step
+# through the chunk's rows by 32.
 TABLE = {
     "fwd_z": (64, 64, 64, 8, 2),
     "fwd_y": (64, 64, 64, 8, 2),
     "fwd_p": (64, 64, 64, 8, 2),
     "fwd_w": (32, 64, 64, 8, 2),
-    "bwd_q": (64, 64, 32, 8, 2),
+    "bwd_q": (64, 32, 32, 8, 2),
     "bwd_de": (64, 64, 32, 8, 2),
     "bwd_dz": (64, 64, 32, 8, 2),
     "bwd_dx": (64, 64, 32, 8, 2),
