@@ -42,8 +42,9 @@ Streaming state (exact, no recomputation): every op counts chunks from the start
 (SPEC §1), so `HopeLM.forward` returns per layer the *decode* state of every op — the
 self-modifying memories and M_memory as `MLPMemoryDecodeState`s (chunk-start weights, running
 weights and momenta, position in the chunk), each CMS level as a `CMSDecodeState`, the
-convolution caches. A call continues each op from its position: the decode step finishes the
-op's current chunk, the chunked op runs the rest (`common/streaming.py`). Any split of a
+convolution caches, and the layer's token count (each op's position in its chunk, known on the
+host without reading the states back). A call continues each op from its position: the decode
+step finishes the op's current chunk, the chunked op runs the rest (`common/streaming.py`). Any split of a
 stream — token-by-token decoding included — gives the logits of one call, and no past token is
 run again. Differentiable across calls (torch step ops), so splits also work for training.
 """
@@ -100,15 +101,12 @@ class HopeLayerState(NamedTuple):
     memory: MLPMemoryDecodeState              # M_memory
     conv: Tuple[torch.Tensor, torch.Tensor]   # caches of the q and x̃ convolutions
     cms: Optional[List[CMSDecodeState]]       # one per CMS level (None with use_cms=False)
+    tokens: int = 0                           # tokens seen: each op's position in its chunk, without reading it
+                                              # back from the device
 
 
 class HopeState(NamedTuple):
     layers: Tuple[HopeLayerState, ...]        # every layer's decode states after the tokens seen so far
-
-
-def _position(state: Optional[MLPMemoryDecodeState]) -> int:
-    """The position in the chunk of a decode state built by this model (the same for every sequence)."""
-    return 0 if state is None else int(state.position[0])
 
 
 def _logit(p: float) -> float:
@@ -148,8 +146,9 @@ class SelfModifyingTitans(nn.Module):
     def _step_backend(self) -> str:
         return "torch" if self.cfg.backend in ("reference", "torch") else "auto"
 
-    def _aux_memories(self, x_tilde, state: Optional[MLPMemoryDecodeState]):
-        """k, v, η, α of M_k, M_v, M_η, M_α continued from `state` (None: the initial memories)."""
+    def _aux_memories(self, x_tilde, state: Optional[MLPMemoryDecodeState], tokens: int):
+        """k, v, η, α of M_k, M_v, M_η, M_α continued from `state` (None: the initial memories) after
+        `tokens` tokens."""
         cfg, (B, T, H, _) = self.cfg, x_tilde.shape
         dtype = torch.float64 if x_tilde.dtype == torch.float64 else torch.float32
         options = dict(lr_max=cfg.lr_max, dgd=cfg.use_dgd, activation=cfg.activation, lr_bias=self.lr_bias,
@@ -171,14 +170,15 @@ class SelfModifyingTitans(nn.Module):
                 batch_size=B, momentum=self.aux_momentum is not None)
 
         parts, state = continue_stream(
-            T, _position(state), cfg.c_aux, step=step, chunked=chunked, decode_state=decode_state, state=state,
+            T, tokens % cfg.c_aux, cfg.c_aux, step=step, chunked=chunked, decode_state=decode_state, state=state,
             boundary_state=lambda dec: self.initial_aux_state() if dec is None
             else SelfModifyingState(*split_memories(dec.to_state(), H)),
         )
         return [torch.cat(p, 1) for p in zip(*parts)], state
 
-    def _memory(self, q, k, v, lr, retention, state: Optional[MLPMemoryDecodeState]):
-        """o_t = M_memory(q_t) after token t's write, continued from `state` (None: the initial memory)."""
+    def _memory(self, q, k, v, lr, retention, state: Optional[MLPMemoryDecodeState], tokens: int):
+        """o_t = M_memory(q_t) after token t's write, continued from `state` (None: the initial memory)
+        after `tokens` tokens."""
         cfg, B, T = self.cfg, q.shape[0], q.shape[1]
         mu = None if self.mem_momentum is None else torch.sigmoid(self.mem_momentum).expand(B, T, cfg.heads)
         options = dict(activation=cfg.activation, residual=True, dgd=cfg.use_dgd, self_target=True, read="current")
@@ -194,7 +194,7 @@ class SelfModifyingTitans(nn.Module):
                               backend=cfg.backend, **options)
 
         parts, state = continue_stream(
-            T, _position(state), cfg.c_mem, step=step, chunked=chunked, state=state,
+            T, tokens % cfg.c_mem, cfg.c_mem, step=step, chunked=chunked, state=state,
             boundary_state=lambda dec: MLPMemoryState(self.mem_w1, self.mem_w2) if dec is None else dec.to_state(),
             decode_state=lambda running, start, position: MLPMemoryDecodeState.in_chunk(
                 running, start, position, cfg.c_mem, batch_size=B, momentum=mu is not None),
@@ -206,19 +206,21 @@ class SelfModifyingTitans(nn.Module):
         cfg, (B, T, _) = self.cfg, x.shape
         H, D = cfg.heads, cfg.head_dim
         q_cache, in_cache = (None, None) if state is None else state.conv
+        tokens = 0 if state is None else state.tokens
         q, q_cache = self.q_conv(self.q_proj(x), q_cache)
         x_tilde, in_cache = self.in_conv(self.in_proj(x), in_cache)
         q = F.normalize(q.view(B, T, H, D), dim=-1)                                 # q_t = L2norm(conv4(x_t W_q))
         aux = None
         if cfg.self_modify:
             (k, v, lr, retention), aux = self._aux_memories(x_tilde.view(B, T, H, D), None if state is None
-                                                            else state.aux)
+                                                            else state.aux, tokens)
         else:
             k = F.normalize(self.k_proj(x_tilde).view(B, T, H, D), dim=-1)
             v = self.v_proj(x_tilde).view(B, T, H, D)
             lr = cfg.lr_max * torch.sigmoid(self.lr_proj(x_tilde))
             retention = torch.sigmoid(self.retention_proj(x_tilde))
-        o, memory = self._memory(q, k.to(q.dtype), v.to(q.dtype), lr, retention, None if state is None else state.memory)
+        o, memory = self._memory(q, k.to(q.dtype), v.to(q.dtype), lr, retention,
+                                 None if state is None else state.memory, tokens)
         return self.output(o.to(x.dtype), x), (aux, memory, (q_cache, in_cache))
 
 
@@ -241,7 +243,7 @@ class HopeBlock(nn.Module):
             z = self.norm2(h)
             c, cms_state = self.cms.stream(z, None if state is None else state.cms)
             h = h + (c - z)               # CMS levels are residual (c = z + Σ branches): add the branches only
-        return h, HopeLayerState(aux, memory, conv, cms_state)
+        return h, HopeLayerState(aux, memory, conv, cms_state, x.shape[1] + (0 if state is None else state.tokens))
 
 
 class HopeLM(nn.Module):

@@ -174,6 +174,21 @@ def test_decoding_runs_every_token_once(monkeypatch):
     assert sum(seen) == cfg.layers * (6 + 12)
 
 
+def test_state_counts_tokens_in_step_with_the_positions():
+    """Each layer's `tokens` (what the next call reads each op's position from, on the host) is the
+    stream length, and agrees with the positions the decode states hold on the device."""
+    cfg = tiny()
+    model = model64(cfg)
+    tokens = torch.randint(0, cfg.vocab, (2, 23))
+    state = None
+    for lo, hi in ((0, 5), (5, 6), (6, 23)):
+        _, state = model(tokens[:, lo:hi], state)
+        for layer in state.layers:
+            assert layer.tokens == hi
+            assert (layer.memory.position == hi % cfg.c_mem).all()
+            assert (layer.aux.position == hi % cfg.c_aux).all()
+
+
 @pytest.mark.parametrize("flag", ["use_dgd", "use_momentum", "self_modify", "use_cms"])
 def test_ablation_switch(flag):
     cfg = tiny(**{flag: False})
