@@ -56,6 +56,23 @@ def _tile_t(ptr, o_base, o_r, m_r, o_c, m_c, NCOL: tl.constexpr):
     return tl.load(ptr + o_base + o_r[None, :] * NCOL + o_c[:, None], mask=m_r[None, :] & m_c[:, None], other=0.0)
 
 
+@triton.jit
+def _dh_tile_offsets(C, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr,
+                     BD: tl.constexpr):
+    """Ids and offsets of a Dh-tile program (grid (Dh/BD, B·H)): sequence·head, token rows and their
+    mask, the tile's Dh columns and mask, the rows of q/k and of v/do, the (sequence, head)'s W1 and W2,
+    its gate rows, its [BT, BD] scratch tile and its index in the [ND, BH, ...] partials."""
+    i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_tk = ((i_b * C + o_t) * H + i_h) * K
+    o_tv = ((i_b * C + o_t) * H + i_h) * V
+    o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
+    return (i_bh, o_t, o_t < C, o_d, o_d < DH, o_tk, o_tv, i_bh * K * DH, i_bh * DH * V, i_bh * (BT + 1), o_scr,
+            i_d * tl.num_programs(1) + i_bh)
+
+
 @triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_res(
     k, v, w1, w2, res, C,
@@ -155,19 +172,7 @@ def mlp_memory_bwd_kernel_inner(
     Partial outputs ([ND, BH, ...], summed over Dh tiles by the launcher): dq_part = dZq-side of dQ
     [BT, K]; cc_part slots 0, 1, 3 = Aq Aᵀ, dZq Dᵀ, dZq Wᵀ [BT, BT]; dvec_part slots 0, 1 = dβ, df on
     the read rows [BT]; dlast_part = (dβ[C], df[C], dm[C], 0) [4]."""
-    i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    BH = tl.num_programs(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = tl.arange(0, BT)
-    m_t = o_t < C
-    o_d = i_d * BD + tl.arange(0, BD)
-    m_d = o_d < DH
-    o_tk = ((i_b * C + o_t) * H + i_h) * K
-    o_tv = ((i_b * C + o_t) * H + i_h) * V
-    o_w1, o_w2 = i_bh * K * DH, i_bh * DH * V
-    o_gate = i_bh * (BT + 1)
-    o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
-    o_part = i_d * BH + i_bh
+    i_bh, o_t, m_t, o_d, m_d, o_tk, o_tv, o_w1, o_w2, o_gate, o_scr, o_part = _dh_tile_offsets(C, H, K, V, DH, BT, BD)
 
     # products over K: Z = K W1, Q W1 (and with momentum Q S1, K S1)
     b_z = tl.zeros([BT, BD], dtype=tl.float32)
@@ -295,18 +300,7 @@ def mlp_memory_bwd_kernel_dd(
     separate stages, so neither holds both sets of C×C blocks. Partial outputs: dr_part = dP W2 −
     G[C] ⊙ A dW2' − N[C] ⊙ A dS2' [BT, V]; cc_part slots 2, 4 = dRhs Dᵀ, dRhs Wᵀ; dvec_part slots
     2..6 = dG[C], dN[C], and with DGD dβ, df on the rows before each token, dE[C]."""
-    i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    BH = tl.num_programs(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = tl.arange(0, BT)
-    m_t = o_t < C
-    o_d = i_d * BD + tl.arange(0, BD)
-    m_d = o_d < DH
-    o_tk = ((i_b * C + o_t) * H + i_h) * K
-    o_w1, o_w2 = i_bh * K * DH, i_bh * DH * V
-    o_gate = i_bh * (BT + 1)
-    o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
-    o_part = i_d * BH + i_bh
+    i_bh, o_t, m_t, o_d, m_d, o_tk, o_tv, o_w1, o_w2, o_gate, o_scr, o_part = _dh_tile_offsets(C, H, K, V, DH, BT, BD)
 
     # products over K: K dW1' (and with momentum K dS1')
     b_kg = tl.zeros([BT, BD], dtype=tl.float32)
@@ -478,19 +472,7 @@ def mlp_memory_bwd_kernel_dw(
     partial dK = dZ W1ᵀ − (G[C] ⊙ D) dW1'ᵀ − (N[C] ⊙ D) dS1'ᵀ and (self target) dV = dZv W1ᵀ.
     DGD: Rhs = diag(β_prev) K W1 + … adds β_prev ⊙ dRhs to dZ, and dK ∋ (f_prev ⊙ dRhs) S1ᵀ − (E[C] ⊙ W) dW1'ᵀ,
     dS1 ∋ Kᵀ (f_prev ⊙ dRhs)."""
-    i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    BH = tl.num_programs(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = tl.arange(0, BT)
-    m_t = o_t < C
-    o_d = i_d * BD + tl.arange(0, BD)
-    m_d = o_d < DH
-    o_tk = ((i_b * C + o_t) * H + i_h) * K
-    o_tv = ((i_b * C + o_t) * H + i_h) * V
-    o_w1, o_w2 = i_bh * K * DH, i_bh * DH * V
-    o_gate = i_bh * (BT + 1)
-    o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
-    o_part = i_d * BH + i_bh
+    i_bh, o_t, m_t, o_d, m_d, o_tk, o_tv, o_w1, o_w2, o_gate, o_scr, o_part = _dh_tile_offsets(C, H, K, V, DH, BT, BD)
     b_gl = tl.load(write + (o_gate + C) * BT + o_t)
     b_beta_last = tl.load(decay + o_gate + C)
     if USE_MOMENTUM:
