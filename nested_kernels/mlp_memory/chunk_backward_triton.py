@@ -84,8 +84,8 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         w1, w2 have a leading 1).
     """
     from ..triton_kernels.mlp_memory.chunk_bwd import (
-        mlp_memory_bwd_kernel_dres, mlp_memory_bwd_kernel_dw, mlp_memory_bwd_kernel_inner, mlp_memory_bwd_kernel_qk,
-        mlp_memory_bwd_kernel_res,
+        mlp_memory_bwd_kernel_dd, mlp_memory_bwd_kernel_dres, mlp_memory_bwd_kernel_dw, mlp_memory_bwd_kernel_inner,
+        mlp_memory_bwd_kernel_qk, mlp_memory_bwd_kernel_res,
     )
     from ..triton_kernels.mlp_memory.configs_bwd import chunk_tile, launch_config
     from ..triton_kernels.common.activations import ACT_CODES
@@ -145,12 +145,21 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     cc_part = torch.zeros(ND, BH, 5, BT, BT, **f32) if current or dgd else None
     dvec_part = torch.zeros(ND, BH, 8, BT, **f32)
     dlast_part = torch.zeros(ND, BH, 4, **f32)
+    flags = dict(DH=Dh, ACT=act, USE_MOMENTUM=use_mom, IS_READ_CURRENT=current, USE_DGD=dgd)
     launch(mlp_memory_bwd_kernel_inner, (ND, BH), device, q=q_, k=k_, do=do_, w1=W1, w2=W2, s1=S1, s2=S2, dw1n=dW1n,
-           dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, write=write, mom_write=mom_write,
-           dgd_write=dgd_write, dgd_inv=dgd_inv, res=res, qk_dor=qk_dor, **scratch, dq_part=dq_part, dr_part=dr_part,
-           cc_part=cc_part, dvec_part=dvec_part, dlast_part=dlast_part, **common, DH=Dh, BK=cfg.BK, BV=cfg.BV,
-           BD=cfg.BD, ACT=act, USE_MOMENTUM=use_mom, IS_READ_CURRENT=current, USE_DGD=dgd, num_warps=cfg.num_warps,
-           num_stages=cfg.num_stages)
+           dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, dgd_write=dgd_write, dgd_inv=dgd_inv, res=res,
+           qk_dor=qk_dor, z_buf=scratch["z_buf"], aq_buf=scratch["aq_buf"], dzq_buf=scratch["dzq_buf"],
+           dz2_buf=scratch["dz2_buf"], d_buf=scratch["d_buf"], wp_buf=scratch["wp_buf"], dq_part=dq_part,
+           cc_part=cc_part, dvec_part=dvec_part, dlast_part=dlast_part, **common, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD,
+           **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    BD, cfg = cfg.BD, launch_config("dd", K, V, Dh, BT, dgd)
+    assert cfg.BD == BD, f"configs_bwd: 'dd' must share the Dh tiles of 'inner' (its partials), got {cfg.BD} != {BD}"
+    launch(mlp_memory_bwd_kernel_dd, (ND, BH), device, k=k_, w2=W2, s1=S1, dw1n=dW1n, dw2n=dW2n, ds1n=dS1n,
+           ds2n=dS2n, write=write, mom_write=mom_write, dgd_write=dgd_write, dgd_inv=dgd_inv, res=res, qk_dor=qk_dor,
+           z_buf=scratch["z_buf"], dzq_buf=scratch["dzq_buf"], dp_buf=scratch["dp_buf"], dz2_buf=scratch["dz2_buf"],
+           d_buf=scratch["d_buf"], wp_buf=scratch["wp_buf"], drhs_buf=scratch["drhs_buf"], dr_part=dr_part,
+           cc_part=cc_part, dvec_part=dvec_part, **common, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, **flags,
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     cc = None if cc_part is None else cc_part.sum(0)
 
     cfg = launch_config("dres", K, V, Dh, BT, dgd)

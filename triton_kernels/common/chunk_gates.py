@@ -6,7 +6,7 @@ Rows i = 1..C of every output are computed as C×C blocks (row 0 is constant: β
 rest 0). With the column index c standing for token c+1:
     PA[r, c] = Π_{c+2 ≤ s ≤ r+1} α_s = P^α[r+1, c+1]   (cumprod of a masked matrix: exact at α = 0)
     β = cumprod(α),  E = PA ∘ η,  and with momentum PM, m from μ alike,
-    f = (PA ∘ m) 1,  G = (PA @ PM) ∘ η,  N = PM ∘ η.
+    f = (PA ∘ m) 1,  G = (PA @ PM) ∘ η,  N = PM ∘ η   (PA @ PM as a row scan, `_decayed_rows`).
 Backward, without divisions (exact at α = 0): for a segment product P of gates g,
     ∂P[r, c] / ∂g_{σ+1} = P[r, σ] · Q[σ, c],   Q[σ, c] = Π_{c+2 ≤ s ≤ σ} g_s (c < σ),
 so dg_{σ+1} = Σ_c (Pᵀ dP)[σ, c] Q[σ, c]; and for the prefix product b = cumprod(g),
@@ -30,6 +30,21 @@ def _segment_products_t(g, o, SHIFT: tl.constexpr):
     rows, cols = o[:, None], o[None, :]
     factors = tl.where(cols >= rows + SHIFT, g[None, :], 1.0)
     return tl.where(cols >= rows + SHIFT - 1, tl.cumprod(factors, axis=1), 0.0)
+
+
+@triton.jit
+def _linear_step(a_prev, x_prev, a, x):
+    """The recurrence x_r = a_r x_{r−1} + p_r composed over two spans (the combine of `_decayed_rows`)."""
+    return a_prev * a, x_prev * a + x
+
+
+@triton.jit
+def _decayed_rows(g, p):
+    """PA @ p as a scan over rows: row r is g_{r+1} · (row r − 1) + p[r], since PA[r, c] = g_{r+1} PA[r − 1, c]
+    for c < r and PA[r, r] = 1 (g indexed by row). Exact at g = 0 like PA itself; no fp32 FMA product,
+    whose broadcast operands spilled on sm_80 at C = 64."""
+    _, x = tl.associative_scan((tl.broadcast_to(g[:, None], p.shape), p), 0, _linear_step)
+    return x
 
 
 @triton.jit
@@ -72,7 +87,7 @@ def chunk_gates_fwd_kernel(lr, ret, mom, decay, carry, write, mom_decay, mom_wri
         tl.store(carry + o_vec, 0.0)
         tl.store(carry + o_vec + 1 + o, tl.sum(p_a * m[None, :], axis=1))     # f = (PA ∘ m) 1
         tl.store(write + o_mat + o, tl.zeros([C], dtype=tl.float32))
-        tl.store(write + o_rows, tl.dot(p_a, p_m, input_precision="ieee") * eta[None, :])   # G
+        tl.store(write + o_rows, _decayed_rows(alpha, p_m) * eta[None, :])   # G = (PA @ PM) ∘ η
         tl.store(mom_write + o_mat + o, tl.zeros([C], dtype=tl.float32))
         tl.store(mom_write + o_rows, p_m * eta[None, :])                      # N
 
@@ -118,12 +133,13 @@ BWD_CHUNK_SIZES = (16, 32)      # 64: the backward's 64×64×64 fp32 products sp
 
 def num_warps(part: str, C: int) -> int:
     """Warps per chunk program: the fewest without register spills on sm_90 and sm_80
-    (`nested-kernels compile-report --kernel chunk_gates`). At C = 64 the forward fits with 16
-    warps but the backward spills kilobytes even then (its fp32 products are FMA loops whose
+    (`nested-kernels compile-report --kernel chunk_gates`). At C = 64 the forward fits in 4 warps
+    (168 registers) now that G is a row scan (`_decayed_rows`; its fp32 product spilled on sm_80
+    even at 16 warps), but the backward spills kilobytes even at 16 (its fp32 products are FMA loops whose
     operands are broadcast along the inner dimension; building transposed factors directly
     instead of `tl.trans` took C = 32 from 255 to 175 registers, not C = 64 under 255), so
     64-token chunks take their gradient from the PyTorch gate algebra."""
-    return {("fwd", 16): 4, ("fwd", 32): 4, ("fwd", 64): 16, ("bwd", 16): 4, ("bwd", 32): 8}[part, C]
+    return {("fwd", 16): 4, ("fwd", 32): 4, ("fwd", 64): 4, ("bwd", 16): 4, ("bwd", 32): 8}[part, C]
 
 
 def chunk_gates_fwd(lr, retention, momentum):

@@ -53,17 +53,3 @@ def _specs():
 
 
 AOT_SPECS = list(_specs())
-
-
-# Configurations that still spill registers (momentum + DGD, the most registers), from
-# `nested-kernels compile-report` with triton 3.8. CI fails on any other spill, and when one of
-# these is fixed. sm_90 has none. sm_80 compiles the sm_90 table (the launchers do not pick per
-# architecture): the K = 256 reverse recurrence with 32-token chunks spills 24 B there, and its
-# sm_80-clean candidates (8 warps) spill on sm_90.
-_KNOWN = {
-    90: (),
-    80: (
-        "bwd_dh-D256-BT32",
-    ),
-}
-KNOWN_SPILLS = {arch: {f"linear_memory_{name}-bf16-mom-dgd" for name in names} for arch, names in _KNOWN.items()}

@@ -76,20 +76,20 @@ def linear_memory_bwd_kernel_dh(
 
         i_last = tl.load(last_rows + i_c)
         o_gate = o_chunk * (BT + 1)
-        o_mat = (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :]
+        o_mat_t = (o_chunk * BT + o_t[None, :]) * BT + o_t[:, None]          # BT × BT blocks read transposed
         # dR = −G[last] ⊙ K dM − N[last] ⊙ K dS − ((Q Kᵀ) ⊙ G)ᵀ dO
         b_dr = -tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx - tl.dot(
-            tl.trans(tl.load(qk_write + o_mat)), b_do, input_precision=DOT_PRECISION)
+            tl.load(qk_write + o_mat_t), b_do, input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_dr -= tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_kds
         if USE_DGD:
             # dW = −E[last] ⊙ K dM − ((Q Kᵀ) ⊙ E)ᵀ dO;  dP = (I + L)^{-T} dW
             b_dw = -tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx - tl.dot(
-                tl.trans(tl.load(qk_dgd_write + o_mat)), b_do, input_precision=DOT_PRECISION)
+                tl.load(qk_dgd_write + o_mat_t), b_do, input_precision=DOT_PRECISION)
             tl.store(dpseudo + o_tv, b_dw, mask=m_v[None, :])
-            b_dp = tl.dot(tl.trans(tl.load(dgd_inv + o_mat)), b_dw, input_precision=DOT_PRECISION)
+            b_dp = tl.dot(tl.load(dgd_inv + o_mat_t), b_dw, input_precision=DOT_PRECISION)
             tl.store(drhs + o_tv, b_dp, mask=m_v[None, :])
-            b_dr -= tl.dot(tl.trans(tl.load(kk_write + o_mat)), b_dp, input_precision=DOT_PRECISION)
+            b_dr -= tl.dot(tl.load(kk_write + o_mat_t), b_dp, input_precision=DOT_PRECISION)
         tl.store(dres + o_tv, b_dr, mask=m_v[None, :])
         b_k_rhs = b_dr                                                        # what Kᵀ(·) adds to dM
         if USE_DGD:
@@ -103,7 +103,7 @@ def linear_memory_bwd_kernel_dh(
             b_q1 = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
             b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
         # dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP),  dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP)
-        if BT >= 64:  # read dO again rather than keep it live (what keeps 64-token chunks of K = 256 clean)
+        if BT >= 32:  # read dO again rather than keep it live (keeps 32- and 64-token chunks of K = 256 clean)
             b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
         b_do_decay = (tl.load(decay + o_gate + 1 + o_t)[:, None] * b_do).to(b_q0.dtype)
         b_k_rhs = b_k_rhs.to(b_k0.dtype)

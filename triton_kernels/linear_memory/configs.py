@@ -3,12 +3,11 @@ the compile report (`aot.py`), so what is reported is what runs.
 
 Chosen by compiling candidate (value tile, warps, stages, key tile) for sm_90 and sm_80 with
 momentum and DGD on (the most registers) with `benchmarks/linear_memory_spill_sweep.py`: every
-entry is free of spills on sm_90, and among those the one that spills least on sm_80. The key
+entry is free of spills on sm_90 and on sm_80 (which compiles the same table). The key
 tile BK bounds how many rows of K (and of the states) a kernel holds at once: the parallel
 kernels (`fwd_o`, `bwd_dq`, `bwd_dk`, `bwd_dk_dgd`) loop over K in tiles of BK rows; the
 recurrent ones (`fwd_h`, `bwd_dh`) hold the state as at most two tiles (K ≤ 2·BK). num_stages
 is per entry (it was fixed at 2): 1 wherever pipelining the loads only added registers.
-Configurations that still spill (sm_80 only) are listed in `aot.KNOWN_SPILLS`.
 """
 from typing import NamedTuple
 

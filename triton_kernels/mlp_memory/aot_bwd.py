@@ -8,8 +8,8 @@ import itertools
 
 from ..utils.aot import AotSpec
 from .chunk_bwd import (
-    mlp_memory_bwd_kernel_dres, mlp_memory_bwd_kernel_dw, mlp_memory_bwd_kernel_inner, mlp_memory_bwd_kernel_qk,
-    mlp_memory_bwd_kernel_res,
+    mlp_memory_bwd_kernel_dd, mlp_memory_bwd_kernel_dres, mlp_memory_bwd_kernel_dw, mlp_memory_bwd_kernel_inner,
+    mlp_memory_bwd_kernel_qk, mlp_memory_bwd_kernel_res,
 )
 from .configs_bwd import CHUNK_TILES, launch_config
 
@@ -17,6 +17,7 @@ KERNELS = {
     "res": mlp_memory_bwd_kernel_res,
     "qk": mlp_memory_bwd_kernel_qk,
     "inner": mlp_memory_bwd_kernel_inner,
+    "dd": mlp_memory_bwd_kernel_dd,
     "dres": mlp_memory_bwd_kernel_dres,
     "dw": mlp_memory_bwd_kernel_dw,
 }
@@ -52,10 +53,5 @@ def _specs():
 
 
 AOT_SPECS = list(_specs())
-
-# Configurations that still spill registers, from `nested-kernels compile-report` with triton 3.8.
-# CI fails on any other spill, and when one of these is fixed. sm_90 has none. With DGD at 64-token
-# chunks the inner kernel holds about twice the C×C blocks of the plain case (the DGD system, its
-# right-hand side and pseudo-values): its sm_90-clean configuration spills 140 B on sm_80, and the
-# candidates that are clean on sm_80 (none found among 16/32-column tiles, 4/8 warps) spill on sm_90.
-KNOWN_SPILLS = {80: {"mlp_memory_bwd_inner-D128-Dh512-BT64-bf16-mom-current-self-dgd"}}
+# No KNOWN_SPILLS: every configuration is free of spills on sm_90 and sm_80 (triton 3.8), since the
+# DGD system's forward (`inner`) and backward (`dd`) run in separate kernels (one spilled on sm_80).

@@ -8,19 +8,22 @@ that touches W1 [K, Dh] or W2 [Dh, V] runs one program per (Dh tile, sequence·h
    `mlp_memory_bwd_kernel_qk` (read="current" or DGD) Q Kᵀ, dO Rᵀ, K Kᵀ and their products
    with the gate matrices                                                       [BH, 7, BT, BT]
 2. `mlp_memory_bwd_kernel_inner` per Dh tile: Z, A, P = R W2ᵀ, D = P ⊙ φ'(Z), with DGD the
-   pseudo-values W = (I + L)^{-1} Rhs, the reads (Zq, Aq, their adjoints dAq, dZq), with DGD
-   dW and dRhs = (I + L)^{-T} dW, the adjoint dD and from it dP = dD ⊙ φ'(Z), dZ'' = dD ⊙ P ⊙ φ''(Z);
-   stores those C×Dh tiles in scratch, and partial sums over the tile of every product that
-   contracts Dh: Aq Aᵀ, dZq Dᵀ, dRhs Dᵀ, dZq Wᵀ, dRhs Wᵀ (C×C), dQ, dR (C×K, C×V) and the gate
-   gradients.
+   pseudo-values W = (I + L)^{-1} Rhs, the reads (Zq, Aq, their adjoints dAq, dZq);
+   `mlp_memory_bwd_kernel_dd` per Dh tile, from those: with DGD dW and dRhs = (I + L)^{-T} dW,
+   the adjoint dD and from it dP = dD ⊙ φ'(Z), dZ'' = dD ⊙ P ⊙ φ''(Z). Two kernels, so that no
+   program holds the C×C blocks of the DGD system's forward and of its backward at once (one
+   kernel spilled on sm_80). Both store their C×Dh tiles in scratch, and partial sums over the
+   tile of every product that contracts Dh: Aq Aᵀ, dZq Dᵀ, dRhs Dᵀ, dZq Wᵀ, dRhs Wᵀ (C×C),
+   dQ, dR (C×K, C×V) and the gate gradients.
 3. `mlp_memory_bwd_kernel_dres`  (after the partials are summed over Dh tiles) the C×C side of
    the reads and of the DGD system: dR, dQ, the C×C part of dK, dV, and dG, dE.
 4. `mlp_memory_bwd_kernel_dw`    per Dh tile: dA, dZ, and the weight gradients dW1[:, tile],
    dS1[:, tile], dW2[tile, :], dS2[tile, :] (each program owns its tile: no atomics), with the
    write part of dK and the self-target part of dV as partial sums.
 
-Scratch (global memory, fp32, [BH, BT, Dh] each): Z, Aq, dZq, dP, dZ'', D (and W, dRhs). A C×Dh tile per
-intermediate is what the register file cannot hold across stages (Dh ≤ 512, C ≤ 64).
+Scratch (global memory, fp32, [BH, BT, Dh] each): Z, Aq, dZq, dP, dZ'' (P between `inner` and `dd`),
+D (and W, dRhs). A C×Dh tile per intermediate is what the register file cannot hold across stages
+(Dh ≤ 512, C ≤ 64).
 All products accumulate in fp32 (inputs are converted on load).
 """
 import triton
@@ -51,6 +54,23 @@ def _rows_t(ptr, o_row, m_t, o_col, m_col):
 def _tile_t(ptr, o_base, o_r, m_r, o_c, m_c, NCOL: tl.constexpr):
     """`_tile` transposed, [len(o_c), len(o_r)], read by address."""
     return tl.load(ptr + o_base + o_r[None, :] * NCOL + o_c[:, None], mask=m_r[None, :] & m_c[:, None], other=0.0)
+
+
+@triton.jit
+def _dh_tile_offsets(C, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr,
+                     BD: tl.constexpr):
+    """Ids and offsets of a Dh-tile program (grid (Dh/BD, B·H)): sequence·head, token rows and their
+    mask, the tile's Dh columns and mask, the rows of q/k and of v/do, the (sequence, head)'s W1 and W2,
+    its gate rows, its [BT, BD] scratch tile and its index in the [ND, BH, ...] partials."""
+    i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_tk = ((i_b * C + o_t) * H + i_h) * K
+    o_tv = ((i_b * C + o_t) * H + i_h) * V
+    o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
+    return (i_bh, o_t, o_t < C, o_d, o_d < DH, o_tk, o_tv, i_bh * K * DH, i_bh * DH * V, i_bh * (BT + 1), o_scr,
+            i_d * tl.num_programs(1) + i_bh)
 
 
 @triton.jit(do_not_specialize=["C"])
@@ -139,39 +159,23 @@ def mlp_memory_bwd_kernel_qk(
 
 @triton.jit(do_not_specialize=["C"])
 def mlp_memory_bwd_kernel_inner(
-    q, k, do, w1, w2, s1, s2, dw1n, dw2n, ds1n, ds2n, decay, carry, write, mom_write, dgd_write, dgd_inv, res,
-    qk_dor, z_buf, aq_buf, dzq_buf, dp_buf, dz2_buf, d_buf, wp_buf, drhs_buf, dq_part, dr_part, cc_part, dvec_part,
-    dlast_part, C,
+    q, k, do, w1, w2, s1, s2, dw1n, dw2n, ds1n, ds2n, decay, carry, dgd_write, dgd_inv, res, qk_dor, z_buf, aq_buf,
+    dzq_buf, dz2_buf, d_buf, wp_buf, dq_part, cc_part, dvec_part, dlast_part, C,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, USE_MOMENTUM: tl.constexpr,
     IS_READ_CURRENT: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """One Dh tile: the forward of the chunk at W^c and the adjoints that stay inside the tile.
-    Partial outputs ([ND, BH, ...], summed over Dh tiles by the launcher): dq_part = dZq-side of
-    dQ [BT, K]; dr_part = dP W2 − G[C] ⊙ A dW2' − N[C] ⊙ A dS2' [BT, V]; cc_part = (Aq Aᵀ, dZq Dᵀ)
-    [2, BT, BT], with DGD also (dRhs Dᵀ, dZq Wᵀ, dRhs Wᵀ) [5, BT, BT]; dvec_part = (dβ, df on the
-    read rows, dG[C], dN[C], and with DGD dβ, df on the rows before each token, dE[C]) [8, BT];
-    dlast_part = (dβ[C], df[C], dm[C], 0) [4]. With DGD the pseudo-values W = (I + L)^{-1} Rhs,
-    Rhs = diag(β_prev) K W1 + diag(f_prev) K S1 − ((K Kᵀ) ⊙ G_prev) D, enter the end state and the
-    reads of W1 like D does, with E for G (chunk_state.dgd_pseudo_values)."""
-    i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    BH = tl.num_programs(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = tl.arange(0, BT)
-    m_t = o_t < C
-    o_d = i_d * BD + tl.arange(0, BD)
-    m_d = o_d < DH
-    o_tk = ((i_b * C + o_t) * H + i_h) * K
-    o_tv = ((i_b * C + o_t) * H + i_h) * V
-    o_w1, o_w2 = i_bh * K * DH, i_bh * DH * V
-    o_gate = i_bh * (BT + 1)
-    o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
-    o_part = i_d * BH + i_bh
+    """One Dh tile, first half: the forward of the chunk at W^c and the adjoint of the reads. Stores Z, D,
+    P (in dz2_buf, until `mlp_memory_bwd_kernel_dd` replaces it by dZ''), Aq, dZq and with DGD the
+    pseudo-values W = (I + L)^{-1} Rhs, Rhs = diag(β_prev) K W1 + diag(f_prev) K S1 − ((K Kᵀ) ⊙ G_prev) D,
+    which enter the reads of W1 like D does, with E for G (chunk_state.dgd_pseudo_values).
+    Partial outputs ([ND, BH, ...], summed over Dh tiles by the launcher): dq_part = dZq-side of dQ
+    [BT, K]; cc_part slots 0, 1, 3 = Aq Aᵀ, dZq Dᵀ, dZq Wᵀ [BT, BT]; dvec_part slots 0, 1 = dβ, df on
+    the read rows [BT]; dlast_part = (dβ[C], df[C], dm[C], 0) [4]."""
+    i_bh, o_t, m_t, o_d, m_d, o_tk, o_tv, o_w1, o_w2, o_gate, o_scr, o_part = _dh_tile_offsets(C, H, K, V, DH, BT, BD)
 
-    # products over K: Z = K W1, K dW1', Q W1 (and with momentum K dS1', Q S1)
+    # products over K: Z = K W1, Q W1 (and with momentum Q S1, K S1)
     b_z = tl.zeros([BT, BD], dtype=tl.float32)
-    b_kg = tl.zeros([BT, BD], dtype=tl.float32)
-    b_ks = tl.zeros([BT, BD], dtype=tl.float32)
     b_qw = tl.zeros([BT, BD], dtype=tl.float32)
     b_qs = tl.zeros([BT, BD], dtype=tl.float32)
     b_kss = tl.zeros([BT, BD], dtype=tl.float32)
@@ -186,15 +190,12 @@ def mlp_memory_bwd_kernel_inner(
         b_w1 = _tile(w1, o_w1, o_k, m_k, o_d, m_d, DH)
         b_dw1n = _tile(dw1n, o_w1, o_k, m_k, o_d, m_d, DH)
         b_z = tl.dot(b_k, b_w1, b_z, input_precision=DOT_PRECISION)
-        b_kg = tl.dot(b_k, b_dw1n, b_kg, input_precision=DOT_PRECISION)
         b_qw = tl.dot(b_q, b_w1, b_qw, input_precision=DOT_PRECISION)
         b_last_beta += tl.sum(b_dw1n * b_w1, 0)
         if USE_MOMENTUM:
             b_s1 = _tile(s1, o_w1, o_k, m_k, o_d, m_d, DH)
-            b_ds1n = _tile(ds1n, o_w1, o_k, m_k, o_d, m_d, DH)
-            b_ks = tl.dot(b_k, b_ds1n, b_ks, input_precision=DOT_PRECISION)
             b_last_carry += tl.sum(b_dw1n * b_s1, 0)
-            b_last_mom += tl.sum(b_ds1n * b_s1, 0)
+            b_last_mom += tl.sum(_tile(ds1n, o_w1, o_k, m_k, o_d, m_d, DH) * b_s1, 0)
             if USE_DGD:
                 b_kss = tl.dot(b_k, b_s1, b_kss, input_precision=DOT_PRECISION)
             if IS_READ_CURRENT:
@@ -220,22 +221,18 @@ def mlp_memory_bwd_kernel_inner(
             b_last_mom += tl.sum(_tile_t(ds2n, o_w2, o_d, m_d, o_v, m_v, V) * b_s2t, 0)
             if IS_READ_CURRENT:
                 b_dos = tl.dot(b_do, b_s2t, b_dos, input_precision=DOT_PRECISION)
+    tl.store(dlast_part + o_part * 4, tl.sum(b_last_beta, 0))
+    tl.store(dlast_part + o_part * 4 + 1, tl.sum(b_last_carry, 0))
+    tl.store(dlast_part + o_part * 4 + 2, tl.sum(b_last_mom, 0))
 
     b_a = phi(b_z, ACT)
-    b_dphi = phi_grad(b_z, ACT)
-    b_d = b_p * b_dphi                                                        # D = (R W2ᵀ) ⊙ φ'(Z)
-    b_gl = tl.load(write + (o_gate + C) * BT + o_t)                           # G[C]
-    b_dd = -b_gl[:, None] * b_kg                                              # dD = −G[C] ⊙ K dW1' …
-    b_dgl = -tl.sum(b_kg * b_d, 1)
-    b_dnl = tl.zeros([BT], dtype=tl.float32)
-    if USE_MOMENTUM:
-        b_nl = tl.load(mom_write + (o_gate + C) * BT + o_t)                   # N[C]
-        b_dd -= b_nl[:, None] * b_ks                                          # … − N[C] ⊙ K dS1'
-        b_dnl -= tl.sum(b_ks * b_d, 1)
+    b_d = b_p * phi_grad(b_z, ACT)                                            # D = (R W2ᵀ) ⊙ φ'(Z)
+    tl.store(z_buf + o_scr, b_z, mask=m_d[None, :])
+    tl.store(dz2_buf + o_scr, b_p, mask=m_d[None, :])
+    tl.store(d_buf + o_scr, b_d, mask=m_d[None, :])
     b_beta = tl.load(decay + o_gate + 1 + o_t)
     b_carry = tl.load(carry + o_gate + 1 + o_t) if USE_MOMENTUM else b_beta
     o_c7 = (i_bh * 7 * BT + o_t[:, None]) * BT + o_t[None, :]                # masked products: see kernel_qk
-    o_c7t = (i_bh * 7 * BT + o_t[None, :]) * BT + o_t[:, None]               # the same, read transposed
     if USE_DGD:
         # W = (I + L)^{-1} Rhs,  Rhs = diag(β_prev) Z + diag(f_prev) K S1 − ((K Kᵀ) ⊙ G_prev) D
         b_rhs = tl.load(decay + o_gate + o_t)[:, None] * b_z - tl.dot(tl.load(qk_dor + o_c7 + 6 * BT * BT), b_d,
@@ -244,6 +241,7 @@ def mlp_memory_bwd_kernel_inner(
             b_rhs += tl.load(carry + o_gate + o_t)[:, None] * b_kss
         o_inv = (i_bh * BT + o_t[:, None]) * BT + o_t[None, :]
         b_wp = tl.dot(tl.load(dgd_inv + o_inv), b_rhs, input_precision=DOT_PRECISION)
+        tl.store(wp_buf + o_scr, b_wp, mask=m_d[None, :])
     if IS_READ_CURRENT:
         # Zq = β ⊙ Q W1 + f ⊙ Q S1 − ((Q Kᵀ) ⊙ G) D;  dAq = β ⊙ dO W2ᵀ + f ⊙ dO S2ᵀ − ((dO Rᵀ) ⊙ G) A
         b_daq = b_beta[:, None] * b_dow - tl.dot(tl.load(qk_dor + o_c7 + 4 * BT * BT), b_a,
@@ -259,41 +257,18 @@ def mlp_memory_bwd_kernel_inner(
         b_daq = b_dow
     b_aq = phi(b_zq, ACT)
     b_dzq = b_daq * phi_grad(b_zq, ACT)
-    o_vec = o_part * 8 * BT + o_t
+    tl.store(aq_buf + o_scr, b_aq, mask=m_d[None, :])
+    tl.store(dzq_buf + o_scr, b_dzq, mask=m_d[None, :])
     if IS_READ_CURRENT:
-        b_dd -= tl.dot(tl.load(qk_dor + o_c7t + 3 * BT * BT), b_dzq, input_precision=DOT_PRECISION)
+        o_vec = o_part * 8 * BT + o_t
         tl.store(dvec_part + o_vec, tl.sum(b_aq * b_dow, 1) + tl.sum(b_dzq * b_qw, 1))
         if USE_MOMENTUM:
             tl.store(dvec_part + o_vec + BT, tl.sum(b_aq * b_dos, 1) + tl.sum(b_dzq * b_qs, 1))
         o_cc = (o_part * 5 * BT + o_t[:, None]) * BT + o_t[None, :]
         tl.store(cc_part + o_cc, tl.dot(b_aq, tl.trans(b_a), input_precision=DOT_PRECISION))
         tl.store(cc_part + o_cc + BT * BT, tl.dot(b_dzq, tl.trans(b_d), input_precision=DOT_PRECISION))
-    if USE_DGD:
-        # dW = −E[C] ⊙ K dW1' − ((Q Kᵀ) ⊙ E)ᵀ dZq;  dRhs = (I + L)^{-T} dW;  dD ∋ −((K Kᵀ) ⊙ G_prev)ᵀ dRhs
-        b_el = tl.load(dgd_write + (o_gate + C) * BT + o_t)
-        b_dwp = -b_el[:, None] * b_kg
-        if IS_READ_CURRENT:
-            b_dwp -= tl.dot(tl.load(qk_dor + o_c7t + 5 * BT * BT), b_dzq, input_precision=DOT_PRECISION)
-        b_drhs = tl.dot(tl.load(dgd_inv + (i_bh * BT + o_t[None, :]) * BT + o_t[:, None]), b_dwp, input_precision=DOT_PRECISION)
-        b_dd -= tl.dot(tl.load(qk_dor + o_c7t + 6 * BT * BT), b_drhs, input_precision=DOT_PRECISION)
-        tl.store(dvec_part + o_vec + 4 * BT, tl.sum(b_drhs * b_z, 1))
-        if USE_MOMENTUM:
-            tl.store(dvec_part + o_vec + 5 * BT, tl.sum(b_drhs * b_kss, 1))
-        tl.store(dvec_part + o_vec + 6 * BT, -tl.sum(b_kg * b_wp, 1))
-        o_cc = (o_part * 5 * BT + o_t[:, None]) * BT + o_t[None, :]
-        tl.store(cc_part + o_cc + 2 * BT * BT, tl.dot(b_drhs, tl.trans(b_d), input_precision=DOT_PRECISION))
-        if IS_READ_CURRENT:
+        if USE_DGD:
             tl.store(cc_part + o_cc + 3 * BT * BT, tl.dot(b_dzq, tl.trans(b_wp), input_precision=DOT_PRECISION))
-        tl.store(cc_part + o_cc + 4 * BT * BT, tl.dot(b_drhs, tl.trans(b_wp), input_precision=DOT_PRECISION))
-        tl.store(wp_buf + o_scr, b_wp, mask=m_d[None, :])
-        tl.store(drhs_buf + o_scr, b_drhs, mask=m_d[None, :])
-    b_dp = b_dd * b_dphi                                                      # dP = dD ⊙ φ'(Z)
-    tl.store(dz2_buf + o_scr, b_dd * b_p * phi_grad2(b_z, ACT), mask=m_d[None, :])   # dZ ∋ dD ⊙ P ⊙ φ''(Z)
-    tl.store(z_buf + o_scr, b_z, mask=m_d[None, :])
-    tl.store(aq_buf + o_scr, b_aq, mask=m_d[None, :])
-    tl.store(dzq_buf + o_scr, b_dzq, mask=m_d[None, :])
-    tl.store(dp_buf + o_scr, b_dp, mask=m_d[None, :])
-    tl.store(d_buf + o_scr, b_d, mask=m_d[None, :])
 
     # dQ ∋ (β ⊙ dZq) W1ᵀ + (f ⊙ dZq) S1ᵀ, per key tile
     if IS_READ_CURRENT:
@@ -309,7 +284,82 @@ def mlp_memory_bwd_kernel_inner(
                           input_precision=DOT_PRECISION)
         tl.store(dq_part + (o_part * BT + o_t[:, None]) * K + o_k[None, :], b_dq, mask=m_k[None, :])
 
+
+@triton.jit(do_not_specialize=["C"])
+def mlp_memory_bwd_kernel_dd(
+    k, w2, s1, dw1n, dw2n, ds1n, ds2n, write, mom_write, dgd_write, dgd_inv, res, qk_dor, z_buf, dzq_buf, dp_buf,
+    dz2_buf, d_buf, wp_buf, drhs_buf, dr_part, cc_part, dvec_part, C,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr, USE_MOMENTUM: tl.constexpr,
+    IS_READ_CURRENT: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One Dh tile, second half (after `mlp_memory_bwd_kernel_inner`): the adjoint dD = −G[C] ⊙ K dW1'
+    − N[C] ⊙ K dS1' − ((Q Kᵀ) ⊙ G)ᵀ dZq, with DGD dW = −E[C] ⊙ K dW1' − ((Q Kᵀ) ⊙ E)ᵀ dZq,
+    dRhs = (I + L)^{-T} dW and dD ∋ −((K Kᵀ) ⊙ G_prev)ᵀ dRhs; stores dP = dD ⊙ φ'(Z), dZ'' = dD ⊙ P ⊙ φ''(Z)
+    (over P, which `inner` left in dz2_buf) and dRhs. The DGD system's forward and backward run in
+    separate stages, so neither holds both sets of C×C blocks. Partial outputs: dr_part = dP W2 −
+    G[C] ⊙ A dW2' − N[C] ⊙ A dS2' [BT, V]; cc_part slots 2, 4 = dRhs Dᵀ, dRhs Wᵀ; dvec_part slots
+    2..6 = dG[C], dN[C], and with DGD dβ, df on the rows before each token, dE[C]."""
+    i_bh, o_t, m_t, o_d, m_d, o_tk, o_tv, o_w1, o_w2, o_gate, o_scr, o_part = _dh_tile_offsets(C, H, K, V, DH, BT, BD)
+
+    # products over K: K dW1' (and with momentum K dS1')
+    b_kg = tl.zeros([BT, BD], dtype=tl.float32)
+    b_ks = tl.zeros([BT, BD], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = _rows(k, o_tk, m_t, o_k, m_k)
+        b_kg = tl.dot(b_k, _tile(dw1n, o_w1, o_k, m_k, o_d, m_d, DH), b_kg, input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:
+            b_ks = tl.dot(b_k, _tile(ds1n, o_w1, o_k, m_k, o_d, m_d, DH), b_ks, input_precision=DOT_PRECISION)
+
+    b_d = tl.load(d_buf + o_scr, mask=m_d[None, :], other=0.0)
+    b_gl = tl.load(write + (o_gate + C) * BT + o_t)                           # G[C]
+    b_dd = -b_gl[:, None] * b_kg                                              # dD = −G[C] ⊙ K dW1' …
+    b_dgl = -tl.sum(b_kg * b_d, 1)
+    b_dnl = tl.zeros([BT], dtype=tl.float32)
+    if USE_MOMENTUM:
+        b_nl = tl.load(mom_write + (o_gate + C) * BT + o_t)                   # N[C]
+        b_dd -= b_nl[:, None] * b_ks                                          # … − N[C] ⊙ K dS1'
+        b_dnl -= tl.sum(b_ks * b_d, 1)
+    o_vec = o_part * 8 * BT + o_t
+    if USE_DGD:                                                               # dW = −E[C] ⊙ K dW1' …
+        b_wp = tl.load(wp_buf + o_scr, mask=m_d[None, :], other=0.0)
+        b_dwp = -tl.load(dgd_write + (o_gate + C) * BT + o_t)[:, None] * b_kg
+        tl.store(dvec_part + o_vec + 6 * BT, -tl.sum(b_kg * b_wp, 1))
+    o_cct = o_t[None, :] * BT + o_t[:, None]                                  # a C×C block read transposed
+    if IS_READ_CURRENT or USE_DGD:
+        p_c7 = qk_dor + i_bh * 7 * BT * BT                                   # kernel_qk's products
+    if IS_READ_CURRENT:
+        b_dzq = tl.load(dzq_buf + o_scr, mask=m_d[None, :], other=0.0)
+        b_dd -= tl.dot(tl.load(p_c7 + o_cct + 3 * BT * BT), b_dzq, input_precision=DOT_PRECISION)
+        if USE_DGD:                                                           # … − ((Q Kᵀ) ⊙ E)ᵀ dZq
+            b_dwp -= tl.dot(tl.load(p_c7 + o_cct + 5 * BT * BT), b_dzq, input_precision=DOT_PRECISION)
+    b_z = tl.load(z_buf + o_scr, mask=m_d[None, :], other=0.0)
+    if USE_DGD:
+        # dRhs = (I + L)^{-T} dW;  dD ∋ −((K Kᵀ) ⊙ G_prev)ᵀ dRhs
+        b_drhs = tl.dot(tl.load(dgd_inv + i_bh * BT * BT + o_cct), b_dwp, input_precision=DOT_PRECISION)
+        b_dd -= tl.dot(tl.load(p_c7 + o_cct + 6 * BT * BT), b_drhs, input_precision=DOT_PRECISION)
+        tl.store(drhs_buf + o_scr, b_drhs, mask=m_d[None, :])
+        tl.store(dvec_part + o_vec + 4 * BT, tl.sum(b_drhs * b_z, 1))
+        p_cc = cc_part + o_part * 5 * BT * BT + tl.trans(o_cct)
+        tl.store(p_cc + 2 * BT * BT, tl.dot(b_drhs, tl.trans(b_d), input_precision=DOT_PRECISION))
+        tl.store(p_cc + 4 * BT * BT, tl.dot(b_drhs, tl.trans(b_wp), input_precision=DOT_PRECISION))
+        if USE_MOMENTUM:                                                      # df_prev = rowsum(dRhs ⊙ K S1),
+            b_kss = tl.zeros([BT, BD], dtype=tl.float32)                      # K S1 recomputed here, not kept live
+            for k0 in range(0, K, BK):
+                o_k = k0 + tl.arange(0, BK)
+                m_k = o_k < K
+                b_kss = tl.dot(_rows(k, o_tk, m_t, o_k, m_k), _tile(s1, o_w1, o_k, m_k, o_d, m_d, DH), b_kss,
+                               input_precision=DOT_PRECISION)
+            tl.store(dvec_part + o_vec + 5 * BT, tl.sum(b_drhs * b_kss, 1))
+    b_dp = b_dd * phi_grad(b_z, ACT)                                          # dP = dD ⊙ φ'(Z)
+    b_p = tl.load(dz2_buf + o_scr, mask=m_d[None, :], other=0.0)
+    tl.store(dz2_buf + o_scr, b_dd * b_p * phi_grad2(b_z, ACT), mask=m_d[None, :])   # dZ ∋ dD ⊙ P ⊙ φ''(Z)
+    tl.store(dp_buf + o_scr, b_dp, mask=m_d[None, :])
+
     # dR ∋ dP W2 − G[C] ⊙ A dW2' − N[C] ⊙ A dS2', per value tile; dG[C], dN[C] ∋ −rowsum(A dW2' ⊙ R)
+    b_a = phi(b_z, ACT)
     for v0 in range(0, V, BV):
         o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V
@@ -325,9 +375,6 @@ def mlp_memory_bwd_kernel_inner(
         tl.store(dr_part + (o_part * BT + o_t[:, None]) * V + o_v[None, :], b_dr, mask=m_v[None, :])
     tl.store(dvec_part + o_vec + 2 * BT, b_dgl)
     tl.store(dvec_part + o_vec + 3 * BT, b_dnl)
-    tl.store(dlast_part + o_part * 4, tl.sum(b_last_beta, 0))
-    tl.store(dlast_part + o_part * 4 + 1, tl.sum(b_last_carry, 0))
-    tl.store(dlast_part + o_part * 4 + 2, tl.sum(b_last_mom, 0))
 
 
 @triton.jit(do_not_specialize=["C"])
@@ -425,19 +472,7 @@ def mlp_memory_bwd_kernel_dw(
     partial dK = dZ W1ᵀ − (G[C] ⊙ D) dW1'ᵀ − (N[C] ⊙ D) dS1'ᵀ and (self target) dV = dZv W1ᵀ.
     DGD: Rhs = diag(β_prev) K W1 + … adds β_prev ⊙ dRhs to dZ, and dK ∋ (f_prev ⊙ dRhs) S1ᵀ − (E[C] ⊙ W) dW1'ᵀ,
     dS1 ∋ Kᵀ (f_prev ⊙ dRhs)."""
-    i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    BH = tl.num_programs(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = tl.arange(0, BT)
-    m_t = o_t < C
-    o_d = i_d * BD + tl.arange(0, BD)
-    m_d = o_d < DH
-    o_tk = ((i_b * C + o_t) * H + i_h) * K
-    o_tv = ((i_b * C + o_t) * H + i_h) * V
-    o_w1, o_w2 = i_bh * K * DH, i_bh * DH * V
-    o_gate = i_bh * (BT + 1)
-    o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
-    o_part = i_d * BH + i_bh
+    i_bh, o_t, m_t, o_d, m_d, o_tk, o_tv, o_w1, o_w2, o_gate, o_scr, o_part = _dh_tile_offsets(C, H, K, V, DH, BT, BD)
     b_gl = tl.load(write + (o_gate + C) * BT + o_t)
     b_beta_last = tl.load(decay + o_gate + C)
     if USE_MOMENTUM:

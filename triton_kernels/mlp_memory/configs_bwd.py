@@ -2,15 +2,17 @@
 the launcher and the compile report (`aot_bwd.py`), so what is reported is what runs.
 
 Tiles: BK key columns, BV value columns, BD hidden columns (one program per BD columns of Dh in
-the `inner` and `dw` stages). Chosen by compiling (BD, BK = BV, warps) ∈ {16, 32, 64}² × {4, 8}
+the `inner`, `dd` and `dw` stages). Chosen by compiling (BD, BK = BV, warps) ∈ {16, 32, 64}² × {4, 8}
 for sm_90 and sm_80 with every flag on (momentum, `read="current"`, self target: the most
 registers), K = V = 128, Dh = 512, without and with DGD: among the candidates free of spills on
 both, the largest tiles; `inner` holds a dozen BT×BD blocks through its loops, hence BD = 16
-there. BT = 64 entries use wgmma on sm_90 (`nested-kernels compile-report --kernel
-mlp_memory_bwd`). With DGD the inner kernel at BT = 64 still spills on sm_80 (no candidate is
-clean on both archs; see `aot_bwd.KNOWN_SPILLS`). Products whose operand is a transposed input
-read it transposed by address (`_rows_t`, `_tile_t`) rather than `tl.trans` of a loaded block:
-that alone took the DGD inner kernel at BT = 64 on sm_80 from 272 to 140 B of spills.
+there, and `dd` shares its Dh tiles (the partial sums of both have one [ND, ...] layout). BT = 64
+entries use wgmma on sm_90 (`nested-kernels compile-report --kernel mlp_memory_bwd`). Products
+whose operand is a transposed input read it transposed by address (`_rows_t`, `_tile_t`) rather
+than `tl.trans` of a loaded block. With DGD at BT = 64 one kernel for `inner` and `dd` spilled
+140 B on sm_80 with every tile and warp count tried; split in two, the DGD `dd` kernel takes 255
+registers there without spilling (int32 offsets for its C×C blocks and K S1 recomputed where it
+is used, rather than kept live, brought it from 68 B of spills to none), `inner` 184.
 """
 from typing import NamedTuple
 
@@ -30,6 +32,7 @@ TABLE = {
     "res": {16: (32, 32, 32, 4, 1), 32: (32, 32, 32, 4, 1), 64: (32, 32, 32, 4, 1)},
     "qk": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
     "inner": {16: (16, 16, 16, 8, 1), 32: (16, 16, 16, 8, 1), 64: (16, 16, 16, 8, 1)},
+    "dd": {16: (16, 16, 16, 8, 1), 32: (16, 16, 16, 8, 1), 64: (16, 16, 16, 8, 1)},   # BD: that of "inner"
     "dres": {16: (32, 32, 0, 4, 1), 32: (32, 32, 0, 4, 1), 64: (32, 32, 0, 8, 1)},
     "dw": {16: (32, 32, 32, 8, 1), 32: (16, 16, 16, 8, 1), 64: (16, 16, 32, 8, 1)},
 }
