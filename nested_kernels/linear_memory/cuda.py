@@ -16,6 +16,7 @@ from .state import LinearMemoryState
 OP_NAME = "linear_memory_chunked_fwd"
 BWD_OP_NAME = "linear_memory_chunked_bwd"
 MAX_CHUNK = 64
+MAX_CHUNK_GRAD = 32  # the backward's workspace at 64-token chunks exceeds a GPU's shared memory (csrc/README.md)
 MAX_K = 256
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -33,6 +34,9 @@ def unsupported_reason(call: dict) -> Optional[str]:
         return f"it takes fp32/bf16/fp16 inputs, got {call['dtype']}"
     if call["chunk_size"] > MAX_CHUNK:
         return f"chunk_size must be <= {MAX_CHUNK}, got {call['chunk_size']}"
+    if call["requires_grad"] and call["chunk_size"] > MAX_CHUNK_GRAD:
+        return (f"with gradients chunk_size must be <= {MAX_CHUNK_GRAD} (the backward's shared memory), "
+                f"got {call['chunk_size']}")
     if call["K"] > MAX_K:
         return f"K up to {MAX_K}, got K={call['K']}"
     return None
