@@ -27,29 +27,14 @@
 namespace nested_kernels {
 namespace linear_memory {
 
-// Inputs and outputs of one `linear_memory_chunked_fwd` call, contiguous (the host makes them
-// so), gates and states in acc_t.
+// Inputs (ChunkedInputs) and outputs of one `linear_memory_chunked_fwd` call, states in acc_t.
 template <typename scalar_t, typename acc_t>
-struct ChunkedParams {
-  const scalar_t* q;          // [B, T, H, K]
-  const scalar_t* k;          // [B, T, H, K]
-  const scalar_t* v;          // [B, T, H, V]
-  const acc_t* lr;            // [B, T, H] η
-  const acc_t* retention;     // [B, T, H] α
-  const acc_t* momentum;      // [B, T, H] μ, null without momentum
-  const int64_t* cu_seqlens;  // [N + 1] token offsets into batch row 0, null when dense
+struct ChunkedParams : ChunkedInputs<scalar_t, acc_t> {
   scalar_t* o;                // [B, T, H, V]
   acc_t* memory;              // [N, H, K, V] initial memory on entry, final memory on exit
   acc_t* mom_state;           // [N, H, K, V] the same for S, null without momentum
   acc_t* chunk_memory;        // [B, H, NC, K, V] M^c of every chunk
   acc_t* chunk_momentum;      // [B, H, NC, K, V] S^c of every chunk, null without momentum
-  int64_t T;                  // tokens per batch row
-  int64_t H;                  // heads
-  int64_t K;                  // rows of M
-  int64_t V;                  // columns of M
-  int64_t NC;                 // chunk slots per (batch row, head) of chunk_memory
-  int64_t chunk_size;         // tokens per chunk C, 1 ≤ C ≤ BT
-  acc_t scale;                // read scale
 };
 
 // The chunked forward of one (sequence, head) `i_nh` and value tile `i_vt` (columns
@@ -64,12 +49,8 @@ NK_HOST_DEVICE inline void linear_memory_chunked_fwd_tile(Policy& pol, const Chu
                                                           const ChunkTileShape& sh, int64_t i_nh, int64_t i_vt) {
   const int BT = sh.BT, BK = sh.BK, BV = sh.BV;
   const int64_t H = p.H, K = p.K, V = p.V, C = p.chunk_size;
-  const int64_t i_n = i_nh / H, i_h = i_nh % H;
+  const ChunkSequence seq(p, i_nh);
   const int64_t o_v = i_vt * BV;  // first column of the tile
-  const int64_t b = p.cu_seqlens ? 0 : i_n;
-  const int64_t bos = p.cu_seqlens ? p.cu_seqlens[i_n] : 0;
-  const int64_t eos = p.cu_seqlens ? p.cu_seqlens[i_n + 1] : p.T;
-  const int64_t c0 = p.cu_seqlens ? varlen_chunk_offset(p.cu_seqlens, i_n, C) : 0;
   const ChunkGates<acc_t> gt(w.gates, BT);
 
   // The state tile, zero past K and V.
@@ -83,12 +64,12 @@ NK_HOST_DEVICE inline void linear_memory_chunked_fwd_tile(Policy& pol, const Chu
   });
   pol.sync();
 
-  for (int64_t t0 = bos, i_c = c0; t0 < eos; t0 += C, ++i_c) {
-    const int L = static_cast<int>(eos - t0 < C ? eos - t0 : C);  // real tokens of the chunk
-    const int64_t row0 = (b * p.T + t0) * H + i_h;                 // token row of (b, t0, h)
+  for (int64_t t0 = seq.bos, c = 0; t0 < seq.eos; t0 += C, ++c) {
+    const int L = static_cast<int>(seq.eos - t0 < C ? seq.eos - t0 : C);  // real tokens of the chunk
+    const int64_t row0 = seq.row(p, t0);
 
     // M^c, S^c to chunk_memory; the chunk's q, k, v and gates; its gates, R [, P, W].
-    const int64_t o_chunk = ((b * H + i_h) * p.NC + i_c) * K * V;
+    const int64_t o_chunk = seq.chunk(p, c);
     pol.for_each(BK * BV, [&](int idx) {
       const int i = idx / BV, j = idx % BV;
       if (i < K && o_v + j < V) {

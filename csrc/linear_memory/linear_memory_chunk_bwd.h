@@ -25,16 +25,9 @@
 namespace nested_kernels {
 namespace linear_memory {
 
-// Inputs and outputs of one `linear_memory_chunked_bwd` call, contiguous (the host makes them so).
+// Inputs (ChunkedInputs: those of the forward call) and outputs of one `linear_memory_chunked_bwd` call.
 template <typename scalar_t, typename acc_t>
-struct ChunkedBwdParams {
-  const scalar_t* q;                // [B, T, H, K]
-  const scalar_t* k;                // [B, T, H, K]
-  const scalar_t* v;                // [B, T, H, V]
-  const acc_t* lr;                  // [B, T, H] η
-  const acc_t* retention;           // [B, T, H] α
-  const acc_t* momentum;            // [B, T, H] μ, null without momentum
-  const int64_t* cu_seqlens;        // [N + 1] token offsets into batch row 0, null when dense
+struct ChunkedBwdParams : ChunkedInputs<scalar_t, acc_t> {
   const scalar_t* d_o;              // [B, T, H, V] dO
   const acc_t* d_final_memory;      // [N, H, K, V], null: zero
   const acc_t* d_final_momentum;    // [N, H, K, V], null: zero (or without momentum)
@@ -48,14 +41,6 @@ struct ChunkedBwdParams {
   acc_t* dmomentum;                 // [NVT, B, T, H] per value tile, null without momentum
   acc_t* d_initial_memory;          // [N, H, K, V]
   acc_t* d_initial_momentum;        // [N, H, K, V], null without momentum
-  int64_t B;                        // batch rows
-  int64_t T;                        // tokens per batch row
-  int64_t H;                        // heads
-  int64_t K;                        // rows of M
-  int64_t V;                        // columns of M
-  int64_t NC;                       // chunk slots per (batch row, head)
-  int64_t chunk_size;               // tokens per chunk C, 1 ≤ C ≤ BT
-  acc_t scale;                      // read scale
 };
 
 // Scratch of one backward call: the forward's tiles (with Q Kᵀ, K Kᵀ, n and m kept) and the
@@ -160,12 +145,8 @@ NK_HOST_DEVICE inline void linear_memory_chunked_bwd_tile(Policy& pol, const Chu
   const ChunkWorkspace<scalar_t, acc_t>& w = bw.f;
   const int BT = sh.BT, BK = sh.BK, BV = sh.BV;
   const int64_t H = p.H, K = p.K, V = p.V, C = p.chunk_size;
-  const int64_t i_n = i_nh / H, i_h = i_nh % H;
+  const ChunkSequence seq(p, i_nh);
   const int64_t o_v = i_vt * BV;  // first column of the tile
-  const int64_t b = p.cu_seqlens ? 0 : i_n;
-  const int64_t bos = p.cu_seqlens ? p.cu_seqlens[i_n] : 0;
-  const int64_t eos = p.cu_seqlens ? p.cu_seqlens[i_n + 1] : p.T;
-  const int64_t c0 = p.cu_seqlens ? varlen_chunk_offset(p.cu_seqlens, i_n, C) : 0;
   const op_t zero = static_cast<op_t>(acc_t(0));
   const ChunkGates<acc_t> gt(w.gates, BT);
   acc_t* dbeta = bw.vec;          // adjoint of β_i (reads and P), without the chunk end's
@@ -190,12 +171,12 @@ NK_HOST_DEVICE inline void linear_memory_chunked_bwd_tile(Policy& pol, const Chu
   });
   pol.sync();
 
-  const int64_t n_chunks = (eos - bos + C - 1) / C;
+  const int64_t n_chunks = (seq.eos - seq.bos + C - 1) / C;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
-    const int64_t t0 = bos + c * C;
-    const int L = static_cast<int>(eos - t0 < C ? eos - t0 : C);  // real tokens of the chunk
-    const int64_t row0 = (b * p.T + t0) * H + i_h;                 // token row of (b, t0, h)
-    const int64_t o_chunk = ((b * H + i_h) * p.NC + c0 + c) * K * V;
+    const int64_t t0 = seq.bos + c * C;
+    const int L = static_cast<int>(seq.eos - t0 < C ? seq.eos - t0 : C);  // real tokens of the chunk
+    const int64_t row0 = seq.row(p, t0);
+    const int64_t o_chunk = seq.chunk(p, c);
 
     // X, S from the forward; the chunk's q, k, v, gates and Ō; gates, R [, P, W] as the forward.
     pol.for_each(BK * BV, [&](int idx) {

@@ -27,6 +27,27 @@
 namespace nested_kernels {
 namespace linear_memory {
 
+// The inputs of a chunked call (forward or backward), contiguous (the host makes them so), gates
+// in acc_t; the forward's and the backward's parameters extend it.
+template <typename scalar_t, typename acc_t>
+struct ChunkedInputs {
+  const scalar_t* q;          // [B, T, H, K]
+  const scalar_t* k;          // [B, T, H, K]
+  const scalar_t* v;          // [B, T, H, V]
+  const acc_t* lr;            // [B, T, H] η
+  const acc_t* retention;     // [B, T, H] α
+  const acc_t* momentum;      // [B, T, H] μ, null without momentum
+  const int64_t* cu_seqlens;  // [N + 1] token offsets into batch row 0, null when dense
+  int64_t B;                  // batch rows
+  int64_t T;                  // tokens per batch row
+  int64_t H;                  // heads
+  int64_t K;                  // rows of M
+  int64_t V;                  // columns of M
+  int64_t NC;                 // chunk slots per (batch row, head) of the chunk-start states
+  int64_t chunk_size;         // tokens per chunk C, 1 ≤ C ≤ BT
+  acc_t scale;                // read scale
+};
+
 // Tile sizes of one call: BT ≥ C token rows, BK ≥ K key rows, BV value columns per tile. Rows
 // and columns past the real ones are zero-padded.
 struct ChunkTileShape {
@@ -143,6 +164,34 @@ NK_HOST_DEVICE inline int64_t varlen_chunk_offset(const int64_t* cu_seqlens, int
 NK_HOST_DEVICE inline int64_t chunk_slots(int64_t T, int64_t N, int64_t chunk_size, bool varlen) {
   return varlen ? T / chunk_size + N : (T + chunk_size - 1) / chunk_size;
 }
+
+// Where the tokens and chunks of the (sequence, head) `i_nh` are: batch row b, tokens [bos, eos) of
+// it, its first chunk slot c0.
+struct ChunkSequence {
+  int64_t i_h, b, bos, eos, c0;
+
+  template <typename Params>
+  NK_HOST_DEVICE ChunkSequence(const Params& p, int64_t i_nh) {
+    const int64_t i_n = i_nh / p.H;
+    i_h = i_nh % p.H;
+    b = p.cu_seqlens ? 0 : i_n;
+    bos = p.cu_seqlens ? p.cu_seqlens[i_n] : 0;
+    eos = p.cu_seqlens ? p.cu_seqlens[i_n + 1] : p.T;
+    c0 = p.cu_seqlens ? varlen_chunk_offset(p.cu_seqlens, i_n, p.chunk_size) : 0;
+  }
+
+  // Token row of (b, t, h) in [B·T·H].
+  template <typename Params>
+  NK_HOST_DEVICE int64_t row(const Params& p, int64_t t) const {
+    return (b * p.T + t) * p.H + i_h;
+  }
+
+  // Offset of chunk c (of this sequence) in the chunk-start states [B, H, NC, K, V].
+  template <typename Params>
+  NK_HOST_DEVICE int64_t chunk(const Params& p, int64_t c) const {
+    return ((b * p.H + i_h) * p.NC + c0 + c) * p.K * p.V;
+  }
+};
 
 // The rows of ChunkWorkspace::gates.
 template <typename acc_t>
