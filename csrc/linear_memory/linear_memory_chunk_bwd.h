@@ -54,8 +54,8 @@ struct ChunkBwdWorkspace {
   op_t* drp;     // [BT, BV] dR + β_{i−1} ⊙ dP
   op_t* dpf;     // [BT, BV] f_{i−1} ⊙ dP (momentum and dgd)
   op_t* dpop;    // [BT, BV] dP (dgd)
-  op_t* dqk;     // [BT, BT] dQ̃
-  op_t* dkk;     // [BT, BT] dKK (dgd)
+  op_t* dqk;     // [BT, BT] dQ̃ (in A's storage)
+  op_t* dkk;     // [BT, BT] dKK (dgd; in Ae's storage)
   acc_t* dmem;   // [BK, BV] dX
   acc_t* dmom;   // [BK, BV] dS (momentum)
   acc_t* kdx;    // [BT, BV] K dX'
@@ -69,10 +69,10 @@ struct ChunkBwdWorkspace {
   acc_t* tq;     // [BT, BK] dq, then dk, as its products accumulate
   acc_t* dg;     // [BT, BT] adjoint of G from the reads, then the total adjoint of G
   acc_t* de;     // [BT, BT] the same for E (dgd)
-  acc_t* dg2;    // [BT, BT] at (i, j): adjoint of G_{i−1,j} from P_i (dgd)
-  acc_t* de2;    // [BT, BT] at (i, j): adjoint of E_{i−1,j} from L_i (dgd)
-  acc_t* nb;     // [BT, BT] total adjoint of n_{j,i} at (i, j) (momentum)
-  acc_t* tmp;    // [BT, BT] a product's first term (dgd)
+  acc_t* dg2;    // [BT, BT] at (i, j): adjoint of G_{i−1,j} from P_i (dgd; in Q Kᵀ's storage)
+  acc_t* de2;    // [BT, BT] at (i, j): adjoint of E_{i−1,j} from L_i (dgd; in K Kᵀ's storage)
+  acc_t* nb;     // [BT, BT] total adjoint of n_{j,i} at (i, j) (momentum; in L's storage with dgd)
+  acc_t* tmp;    // [BT, BT] a product's first term (dgd; in L's storage)
   acc_t* vec;    // [8, BT] adjoints of β, f, G_r, n_r, E_r, and the running β̄, f̄, m̄
   acc_t* scal;   // [3, BK] row sums of dX' ⊙ X, dX' ⊙ S, dS' ⊙ S
 };
@@ -95,25 +95,39 @@ NK_HOST_DEVICE inline ChunkBwdWorkspace<op_t, acc_t> carve_chunk_bwd_workspace(W
   w.drp = c.take<op_t>(BT * BV);
   w.dpf = c.take<op_t>(BT * BV, mom_dgd);
   w.dpop = c.take<op_t>(BT * BV, dgd);
-  w.dqk = c.take<op_t>(BT * BT);
-  w.dkk = c.take<op_t>(BT * BT, dgd);
+  // Buffers whose lives do not overlap share storage (each phase ends with a sync; where a
+  // product's epilogue reads one and writes the other it is at the same (i, j), by the same thread):
+  // A, Ae (read last by Aᵀ Ō, Aeᵀ Ō) hold dQ̃, dKK (written after); L (read last by the back
+  // substitution) holds the tmp term, then n's adjoint; Q Kᵀ, K Kᵀ (read last in the epilogues that
+  // write them) hold the adjoints of G_{i−1}, E_{i−1}.
+  w.dqk = w.f.a;
+  w.dkk = w.f.ae;
   w.dmem = c.take<acc_t>(BK * BV);
   w.dmom = c.take<acc_t>(BK * BV, has_momentum);
-  w.kdx = c.take<acc_t>(BT * BV);
-  w.kds = c.take<acc_t>(BT * BV, has_momentum);
-  w.dr = c.take<acc_t>(BT * BV);
-  w.dpw = c.take<acc_t>(BT * BV, dgd);
-  w.rqx = c.take<acc_t>(BT * BV);
-  w.rqs = c.take<acc_t>(BT * BV, has_momentum);
-  w.rkx = c.take<acc_t>(BT * BV, dgd);
-  w.rks = c.take<acc_t>(BT * BV, mom_dgd);
-  w.tq = c.take<acc_t>(BT * BK);
+  // The BT × BV adjoints are read last before the dq, dk products, whose accumulator tq shares
+  // their region.
+  const auto carve_adjoints = [&](WorkspaceCarver& r) {
+    w.kdx = r.take<acc_t>(BT * BV);
+    w.kds = r.take<acc_t>(BT * BV, has_momentum);
+    w.dr = r.take<acc_t>(BT * BV);
+    w.dpw = r.take<acc_t>(BT * BV, dgd);
+    w.rqx = r.take<acc_t>(BT * BV);
+    w.rqs = r.take<acc_t>(BT * BV, has_momentum);
+    w.rkx = r.take<acc_t>(BT * BV, dgd);
+    w.rks = r.take<acc_t>(BT * BV, mom_dgd);
+  };
+  WorkspaceCarver count{nullptr};
+  carve_adjoints(count);
+  const int64_t tq_bytes = BT * BK * static_cast<int64_t>(sizeof(acc_t));
+  WorkspaceCarver region{c.take<char>(count.used > tq_bytes ? count.used : tq_bytes)};
+  carve_adjoints(region);
+  w.tq = reinterpret_cast<acc_t*>(region.base);
   w.dg = c.take<acc_t>(BT * BT);
   w.de = c.take<acc_t>(BT * BT, dgd);
-  w.dg2 = c.take<acc_t>(BT * BT, dgd);
-  w.de2 = c.take<acc_t>(BT * BT, dgd);
-  w.nb = c.take<acc_t>(BT * BT, has_momentum);
-  w.tmp = c.take<acc_t>(BT * BT, dgd);
+  w.dg2 = w.f.qk;
+  w.de2 = w.f.kk;
+  w.tmp = w.f.l;
+  w.nb = dgd ? w.f.l : c.take<acc_t>(BT * BT, has_momentum);
   w.vec = c.take<acc_t>(8 * BT);
   w.scal = c.take<acc_t>(3 * BK);
   return w;
