@@ -6,7 +6,8 @@
 // Ō = scale·dO (triton_kernels/linear_memory/README.md gives the same formulas in rows 1..C):
 //   dR = −Aᵀ Ō − G_r ⊙ K dX' − n_r ⊙ K dS' [− Akᵀ dP],   dV = −dR
 //   dW = −Aeᵀ Ō − E_r ⊙ K dX',   (I + L)ᵀ dP = dW (back substitution),   dL = −dP Wᵀ   (dgd)
-//   dX = β_r dX' + Qᵀ (β ⊙ Ō) + Kᵀ (dR + β_{i−1} ⊙ dP),   dS = f_r dX' + m_r dS' + Qᵀ (f ⊙ Ō) + Kᵀ (f_{i−1} ⊙ dP)
+//   dX = β_r dX' + Qᵀ (β ⊙ Ō) + Kᵀ (dR + β_{i−1} ⊙ dP)
+//   dS = f_r dX' + m_r dS' + Qᵀ (f ⊙ Ō) + Kᵀ (f_{i−1} ⊙ dP)
 //   dQ = diag(β) Ō Xᵀ + diag(f) Ō Sᵀ + dQ̃ K,   dQ̃ = tril(−(Ō Rᵀ) ⊙ G − (Ō Wᵀ) ⊙ E)
 //   dK = dQ̃ᵀ Q + (dR + β_{i−1} dP) Xᵀ + f_{i−1} dP Sᵀ − (G_r ⊙ R + E_r ⊙ W) dX'ᵀ − (n_r ⊙ R) dS'ᵀ
 //        + (dKK + dKKᵀ) K,   dKK_ij = −G_{i−1,j} (dP_i·r_j) + dL_ij E_{i−1,j}   (j < i)
@@ -181,7 +182,9 @@ NK_HOST_DEVICE inline void linear_memory_chunked_bwd_tile(Policy& pol, const Chu
     const int i = idx / BV, j = idx % BV;
     const bool in = i < K && o_v + j < V;
     bw.dmem[idx] = in && p.d_final_memory ? p.d_final_memory[o_state + i * V + o_v + j] : acc_t(0);
-    if (HAS_MOMENTUM) bw.dmom[idx] = in && p.d_final_momentum ? p.d_final_momentum[o_state + i * V + o_v + j] : acc_t(0);
+    if (HAS_MOMENTUM) {
+      bw.dmom[idx] = in && p.d_final_momentum ? p.d_final_momentum[o_state + i * V + o_v + j] : acc_t(0);
+    }
   });
   pol.sync();
 
@@ -378,7 +381,8 @@ NK_HOST_DEVICE inline void linear_memory_chunked_bwd_tile(Policy& pol, const Chu
                                    [&](int i, int j, acc_t x) { store(dk, i, j, bw.tq[i * BK + j] - x); });
     pol.sync();
 
-    // dS = f_r dX' + m_r dS' + Qᵀ (f ⊙ Ō) + Kᵀ (f_{i−1} ⊙ dP);  dX = β_r dX' + Qᵀ (β ⊙ Ō) + Kᵀ (dR + β_{i−1} ⊙ dP).
+    // dS = f_r dX' + m_r dS' + Qᵀ (f ⊙ Ō) + Kᵀ (f_{i−1} ⊙ dP);
+    // dX = β_r dX' + Qᵀ (β ⊙ Ō) + Kᵀ (dR + β_{i−1} ⊙ dP).
     const acc_t beta_r = gt.last[0], f_r = gt.last[1], m_r = gt.last[2];
     if (HAS_MOMENTUM) {
       pol.template gemm<true, false>(BK, BV, BT, w.q, BK, bw.dfo, BV, false, [&](int i, int j, acc_t x) {

@@ -83,8 +83,10 @@ if has_cpp_op(BWD_OP_NAME):
         gate = q.new_empty(B, T, H, dtype=state_dtype)
         state = q.new_empty(N, H, K, V, dtype=state_dtype)
         has_mom = momentum is not None
+        mom_gate = gate.new_empty(gate.shape if has_mom else (0,))
+        mom_state = state.new_empty(state.shape if has_mom else (0,))
         return (q.new_empty(q.shape), q.new_empty(q.shape), v.new_empty(v.shape), gate, gate.new_empty(gate.shape),
-                gate.new_empty(gate.shape if has_mom else (0,)), state, state.new_empty(state.shape if has_mom else (0,)))
+                mom_gate, state, mom_state)
 
     def _setup_context(ctx, inputs, output):
         q, k, v, lr, retention, momentum, initial_memory, initial_momentum, cu_seqlens, chunk_size, scale, dgd = inputs

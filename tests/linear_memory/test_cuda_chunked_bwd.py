@@ -8,11 +8,11 @@ import itertools
 import pytest
 import torch
 
-import nested_kernels.linear_memory.cuda  # noqa: F401  (the ops' autograd and fake kernels)
 from nested_kernels import linear_memory
 from nested_kernels._extension import build_info, has_cpp_op
 from nested_kernels.linear_memory import LinearMemoryState
 from nested_kernels.linear_memory.chunked import linear_memory_chunked
+from nested_kernels.linear_memory.cuda import linear_memory_cuda, unsupported_reason  # also registers the autograd
 from tests.helpers import F64, gates, leaves, linear_state, qkv, rms_ratio
 
 if not has_cpp_op("linear_memory_chunked_bwd"):
@@ -172,6 +172,26 @@ def test_chunked_bwd_cpu_low_precision(has_mom, dgd, dtype):
         assert rms_ratio(e, a) < 1e-2, f"{name}: rms ratio {rms_ratio(e, a):.2e} >= 1e-2"
 
 
+@pytest.mark.parametrize("scalar_retention", [False, True], ids=["retention-tensor", "retention-float"])
+def test_cuda_wrapper_gradients_reach_the_inputs(scalar_retention):
+    """The cuda backend's wrapper (gates made fp32 [B, T, H], the initial state passed through) on
+    CPU tensors, where its op runs the CPU kernels: every gradient reaches the caller's tensors."""
+    q, k, v, lr, ret, mom, m0, s0 = make_inputs(2, 40, 2, 8, 12, 2, True, True, torch.float32)
+    ret_arg = 0.9 if scalar_retention else ret
+    kw = dict(chunk_size=16, dgd=True, scale=0.5, initial_state=LinearMemoryState(m0, s0), output_final_state=True)
+    o, st = linear_memory_cuda(q, k, v, lr, ret_arg, mom, **kw)
+    ref_o, ref = linear_memory_chunked(q, k, v, lr, ret_arg, mom, **kw)
+    cots = cotangents(o, st.memory, st.momentum)
+    xs = [q, k, v, lr, None if scalar_retention else ret, mom, m0, s0]
+    got = grads_of(loss((o, st.memory, st.momentum), cots, "both"), xs)
+    expected = grads_of(loss((ref_o, ref.memory, ref.momentum), cots, "both"), xs)
+    for name, e, a in zip(NAMES, expected, got):
+        if e is None:
+            continue
+        assert a is not None and a.dtype == e.dtype, f"{name}: {None if a is None else a.dtype}"
+        torch.testing.assert_close(a, e, atol=2e-4, rtol=2e-4, msg=lambda m: f"{name}: {m}")
+
+
 def test_chunked_bwd_empty():
     xs = make_inputs(2, 0, 2, 8, 8, 2, True, True, torch.float32)
     q, k, v, lr, ret, mom, m0, s0 = xs
@@ -209,7 +229,8 @@ def test_chunked_bwd_opcheck():
 
 def test_chunked_fwd_autograd_opcheck():
     xs = [x.detach().requires_grad_() for x in make_inputs(2, 20, 2, 8, 12, 2, True, True, torch.float32)]
-    torch.library.opcheck(fwd, (*xs, None, 16, 0.5, True), test_utils=("test_schema", "test_autograd_registration"))
+    torch.library.opcheck(fwd, (*xs, None, 16, 0.5, True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_aot_dispatch_dynamic"))
 
 
 def _bad_calls():
@@ -233,8 +254,6 @@ def test_chunked_bwd_bad_input(name, kwargs):
 
 def test_cuda_backend_takes_gradients():
     """requires_grad no longer rules the cuda backend out, up to 32-token chunks (shared memory)."""
-    from nested_kernels.linear_memory.cuda import unsupported_reason
-
     call = dict(device=torch.device("cuda"), requires_grad=True, dtype=torch.bfloat16, chunk_size=32, K=128)
     reason = unsupported_reason(call)
     assert reason is None or "gradient" not in reason, reason

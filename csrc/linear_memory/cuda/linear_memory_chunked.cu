@@ -1,9 +1,9 @@
 // Chunked forward and backward of `linear_memory` (SPEC §2) on a CUDA device: the chunk algorithms
 // of linear_memory_chunk.h and linear_memory_chunk_bwd.h (shared with the CPU kernel), one block per
 // (sequence, head) and value tile, looping over the sequence's chunks with the state tile (or its
-// adjoint) and every chunk tile in shared memory. bf16/fp16 inputs multiply on tensor cores (MmaTilePolicy: mma.sync m16n8k16,
-// fp32 accumulate, sm_80+); fp32 inputs with plain fp32 loops (LoopTilePolicy), exact like the
-// CPU kernel.
+// adjoint) and every chunk tile in shared memory. bf16/fp16 inputs multiply on tensor cores
+// (MmaTilePolicy: mma.sync m16n8k16, fp32 accumulate, sm_80+); fp32 inputs with plain fp32 loops
+// (LoopTilePolicy), exact like the CPU kernel.
 #include "common/tile_policy.h"
 #include "common/tile_policy_mma.cuh"
 #include "linear_memory/linear_memory_chunk.h"
