@@ -276,6 +276,7 @@ def _cuda_grads(xs, dtype, *, chunk_size, dgd, scale):
     o, st = linear_memory(*gpu_in[:6], initial_state=LinearMemoryState(*gpu_in[6:]), backend="cuda", **kw)
     ref_o, ref = linear_memory_chunked(*ref_in[:6], initial_state=LinearMemoryState(*ref_in[6:]), **kw)
     cots = cotangents(ref_o, ref.memory, ref.momentum)
+    cots[0] = cots[0].to(dtype).float()  # the cotangent of o as the GPU side gets it, in o's dtype
     expected = grads_of(loss((ref_o, ref.memory, ref.momentum), cots, "both"), ref_in)
     gpu_cots = [None if c is None else c.cuda().to(x.dtype) for c, x in zip(cots, (o, st.memory, st.momentum))]
     got = grads_of(loss((o, st.memory, st.momentum), gpu_cots, "both"), gpu_in)
@@ -297,7 +298,7 @@ def test_chunked_bwd_cuda(T, K, V, chunk_size, has_mom, dgd, dtype):
         if "bytes of shared memory per block, this device has" not in str(e):
             raise
         pytest.skip(f"does not fit this GPU's shared memory: {e}")
-    bound = 1e-5 if dtype == torch.float32 else 1e-2
+    bound = 1e-5 if dtype == torch.float32 else 1e-2  # CPU twin: ~2e-7 (fp32), ~3e-3 (bf16)
     for name, e, a in zip(NAMES, expected, got):
         if e is None:
             continue
