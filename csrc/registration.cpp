@@ -22,6 +22,16 @@ TORCH_LIBRARY(nested_kernels, m) {
       "linear_memory_chunked_fwd(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor retention, Tensor? momentum, "
       "Tensor? initial_memory, Tensor? initial_momentum, Tensor? cu_seqlens, int chunk_size, float scale, "
       "bool dgd) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The backward of linear_memory_chunked_fwd (csrc/linear_memory/linear_memory_chunk_bwd.h), from
+  // its inputs, its chunk-start states and the adjoints d_o of o and of the final states (absent: zero).
+  // Returns (dq, dk, dv, dlr, dretention, dmomentum, d_initial_memory, d_initial_momentum); gate
+  // gradients [B, T, H] and state adjoints in the state type; without momentum dmomentum and
+  // d_initial_momentum are empty [0] tensors.
+  m.def(
+      "linear_memory_chunked_bwd(Tensor d_o, Tensor? d_final_memory, Tensor? d_final_momentum, Tensor q, Tensor k, "
+      "Tensor v, Tensor lr, Tensor retention, Tensor? momentum, Tensor chunk_memory, Tensor? chunk_momentum, "
+      "Tensor? cu_seqlens, int chunk_size, float scale, bool dgd) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // SPEC §2 decode step, forward only: T new tokens per sequence from the decode state (memory
   // M_t, chunk_memory M^c, momentum_state S_t, position in the chunk), all updated in place.
   // Returns o.
@@ -43,6 +53,7 @@ TORCH_LIBRARY(nested_kernels, m) {
 TORCH_LIBRARY_IMPL(nested_kernels, CPU, m) {
   m.impl("linear_memory_recurrent", &nested_kernels::linear_memory::linear_memory_recurrent_cpu);
   m.impl("linear_memory_chunked_fwd", &nested_kernels::linear_memory::linear_memory_chunked_fwd_cpu);
+  m.impl("linear_memory_chunked_bwd", &nested_kernels::linear_memory::linear_memory_chunked_bwd_cpu);
   m.impl("linear_memory_step", &nested_kernels::linear_memory::linear_memory_step_cpu);
   m.impl("mlp_memory_step", &nested_kernels::mlp_memory::mlp_memory_step_cpu);
 }

@@ -3,7 +3,8 @@ architecture the extension was built for, `cuobjdump --dump-resource-usage` on `
 kernel, none uses local memory, and only the MLP decode step has a stack frame (its device
 functions are called, not inlined: the frame saves registers around the calls; SASS shows the
 CALLs), of at most STACK_LIMIT bytes. A register spill would grow a frame or appear elsewhere.
-The chunked linear_memory kernels with bf16/fp16 inputs multiply on tensor cores: HMMA in their SASS."""
+The chunked linear_memory kernels (forward and backward) with bf16/fp16 inputs multiply on tensor
+cores: HMMA in their SASS."""
 import importlib.util
 import re
 import subprocess
@@ -47,7 +48,8 @@ def test_every_built_arch_has_the_kernels():
     usage = resource_usage()
     archs = {f"sm_{a.replace('.', '').replace('+PTX', '')}" for a in INFO["cuda_archs"].split(";") if a}
     assert archs <= set(usage), (archs, sorted(usage))
-    expected = ("linear_memory_recurrent", "linear_memory_chunked_fwd", "linear_memory_step", "mlp_memory_step")
+    expected = ("linear_memory_recurrent", "linear_memory_chunked_fwd", "linear_memory_chunked_bwd",
+                "linear_memory_step", "mlp_memory_step")
     for arch in archs:
         for op in expected:
             assert any(op in name for name in usage[arch]), f"no {op} kernel for {arch}: {sorted(usage[arch])}"
@@ -78,11 +80,12 @@ def sass_by_kernel() -> dict:
     return sass
 
 
-def test_chunked_kernel_uses_tensor_cores():
+@pytest.mark.parametrize("kernel", ["linear_memory_chunked_fwd", "linear_memory_chunked_bwd"])
+def test_chunked_kernel_uses_tensor_cores(kernel):
     archs = {f"sm_{a.replace('.', '').replace('+PTX', '')}" for a in INFO["cuda_archs"].split(";") if a}
     sass = sass_by_kernel()
     for arch in archs:
-        kernels = {name: text for name, text in sass[arch].items() if "linear_memory_chunked_fwd" in name}
+        kernels = {name: text for name, text in sass[arch].items() if kernel in name}
         low_precision = {name: text for name, text in kernels.items() if "BFloat16" in name or "Half" in name}
         assert len(low_precision) == 8, (arch, sorted(kernels))  # {bf16, fp16} x momentum on/off x dgd on/off
         for name, text in low_precision.items():

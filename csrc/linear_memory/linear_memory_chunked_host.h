@@ -1,8 +1,9 @@
-// Host side of `linear_memory_chunked_fwd` shared by its CPU and CUDA entry points: the kernel
+// Host side of `linear_memory_chunked_fwd` and `_bwd` shared by its CPU and CUDA entry points: the kernel
 // parameters from the prepared tensors (linear_memory_ops.h: prepare_linear_memory_chunked).
 #pragma once
 
 #include "linear_memory/linear_memory_chunk.h"
+#include "linear_memory/linear_memory_chunk_bwd.h"
 #include "linear_memory/linear_memory_ops.h"
 
 #include <ATen/ATen.h>
@@ -10,31 +11,68 @@
 namespace nested_kernels {
 namespace linear_memory {
 
-// Pointers and sizes of one call; momentum and cu_seqlens are null where the tensors are absent.
+// The inputs' pointers and sizes; momentum and cu_seqlens are null where the tensors are absent.
 template <typename scalar_t, typename acc_t>
-ChunkedParams<scalar_t, acc_t> chunked_params(const ChunkedTensors& t, const RecurrentSizes& s, int64_t chunk_size,
-                                              double scale) {
-  const bool has_momentum = t.momentum.defined();
-  ChunkedParams<scalar_t, acc_t> p;
+void fill_chunked_inputs(ChunkedInputs<scalar_t, acc_t>& p, const MemoryInputs& t, const at::Tensor& cu_seqlens,
+                         const RecurrentSizes& s, int64_t NC, int64_t chunk_size, double scale) {
   p.q = t.q.const_data_ptr<scalar_t>();
   p.k = t.k.const_data_ptr<scalar_t>();
   p.v = t.v.const_data_ptr<scalar_t>();
   p.lr = t.lr.const_data_ptr<acc_t>();
   p.retention = t.retention.const_data_ptr<acc_t>();
-  p.momentum = has_momentum ? t.momentum.const_data_ptr<acc_t>() : nullptr;
-  p.cu_seqlens = t.cu_seqlens.defined() ? t.cu_seqlens.const_data_ptr<int64_t>() : nullptr;
+  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
+  p.cu_seqlens = cu_seqlens.defined() ? cu_seqlens.const_data_ptr<int64_t>() : nullptr;
+  p.B = s.B;
+  p.T = s.T;
+  p.H = s.H;
+  p.K = s.K;
+  p.V = s.V;
+  p.NC = NC;
+  p.chunk_size = chunk_size;
+  p.scale = static_cast<acc_t>(scale);
+}
+
+// The pointer to x's data, null where x is undefined (an absent optional tensor).
+template <typename T>
+T* data_or_null(const at::Tensor& x) {
+  return x.defined() ? x.mutable_data_ptr<T>() : nullptr;
+}
+
+// Parameters of one forward call.
+template <typename scalar_t, typename acc_t>
+ChunkedParams<scalar_t, acc_t> chunked_params(const ChunkedTensors& t, const RecurrentSizes& s, int64_t chunk_size,
+                                              double scale) {
+  const bool has_momentum = t.momentum.defined();
+  ChunkedParams<scalar_t, acc_t> p;
+  fill_chunked_inputs(p, t, t.cu_seqlens, s, t.NC, chunk_size, scale);
   p.o = t.o.mutable_data_ptr<scalar_t>();
   p.memory = t.final_memory.mutable_data_ptr<acc_t>();
   p.mom_state = has_momentum ? t.final_momentum.mutable_data_ptr<acc_t>() : nullptr;
   p.chunk_memory = t.chunk_memory.mutable_data_ptr<acc_t>();
   p.chunk_momentum = has_momentum ? t.chunk_momentum.mutable_data_ptr<acc_t>() : nullptr;
-  p.T = s.T;
-  p.H = s.H;
-  p.K = s.K;
-  p.V = s.V;
-  p.NC = t.NC;
-  p.chunk_size = chunk_size;
-  p.scale = static_cast<acc_t>(scale);
+  return p;
+}
+
+// Parameters of one backward call.
+template <typename scalar_t, typename acc_t>
+ChunkedBwdParams<scalar_t, acc_t> chunked_bwd_params(const ChunkedBwdTensors& t, const RecurrentSizes& s,
+                                                     int64_t chunk_size, double scale) {
+  const bool has_momentum = t.momentum.defined();
+  ChunkedBwdParams<scalar_t, acc_t> p;
+  fill_chunked_inputs(p, t, t.cu_seqlens, s, t.NC, chunk_size, scale);
+  p.d_o = t.d_o.const_data_ptr<scalar_t>();
+  p.d_final_memory = data_or_null<acc_t>(t.d_final_memory);
+  p.d_final_momentum = data_or_null<acc_t>(t.d_final_momentum);
+  p.chunk_memory = t.chunk_memory.const_data_ptr<acc_t>();
+  p.chunk_momentum = data_or_null<acc_t>(t.chunk_momentum);
+  p.dq = t.dq.mutable_data_ptr<acc_t>();
+  p.dk = t.dk.mutable_data_ptr<acc_t>();
+  p.dv = t.o.mutable_data_ptr<scalar_t>();
+  p.dlr = t.dlr.mutable_data_ptr<acc_t>();
+  p.dretention = t.dretention.mutable_data_ptr<acc_t>();
+  p.dmomentum = has_momentum ? t.dmomentum.mutable_data_ptr<acc_t>() : nullptr;
+  p.d_initial_memory = t.d_initial_memory.mutable_data_ptr<acc_t>();
+  p.d_initial_momentum = has_momentum ? t.d_initial_momentum.mutable_data_ptr<acc_t>() : nullptr;
   return p;
 }
 

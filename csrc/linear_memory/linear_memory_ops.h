@@ -106,6 +106,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     const std::optional<at::Tensor>& initial_memory, const std::optional<at::Tensor>& initial_momentum,
     const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
 
+// The tensors of a `linear_memory_chunked_bwd` call: the forward's inputs (MemoryInputs; its o is
+// dv), dO and the final states' adjoints (undefined when absent), the chunk-start states, and the
+// outputs: dq, dk [NVT, B, T, H, K] and the gates' [NVT, B, T, H] as partial sums of every value
+// tile (acc type; the host sums them), the initial states' adjoints [N, H, K, V].
+struct ChunkedBwdTensors : MemoryInputs {
+  at::Tensor cu_seqlens, d_o, d_final_memory, d_final_momentum, chunk_memory, chunk_momentum;
+  at::Tensor dq, dk, dlr, dretention, dmomentum, d_initial_memory, d_initial_momentum;
+  int64_t NC = 0;   // chunk slots
+  int64_t NVT = 0;  // value tiles
+};
+
+// Checks every argument of `linear_memory_chunked_bwd` (those of the forward, and do, the final
+// states' adjoints, the chunk-start states) and raises c10::Error naming the argument.
+RecurrentSizes check_linear_memory_chunked_bwd_args(
+    const char* op, const at::Tensor& d_o, const std::optional<at::Tensor>& d_final_memory,
+    const std::optional<at::Tensor>& d_final_momentum, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& lr, const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const at::Tensor& chunk_memory, const std::optional<at::Tensor>& chunk_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, c10::DeviceType device_type,
+    bool check_cu_seqlens_values);
+
+// Inputs made contiguous (in the accumulation type where the kernel reads it), outputs allocated.
+// `granule`: the kernels' tile granule (chunk_tile_shape), which fixes the value tiles.
+ChunkedBwdTensors prepare_linear_memory_chunked_bwd(
+    const at::Tensor& d_o, const std::optional<at::Tensor>& d_final_memory,
+    const std::optional<at::Tensor>& d_final_momentum, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& lr, const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const at::Tensor& chunk_memory, const std::optional<at::Tensor>& chunk_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, const RecurrentSizes& s, int granule);
+
+// The op's outputs from the kernel's: partial sums summed over the value tiles, dq and dk in q's
+// dtype. (dq, dk, dv, dlr, dretention, dmomentum, d_initial_memory, d_initial_momentum); without
+// momentum dmomentum and d_initial_momentum are empty [0] tensors.
+using ChunkedBwdResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+ChunkedBwdResult finish_linear_memory_chunked_bwd(const ChunkedBwdTensors& t);
+
+// Chunked backward of SPEC §2 (linear_memory_chunk_bwd.h) on the CPU: the same tiles and algorithm
+// as the CUDA kernel. do [B, T, H, V]; d_final_memory, d_final_momentum [N, H, K, V] (absent: zero);
+// q .. momentum, cu_seqlens, chunk_size, scale, dgd those of the forward call and chunk_memory,
+// chunk_momentum its chunk-start states. Gate gradients in the accumulation type.
+ChunkedBwdResult linear_memory_chunked_bwd_cpu(
+    const at::Tensor& d_o, const std::optional<at::Tensor>& d_final_memory,
+    const std::optional<at::Tensor>& d_final_momentum, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& lr, const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const at::Tensor& chunk_memory, const std::optional<at::Tensor>& chunk_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
+
+// The same on a CUDA device (csrc/linear_memory/cuda/, CUDA builds only), limits of the forward's.
+ChunkedBwdResult linear_memory_chunked_bwd_cuda(
+    const at::Tensor& d_o, const std::optional<at::Tensor>& d_final_memory,
+    const std::optional<at::Tensor>& d_final_momentum, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& lr, const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const at::Tensor& chunk_memory, const std::optional<at::Tensor>& chunk_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd);
+
 // Sizes of one validated `linear_memory_step` call.
 struct StepSizes {
   int64_t N;  // sequences (batch rows of q/k/v)

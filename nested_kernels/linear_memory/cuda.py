@@ -1,9 +1,10 @@
-"""The `cuda` backend of `linear_memory`: the chunked forward of `csrc/linear_memory/`
-(`nested_kernels::linear_memory_chunked_fwd`; tensor cores for bf16/fp16), forward only so far.
-Registered with TORCH_LIBRARY in C++; this file adds its fake (meta) kernel for torch.compile and
-an autograd kernel that refuses training. The same chunk algorithm runs on the CPU (the op's CPU
-kernel), which is how it is tested without a GPU; the CUDA kernel is compiled in CI but has not
-run on a GPU yet, so `backend="auto"` does not pick it."""
+"""The `cuda` backend of `linear_memory`: the chunked forward and backward of `csrc/linear_memory/`
+(`nested_kernels::linear_memory_chunked_fwd` and `_bwd`; tensor cores for bf16/fp16).
+Registered with TORCH_LIBRARY in C++; this file adds their fake (meta) kernels for torch.compile and
+the forward op's autograd (the backward op from the forward's inputs and chunk-start states). The
+same chunk algorithm runs on the CPU (the ops' CPU kernels), which is how it is tested without a
+GPU; the CUDA kernels are compiled in CI but have not run on a GPU yet, so `backend="auto"` does
+not pick them."""
 from typing import Optional
 
 import torch
@@ -13,7 +14,9 @@ from ..common.inputs import as_gate
 from .state import LinearMemoryState
 
 OP_NAME = "linear_memory_chunked_fwd"
+BWD_OP_NAME = "linear_memory_chunked_bwd"
 MAX_CHUNK = 64
+MAX_CHUNK_GRAD = 32  # the backward's workspace at 64-token chunks exceeds a GPU's shared memory (csrc/README.md)
 MAX_K = 256
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -25,12 +28,15 @@ def unsupported_reason(call: dict) -> Optional[str]:
         return "nested_kernels._C was built without CUDA (NESTED_KERNELS_BUILD=cpu, or no nvcc at build time)"
     if call["device"].type != "cuda":
         return f"it runs on CUDA devices only, the inputs are on {call['device']}"
-    if call["requires_grad"]:
-        return "it is forward-only so far: gradients need the torch or triton backend"
+    if call["requires_grad"] and not has_cpp_op(BWD_OP_NAME):
+        return "the compiled extension has no backward op: gradients need the torch or triton backend"
     if call["dtype"] not in DTYPES:
         return f"it takes fp32/bf16/fp16 inputs, got {call['dtype']}"
     if call["chunk_size"] > MAX_CHUNK:
         return f"chunk_size must be <= {MAX_CHUNK}, got {call['chunk_size']}"
+    if call["requires_grad"] and call["chunk_size"] > MAX_CHUNK_GRAD:
+        return (f"with gradients chunk_size must be <= {MAX_CHUNK_GRAD} (the backward's shared memory), "
+                f"got {call['chunk_size']}")
     if call["K"] > MAX_K:
         return f"K up to {MAX_K}, got K={call['K']}"
     return None
@@ -64,12 +70,47 @@ if has_cpp_op(OP_NAME):
             return v.new_empty(B, T, H, V), memory, memory.new_empty(0), chunks, memory.new_empty(0)
         return v.new_empty(B, T, H, V), memory, memory.new_empty(N, H, K, V), chunks, chunks.new_empty(chunks.shape)
 
-    def _refuse_backward(ctx, *grads):
-        raise NotImplementedError(
-            f"linear_memory: {OP_NAME} is forward-only; use backend='torch' or 'triton' for training"
-        )
 
-    torch.library.register_autograd(f"nested_kernels::{OP_NAME}", _refuse_backward)
+if has_cpp_op(BWD_OP_NAME):
+
+    @torch.library.register_fake(f"nested_kernels::{BWD_OP_NAME}")
+    def _linear_memory_chunked_bwd_fake(d_o, d_final_memory, d_final_momentum, q, k, v, lr, retention, momentum,
+                                        chunk_memory, chunk_momentum, cu_seqlens, chunk_size, scale, dgd):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        state_dtype = chunk_memory.dtype
+        gate = q.new_empty(B, T, H, dtype=state_dtype)
+        state = q.new_empty(N, H, K, V, dtype=state_dtype)
+        has_mom = momentum is not None
+        mom_gate = gate.new_empty(gate.shape if has_mom else (0,))
+        mom_state = state.new_empty(state.shape if has_mom else (0,))
+        return (q.new_empty(q.shape), q.new_empty(q.shape), v.new_empty(v.shape), gate, gate.new_empty(gate.shape),
+                mom_gate, state, mom_state)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, lr, retention, momentum, initial_memory, initial_momentum, cu_seqlens, chunk_size, scale, dgd = inputs
+        _, _, _, chunk_memory, chunk_momentum = output
+        ctx.save_for_backward(q, k, v, lr, retention, momentum, chunk_memory,
+                              chunk_momentum if momentum is not None else None, cu_seqlens)
+        ctx.chunk_size, ctx.scale, ctx.dgd = chunk_size, scale, dgd
+        ctx.has_initial = (initial_memory is not None, initial_momentum is not None)
+        ctx.mark_non_differentiable(chunk_memory, chunk_momentum)
+
+    def _backward(ctx, d_o, d_final_memory, d_final_momentum, _d_chunk_memory, _d_chunk_momentum):
+        q, k, v, lr, retention, momentum, chunk_memory, chunk_momentum, cu_seqlens = ctx.saved_tensors
+        if d_o is None:
+            d_o = torch.zeros_like(v)
+        dq, dk, dv, dlr, dret, dmom, dh0, ds0 = getattr(torch.ops.nested_kernels, BWD_OP_NAME)(
+            d_o, d_final_memory, d_final_momentum if momentum is not None else None, q, k, v, lr, retention,
+            momentum, chunk_memory, chunk_momentum, cu_seqlens, ctx.chunk_size, ctx.scale, ctx.dgd,
+        )
+        has_h0, has_s0 = ctx.has_initial
+        return (dq, dk, dv, dlr.to(lr.dtype), dret.to(retention.dtype),
+                None if momentum is None else dmom.to(momentum.dtype),
+                dh0 if has_h0 else None, ds0 if has_s0 else None, None, None, None, None)
+
+    torch.library.register_autograd(f"nested_kernels::{OP_NAME}", _backward, setup_context=_setup_context)
 
 
 def linear_memory_cuda(

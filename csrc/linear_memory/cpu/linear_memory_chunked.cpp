@@ -1,9 +1,10 @@
-// Chunked forward of `linear_memory` (SPEC §2) on the CPU: the CUDA kernel's tiles and
+// Chunked forward and backward of `linear_memory` (SPEC §2) on the CPU: the CUDA kernel's tiles and
 // algorithm (linear_memory_chunk.h) with LoopTilePolicy, one task per (sequence, head, value
 // tile), its workspace on the heap. It exists so that the shared chunk algorithm runs in CI
 // without a GPU; the fast CPU path is the recurrence (linear_memory_recurrent).
 #include "common/tile_policy.h"
 #include "linear_memory/linear_memory_chunk.h"
+#include "linear_memory/linear_memory_chunk_bwd.h"
 #include "linear_memory/linear_memory_chunked_host.h"
 #include "linear_memory/linear_memory_ops.h"
 
@@ -22,20 +23,40 @@ namespace {
 constexpr int kGranule = 16;     // the CUDA kernel's tile granule: the same padded tiles here
 constexpr int64_t kMaxChunk = 1024;  // a chunk is one BT × BT tile of G
 
+// Runs tile(pol, workspace, i_nh, i_vt) for every (sequence·head, value tile), one task each, with a
+// workspace of `bytes` on the heap per thread laid out by carve(base).
+template <typename acc_t, typename Carve, typename Tile>
+void for_each_tile(int64_t NH, int64_t NV, int64_t bytes, Carve&& carve, Tile&& tile) {
+  at::parallel_for(0, NH * NV, 1, [&](int64_t begin, int64_t end) {
+    std::vector<std::max_align_t> scratch((bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t));
+    const auto w = carve(reinterpret_cast<char*>(scratch.data()));
+    LoopTilePolicy<acc_t> pol{0, 1};
+    for (int64_t task = begin; task < end; ++task) {
+      tile(pol, w, task / NV, task % NV);
+    }
+  });
+}
+
 template <typename scalar_t, typename acc_t, bool HAS_MOMENTUM, bool DGD>
 void chunked_fwd_cpu(const ChunkedParams<scalar_t, acc_t>& p, int64_t NH) {
   const ChunkTileShape shape = chunk_tile_shape(p.chunk_size, p.K, kGranule);
-  const int64_t NV = (p.V + shape.BV - 1) / shape.BV;
-  const int64_t bytes = chunk_workspace_bytes<scalar_t, acc_t>(shape, HAS_MOMENTUM, DGD);
-  at::parallel_for(0, NH * NV, 1, [&](int64_t begin, int64_t end) {
-    std::vector<std::max_align_t> scratch((bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t));
-    const auto w = carve_chunk_workspace<scalar_t, acc_t>(reinterpret_cast<char*>(scratch.data()), shape,
-                                                          HAS_MOMENTUM, DGD);
-    LoopTilePolicy<acc_t> pol{0, 1};
-    for (int64_t task = begin; task < end; ++task) {
-      linear_memory_chunked_fwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, task / NV, task % NV);
-    }
-  });
+  for_each_tile<acc_t>(
+      NH, (p.V + shape.BV - 1) / shape.BV, chunk_workspace_bytes<scalar_t, acc_t>(shape, HAS_MOMENTUM, DGD),
+      [&](char* base) { return carve_chunk_workspace<scalar_t, acc_t>(base, shape, HAS_MOMENTUM, DGD); },
+      [&](auto& pol, const auto& w, int64_t i_nh, int64_t i_vt) {
+        linear_memory_chunked_fwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, i_nh, i_vt);
+      });
+}
+
+template <typename scalar_t, typename acc_t, bool HAS_MOMENTUM, bool DGD>
+void chunked_bwd_cpu(const ChunkedBwdParams<scalar_t, acc_t>& p, int64_t NH) {
+  const ChunkTileShape shape = chunk_tile_shape(p.chunk_size, p.K, kGranule);
+  for_each_tile<acc_t>(
+      NH, (p.V + shape.BV - 1) / shape.BV, chunk_bwd_workspace_bytes<scalar_t, acc_t>(shape, HAS_MOMENTUM, DGD),
+      [&](char* base) { return carve_chunk_bwd_workspace<scalar_t, acc_t>(base, shape, HAS_MOMENTUM, DGD); },
+      [&](auto& pol, const auto& w, int64_t i_nh, int64_t i_vt) {
+        linear_memory_chunked_bwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, i_nh, i_vt);
+      });
 }
 
 }  // namespace
@@ -72,6 +93,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     }
   });
   return result();
+}
+
+ChunkedBwdResult linear_memory_chunked_bwd_cpu(
+    const at::Tensor& d_o, const std::optional<at::Tensor>& d_final_memory,
+    const std::optional<at::Tensor>& d_final_momentum, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& lr, const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const at::Tensor& chunk_memory, const std::optional<at::Tensor>& chunk_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd) {
+  constexpr const char* op = "linear_memory_chunked_bwd: ";
+  const RecurrentSizes s = check_linear_memory_chunked_bwd_args(op, d_o, d_final_memory, d_final_momentum, q, k, v,
+                                                                lr, retention, momentum, chunk_memory, chunk_momentum,
+                                                                cu_seqlens, chunk_size, at::kCPU, true);
+  TORCH_CHECK(chunk_size <= kMaxChunk, op, "chunk_size must be <= ", kMaxChunk, " (a chunk is one tile), got ",
+              chunk_size);
+  const ChunkedBwdTensors t = prepare_linear_memory_chunked_bwd(d_o, d_final_memory, d_final_momentum, q, k, v, lr,
+                                                                retention, momentum, chunk_memory, chunk_momentum,
+                                                                cu_seqlens, chunk_size, s, kGranule);
+  if (s.N * s.H == 0 || s.V == 0 || s.T == 0) {
+    return finish_linear_memory_chunked_bwd(t);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_chunked_bwd_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const ChunkedBwdParams<scalar_t, acc_t> p = chunked_bwd_params<scalar_t, acc_t>(t, s, chunk_size, scale);
+    const int64_t NH = s.N * s.H;
+    if (momentum.has_value()) {
+      dgd ? chunked_bwd_cpu<scalar_t, acc_t, true, true>(p, NH) : chunked_bwd_cpu<scalar_t, acc_t, true, false>(p, NH);
+    } else {
+      dgd ? chunked_bwd_cpu<scalar_t, acc_t, false, true>(p, NH)
+          : chunked_bwd_cpu<scalar_t, acc_t, false, false>(p, NH);
+    }
+  });
+  return finish_linear_memory_chunked_bwd(t);
 }
 
 }  // namespace linear_memory

@@ -1,12 +1,13 @@
-// Chunked forward of `linear_memory` (SPEC §2) on a CUDA device: the chunk algorithm
-// of linear_memory_chunk.h (shared with the CPU kernel), one block per (sequence, head) and
-// value tile, looping over the sequence's chunks with the state tile and every chunk tile in
-// shared memory. bf16/fp16 inputs multiply on tensor cores (MmaTilePolicy: mma.sync m16n8k16,
-// fp32 accumulate, sm_80+); fp32 inputs with plain fp32 loops (LoopTilePolicy), exact like the
-// CPU kernel.
+// Chunked forward and backward of `linear_memory` (SPEC §2) on a CUDA device: the chunk algorithms
+// of linear_memory_chunk.h and linear_memory_chunk_bwd.h (shared with the CPU kernel), one block per
+// (sequence, head) and value tile, looping over the sequence's chunks with the state tile (or its
+// adjoint) and every chunk tile in shared memory. bf16/fp16 inputs multiply on tensor cores
+// (MmaTilePolicy: mma.sync m16n8k16, fp32 accumulate, sm_80+); fp32 inputs with plain fp32 loops
+// (LoopTilePolicy), exact like the CPU kernel.
 #include "common/tile_policy.h"
 #include "common/tile_policy_mma.cuh"
 #include "linear_memory/linear_memory_chunk.h"
+#include "linear_memory/linear_memory_chunk_bwd.h"
 #include "linear_memory/linear_memory_chunked_host.h"
 #include "linear_memory/linear_memory_ops.h"
 
@@ -54,14 +55,75 @@ __global__ void __launch_bounds__(kThreads, 1)
                                                static_cast<int64_t>(blockIdx.y));
 }
 
+// The backward: the same grid, block and policy; its workspace is chunk_bwd_workspace_bytes.
 template <typename scalar_t, bool HAS_MOMENTUM, bool DGD>
-void launch(const ChunkedParams<scalar_t, float>& p, const ChunkTileShape& shape, int64_t NH, int64_t smem_bytes) {
-  const auto kernel = linear_memory_chunked_fwd_kernel<scalar_t, HAS_MOMENTUM, DGD>;
+__global__ void __launch_bounds__(kThreads, 1)
+    linear_memory_chunked_bwd_kernel(const ChunkedBwdParams<scalar_t, float> p, const ChunkTileShape shape) {
+  extern __shared__ __align__(16) char smem[];
+  const auto w = carve_chunk_bwd_workspace<scalar_t, float>(smem, shape, HAS_MOMENTUM, DGD);
+  auto pol = BlockPolicy<scalar_t>::make();
+  linear_memory_chunked_bwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, static_cast<int64_t>(blockIdx.x),
+                                                    static_cast<int64_t>(blockIdx.y));
+}
+
+// One launch of `kernel` over (N·H, value tiles) with `smem_bytes` of dynamic shared memory.
+template <typename Kernel, typename Params>
+void launch(Kernel kernel, const Params& p, const ChunkTileShape& shape, int64_t NH, int64_t smem_bytes) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem_bytes)));
   const dim3 grid(static_cast<unsigned>(NH), static_cast<unsigned>((p.V + shape.BV - 1) / shape.BV));
   kernel<<<grid, kThreads, smem_bytes, c10::cuda::getCurrentCUDAStream()>>>(p, shape);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The kernel of the (momentum, dgd) variant: `pick` maps <HAS_MOMENTUM, DGD> tags to a kernel.
+template <typename Pick>
+auto pick_variant(bool has_momentum, bool dgd, Pick&& pick) {
+  using T = std::true_type;
+  using F = std::false_type;
+  if (has_momentum) return dgd ? pick(T{}, T{}) : pick(T{}, F{});
+  return dgd ? pick(F{}, T{}) : pick(F{}, F{});
+}
+
+// Checks the limits of the CUDA kernels (after the op's argument checks) and the device; returns
+// its opt-in shared memory per block.
+int64_t check_cuda_chunked(const char* op, const at::Tensor& q, int64_t chunk_size, const RecurrentSizes& s) {
+  TORCH_CHECK(q.scalar_type() != at::kDouble, op, "q must be float32, bfloat16 or float16 on CUDA, got ",
+              q.scalar_type());
+  TORCH_CHECK(chunk_size <= kMaxChunk, op, "chunk_size must be <= ", kMaxChunk, " on CUDA, got ", chunk_size);
+  TORCH_CHECK(s.K <= kMaxK, op, "q and k must have K <= ", kMaxK, " on CUDA, got K = ", s.K);
+  TORCH_CHECK(s.N * s.H <= 0x7fffffff, op, "N * H must be < 2^31 on CUDA, got ", s.N * s.H);
+  int major = 0, smem_optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.get_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.get_device()));
+  TORCH_CHECK(major >= 8, op, "needs compute capability 8.0 or newer (mma.sync bf16/fp16), got ", major, ".x");
+  return smem_optin;
+}
+
+// Runs run(scalar_t{}) for q's dtype (float32, bfloat16, float16).
+template <typename Run>
+void dispatch_cuda_dtype(const char* op, at::ScalarType dtype, Run&& run) {
+  switch (dtype) {
+    case at::kFloat:
+      run(float{});
+      break;
+    case at::kBFloat16:
+      run(c10::BFloat16{});
+      break;
+    case at::kHalf:
+      run(c10::Half{});
+      break;
+    default:
+      TORCH_CHECK(false, op, "unreachable dtype ", dtype);
+  }
+}
+
+// The workspace must fit the device; the message names the configuration.
+void check_smem(const char* op, int64_t smem, int64_t smem_optin, int64_t chunk_size, int64_t K, at::ScalarType dtype,
+                bool has_momentum, bool dgd) {
+  TORCH_CHECK(smem <= smem_optin, op, "chunk_size ", chunk_size, " with K = ", K, " in ", dtype,
+              has_momentum ? " with momentum" : "", dgd ? " with dgd" : "", " needs ", smem,
+              " bytes of shared memory per block, this device has ", smem_optin, "; use a smaller chunk_size");
 }
 
 }  // namespace
@@ -75,13 +137,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
   const RecurrentSizes s = check_linear_memory_args(op, q, k, v, lr, retention, momentum, initial_memory,
                                                      initial_momentum, cu_seqlens, chunk_size, at::kCUDA,
                                                      /*check_cu_seqlens_values=*/false);
-  TORCH_CHECK(q.scalar_type() != at::kDouble, op, "q must be float32, bfloat16 or float16 on CUDA, got ",
-              q.scalar_type());
-  TORCH_CHECK(chunk_size <= kMaxChunk, op, "chunk_size must be <= ", kMaxChunk, " on CUDA, got ", chunk_size);
-  TORCH_CHECK(s.K <= kMaxK, op, "q and k must have K <= ", kMaxK, " on CUDA, got K = ", s.K);
-  TORCH_CHECK(s.N * s.H <= 0x7fffffff, op, "N * H must be < 2^31 on CUDA, got ", s.N * s.H);
   const c10::cuda::CUDAGuard device_guard(q.device());
-
+  const int64_t smem_optin = check_cuda_chunked(op, q, chunk_size, s);
   const ChunkedTensors t = prepare_linear_memory_chunked(q, k, v, lr, retention, momentum, initial_memory,
                                                          initial_momentum, cu_seqlens, chunk_size, s);
   const auto result = [&] {
@@ -91,39 +148,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     return result();
   }
   const ChunkTileShape shape = chunk_tile_shape(chunk_size, s.K, kGranule);
-  int major = 0, smem_optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.get_device()));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.get_device()));
-  TORCH_CHECK(major >= 8, op, "needs compute capability 8.0 or newer (mma.sync bf16/fp16), got ", major, ".x");
-
-  const auto run = [&](auto tag) {
+  dispatch_cuda_dtype(op, q.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     const int64_t smem = chunk_workspace_bytes<scalar_t, float>(shape, momentum.has_value(), dgd);
-    TORCH_CHECK(smem <= smem_optin, op, "chunk_size ", chunk_size, " with K = ", s.K, " in ", q.scalar_type(),
-                dgd ? " with dgd" : "", " needs ", smem, " bytes of shared memory per block, this device has ",
-                smem_optin, "; use a smaller chunk_size");
+    check_smem(op, smem, smem_optin, chunk_size, s.K, q.scalar_type(), momentum.has_value(), dgd);
     const ChunkedParams<scalar_t, float> p = chunked_params<scalar_t, float>(t, s, chunk_size, scale);
-    const int64_t NH = s.N * s.H;
-    if (momentum.has_value()) {
-      dgd ? launch<scalar_t, true, true>(p, shape, NH, smem) : launch<scalar_t, true, false>(p, shape, NH, smem);
-    } else {
-      dgd ? launch<scalar_t, false, true>(p, shape, NH, smem) : launch<scalar_t, false, false>(p, shape, NH, smem);
-    }
-  };
-  switch (q.scalar_type()) {
-    case at::kFloat:
-      run(float{});
-      break;
-    case at::kBFloat16:
-      run(c10::BFloat16{});
-      break;
-    case at::kHalf:
-      run(c10::Half{});
-      break;
-    default:
-      TORCH_CHECK(false, op, "unreachable dtype ", q.scalar_type());
-  }
+    pick_variant(momentum.has_value(), dgd, [&](auto mom, auto dg) {
+      launch(linear_memory_chunked_fwd_kernel<scalar_t, decltype(mom)::value, decltype(dg)::value>, p, shape,
+             s.N * s.H, smem);
+      return 0;
+    });
+  });
   return result();
+}
+
+ChunkedBwdResult linear_memory_chunked_bwd_cuda(
+    const at::Tensor& d_o, const std::optional<at::Tensor>& d_final_memory,
+    const std::optional<at::Tensor>& d_final_momentum, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& lr, const at::Tensor& retention, const std::optional<at::Tensor>& momentum,
+    const at::Tensor& chunk_memory, const std::optional<at::Tensor>& chunk_momentum,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t chunk_size, double scale, bool dgd) {
+  constexpr const char* op = "linear_memory_chunked_bwd: ";
+  const RecurrentSizes s = check_linear_memory_chunked_bwd_args(op, d_o, d_final_memory, d_final_momentum, q, k, v,
+                                                                lr, retention, momentum, chunk_memory, chunk_momentum,
+                                                                cu_seqlens, chunk_size, at::kCUDA,
+                                                                /*check_cu_seqlens_values=*/false);
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  const int64_t smem_optin = check_cuda_chunked(op, q, chunk_size, s);
+  const ChunkedBwdTensors t = prepare_linear_memory_chunked_bwd(d_o, d_final_memory, d_final_momentum, q, k, v, lr,
+                                                                retention, momentum, chunk_memory, chunk_momentum,
+                                                                cu_seqlens, chunk_size, s, kGranule);
+  if (s.N * s.H == 0 || s.V == 0 || s.T == 0) {
+    return finish_linear_memory_chunked_bwd(t);
+  }
+  const ChunkTileShape shape = chunk_tile_shape(chunk_size, s.K, kGranule);
+  dispatch_cuda_dtype(op, q.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const int64_t smem = chunk_bwd_workspace_bytes<scalar_t, float>(shape, momentum.has_value(), dgd);
+    check_smem(op, smem, smem_optin, chunk_size, s.K, q.scalar_type(), momentum.has_value(), dgd);
+    const ChunkedBwdParams<scalar_t, float> p = chunked_bwd_params<scalar_t, float>(t, s, chunk_size, scale);
+    pick_variant(momentum.has_value(), dgd, [&](auto mom, auto dg) {
+      launch(linear_memory_chunked_bwd_kernel<scalar_t, decltype(mom)::value, decltype(dg)::value>, p, shape,
+             s.N * s.H, smem);
+      return 0;
+    });
+  });
+  return finish_linear_memory_chunked_bwd(t);
 }
 
 }  // namespace linear_memory
@@ -131,4 +201,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
 
 TORCH_LIBRARY_IMPL(nested_kernels, CUDA, m) {
   m.impl("linear_memory_chunked_fwd", &nested_kernels::linear_memory::linear_memory_chunked_fwd_cuda);
+  m.impl("linear_memory_chunked_bwd", &nested_kernels::linear_memory::linear_memory_chunked_bwd_cuda);
 }
