@@ -15,13 +15,7 @@
 // linear_memory/cuda/tile_policy_mma.cuh multiplies on tensor cores.
 #pragma once
 
-#ifndef NK_HOST_DEVICE
-#if defined(__CUDACC__)
-#define NK_HOST_DEVICE __host__ __device__
-#else
-#define NK_HOST_DEVICE
-#endif
-#endif
+#include "common/host_device.h"
 
 namespace nested_kernels {
 

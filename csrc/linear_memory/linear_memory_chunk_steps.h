@@ -5,24 +5,9 @@
 // kernel both run it. Notation: linear_memory_chunk.h.
 #pragma once
 
+#include "common/host_device.h"
+
 #include <cstdint>
-
-#ifndef NK_HOST_DEVICE
-#if defined(__CUDACC__)
-#define NK_HOST_DEVICE __host__ __device__
-#else
-#define NK_HOST_DEVICE
-#endif
-#endif
-
-// The chunk templates are host-device; a policy's members may be device-only (mma.sync).
-#ifndef NK_EXEC_CHECK_DISABLE
-#if defined(__CUDACC__)
-#define NK_EXEC_CHECK_DISABLE _Pragma("nv_exec_check_disable")
-#else
-#define NK_EXEC_CHECK_DISABLE
-#endif
-#endif
 
 namespace nested_kernels {
 namespace linear_memory {

@@ -10,19 +10,9 @@
 // k_t[i], r_t[j] and (k_t M_{t−1})[j].
 #pragma once
 
+#include "common/host_device.h"
+
 #include <cstdint>
-
-#ifndef NK_HOST_DEVICE
-#if defined(__CUDACC__)
-#define NK_HOST_DEVICE __host__ __device__
-#else
-#define NK_HOST_DEVICE
-#endif
-#endif
-
-#ifndef NK_RESTRICT
-#define NK_RESTRICT __restrict__
-#endif
 
 namespace nested_kernels {
 namespace linear_memory {
