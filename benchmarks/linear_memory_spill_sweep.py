@@ -1,6 +1,6 @@
 """Compile candidate launch configurations of the `linear_memory` Triton kernels ahead of time (no
-GPU) and print registers, spills and the matrix unit of each: how `triton_kernels/linear_memory/
-configs.py` was chosen. Momentum and DGD on, bf16 inputs, as in the compile report.
+GPU) and print registers, spills, shared memory (dynamic + static) and the matrix unit of each:
+how `triton_kernels/linear_memory/configs.py` was chosen. Momentum and DGD on, bf16 inputs, as in the compile report.
 
     PYTHONPATH=. python benchmarks/linear_memory_spill_sweep.py --kernels fwd_h,bwd_dh --D 256 \
         --BT 32,64 --BK 128 --BV 16,32 --warps 4,8 --stages 1,2 [--arch 90,80] [--jobs 2]
@@ -52,7 +52,7 @@ def main(argv=None):
         results = [r for rs in ex.map(compile_specs, [jobs[i::a.jobs] for i in range(a.jobs)]) for r in rs]
     for r in sorted(results, key=lambda r: (r.spec.name, r.arch)):
         print(f"{r.spec.name:42s} sm_{r.arch} regs={r.registers} spills={r.spill_stores}/{r.spill_loads} "
-              f"{r.matrix_unit:5s} {r.status}")
+              f"smem={r.total_shared_bytes} {r.matrix_unit:5s} {r.status}")
     print(f"{len(jobs)} configurations in {time.time() - t:.0f}s", file=sys.stderr)
 
 

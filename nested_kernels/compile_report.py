@@ -1,7 +1,8 @@
 """`nested-kernels compile-report`: compile every shipped Triton kernel ahead of time, no GPU needed (SPEC §7).
 
 Prints a markdown table (registers, spills, local and shared memory, wgmma/mma use) and exits
-non-zero if a kernel fails to compile, spills, or (sm_90) is GEMM-heavy without wgmma.
+non-zero if a kernel fails to compile, spills, needs more shared memory than a block may have
+(227 KiB on sm_90, 163 KiB on sm_80), or (sm_90) is GEMM-heavy without wgmma.
 """
 import argparse
 import importlib

@@ -1,6 +1,8 @@
 """The ahead-of-time compile report (SPEC §7): kernels compile for sm_90/sm_80 with no GPU, and
 the report sees registers, spills and the matrix units. The demo kernels live only here, so the
 shipped registry holds only real kernels."""
+import dataclasses
+
 import pytest
 
 triton = pytest.importorskip("triton")
@@ -11,7 +13,7 @@ from nested_kernels import cli, compile_report  # noqa: E402
 compile_report.triton_kernels_package()
 from nested_kernels.triton_kernels import aot_registry  # noqa: E402
 from nested_kernels.triton_kernels.utils.aot import (  # noqa: E402
-    ARCHS, AotSpec, compile_spec, compile_specs, format_report,
+    ARCHS, SHARED_MEMORY_LIMIT, AotSpec, CompileResult, compile_spec, compile_specs, format_report,
 )
 
 
@@ -98,6 +100,19 @@ def test_spills_are_detected(report):
     assert not r.ok and "spills" in r.status
 
 
+@pytest.mark.parametrize("arch, limit", [(90, 232448), (80, 166912)])
+def test_shared_memory_over_the_limit_fails(report, arch, limit):
+    """A block over the opt-in maximum (dynamic + static) compiles but cannot launch: the row fails."""
+    assert SHARED_MEMORY_LIMIT[arch] == limit
+    fits = CompileResult(GEMM, arch, registers=128, shared_bytes=limit - 1024, static_shared_bytes=1024,
+                         matrix_unit=report[f"gemm-{arch}"].matrix_unit)
+    assert fits.ok, fits.status
+    over = dataclasses.replace(fits, shared_bytes=limit - 1023)
+    assert not over.ok and over.status == f"smem {limit + 1} B > {limit} B"
+    assert format_report([over]).splitlines()[2].endswith(f"| smem {limit + 1} B > {limit} B |")
+    assert report[f"gemm-{arch}"].total_shared_bytes <= limit and report[f"gemm-{arch}"].ok
+
+
 def test_gemm_heavy_without_wgmma_fails(report):
     r = report["scale-as-gemm-90"]
     assert r.error is None and r.matrix_unit == "none"
@@ -160,9 +175,10 @@ def test_cli_fails_on_spills(monkeypatch, capsys, tmp_path, report):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shipped_kernels_compile_clean(arch):
-    """Every registered kernel compiles without spills and, GEMM-heavy on sm_90, with wgmma; the
-    only exceptions are the spills an op lists in KNOWN_SPILLS, which must still be spills (and
-    nothing worse), so a fix has to take its entry off the list."""
+    """Every registered kernel compiles without spills, within a block's shared memory and,
+    GEMM-heavy on sm_90, with wgmma; the only exceptions are the spills an op lists in
+    KNOWN_SPILLS, which must still be spills (and nothing worse: not over the shared memory
+    either), so a fix has to take its entry off the list."""
     results = compile_specs([(spec, arch) for spec in aot_registry.aot_specs()])
     known = aot_registry.known_spills(arch)
     unexpected = [r for r in results if not r.ok and r.spec.name not in known]

@@ -1,9 +1,8 @@
 """`chunk_gates` (chunk_gates.py) computed by the Triton kernels of
 `triton_kernels/common/chunk_gates.py`, one program per chunk, as a torch.library custom op with a
 fake kernel and a hand-written backward kernel (no PyTorch autograd through cumulative products)
-for chunks of 16 and 32 tokens; 64-token chunks take their backward from `torch.func.vjp` through
-`chunk_gates` on the same inputs (the kernel's backward spills registers there). `chunk_gates_vjp`
-is that backward as a function, for kernels' backwards that run inside custom ops."""
+for chunks of 16, 32 and 64 tokens. `chunk_gates_vjp` is that backward as a function, for
+kernels' backwards that run inside custom ops."""
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -52,36 +51,24 @@ def _(lr, retention, momentum, *grads):
             lr.new_empty(0) if momentum is None else torch.empty_like(momentum)]
 
 
+def _check_chunk_size(name: str, C: int) -> None:
+    from ..triton_kernels.common.chunk_gates import CHUNK_SIZES
+
+    if C not in CHUNK_SIZES:
+        raise ValueError(f"{name}: chunks of {CHUNK_SIZES} tokens, got {C} (use chunk_gates)")
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*(x if x is not None else inputs[0].new_empty(0) for x in inputs))
 
 
-def _torch_vjp(lr, retention, momentum, grads):
-    """The gradient of `chunk_gates` on recomputed gates (chunks the kernel cannot take), by
-    `torch.func.vjp`: it needs no autograd graph, so it also runs inside other ops' kernels."""
-    inputs = [x for x in (lr, retention, momentum) if x is not None]
-    present = [i for i, g in enumerate(grads) if g is not None and g.numel()]   # empty: no output / no grad
-    if not present:
-        return torch.zeros_like(lr), torch.zeros_like(retention), None if momentum is None else torch.zeros_like(momentum)
-
-    def gates(*xs):
-        out = chunk_gates(*xs, *([None] if momentum is None else []))
-        return tuple(out[i] for i in present)
-    _, vjp = torch.func.vjp(gates, *inputs)
-    got = vjp(tuple(grads[i] for i in present))
-    return got[0], got[1], got[2] if momentum is not None else None
-
-
 def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor],
                     grads) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """(d_lr, d_retention, d_momentum) of the gates of chunks `[n, C]` for the cotangents `grads` of
-    the six `ChunkGates` fields (None or empty: zero) — the backward kernel for 16- and 32-token
-    chunks, else `torch.func.vjp` through `chunk_gates`. No autograd: callable inside custom ops."""
-    from ..triton_kernels.common.chunk_gates import BWD_CHUNK_SIZES
-
+    """(d_lr, d_retention, d_momentum) of the gates of chunks `[n, C]`, C in CHUNK_SIZES, for the
+    cotangents `grads` of the six `ChunkGates` fields (None or empty: zero), by the backward
+    kernel. No autograd: callable inside custom ops."""
     n, C = lr.shape
-    if C not in BWD_CHUNK_SIZES:
-        return _torch_vjp(lr, retention, momentum, grads)
+    _check_chunk_size("chunk_gates_vjp", C)
     shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C), (n, C + 1, C)]
     grads = [g.contiguous() if g is not None and g.numel() else lr.new_zeros(s) for g, s in zip(grads, shapes)]
     d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *grads)
@@ -97,12 +84,9 @@ _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor]) -> ChunkGates:
-    """The gates of chunks laid out [..., C] (fp32 out), like `chunk_gates`, for C in FWD_CHUNK_SIZES."""
-    from ..triton_kernels.common.chunk_gates import FWD_CHUNK_SIZES
-
+    """The gates of chunks laid out [..., C] (fp32 out), like `chunk_gates`, for C in CHUNK_SIZES."""
     lead, C = lr.shape[:-1], lr.shape[-1]
-    if C not in FWD_CHUNK_SIZES:
-        raise ValueError(f"triton_chunk_gates: chunks of {FWD_CHUNK_SIZES} tokens, got {C} (use chunk_gates)")
+    _check_chunk_size("triton_chunk_gates", C)
     decay, carry, write, mom_decay, mom_write, dgd_write = (
         _none_if_empty(x) for x in _fwd(_flat(lr), _flat(retention), _flat(momentum)))
     vec = lambda x: None if x is None else x.view(*lead, C + 1)
@@ -114,6 +98,6 @@ def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Opti
 
 def chunk_gates_for(chunk_size: int) -> Callable[..., ChunkGates]:
     """The Triton gates where they exist for `chunk_size`, else the PyTorch ones."""
-    from ..triton_kernels.common.chunk_gates import FWD_CHUNK_SIZES
+    from ..triton_kernels.common.chunk_gates import CHUNK_SIZES
 
-    return triton_chunk_gates if chunk_size in FWD_CHUNK_SIZES else chunk_gates
+    return triton_chunk_gates if chunk_size in CHUNK_SIZES else chunk_gates

@@ -1,13 +1,13 @@
 """The Triton gate kernels (triton_kernels/common/chunk_gates.py) against `chunk_gates` in float64:
-every gate matrix, and the gradients of η, α, μ through all of them, with gates at 0 and 1
-(chunks of 64: the kernel's forward, the backward by autograd through `chunk_gates`)."""
+every gate matrix, and the gradients of η, α, μ through all of them (the backward kernel, for
+chunks of 16, 32 and 64), with gates at 0 and 1."""
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from nested_kernels.common.chunk_gates import chunk_gates  # noqa: E402
-from nested_kernels.common.chunk_gates_triton import triton_chunk_gates  # noqa: E402
+from nested_kernels.common.chunk_gates import ChunkGates, chunk_gates  # noqa: E402
+from nested_kernels.common.chunk_gates_triton import chunk_gates_vjp, triton_chunk_gates  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -50,6 +50,39 @@ def test_values_and_gradients(C, momentum, extreme):
                           torch.autograd.grad(loss_out, out_leaves)):
         scale = r.abs().max().clamp_min(1e-12)
         assert ((o.cpu().double() - r).abs().max() / scale).item() < 1e-5, name
+
+
+@pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
+@pytest.mark.parametrize("C", [16, 32, 64], ids=lambda c: f"C{c}")
+def test_chunk_gates_vjp(C, momentum):
+    """The backward kernel against `torch.func.vjp` through `chunk_gates` in float64, with whole
+    chunks at retention 0 (exact: the kernel divides by no gate), retention 1, momentum 0 and 1,
+    a large step, and one output without a cotangent (zero)."""
+    lr, ret, mom = _gates(C, momentum, True)
+    ret[0, 2, :], ret[1, 1, : C // 2], lr[0, 1, :] = 0.0, 0.0, 50.0
+    if momentum:
+        mom[1, 2, :] = 0.0
+    lr, ret, mom = (None if x is None else x.reshape(-1, C) for x in (lr, ret, mom))
+    leaves = [x for x in (lr, ret, mom) if x is not None]
+    fields = ChunkGates._fields if momentum else ("decay", "dgd_write")       # write is dgd_write then
+    outputs, vjp = torch.func.vjp(lambda *xs: tuple(getattr(chunk_gates(*xs, *([None] * (3 - len(xs)))), f)
+                                                    for f in fields), *leaves)
+    gen = torch.Generator().manual_seed(11)
+    cotangents = {f: torch.randn(o.shape, generator=gen, dtype=torch.float64) for f, o in zip(fields, outputs)}
+    if momentum:
+        cotangents["mom_decay"] = torch.zeros_like(cotangents["mom_decay"])
+    ref = vjp(tuple(cotangents[f] for f in fields))
+    if momentum:
+        cotangents["mom_decay"] = None                                  # no cotangent: as zero
+    f32 = lambda x: None if x is None else x.to(DEVICE, torch.float32)
+    out = chunk_gates_vjp(f32(lr), f32(ret), f32(mom), [f32(cotangents.get(f)) for f in ChunkGates._fields])
+    for name, r, o in zip(("lr", "retention", "momentum"), ref, out):
+        assert torch.isfinite(o).all(), name
+        scale = r.abs().max().clamp_min(1e-12)
+        assert ((o.cpu().double() - r).abs().max() / scale).item() < 1e-5, name
+    assert momentum or out[2] is None
+    with pytest.raises(ValueError, match=r"chunk_gates_vjp: chunks of \(16, 32, 64\) tokens, got 8"):
+        chunk_gates_vjp(lr[:, :8].float(), ret[:, :8].float(), None, [None] * 6)
 
 
 @pytest.mark.parametrize("C", [16, 64], ids=lambda c: f"C{c}")

@@ -3,7 +3,7 @@ gate kernels (momentum on: the most registers) and the DGD inverse (bf16 keys, H
 from ..utils.aot import AotSpec
 from .dgd_inverse import BK, dgd_inverse_kernel
 from .dgd_inverse import num_warps as dgd_inverse_warps
-from .chunk_gates import BWD_CHUNK_SIZES, FWD_CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
+from .chunk_gates import CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
 
 _FWD = ("lr", "ret", "mom", "decay", "carry", "write", "mom_decay", "mom_write", "dgd_write")
 _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_mom_write", "d_dgd_write",
@@ -12,9 +12,8 @@ _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_m
 AOT_SPECS = [
     AotSpec(name=f"chunk_gates_{part}-C{C}-mom", kernel=kernel, signature={n: "*fp32" for n in names},
             constexprs={"C": C, "USE_MOMENTUM": True}, num_warps=num_warps(part, C))
-    for part, kernel, names, sizes in (("fwd", chunk_gates_fwd_kernel, _FWD, FWD_CHUNK_SIZES),
-                                       ("bwd", chunk_gates_bwd_kernel, _BWD, BWD_CHUNK_SIZES))
-    for C in sizes
+    for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
+    for C in CHUNK_SIZES
 ] + [
     AotSpec(name=f"dgd_inverse-K{K}-C{C}-bf16", kernel=dgd_inverse_kernel,
             signature={"k": "*bf16", "dgd_write": "*fp32", "inv": "*fp32", "NC": "i32"},

@@ -7,10 +7,13 @@ rest 0). With the column index c standing for token c+1:
     PA[r, c] = Π_{c+2 ≤ s ≤ r+1} α_s = P^α[r+1, c+1]   (cumprod of a masked matrix: exact at α = 0)
     β = cumprod(α),  E = PA ∘ η,  and with momentum PM, m from μ alike,
     f = (PA ∘ m) 1,  G = (PA @ PM) ∘ η,  N = PM ∘ η   (PA @ PM as a row scan, `_decayed_rows`).
-Backward, without divisions (exact at α = 0): for a segment product P of gates g,
-    ∂P[r, c] / ∂g_{σ+1} = P[r, σ] · Q[σ, c],   Q[σ, c] = Π_{c+2 ≤ s ≤ σ} g_s (c < σ),
-so dg_{σ+1} = Σ_c (Pᵀ dP)[σ, c] Q[σ, c]; and for the prefix product b = cumprod(g),
-    dg_{σ+1} += (Π_{s ≤ σ} g_s) · (Pᵀ db)[σ].
+Backward, without divisions (exact at α = 0) and without C×C×C products: for a segment product
+P = PA(g) of gates g (array index: P[r, c] = Π_{c < i ≤ r} g[i]),
+    ∂P[r, c] / ∂g[σ] = P[r, σ] · P[σ − 1, c]   (c < σ ≤ r),
+so dg[σ] = Σ_r P[r, σ] (dP Pᵀ)[r, σ − 1], the subdiagonal of Pᵀ (dP Pᵀ); and for the prefix
+product b = cumprod(g), dg[σ] += (Π_{i < σ} g[i]) · (Pᵀ db)[σ]. Products with P or Pᵀ are scans
+(P[r, c] = g[r] P[r − 1, c] for c < r): P @ X and X @ Pᵀ forward over rows or columns, Pᵀ @ X in
+reverse over rows.
 """
 import triton
 import triton.language as tl
@@ -22,14 +25,6 @@ def _segment_products(g, o, SHIFT: tl.constexpr):
     rows, cols = o[:, None], o[None, :]
     factors = tl.where(rows >= cols + SHIFT, g[:, None], 1.0)
     return tl.where(rows >= cols + SHIFT - 1, tl.cumprod(factors, axis=0), 0.0)
-
-
-@triton.jit
-def _segment_products_t(g, o, SHIFT: tl.constexpr):
-    """Pᵀ of `_segment_products` built directly (g indexed by column): no transposed layouts."""
-    rows, cols = o[:, None], o[None, :]
-    factors = tl.where(cols >= rows + SHIFT, g[None, :], 1.0)
-    return tl.where(cols >= rows + SHIFT - 1, tl.cumprod(factors, axis=1), 0.0)
 
 
 @triton.jit
@@ -48,17 +43,34 @@ def _decayed_rows(g, p):
 
 
 @triton.jit
-def _segment_grad(p, dp, g_prev, o):
-    """dg_{σ+1} of a segment product P (above) with upstream dP; g_prev[r] = g_r (1 at r = 0):
-    Σ_r P[r, σ] (dP Qᵀ)[r, σ]."""
+def _decayed_rows_t(g_next, p):
+    """PAᵀ @ p as a reverse scan over rows: row r is p[r] + g[r + 1] · (row r + 1), since
+    PA[s, r] = g[r + 1] PA[s, r + 1] for s > r (g_next[r] = g[r + 1]; the last is not used)."""
+    _, x = tl.associative_scan((tl.broadcast_to(g_next[:, None], p.shape), p), 0, _linear_step, reverse=True)
+    return x
+
+
+@triton.jit
+def _decayed_cols(g, p):
+    """p @ PAᵀ as a scan over columns: column c is p[:, c] + g[c] · (column c − 1), since
+    PA[c, j] = g[c] PA[c − 1, j] for j < c (g indexed by column)."""
+    _, x = tl.associative_scan((tl.broadcast_to(g[None, :], p.shape), p), 1, _linear_step)
+    return x
+
+
+@triton.jit
+def _segment_grad(dp, g, g_next, o):
+    """dg[σ] of a segment product P = PA(g) (above) with upstream dP, indexed by row σ:
+    Σ_r P[r, σ] (dP Pᵀ)[r, σ − 1], the subdiagonal of Pᵀ (dP Pᵀ) (two scans, no division)."""
     rows, cols = o[:, None], o[None, :]
-    z = tl.dot(tl.where(rows >= cols, dp, 0.0), _segment_products_t(g_prev, o, 2), input_precision="ieee")
-    return tl.sum(p * z, axis=0)
+    w = _decayed_cols(g, tl.where(rows >= cols, dp, 0.0))                    # dP Pᵀ
+    return tl.sum(tl.where(cols == rows - 1, _decayed_rows_t(g_next, w), 0.0), axis=1)
 
 
 @triton.jit
 def _prefix_grad(p, db, g_prev):
-    """dg_{σ+1} of b = cumprod(g): (Π_{s ≤ σ} g_s) · (Pᵀ db)[σ]."""
+    """dg[σ] of b = cumprod(g), indexed by column σ: (Π_{i < σ} g[i]) · (Pᵀ db)[σ]; g_prev[σ] = g[σ − 1]
+    (1 at σ = 0)."""
     return tl.cumprod(g_prev, axis=0) * tl.sum(p * db[:, None], axis=0)
 
 
@@ -100,46 +112,49 @@ def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay,
     rows, cols = o[:, None], o[None, :]
     o_vec, o_mat = i_chunk * (C + 1), i_chunk * (C + 1) * C
     o_rows = o_mat + (1 + rows) * C + cols
-    o_prev = i_chunk * C + o - 1                                              # g_r for r ≥ 1
+    o_prev = i_chunk * C + o - 1                                              # g[r − 1] (1 at r = 0)
+    o_next = i_chunk * C + o + 1                                              # g[r + 1] (0 at r = C − 1)
     eta = tl.load(lr + i_chunk * C + o)
     alpha = tl.load(ret + i_chunk * C + o)
     alpha_prev = tl.load(ret + o_prev, mask=o >= 1, other=1.0)
+    alpha_next = tl.load(ret + o_next, mask=o < C - 1, other=0.0)
+    # α first, with PA and dPA the only C×C blocks live; dG ∘ η is read again for μ
     p_a = _segment_products(alpha, o, 1)
     d_e = tl.load(d_dgd_write + o_rows)
     d_eta = tl.sum(d_e * p_a, axis=0)
     d_pa = d_e * eta[None, :]
-    if USE_MOMENTUM:                                                          # μ first: fewer live C×C blocks
+    d_ret_prefix = _prefix_grad(p_a, tl.load(d_decay + o_vec + 1 + o), alpha_prev)
+    if USE_MOMENTUM:
         mu = tl.load(mom + i_chunk * C + o)
-        mu_prev = tl.load(mom + o_prev, mask=o >= 1, other=1.0)
-        p_m = _segment_products(mu, o, 1)
         d_f = tl.load(d_carry + o_vec + 1 + o)
-        d_g = tl.load(d_write + o_rows)
-        d_eta += tl.sum(d_g * tl.dot(p_a, p_m, input_precision="ieee"), axis=0)
-        d_ge = d_g * eta[None, :]
-        d_n = tl.load(d_mom_write + o_rows)
-        d_eta += tl.sum(d_n * p_m, axis=0)
-        d_pm = d_n * eta[None, :] + tl.dot(_segment_products_t(alpha, o, 1), d_ge, input_precision="ieee")
         d_m = tl.load(d_mom_decay + o_vec + 1 + o) + tl.sum(p_a * d_f[:, None], axis=0)
-        tl.store(d_mom + i_chunk * C + o, _segment_grad(p_m, d_pm, mu_prev, o) + _prefix_grad(p_m, d_m, mu_prev))
-        d_pa += d_f[:, None] * tl.cumprod(mu, axis=0)[None, :] + tl.dot(d_ge, _segment_products_t(mu, o, 1), input_precision="ieee")
-    d_beta = tl.load(d_decay + o_vec + 1 + o)
-    tl.store(d_ret + i_chunk * C + o, _segment_grad(p_a, d_pa, alpha_prev, o) + _prefix_grad(p_a, d_beta, alpha_prev))
+        d_ge = tl.load(d_write + o_rows) * eta[None, :]
+        d_pa += d_f[:, None] * tl.cumprod(mu, axis=0)[None, :] + _decayed_cols(mu, d_ge)   # + (dG ∘ η) PMᵀ
+    tl.store(d_ret + i_chunk * C + o, _segment_grad(d_pa, alpha, alpha_next, o) + d_ret_prefix)
+    if USE_MOMENTUM:
+        mu_prev = tl.load(mom + o_prev, mask=o >= 1, other=1.0)
+        mu_next = tl.load(mom + o_next, mask=o < C - 1, other=0.0)
+        p_m = _segment_products(mu, o, 1)
+        d_g = tl.load(d_write + o_rows)
+        d_n = tl.load(d_mom_write + o_rows)
+        d_eta += tl.sum(d_g * _decayed_rows(alpha, p_m) + d_n * p_m, axis=0)  # G = (PA @ PM) ∘ η, N = PM ∘ η
+        d_mom_prefix = _prefix_grad(p_m, d_m, mu_prev)
+        d_pm = d_n * eta[None, :] + _decayed_rows_t(alpha_next, d_g * eta[None, :])   # dN ∘ η + PAᵀ (dG ∘ η)
+        tl.store(d_mom + i_chunk * C + o, _segment_grad(d_pm, mu, mu_next, o) + d_mom_prefix)
     tl.store(d_lr + i_chunk * C + o, d_eta)
 
 
-FWD_CHUNK_SIZES = (16, 32, 64)
-BWD_CHUNK_SIZES = (16, 32)      # 64: the backward's 64×64×64 fp32 products spill (see num_warps)
+CHUNK_SIZES = (16, 32, 64)      # forward and backward
 
 
 def num_warps(part: str, C: int) -> int:
-    """Warps per chunk program: the fewest without register spills on sm_90 and sm_80
-    (`nested-kernels compile-report --kernel chunk_gates`). At C = 64 the forward fits in 4 warps
-    (168 registers) now that G is a row scan (`_decayed_rows`; its fp32 product spilled on sm_80
-    even at 16 warps), but the backward spills kilobytes even at 16 (its fp32 products are FMA loops whose
-    operands are broadcast along the inner dimension; building transposed factors directly
-    instead of `tl.trans` took C = 32 from 255 to 175 registers, not C = 64 under 255), so
-    64-token chunks take their gradient from the PyTorch gate algebra."""
-    return {("fwd", 16): 4, ("fwd", 32): 4, ("fwd", 64): 4, ("bwd", 16): 4, ("bwd", 32): 8}[part, C]
+    """Warps per chunk program: the fewest, and at least 4, without register spills on sm_90 and
+    sm_80 (`nested-kernels compile-report --kernel chunk_gates`). No C×C×C product is left: the
+    fp32 (ieee) products PA @ PM, PAᵀ dG, dG PMᵀ and dP Pᵀ, FMA loops whose broadcast operands
+    spilled at C = 64 (on sm_80 even at 16 warps), are scans over rows or columns. At C = 64 the
+    forward takes 168 registers at 4 warps; the backward, which finishes α (PA, dPA) before it
+    builds PM and reads dG again, 210 at 8 warps (at 4 it spills 20 B)."""
+    return {("fwd", 16): 4, ("fwd", 32): 4, ("fwd", 64): 4, ("bwd", 16): 4, ("bwd", 32): 4, ("bwd", 64): 8}[part, C]
 
 
 def chunk_gates_fwd(lr, retention, momentum):

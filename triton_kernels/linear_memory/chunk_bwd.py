@@ -11,6 +11,27 @@ import triton
 import triton.language as tl
 
 
+@triton.jit
+def _dh_tile_step(q, k, o_tk, m_k, b_dx, b_ds, b_do_decay, b_k_rhs, b_decay_last, b_do_carry, b_dp_carry,
+                  b_carry_last, b_mom_decay, USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """One row tile of the adjoints (dM, dS) a chunk back, its Q and K tiles (offsets `o_tk`) each
+    read just before its two products, so one K = 256 tile is live at a time:
+    dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP),  dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP)."""
+    if USE_MOMENTUM:
+        b_ds = b_carry_last * b_dx + b_mom_decay * b_ds
+    b_dx = b_decay_last * b_dx
+    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+    if USE_MOMENTUM:
+        b_ds = tl.dot(tl.trans(b_q), b_do_carry, b_ds, input_precision=DOT_PRECISION)
+    b_dx = tl.dot(tl.trans(b_q), b_do_decay, b_dx, input_precision=DOT_PRECISION)
+    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    if USE_MOMENTUM and USE_DGD:
+        b_ds = tl.dot(tl.trans(b_k), b_dp_carry, b_ds, input_precision=DOT_PRECISION)
+    b_dx = tl.dot(tl.trans(b_k), b_k_rhs, b_dx, input_precision=DOT_PRECISION)   # R = K M^c − V
+    return b_dx, b_ds
+
+
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_bwd_kernel_dh(
     q, k, do, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, last_rows, dgd_inv,
@@ -92,48 +113,42 @@ def linear_memory_bwd_kernel_dh(
             b_dr -= tl.dot(tl.load(kk_write + o_mat_t), b_dp, input_precision=DOT_PRECISION)
         tl.store(dres + o_tv, b_dr, mask=m_v[None, :])
         b_k_rhs = b_dr                                                        # what Kᵀ(·) adds to dM
+        b_dp_carry = None                                                     # with momentum and DGD only
         if USE_DGD:
             b_k_rhs += tl.load(decay + o_gate + o_t)[:, None] * b_dp
             if USE_MOMENTUM:
-                b_dp_carry = (tl.load(carry + o_gate + o_t)[:, None] * b_dp).to(b_k0.dtype)
+                b_dp_carry = (tl.load(carry + o_gate + o_t)[:, None] * b_dp).to(k.dtype.element_ty)
 
-        b_q0 = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
-        b_k0 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
-        if K > BK:
-            b_q1 = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
-            b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
         # dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP),  dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP)
         if BT >= 32:  # read dO again rather than keep it live (keeps 32- and 64-token chunks of K = 256 clean)
             b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
-        b_do_decay = (tl.load(decay + o_gate + 1 + o_t)[:, None] * b_do).to(b_q0.dtype)
-        b_k_rhs = b_k_rhs.to(b_k0.dtype)
+        b_do_decay = (tl.load(decay + o_gate + 1 + o_t)[:, None] * b_do).to(q.dtype.element_ty)
+        b_k_rhs = b_k_rhs.to(k.dtype.element_ty)
         b_decay_last = tl.load(decay + o_gate + i_last)
+        b_do_carry, b_carry_last, b_mom_decay = None, None, None              # with momentum only
         if USE_MOMENTUM:
-            b_do_carry = (tl.load(carry + o_gate + 1 + o_t)[:, None] * b_do).to(b_q0.dtype)
+            b_do_carry = (tl.load(carry + o_gate + 1 + o_t)[:, None] * b_do).to(q.dtype.element_ty)
             b_carry_last = tl.load(carry + o_gate + i_last)
             b_mom_decay = tl.load(mom_decay_last + o_chunk)
-            b_ds0 = tl.dot(tl.trans(b_q0), b_do_carry, b_carry_last * b_dx0 + b_mom_decay * b_ds0,
-                           input_precision=DOT_PRECISION)
-            if USE_DGD:
-                b_ds0 = tl.dot(tl.trans(b_k0), b_dp_carry, b_ds0, input_precision=DOT_PRECISION)
-            if K > BK:
-                b_ds1 = tl.dot(tl.trans(b_q1), b_do_carry, b_carry_last * b_dx1 + b_mom_decay * b_ds1,
-                               input_precision=DOT_PRECISION)
-                if USE_DGD:
-                    b_ds1 = tl.dot(tl.trans(b_k1), b_dp_carry, b_ds1, input_precision=DOT_PRECISION)
-        b_dx0 = tl.dot(tl.trans(b_q0), b_do_decay, b_decay_last * b_dx0, input_precision=DOT_PRECISION)
-        b_dx0 = tl.dot(tl.trans(b_k0), b_k_rhs, b_dx0, input_precision=DOT_PRECISION)   # R = K M^c − V
+        o_tk = (o_tok[:, None] * H + i_h) * K
+        b_dx0, b_ds0 = _dh_tile_step(q, k, o_tk + o_k0[None, :], m_k0, b_dx0, b_ds0, b_do_decay, b_k_rhs, b_decay_last,
+                                     b_do_carry, b_dp_carry, b_carry_last, b_mom_decay, USE_MOMENTUM, USE_DGD,
+                                     DOT_PRECISION)
         if K > BK:
-            b_dx1 = tl.dot(tl.trans(b_q1), b_do_decay, b_decay_last * b_dx1, input_precision=DOT_PRECISION)
-            b_dx1 = tl.dot(tl.trans(b_k1), b_k_rhs, b_dx1, input_precision=DOT_PRECISION)
+            b_dx1, b_ds1 = _dh_tile_step(q, k, o_tk + o_k1[None, :], m_k1, b_dx1, b_ds1, b_do_decay, b_k_rhs,
+                                         b_decay_last, b_do_carry, b_dp_carry, b_carry_last, b_mom_decay,
+                                         USE_MOMENTUM, USE_DGD, DOT_PRECISION)
 
-    tl.store(dh0 + o_state0, b_dx0, mask=m_kv0)
+    # the state's offsets again, from its scalar base: kept from before the loop, they spilled
+    o_kv0, o_kv1 = o_k0[:, None] * V + o_v[None, :], o_k1[:, None] * V + o_v[None, :]
+    o_state = i_nh.to(tl.int64) * K * V
+    tl.store(dh0 + o_state + o_kv0, b_dx0, mask=m_kv0)
     if USE_MOMENTUM:
-        tl.store(ds0 + o_state0, b_ds0, mask=m_kv0)
+        tl.store(ds0 + o_state + o_kv0, b_ds0, mask=m_kv0)
     if K > BK:
-        tl.store(dh0 + o_state1, b_dx1, mask=m_kv1)
+        tl.store(dh0 + o_state + o_kv1, b_dx1, mask=m_kv1)
         if USE_MOMENTUM:
-            tl.store(ds0 + o_state1, b_ds1, mask=m_kv1)
+            tl.store(ds0 + o_state + o_kv1, b_ds1, mask=m_kv1)
 
 
 @triton.jit(do_not_specialize=["NC"])

@@ -3,11 +3,14 @@ the compile report (`aot.py`), so what is reported is what runs.
 
 Chosen by compiling candidate (value tile, warps, stages, key tile) for sm_90 and sm_80 with
 momentum and DGD on (the most registers) with `benchmarks/linear_memory_spill_sweep.py`: every
-entry is free of spills on sm_90 and on sm_80 (which compiles the same table). The key
+entry is free of spills on sm_90 and on sm_80 (which compiles the same table) and fits the
+shared memory of one block on both (232448 B on sm_90, 166912 B on sm_80). The key
 tile BK bounds how many rows of K (and of the states) a kernel holds at once: the parallel
 kernels (`fwd_o`, `bwd_dq`, `bwd_dk`, `bwd_dk_dgd`) loop over K in tiles of BK rows; the
 recurrent ones (`fwd_h`, `bwd_dh`) hold the state as at most two tiles (K ≤ 2·BK). num_stages
-is per entry (it was fixed at 2): 1 wherever pipelining the loads only added registers.
+is per entry (it was fixed at 2): 1 wherever pipelining the loads only added registers, and for
+`bwd_dh` with 64-token chunks and K ≥ 128, whose two stages of four BT × BT fp32 blocks and the
+Q and K tiles needed more shared memory than a block may have.
 """
 from typing import NamedTuple
 
@@ -31,8 +34,8 @@ TABLE = {
               (128, 16): (64, 8, 1, 64), (128, 32): (64, 8, 1, 64), (128, 64): (64, 8, 1, 64),
               (256, 16): (32, 8, 1, 64), (256, 32): (32, 8, 1, 64), (256, 64): (32, 8, 1, 64)},
     "bwd_dh": {(64, 16): (32, 8, 2, 256), (64, 32): (16, 4, 2, 256), (64, 64): (16, 4, 2, 256),
-               (128, 16): (32, 8, 2, 256), (128, 32): (16, 8, 2, 256), (128, 64): (16, 4, 2, 256),
-               (256, 16): (16, 8, 1, 128), (256, 32): (16, 4, 2, 128), (256, 64): (16, 8, 2, 128)},
+               (128, 16): (32, 8, 2, 256), (128, 32): (16, 8, 2, 256), (128, 64): (16, 4, 1, 256),
+               (256, 16): (16, 8, 1, 128), (256, 32): (16, 4, 2, 128), (256, 64): (16, 8, 1, 128)},
     # the dQ and dK kernels share their value tiling (dK reads dQ's per-tile dQ̃)
     "bwd_dq": {(64, 16): (32, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (16, 8, 1, 32),
                (128, 16): (16, 8, 1, 64), (128, 32): (16, 8, 1, 64), (128, 64): (16, 8, 1, 32),

@@ -9,7 +9,8 @@ hardware would see:
 * spill stores/loads from `ptxas -v` run again on Triton's PTX with the flags Triton's own
   `make_cubin` passes (`-lineinfo -v --gpu-name=sm_90a`), since the cubin does not record them;
 * shared memory: the dynamic amount Triton launches with (`metadata.shared`) and the static
-  amount the cubin declares (1 KiB on sm_90 builds);
+  amount the cubin declares (1 KiB on sm_90 builds), checked against the per-block opt-in
+  maximum of the architecture (`SHARED_MEMORY_LIMIT`): a block over it does not launch;
 * the matrix units: `wgmma.mma_async` (Hopper) or `mma.sync.aligned` (Ampere) in the PTX.
 
 Kernels decorated under TRITON_INTERPRET=1 (the CPU default of this package) are compiled in a
@@ -30,6 +31,9 @@ import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 ARCHS = (90, 80)
+# Most shared memory one block may use (dynamic + static), in bytes: the opt-in maximum
+# (cudaDevAttrMaxSharedMemoryPerBlockOptin) of H100/H200 (227 KiB) and A100 (163 KiB).
+SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,10 @@ class CompileResult:
     def spills(self) -> bool:
         return self.spill_stores > 0 or self.spill_loads > 0
 
+    @property
+    def total_shared_bytes(self) -> int:
+        return self.shared_bytes + self.static_shared_bytes
+
     def problems(self) -> List[str]:
         """Why this result fails the report; empty when it passes."""
         if self.error is not None:
@@ -85,6 +93,9 @@ class CompileResult:
         out = []
         if self.spills:
             out.append(f"spills {self.spill_stores}/{self.spill_loads} B")
+        limit = SHARED_MEMORY_LIMIT.get(self.arch)
+        if limit is not None and self.total_shared_bytes > limit:
+            out.append(f"smem {self.total_shared_bytes} B > {limit} B")
         if self.spec.gemm_heavy and self.arch >= 90 and self.matrix_unit != "wgmma":
             out.append(f"GEMM-heavy kernel without wgmma ({self.matrix_unit})")
         elif self.spec.gemm_heavy and self.arch >= 80 and self.matrix_unit == "none":
