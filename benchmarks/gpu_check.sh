@@ -20,7 +20,8 @@
 #                own against the torch tier (a kernel fault stays one row; errors by tensor)
 #  11. sanitizer compute-sanitizer memcheck, then racecheck, over the CUDA-kernel GPU tests (-k cuda)
 #  12. compile   python -m nested_kernels compile-report --arch 90 --out ...
-#  13. pytest    python -m pytest -m gpu -q
+#  13. pytest    python -m pytest -m "gpu and not bigmem" -q (xdist), then
+#      pytest-gpu-bigmem: the bigmem tests (most of the card's memory each) alone
 # The benchmark runs before pytest: `pytest -m gpu` is the long, open-ended step (a few hundred
 # cases against the float64 token-loop reference), so it gets whatever time is left, while the
 # benchmark (which gates itself on correctness) and the compile report always get theirs.
@@ -38,7 +39,8 @@
 #   TOTAL_S               time budget of the whole script in seconds (default 540)
 #   BENCH_SHAPES          auto | small | all (default auto)
 #   STEPS                 the steps to run, by name (default: all of build info check bench bench-cms
-#                         bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu); the device tool gives
+#                         bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu
+#                         pytest-gpu-bigmem); the device tool gives
 #                         10 minutes a call, so a session can split them over calls, e.g.
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile"
 #   SKIP_BUILD=1          reuse the extension already built (e.g. a second run on a warm machine)
@@ -85,7 +87,7 @@ except Exception as e:
 
 left_s() { echo $(( TOTAL_S - SECONDS - RESERVE_S )); }
 
-STEPS=${STEPS:-build info check bench bench-cms bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu}
+STEPS=${STEPS:-build info check bench bench-cms bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu pytest-gpu-bigmem}
 want() { [[ " $STEPS " == *" $1 "* ]]; }   # want STEP: whether STEPS names it
 
 # run_step NAME CAP_S CMD...: run CMD with a time limit of min(CAP_S, time left), log it, and add
@@ -234,15 +236,18 @@ else
 fi
 
 # pyproject's addopts name --benchmark-skip, which needs pytest-benchmark; without it, override.
-PYTEST_ARGS=(-m gpu -q -p no:cacheprovider)
+PYTEST_ARGS=(-q -p no:cacheprovider)
 if ! "$PYTHON" -c "import pytest_benchmark" 2>/dev/null; then
     PYTEST_ARGS+=(-o "addopts=")
 fi
 PYTEST_WORKERS=${PYTEST_WORKERS:-8}
+PARALLEL_ARGS=()
 if (( PYTEST_WORKERS > 0 )) && "$PYTHON" -c "import xdist" 2>/dev/null; then
-    PYTEST_ARGS+=(-n "$PYTEST_WORKERS")
+    PARALLEL_ARGS=(-n "$PYTEST_WORKERS")
 fi
-run_step pytest-gpu 600 "$PYTHON" -m pytest "${PYTEST_ARGS[@]}"
+# The bigmem tests take most of the card's memory: alone, after the others.
+run_step pytest-gpu 600 "$PYTHON" -m pytest -m "gpu and not bigmem" "${PYTEST_ARGS[@]}" "${PARALLEL_ARGS[@]}"
+run_step pytest-gpu-bigmem 300 "$PYTHON" -m pytest -m "gpu and bigmem" "${PYTEST_ARGS[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # Result files and failing steps' tails
@@ -294,6 +299,6 @@ echo
 cat "$REPORT"
 echo
 echo "== steps"
-grep -E '^\| (build|info|check|bench|bench-cms|bench-mlp|decode|hope-layer|profile|isolate|sanitizer|compile-report|pytest-gpu) \|' "$REPORT"
+grep -E '^\| (build|info|check|bench|bench-cms|bench-mlp|decode|hope-layer|profile|isolate|sanitizer|compile-report|pytest-gpu|pytest-gpu-bigmem) \|' "$REPORT"
 echo "report: $REPORT"
 exit "$FAILED"

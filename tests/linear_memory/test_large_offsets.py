@@ -27,6 +27,7 @@ def _inputs():
 
 
 @pytest.mark.gpu
+@pytest.mark.bigmem
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dgd", [False, True], ids=["plain", "dgd"])
