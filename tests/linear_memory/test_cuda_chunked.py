@@ -105,6 +105,40 @@ def test_chunked_cpu_wide(K, V, dgd):
     assert_matches(run_op(q, k, v, lr, ret, mom, h0, **kw), run_torch(q, k, v, lr, ret, mom, h0, **kw), 1e-10, True)
 
 
+SMEM_BUDGET = "NESTED_KERNELS_CHUNK_SMEM_BUDGET"
+
+
+def split_params():
+    """64-token chunks with a first workspace level of 0 bytes, 16 KiB and 64 KiB (the middle of
+    these layouts): everything, most, or part of the workspace in the second level."""
+    return [pytest.param(K, has_mom, dgd, budget,
+                         id=f"C64-K{K}-{'mom' if has_mom else 'nomom'}-{'dgd' if dgd else 'nodgd'}-budget{budget}")
+            for K, (has_mom, dgd), budget in itertools.product(
+                (64, 130), ((False, False), (True, False), (False, True), (True, True)), (0, 16384, 65536))]
+
+
+@pytest.mark.parametrize("K,has_mom,dgd,budget", split_params())
+def test_chunked_cpu_split_workspace(K, has_mom, dgd, budget, monkeypatch):
+    """NESTED_KERNELS_CHUNK_SMEM_BUDGET splits the workspace between two levels as the CUDA kernel
+    splits it between shared and global memory: the same arithmetic, so the same bits."""
+    q, k, v, lr, ret, mom, h0 = make_case(1, 130, 1, K, 40, 1, has_mom, True, F64)
+    kw = dict(chunk_size=64, dgd=dgd, scale=K**-0.5)
+    monkeypatch.delenv(SMEM_BUDGET, raising=False)
+    whole = run_op(q, k, v, lr, ret, mom, h0, **kw)
+    monkeypatch.setenv(SMEM_BUDGET, str(budget))
+    split = run_op(q, k, v, lr, ret, mom, h0, **kw)
+    for name, a, b in zip(NAMES, whole, split):
+        assert torch.equal(a, b), f"{name}: the split workspace changed the result"
+    assert_matches(split, run_torch(q, k, v, lr, ret, mom, h0, **kw), 1e-10, has_mom)
+
+
+def test_chunked_bad_smem_budget(monkeypatch):
+    q, k, v, lr, ret, mom, h0 = make_case(1, 8, 1, 4, 4, 1, False, False, F64)
+    monkeypatch.setenv(SMEM_BUDGET, "-1")
+    with pytest.raises(RuntimeError, match="NESTED_KERNELS_CHUNK_SMEM_BUDGET must be a number of bytes >= 0"):
+        run_op(q, k, v, lr, ret, mom, h0, chunk_size=4)
+
+
 @pytest.mark.parametrize("dgd", [False, True], ids=["nodgd", "dgd"])
 def test_chunked_against_reference(dgd):
     """The token-by-token oracle itself, beside the torch tier used everywhere else."""

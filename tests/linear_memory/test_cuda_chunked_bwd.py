@@ -132,6 +132,35 @@ def test_chunked_bwd_wide(K, V, has_mom, dgd):
     check_grads(xs, chunk_size=16, dgd=dgd, scale=K**-0.5, tol=1e-10)
 
 
+SMEM_BUDGET = "NESTED_KERNELS_CHUNK_SMEM_BUDGET"
+
+
+def all_grads(xs, *, chunk_size, dgd, scale):
+    q, k, v, lr, ret, mom, m0, s0 = xs
+    o, memory, momentum, _, _ = fwd(q, k, v, lr, ret, mom, m0, s0, None, chunk_size, scale, dgd)
+    cots = cotangents(o, memory, None if mom is None else momentum)
+    return grads_of(loss((o, memory, momentum), cots, "both"), xs)
+
+
+@pytest.mark.parametrize("budget", [0, 16384, 98304], ids=["budget0", "budget16384", "budget98304"])
+@MOM_DGD
+@pytest.mark.parametrize("K", [64, 130], ids=["K64", "K130"])
+def test_chunked_bwd_split_workspace(K, has_mom, dgd, budget, monkeypatch):
+    """64-token chunks with the workspace split between two levels (NESTED_KERNELS_CHUNK_SMEM_BUDGET,
+    as the CUDA kernel splits it between shared and global memory; 96 KiB is the middle of these
+    layouts): the same bits as unsplit, and the torch tier's gradients."""
+    xs = make_inputs(1, 130, 1, K, 20, 1, has_mom, True, F64)
+    kw = dict(chunk_size=64, dgd=dgd, scale=K**-0.5)
+    monkeypatch.delenv(SMEM_BUDGET, raising=False)
+    whole = all_grads(xs, **kw)
+    monkeypatch.setenv(SMEM_BUDGET, str(budget))
+    split = all_grads(xs, **kw)
+    for name, a, b in zip(NAMES, whole, split):
+        assert (a is None) == (b is None), name
+        assert a is None or torch.equal(a, b), f"{name}: the split workspace changed the gradient"
+    check_grads(xs, tol=1e-10, **kw)
+
+
 @MOM_DGD
 def test_chunked_bwd_varlen(has_mom, dgd):
     # sequences of 5 (shorter than a chunk), 0, 40 and 55 tokens, chunk 16
