@@ -2,9 +2,9 @@
 // of linear_memory_chunk.h and linear_memory_chunk_bwd.h (shared with the CPU kernel), one block per
 // (sequence, head) and value tile, looping over the sequence's chunks with the state tile (or its
 // adjoint) and every chunk tile in its workspace: shared memory up to the device's opt-in limit (or
-// NESTED_KERNELS_CHUNK_SMEM_BUDGET), the rest in a per-block slice of global memory. bf16/fp16 inputs multiply on tensor cores
-// (MmaTilePolicy: mma.sync m16n8k16, fp32 accumulate, sm_80+); fp32 inputs with plain fp32 loops
-// (LoopTilePolicy), exact like the CPU kernel.
+// NESTED_KERNELS_CHUNK_SMEM_BUDGET), the rest in a per-block slice of global memory. bf16/fp16
+// inputs multiply on tensor cores (MmaTilePolicy: mma.sync m16n8k16, fp32 accumulate, sm_80+);
+// fp32 inputs with plain fp32 loops (LoopTilePolicy), exact like the CPU kernel.
 #include "common/tile_policy.h"
 #include "common/tile_policy_mma.cuh"
 #include "linear_memory/linear_memory_chunk.h"
