@@ -54,21 +54,30 @@ struct BlockWorkspace {
 };
 
 // The second level of this block: its own slice, so the policies' thread and sync contract holds
-// as in shared memory (__syncthreads orders a block's global writes too).
+// as in shared memory (__syncthreads orders a block's global writes too). Without SPILL the
+// workspace fits shared memory: no second level and no budget, so every pointer is known to be
+// shared (32-bit addresses; the generic pointers of a split cost ptxas 40-110 more registers).
+template <bool SPILL>
 __device__ __forceinline__ char* block_spill(const BlockWorkspace& ws) {
-  return ws.global ? ws.global + static_cast<int64_t>(blockIdx.x) * ws.global_bytes : nullptr;
+  return SPILL ? ws.global + static_cast<int64_t>(blockIdx.x) * ws.global_bytes : nullptr;
 }
 
-// grid (min(tasks, resident blocks) when the workspace spills to global memory, else tasks),
+template <bool SPILL>
+__device__ __forceinline__ int64_t block_budget(const BlockWorkspace& ws) {
+  return SPILL ? ws.budget : INT64_MAX;
+}
+
+// grid (min(tasks, resident blocks) when the workspace spills to global memory (SPILL), else tasks),
 // looping over the (sequence·head, value tile) tasks. At most one block per SM fits its shared
 // memory at the larger tiles anyway; min-blocks 1 lets ptxas take the registers it wants (with the
 // default it spilled 4 bytes on sm_80).
-template <typename scalar_t, bool HAS_MOMENTUM, bool DGD>
+template <typename scalar_t, bool HAS_MOMENTUM, bool DGD, bool SPILL>
 __global__ void __launch_bounds__(kThreads, 1)
     linear_memory_chunked_fwd_kernel(const ChunkedParams<scalar_t, float> p, const ChunkTileShape shape,
                                      const BlockWorkspace ws) {
   extern __shared__ __align__(16) char smem[];
-  const auto w = carve_chunk_workspace<scalar_t, float>(smem, block_spill(ws), ws.budget, shape, HAS_MOMENTUM, DGD);
+  const auto w = carve_chunk_workspace<scalar_t, float>(smem, block_spill<SPILL>(ws), block_budget<SPILL>(ws), shape,
+                                                        HAS_MOMENTUM, DGD);
   auto pol = BlockPolicy<scalar_t>::make();
   for (int64_t task = blockIdx.x; task < ws.tasks; task += gridDim.x) {
     linear_memory_chunked_fwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, task / ws.NVT, task % ws.NVT);
@@ -77,13 +86,13 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // The backward: the same grid, block and policy; its workspace is chunk_bwd_workspace_split.
-template <typename scalar_t, bool HAS_MOMENTUM, bool DGD>
+template <typename scalar_t, bool HAS_MOMENTUM, bool DGD, bool SPILL>
 __global__ void __launch_bounds__(kThreads, 1)
     linear_memory_chunked_bwd_kernel(const ChunkedBwdParams<scalar_t, float> p, const ChunkTileShape shape,
                                      const BlockWorkspace ws) {
   extern __shared__ __align__(16) char smem[];
-  const auto w =
-      carve_chunk_bwd_workspace<scalar_t, float>(smem, block_spill(ws), ws.budget, shape, HAS_MOMENTUM, DGD);
+  const auto w = carve_chunk_bwd_workspace<scalar_t, float>(smem, block_spill<SPILL>(ws), block_budget<SPILL>(ws),
+                                                            shape, HAS_MOMENTUM, DGD);
   auto pol = BlockPolicy<scalar_t>::make();
   for (int64_t task = blockIdx.x; task < ws.tasks; task += gridDim.x) {
     linear_memory_chunked_bwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, task / ws.NVT, task % ws.NVT);
@@ -94,9 +103,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 // One launch of `kernel` over the N·H·NVT tasks with the workspace `split` (its first level of at
 // most `budget` bytes in dynamic shared memory). Where part of it spills, the grid is the blocks
 // the device holds at once, each with its slice of a scratch buffer allocated here (on the stream).
+// `kernels`: the variant without and with SPILL.
 template <typename Kernel, typename Params>
-void launch(Kernel kernel, const Params& p, const ChunkTileShape& shape, int64_t NH, const WorkspaceSplit& split,
-            int64_t budget, const at::Tensor& like) {
+void launch(const Kernel (&kernels)[2], const Params& p, const ChunkTileShape& shape, int64_t NH,
+            const WorkspaceSplit& split, int64_t budget, const at::Tensor& like) {
+  const Kernel kernel = kernels[split.global > 0 ? 1 : 0];
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(split.shared)));
   const int64_t NVT = (p.V + shape.BV - 1) / shape.BV;
@@ -186,8 +197,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     const WorkspaceSplit split = chunk_workspace_split<scalar_t, float>(shape, momentum.has_value(), dgd, budget);
     const ChunkedParams<scalar_t, float> p = chunked_params<scalar_t, float>(t, s, chunk_size, scale);
     pick_variant(momentum.has_value(), dgd, [&](auto mom, auto dg) {
-      launch(linear_memory_chunked_fwd_kernel<scalar_t, decltype(mom)::value, decltype(dg)::value>, p, shape,
-             s.N * s.H, split, budget, q);
+      constexpr bool MOM = decltype(mom)::value, DG = decltype(dg)::value;
+      using Kernel = void (*)(ChunkedParams<scalar_t, float>, ChunkTileShape, BlockWorkspace);
+      const Kernel kernels[2] = {linear_memory_chunked_fwd_kernel<scalar_t, MOM, DG, false>,
+                                 linear_memory_chunked_fwd_kernel<scalar_t, MOM, DG, true>};
+      launch(kernels, p, shape, s.N * s.H, split, budget, q);
       return 0;
     });
   });
@@ -220,8 +234,11 @@ ChunkedBwdResult linear_memory_chunked_bwd_cuda(
         chunk_bwd_workspace_split<scalar_t, float>(shape, momentum.has_value(), dgd, budget);
     const ChunkedBwdParams<scalar_t, float> p = chunked_bwd_params<scalar_t, float>(t, s, chunk_size, scale);
     pick_variant(momentum.has_value(), dgd, [&](auto mom, auto dg) {
-      launch(linear_memory_chunked_bwd_kernel<scalar_t, decltype(mom)::value, decltype(dg)::value>, p, shape,
-             s.N * s.H, split, budget, q);
+      constexpr bool MOM = decltype(mom)::value, DG = decltype(dg)::value;
+      using Kernel = void (*)(ChunkedBwdParams<scalar_t, float>, ChunkTileShape, BlockWorkspace);
+      const Kernel kernels[2] = {linear_memory_chunked_bwd_kernel<scalar_t, MOM, DG, false>,
+                                 linear_memory_chunked_bwd_kernel<scalar_t, MOM, DG, true>};
+      launch(kernels, p, shape, s.N * s.H, split, budget, q);
       return 0;
     });
   });
