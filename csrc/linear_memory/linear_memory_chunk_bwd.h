@@ -135,18 +135,21 @@ NK_HOST_DEVICE inline ChunkBwdWorkspace<op_t, acc_t> carve_chunk_bwd_workspace(W
 }
 
 template <typename op_t, typename acc_t>
-NK_HOST_DEVICE inline ChunkBwdWorkspace<op_t, acc_t> carve_chunk_bwd_workspace(char* base, const ChunkTileShape& s,
+NK_HOST_DEVICE inline ChunkBwdWorkspace<op_t, acc_t> carve_chunk_bwd_workspace(char* base, char* spill,
+                                                                               int64_t budget,
+                                                                               const ChunkTileShape& s,
                                                                                bool has_momentum, bool dgd) {
-  WorkspaceCarver c{base};
+  WorkspaceCarver c{base, spill, budget};
   return carve_chunk_bwd_workspace<op_t, acc_t>(c, s, has_momentum, dgd);
 }
 
-// Bytes of the backward's workspace.
+// Bytes of the backward's workspace on each level with `budget` bytes of the first.
 template <typename op_t, typename acc_t>
-NK_HOST_DEVICE inline int64_t chunk_bwd_workspace_bytes(const ChunkTileShape& s, bool has_momentum, bool dgd) {
-  WorkspaceCarver c{nullptr};
+NK_HOST_DEVICE inline WorkspaceSplit chunk_bwd_workspace_split(const ChunkTileShape& s, bool has_momentum, bool dgd,
+                                                               int64_t budget) {
+  WorkspaceCarver c{nullptr, nullptr, budget};
   carve_chunk_bwd_workspace<op_t, acc_t>(c, s, has_momentum, dgd);
-  return c.used;
+  return WorkspaceSplit{c.used, c.spilled};
 }
 
 // The chunked backward of one (sequence, head) `i_nh` and value tile `i_vt`; every thread of the

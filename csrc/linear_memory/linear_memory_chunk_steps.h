@@ -50,19 +50,36 @@ NK_HOST_DEVICE inline ChunkTileShape chunk_tile_shape(int64_t chunk_size, int64_
   return ChunkTileShape{up(chunk_size), BK, BK > 128 ? 16 : 32};
 }
 
-// Lays buffers out one after the other from `base`, each 16-byte aligned; with a null base it
-// only counts the bytes (the size of a workspace and its layout come from the same code).
+// Lays buffers out one after the other, each 16-byte aligned, on two levels: from `base` while
+// they fit in `budget` bytes, then from `spill` (CUDA: shared memory, then the block's slice of a
+// global buffer; csrc/README.md "Workspace"). With null bases it only counts the bytes of each
+// level (a workspace's sizes and its layout come from the same code, given the same budget).
 struct WorkspaceCarver {
   char* base;
-  int64_t used = 0;
+  char* spill = nullptr;
+  int64_t budget = INT64_MAX;
+  int64_t used = 0;     // bytes taken from base
+  int64_t spilled = 0;  // bytes taken from spill
 
   template <typename T>
   NK_HOST_DEVICE T* take(int64_t elements, bool present = true) {
     if (!present) return nullptr;
-    T* p = base ? reinterpret_cast<T*>(base + used) : nullptr;
-    used += (elements * static_cast<int64_t>(sizeof(T)) + 15) / 16 * 16;
+    const int64_t bytes = (elements * static_cast<int64_t>(sizeof(T)) + 15) / 16 * 16;
+    if (used + bytes <= budget) {
+      T* p = base ? reinterpret_cast<T*>(base + used) : nullptr;
+      used += bytes;
+      return p;
+    }
+    T* p = spill ? reinterpret_cast<T*>(spill + spilled) : nullptr;
+    spilled += bytes;
     return p;
   }
+};
+
+// Bytes of a workspace on each level of a WorkspaceCarver.
+struct WorkspaceSplit {
+  int64_t shared;  // from the first level, at most the budget
+  int64_t global;  // from the second level (a block's slice), 0 when it all fits
 };
 
 // Scratch of one forward call (shared memory on CUDA). op_t tiles feed the products, acc_t is the
@@ -121,18 +138,21 @@ NK_HOST_DEVICE inline ChunkWorkspace<op_t, acc_t> carve_chunk_workspace(Workspac
 }
 
 template <typename op_t, typename acc_t>
-NK_HOST_DEVICE inline ChunkWorkspace<op_t, acc_t> carve_chunk_workspace(char* base, const ChunkTileShape& s,
-                                                                        bool has_momentum, bool dgd) {
-  WorkspaceCarver c{base};
+NK_HOST_DEVICE inline ChunkWorkspace<op_t, acc_t> carve_chunk_workspace(char* base, char* spill, int64_t budget,
+                                                                        const ChunkTileShape& s, bool has_momentum,
+                                                                        bool dgd) {
+  WorkspaceCarver c{base, spill, budget};
   return carve_chunk_workspace<op_t, acc_t>(c, s, has_momentum, dgd, /*forward=*/true);
 }
 
-// Bytes of the forward's workspace; `carve_chunk_workspace` lays it out in that many bytes.
+// Bytes of the forward's workspace on each level with `budget` bytes of the first;
+// `carve_chunk_workspace` with that budget lays it out in them.
 template <typename op_t, typename acc_t>
-NK_HOST_DEVICE inline int64_t chunk_workspace_bytes(const ChunkTileShape& s, bool has_momentum, bool dgd) {
-  WorkspaceCarver c{nullptr};
+NK_HOST_DEVICE inline WorkspaceSplit chunk_workspace_split(const ChunkTileShape& s, bool has_momentum, bool dgd,
+                                                           int64_t budget) {
+  WorkspaceCarver c{nullptr, nullptr, budget};
   carve_chunk_workspace<op_t, acc_t>(c, s, has_momentum, dgd, /*forward=*/true);
-  return c.used;
+  return WorkspaceSplit{c.used, c.spilled};
 }
 
 // First chunk slot of sequence n in chunk_memory: the chunks of the sequences before it.

@@ -8,8 +8,28 @@
 
 #include <ATen/ATen.h>
 
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+
 namespace nested_kernels {
 namespace linear_memory {
+
+// Bytes of a chunk workspace its kernel keeps in the first level (CUDA: shared memory; the rest
+// goes to global memory): NESTED_KERNELS_CHUNK_SMEM_BUDGET where set, at most `limit` (CUDA: the
+// device's opt-in shared memory per block; CPU: INT64_MAX). Read on every call.
+inline int64_t chunk_smem_budget(const char* op, int64_t limit) {
+  const char* env = std::getenv("NESTED_KERNELS_CHUNK_SMEM_BUDGET");
+  if (env == nullptr || *env == '\0') {
+    return limit;
+  }
+  char* end = nullptr;
+  errno = 0;
+  const long long budget = std::strtoll(env, &end, 10);
+  TORCH_CHECK(*end == '\0' && errno == 0 && budget >= 0, op,
+              "NESTED_KERNELS_CHUNK_SMEM_BUDGET must be a number of bytes >= 0, got '", env, "'");
+  return budget < limit ? static_cast<int64_t>(budget) : limit;
+}
 
 // The inputs' pointers and sizes; momentum and cu_seqlens are null where the tensors are absent.
 template <typename scalar_t, typename acc_t>

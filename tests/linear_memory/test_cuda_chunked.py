@@ -105,6 +105,40 @@ def test_chunked_cpu_wide(K, V, dgd):
     assert_matches(run_op(q, k, v, lr, ret, mom, h0, **kw), run_torch(q, k, v, lr, ret, mom, h0, **kw), 1e-10, True)
 
 
+SMEM_BUDGET = "NESTED_KERNELS_CHUNK_SMEM_BUDGET"
+
+
+def split_params():
+    """64-token chunks with a first workspace level of 0 bytes, 16 KiB and 64 KiB (the middle of
+    these layouts): everything, most, or part of the workspace in the second level."""
+    return [pytest.param(K, has_mom, dgd, budget,
+                         id=f"C64-K{K}-{'mom' if has_mom else 'nomom'}-{'dgd' if dgd else 'nodgd'}-budget{budget}")
+            for K, (has_mom, dgd), budget in itertools.product(
+                (64, 130), ((False, False), (True, False), (False, True), (True, True)), (0, 16384, 65536))]
+
+
+@pytest.mark.parametrize("K,has_mom,dgd,budget", split_params())
+def test_chunked_cpu_split_workspace(K, has_mom, dgd, budget, monkeypatch):
+    """NESTED_KERNELS_CHUNK_SMEM_BUDGET splits the workspace between two levels as the CUDA kernel
+    splits it between shared and global memory: the same arithmetic, so the same bits."""
+    q, k, v, lr, ret, mom, h0 = make_case(1, 130, 1, K, 40, 1, has_mom, True, F64)
+    kw = dict(chunk_size=64, dgd=dgd, scale=K**-0.5)
+    monkeypatch.delenv(SMEM_BUDGET, raising=False)
+    whole = run_op(q, k, v, lr, ret, mom, h0, **kw)
+    monkeypatch.setenv(SMEM_BUDGET, str(budget))
+    split = run_op(q, k, v, lr, ret, mom, h0, **kw)
+    for name, a, b in zip(NAMES, whole, split):
+        assert torch.equal(a, b), f"{name}: the split workspace changed the result"
+    assert_matches(split, run_torch(q, k, v, lr, ret, mom, h0, **kw), 1e-10, has_mom)
+
+
+def test_chunked_bad_smem_budget(monkeypatch):
+    q, k, v, lr, ret, mom, h0 = make_case(1, 8, 1, 4, 4, 1, False, False, F64)
+    monkeypatch.setenv(SMEM_BUDGET, "-1")
+    with pytest.raises(RuntimeError, match="NESTED_KERNELS_CHUNK_SMEM_BUDGET must be a number of bytes >= 0"):
+        run_op(q, k, v, lr, ret, mom, h0, chunk_size=4)
+
+
 @pytest.mark.parametrize("dgd", [False, True], ids=["nodgd", "dgd"])
 def test_chunked_against_reference(dgd):
     """The token-by-token oracle itself, beside the torch tier used everywhere else."""
@@ -308,29 +342,19 @@ def _cuda(x):
     return None if x is None else x.cuda()
 
 
-def run_op_cuda(*args, **kwargs):
-    """run_op on the GPU; a configuration whose workspace exceeds this GPU's shared memory must be
-    refused by name (csrc/README.md lists them), and is then skipped."""
-    try:
-        return run_op(*args, **kwargs)
-    except RuntimeError as e:
-        if "bytes of shared memory per block, this device has" not in str(e):
-            raise
-        pytest.skip(f"does not fit this GPU's shared memory: {e}")
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_OK, reason="needs an NVIDIA GPU and a CUDA build of the extension")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("T,K,V,chunk_size,has_mom,dgd", gpu_params())
 def test_chunked_cuda(T, K, V, chunk_size, has_mom, dgd, dtype):
-    """The CUDA kernel against the fp32 torch tier on the same rounded inputs (fla's ratio test)."""
+    """The CUDA kernel against the fp32 torch tier on the same rounded inputs (fla's ratio test); every
+    configuration runs, those beyond shared memory partly from global memory."""
     B, H = 2, 2
     q, k, v, lr, ret, mom, h0 = make_case(B, T, H, K, V, B, has_mom, True, torch.float32)
     q, k, v = (x.to(dtype) for x in (q, k, v))
     kw = dict(chunk_size=chunk_size, dgd=dgd, scale=K**-0.5)
     ref = run_torch(q.float(), k.float(), v.float(), lr, ret, mom, h0, **kw)
-    out = run_op_cuda(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), LinearMemoryState(*(_cuda(x) for x in h0)), **kw)
+    out = run_op(*(_cuda(x) for x in (q, k, v, lr, ret, mom)), LinearMemoryState(*(_cuda(x) for x in h0)), **kw)
     assert out[0].dtype == dtype and out[1].dtype == torch.float32
     bound = 1e-5 if dtype == torch.float32 else 5e-3
     for name, r, x in zip(NAMES, ref, out):
@@ -362,3 +386,22 @@ def test_chunked_cuda_matches_cpu_twin(dtype):
                              initial_state=LinearMemoryState(*(_cuda(x) for x in h0)), output_final_state=True,
                              backend="cuda")
     assert rms_ratio(cpu[0], o.cpu()) <= bound and rms_ratio(cpu[1], state.memory.cpu()) <= bound
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_OK, reason="needs an NVIDIA GPU and a CUDA build of the extension")
+@pytest.mark.parametrize("budget", [0, 16384], ids=["budget0", "budget16384"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("has_mom,dgd", [(False, False), (True, True)], ids=["nomom-nodgd", "mom-dgd"])
+def test_chunked_cuda_split_workspace(has_mom, dgd, dtype, budget, monkeypatch):
+    """The CUDA forward with its workspace forced (mostly) into global memory: the same bits as with
+    shared memory up to the device's limit."""
+    q, k, v, lr, ret, mom, h0 = make_case(2, 100, 2, 64, 72, 2, has_mom, True, torch.float32)
+    args = [_cuda(x) for x in (q.to(dtype), k.to(dtype), v.to(dtype), lr, ret, mom)]
+    kw = dict(chunk_size=32, dgd=dgd, scale=0.125)
+    monkeypatch.delenv(SMEM_BUDGET, raising=False)
+    whole = run_op(*args, LinearMemoryState(*(_cuda(x) for x in h0)), **kw)
+    monkeypatch.setenv(SMEM_BUDGET, str(budget))
+    split = run_op(*args, LinearMemoryState(*(_cuda(x) for x in h0)), **kw)
+    for name, a, b in zip(NAMES, whole, split):
+        assert torch.equal(a, b), f"{name}: the split workspace changed the result"

@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -24,12 +25,14 @@ constexpr int kGranule = 16;     // the CUDA kernel's tile granule: the same pad
 constexpr int64_t kMaxChunk = 1024;  // a chunk is one BT × BT tile of G
 
 // Runs tile(pol, workspace, i_nh, i_vt) for every (sequence·head, value tile), one task each, with a
-// workspace of `bytes` on the heap per thread laid out by carve(base).
+// workspace on the heap per thread laid out by carve(base, spill): its two levels of `split` bytes
+// in two allocations (NESTED_KERNELS_CHUNK_SMEM_BUDGET splits it as on CUDA, same arithmetic).
 template <typename acc_t, typename Carve, typename Tile>
-void for_each_tile(int64_t NH, int64_t NV, int64_t bytes, Carve&& carve, Tile&& tile) {
+void for_each_tile(int64_t NH, int64_t NV, const WorkspaceSplit& split, Carve&& carve, Tile&& tile) {
+  const auto words = [](int64_t bytes) { return (bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t); };
   at::parallel_for(0, NH * NV, 1, [&](int64_t begin, int64_t end) {
-    std::vector<std::max_align_t> scratch((bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t));
-    const auto w = carve(reinterpret_cast<char*>(scratch.data()));
+    std::vector<std::max_align_t> first(words(split.shared)), second(words(split.global));
+    const auto w = carve(reinterpret_cast<char*>(first.data()), reinterpret_cast<char*>(second.data()));
     LoopTilePolicy<acc_t> pol{0, 1};
     for (int64_t task = begin; task < end; ++task) {
       tile(pol, w, task / NV, task % NV);
@@ -40,9 +43,12 @@ void for_each_tile(int64_t NH, int64_t NV, int64_t bytes, Carve&& carve, Tile&& 
 template <typename scalar_t, typename acc_t, bool HAS_MOMENTUM, bool DGD>
 void chunked_fwd_cpu(const ChunkedParams<scalar_t, acc_t>& p, int64_t NH) {
   const ChunkTileShape shape = chunk_tile_shape(p.chunk_size, p.K, kGranule);
+  const int64_t budget = chunk_smem_budget("linear_memory_chunked_fwd: ", INT64_MAX);
   for_each_tile<acc_t>(
-      NH, (p.V + shape.BV - 1) / shape.BV, chunk_workspace_bytes<scalar_t, acc_t>(shape, HAS_MOMENTUM, DGD),
-      [&](char* base) { return carve_chunk_workspace<scalar_t, acc_t>(base, shape, HAS_MOMENTUM, DGD); },
+      NH, (p.V + shape.BV - 1) / shape.BV, chunk_workspace_split<scalar_t, acc_t>(shape, HAS_MOMENTUM, DGD, budget),
+      [&](char* base, char* spill) {
+        return carve_chunk_workspace<scalar_t, acc_t>(base, spill, budget, shape, HAS_MOMENTUM, DGD);
+      },
       [&](auto& pol, const auto& w, int64_t i_nh, int64_t i_vt) {
         linear_memory_chunked_fwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, i_nh, i_vt);
       });
@@ -51,9 +57,13 @@ void chunked_fwd_cpu(const ChunkedParams<scalar_t, acc_t>& p, int64_t NH) {
 template <typename scalar_t, typename acc_t, bool HAS_MOMENTUM, bool DGD>
 void chunked_bwd_cpu(const ChunkedBwdParams<scalar_t, acc_t>& p, int64_t NH) {
   const ChunkTileShape shape = chunk_tile_shape(p.chunk_size, p.K, kGranule);
+  const int64_t budget = chunk_smem_budget("linear_memory_chunked_bwd: ", INT64_MAX);
   for_each_tile<acc_t>(
-      NH, (p.V + shape.BV - 1) / shape.BV, chunk_bwd_workspace_bytes<scalar_t, acc_t>(shape, HAS_MOMENTUM, DGD),
-      [&](char* base) { return carve_chunk_bwd_workspace<scalar_t, acc_t>(base, shape, HAS_MOMENTUM, DGD); },
+      NH, (p.V + shape.BV - 1) / shape.BV,
+      chunk_bwd_workspace_split<scalar_t, acc_t>(shape, HAS_MOMENTUM, DGD, budget),
+      [&](char* base, char* spill) {
+        return carve_chunk_bwd_workspace<scalar_t, acc_t>(base, spill, budget, shape, HAS_MOMENTUM, DGD);
+      },
       [&](auto& pol, const auto& w, int64_t i_nh, int64_t i_vt) {
         linear_memory_chunked_bwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, i_nh, i_vt);
       });

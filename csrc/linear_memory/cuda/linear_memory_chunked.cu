@@ -1,9 +1,10 @@
 // Chunked forward and backward of `linear_memory` (SPEC §2) on a CUDA device: the chunk algorithms
 // of linear_memory_chunk.h and linear_memory_chunk_bwd.h (shared with the CPU kernel), one block per
 // (sequence, head) and value tile, looping over the sequence's chunks with the state tile (or its
-// adjoint) and every chunk tile in shared memory. bf16/fp16 inputs multiply on tensor cores
-// (MmaTilePolicy: mma.sync m16n8k16, fp32 accumulate, sm_80+); fp32 inputs with plain fp32 loops
-// (LoopTilePolicy), exact like the CPU kernel.
+// adjoint) and every chunk tile in its workspace: shared memory up to the device's opt-in limit (or
+// NESTED_KERNELS_CHUNK_SMEM_BUDGET), the rest in a per-block slice of global memory. bf16/fp16
+// inputs multiply on tensor cores (MmaTilePolicy: mma.sync m16n8k16, fp32 accumulate, sm_80+);
+// fp32 inputs with plain fp32 loops (LoopTilePolicy), exact like the CPU kernel.
 #include "common/tile_policy.h"
 #include "common/tile_policy_mma.cuh"
 #include "linear_memory/linear_memory_chunk.h"
@@ -42,37 +43,88 @@ struct BlockPolicy<float> {
   static __device__ __forceinline__ type make() { return type{static_cast<int>(threadIdx.x), kThreads}; }
 };
 
-// grid (N·H, value tiles); dynamic shared memory: the chunk workspace of `shape`. At most one block
-// per SM fits its shared memory at the larger tiles anyway; min-blocks 1 lets ptxas take the
-// registers it wants (with the default it spilled 4 bytes on sm_80).
-template <typename scalar_t, bool HAS_MOMENTUM, bool DGD>
-__global__ void __launch_bounds__(kThreads, 1)
-    linear_memory_chunked_fwd_kernel(const ChunkedParams<scalar_t, float> p, const ChunkTileShape shape) {
-  extern __shared__ __align__(16) char smem[];
-  const auto w = carve_chunk_workspace<scalar_t, float>(smem, shape, HAS_MOMENTUM, DGD);
-  auto pol = BlockPolicy<scalar_t>::make();
-  linear_memory_chunked_fwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, static_cast<int64_t>(blockIdx.x),
-                                               static_cast<int64_t>(blockIdx.y));
+// Where a block's chunk workspace lives: the first `budget` bytes of its layout in dynamic shared
+// memory, the rest in the block's slice of a global buffer (csrc/README.md "Workspace").
+struct BlockWorkspace {
+  int64_t budget;        // bytes of the layout in shared memory (the carver's first level)
+  char* global;          // [gridDim.x, global_bytes] the second level, a slice per block; null when none
+  int64_t global_bytes;  // bytes of a block's slice
+  int64_t NVT;           // value tiles
+  int64_t tasks;         // (sequence·head, value tile) pairs, N·H·NVT; block b runs b, b + gridDim.x, ...
+};
+
+// The second level of this block: its own slice, so the policies' thread and sync contract holds
+// as in shared memory (__syncthreads orders a block's global writes too). Without SPILL the
+// workspace fits shared memory: no second level and no budget, so every pointer is known to be
+// shared (32-bit addresses; the generic pointers of a split cost ptxas 40-110 more registers).
+template <bool SPILL>
+__device__ __forceinline__ char* block_spill(const BlockWorkspace& ws) {
+  return SPILL ? ws.global + static_cast<int64_t>(blockIdx.x) * ws.global_bytes : nullptr;
 }
 
-// The backward: the same grid, block and policy; its workspace is chunk_bwd_workspace_bytes.
-template <typename scalar_t, bool HAS_MOMENTUM, bool DGD>
-__global__ void __launch_bounds__(kThreads, 1)
-    linear_memory_chunked_bwd_kernel(const ChunkedBwdParams<scalar_t, float> p, const ChunkTileShape shape) {
-  extern __shared__ __align__(16) char smem[];
-  const auto w = carve_chunk_bwd_workspace<scalar_t, float>(smem, shape, HAS_MOMENTUM, DGD);
-  auto pol = BlockPolicy<scalar_t>::make();
-  linear_memory_chunked_bwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, static_cast<int64_t>(blockIdx.x),
-                                                    static_cast<int64_t>(blockIdx.y));
+template <bool SPILL>
+__device__ __forceinline__ int64_t block_budget(const BlockWorkspace& ws) {
+  return SPILL ? ws.budget : INT64_MAX;
 }
 
-// One launch of `kernel` over (N·H, value tiles) with `smem_bytes` of dynamic shared memory.
+// grid (min(tasks, resident blocks) when the workspace spills to global memory (SPILL), else tasks),
+// looping over the (sequence·head, value tile) tasks. At most one block per SM fits its shared
+// memory at the larger tiles anyway; min-blocks 1 lets ptxas take the registers it wants (with the
+// default it spilled 4 bytes on sm_80).
+template <typename scalar_t, bool HAS_MOMENTUM, bool DGD, bool SPILL>
+__global__ void __launch_bounds__(kThreads, 1)
+    linear_memory_chunked_fwd_kernel(const ChunkedParams<scalar_t, float> p, const ChunkTileShape shape,
+                                     const BlockWorkspace ws) {
+  extern __shared__ __align__(16) char smem[];
+  const auto w = carve_chunk_workspace<scalar_t, float>(smem, block_spill<SPILL>(ws), block_budget<SPILL>(ws), shape,
+                                                        HAS_MOMENTUM, DGD);
+  auto pol = BlockPolicy<scalar_t>::make();
+  for (int64_t task = blockIdx.x; task < ws.tasks; task += gridDim.x) {
+    linear_memory_chunked_fwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, task / ws.NVT, task % ws.NVT);
+    pol.sync();  // the next task reuses the workspace
+  }
+}
+
+// The backward: the same grid, block and policy; its workspace is chunk_bwd_workspace_split.
+template <typename scalar_t, bool HAS_MOMENTUM, bool DGD, bool SPILL>
+__global__ void __launch_bounds__(kThreads, 1)
+    linear_memory_chunked_bwd_kernel(const ChunkedBwdParams<scalar_t, float> p, const ChunkTileShape shape,
+                                     const BlockWorkspace ws) {
+  extern __shared__ __align__(16) char smem[];
+  const auto w = carve_chunk_bwd_workspace<scalar_t, float>(smem, block_spill<SPILL>(ws), block_budget<SPILL>(ws),
+                                                            shape, HAS_MOMENTUM, DGD);
+  auto pol = BlockPolicy<scalar_t>::make();
+  for (int64_t task = blockIdx.x; task < ws.tasks; task += gridDim.x) {
+    linear_memory_chunked_bwd_tile<HAS_MOMENTUM, DGD>(pol, p, w, shape, task / ws.NVT, task % ws.NVT);
+    pol.sync();  // the next task reuses the workspace
+  }
+}
+
+// One launch of `kernel` over the N·H·NVT tasks with the workspace `split` (its first level of at
+// most `budget` bytes in dynamic shared memory). Where part of it spills, the grid is the blocks
+// the device holds at once, each with its slice of a scratch buffer allocated here (on the stream).
+// `kernels`: the variant without and with SPILL.
 template <typename Kernel, typename Params>
-void launch(Kernel kernel, const Params& p, const ChunkTileShape& shape, int64_t NH, int64_t smem_bytes) {
+void launch(const Kernel (&kernels)[2], const Params& p, const ChunkTileShape& shape, int64_t NH,
+            const WorkspaceSplit& split, int64_t budget, const at::Tensor& like) {
+  const Kernel kernel = kernels[split.global > 0 ? 1 : 0];
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem_bytes)));
-  const dim3 grid(static_cast<unsigned>(NH), static_cast<unsigned>((p.V + shape.BV - 1) / shape.BV));
-  kernel<<<grid, kThreads, smem_bytes, c10::cuda::getCurrentCUDAStream()>>>(p, shape);
+                                      static_cast<int>(split.shared)));
+  const int64_t NVT = (p.V + shape.BV - 1) / shape.BV;
+  BlockWorkspace ws{budget, nullptr, split.global, NVT, NH * NVT};
+  int64_t blocks = ws.tasks < 0x7fffffff ? ws.tasks : 0x7fffffff;
+  at::Tensor scratch;
+  if (split.global > 0) {
+    int per_sm = 0, sms = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
+                                                                 static_cast<size_t>(split.shared)));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, like.get_device()));
+    const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) * sms;
+    blocks = blocks < resident ? blocks : resident;
+    scratch = at::empty({blocks * split.global}, like.options().dtype(at::kByte));
+    ws.global = reinterpret_cast<char*>(scratch.mutable_data_ptr<uint8_t>());
+  }
+  kernel<<<static_cast<unsigned>(blocks), kThreads, split.shared, c10::cuda::getCurrentCUDAStream()>>>(p, shape, ws);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -118,14 +170,6 @@ void dispatch_cuda_dtype(const char* op, at::ScalarType dtype, Run&& run) {
   }
 }
 
-// The workspace must fit the device; the message names the configuration.
-void check_smem(const char* op, int64_t smem, int64_t smem_optin, int64_t chunk_size, int64_t K, at::ScalarType dtype,
-                bool has_momentum, bool dgd) {
-  TORCH_CHECK(smem <= smem_optin, op, "chunk_size ", chunk_size, " with K = ", K, " in ", dtype,
-              has_momentum ? " with momentum" : "", dgd ? " with dgd" : "", " needs ", smem,
-              " bytes of shared memory per block, this device has ", smem_optin, "; use a smaller chunk_size");
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_memory_chunked_fwd_cuda(
@@ -138,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
                                                      initial_momentum, cu_seqlens, chunk_size, at::kCUDA,
                                                      /*check_cu_seqlens_values=*/false);
   const c10::cuda::CUDAGuard device_guard(q.device());
-  const int64_t smem_optin = check_cuda_chunked(op, q, chunk_size, s);
+  const int64_t budget = chunk_smem_budget(op, check_cuda_chunked(op, q, chunk_size, s));
   const ChunkedTensors t = prepare_linear_memory_chunked(q, k, v, lr, retention, momentum, initial_memory,
                                                          initial_momentum, cu_seqlens, chunk_size, s);
   const auto result = [&] {
@@ -150,12 +194,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
   const ChunkTileShape shape = chunk_tile_shape(chunk_size, s.K, kGranule);
   dispatch_cuda_dtype(op, q.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    const int64_t smem = chunk_workspace_bytes<scalar_t, float>(shape, momentum.has_value(), dgd);
-    check_smem(op, smem, smem_optin, chunk_size, s.K, q.scalar_type(), momentum.has_value(), dgd);
+    const WorkspaceSplit split = chunk_workspace_split<scalar_t, float>(shape, momentum.has_value(), dgd, budget);
     const ChunkedParams<scalar_t, float> p = chunked_params<scalar_t, float>(t, s, chunk_size, scale);
     pick_variant(momentum.has_value(), dgd, [&](auto mom, auto dg) {
-      launch(linear_memory_chunked_fwd_kernel<scalar_t, decltype(mom)::value, decltype(dg)::value>, p, shape,
-             s.N * s.H, smem);
+      constexpr bool MOM = decltype(mom)::value, DG = decltype(dg)::value;
+      using Kernel = void (*)(ChunkedParams<scalar_t, float>, ChunkTileShape, BlockWorkspace);
+      const Kernel kernels[2] = {linear_memory_chunked_fwd_kernel<scalar_t, MOM, DG, false>,
+                                 linear_memory_chunked_fwd_kernel<scalar_t, MOM, DG, true>};
+      launch(kernels, p, shape, s.N * s.H, split, budget, q);
       return 0;
     });
   });
@@ -174,7 +220,7 @@ ChunkedBwdResult linear_memory_chunked_bwd_cuda(
                                                                 cu_seqlens, chunk_size, at::kCUDA,
                                                                 /*check_cu_seqlens_values=*/false);
   const c10::cuda::CUDAGuard device_guard(q.device());
-  const int64_t smem_optin = check_cuda_chunked(op, q, chunk_size, s);
+  const int64_t budget = chunk_smem_budget(op, check_cuda_chunked(op, q, chunk_size, s));
   const ChunkedBwdTensors t = prepare_linear_memory_chunked_bwd(d_o, d_final_memory, d_final_momentum, q, k, v, lr,
                                                                 retention, momentum, chunk_memory, chunk_momentum,
                                                                 cu_seqlens, chunk_size, s, kGranule);
@@ -184,12 +230,15 @@ ChunkedBwdResult linear_memory_chunked_bwd_cuda(
   const ChunkTileShape shape = chunk_tile_shape(chunk_size, s.K, kGranule);
   dispatch_cuda_dtype(op, q.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    const int64_t smem = chunk_bwd_workspace_bytes<scalar_t, float>(shape, momentum.has_value(), dgd);
-    check_smem(op, smem, smem_optin, chunk_size, s.K, q.scalar_type(), momentum.has_value(), dgd);
+    const WorkspaceSplit split =
+        chunk_bwd_workspace_split<scalar_t, float>(shape, momentum.has_value(), dgd, budget);
     const ChunkedBwdParams<scalar_t, float> p = chunked_bwd_params<scalar_t, float>(t, s, chunk_size, scale);
     pick_variant(momentum.has_value(), dgd, [&](auto mom, auto dg) {
-      launch(linear_memory_chunked_bwd_kernel<scalar_t, decltype(mom)::value, decltype(dg)::value>, p, shape,
-             s.N * s.H, smem);
+      constexpr bool MOM = decltype(mom)::value, DG = decltype(dg)::value;
+      using Kernel = void (*)(ChunkedBwdParams<scalar_t, float>, ChunkTileShape, BlockWorkspace);
+      const Kernel kernels[2] = {linear_memory_chunked_bwd_kernel<scalar_t, MOM, DG, false>,
+                                 linear_memory_chunked_bwd_kernel<scalar_t, MOM, DG, true>};
+      launch(kernels, p, shape, s.N * s.H, split, budget, q);
       return 0;
     });
   });
