@@ -8,6 +8,30 @@ from ..common.validation import check_chunk_size
 from .state import MLPMemoryState
 
 
+def _per_sequence(state: MLPMemoryState, batch_size: Optional[int], *, momentum: bool = False,
+                  weights_only: bool = False):
+    """(w1, w2, s1, s2) of `state` as `[N, ...]` contiguous copies in fp32 (fp64 for fp64 states),
+    shared weights expanded to N sequences (N: `batch_size`, else the leading dim of `s1`, else of
+    `w1`); zero momenta where `momentum` and `state.s1` is None; no momenta with `weights_only`."""
+    if not isinstance(state, MLPMemoryState):
+        raise TypeError(f"state: expected an MLPMemoryState, got {type(state).__name__}")
+    N = batch_size or (state.w1.shape[0] if state.s1 is None else state.s1.shape[0])
+    if state.w1.shape[0] not in (1, N) or state.w2.shape[0] != state.w1.shape[0]:
+        raise ValueError(f"state.w1/w2: expected a leading dim of 1 or N = {N}, got "
+                         f"{state.w1.shape[0]} and {state.w2.shape[0]}")
+    dtype = torch.float64 if state.w1.dtype == torch.float64 else torch.float32
+
+    def copy(x):
+        return x.expand(N, *x.shape[1:]).to(dtype).clone(memory_format=torch.contiguous_format)
+
+    w1, w2 = copy(state.w1), copy(state.w2)
+    s1 = s2 = None
+    if not weights_only and (state.s1 is not None or momentum):
+        s1 = torch.zeros_like(w1) if state.s1 is None else copy(state.s1)
+        s2 = torch.zeros_like(w2) if state.s2 is None else copy(state.s2)
+    return w1, w2, s1, s2
+
+
 class MLPMemoryDecodeState(NamedTuple):
     """Decode state of an MLP memory, per sequence and head; `mlp_memory_step` updates it in place.
 
@@ -44,24 +68,9 @@ class MLPMemoryDecodeState(NamedTuple):
         the leading dim of `s1`, else of `w1`. `momentum=True` starts zero momenta where
         `state.s1` is None (as `mlp_memory` does); a state with momenta keeps them.
         """
-        if not isinstance(state, MLPMemoryState):
-            raise TypeError(f"state: expected an MLPMemoryState, got {type(state).__name__}")
         check_chunk_size(chunk_size)
-        N = batch_size or (state.w1.shape[0] if state.s1 is None else state.s1.shape[0])
-        if state.w1.shape[0] not in (1, N) or state.w2.shape[0] != state.w1.shape[0]:
-            raise ValueError(f"state.w1/w2: expected a leading dim of 1 or N = {N}, got "
-                             f"{state.w1.shape[0]} and {state.w2.shape[0]}")
-        dtype = torch.float64 if state.w1.dtype == torch.float64 else torch.float32
-
-        def per_sequence(x):                                                  # [N, ...] contiguous copy in dtype
-            return x.expand(N, *x.shape[1:]).to(dtype).clone(memory_format=torch.contiguous_format)
-
-        w1, w2 = per_sequence(state.w1), per_sequence(state.w2)
-        s1 = s2 = None
-        if state.s1 is not None or momentum:
-            s1 = torch.zeros_like(w1) if state.s1 is None else per_sequence(state.s1)
-            s2 = torch.zeros_like(w2) if state.s2 is None else per_sequence(state.s2)
-        position = torch.zeros(N, dtype=torch.int64, device=w1.device)
+        w1, w2, s1, s2 = _per_sequence(state, batch_size, momentum=momentum)
+        position = torch.zeros(w1.shape[0], dtype=torch.int64, device=w1.device)
         return cls(w1, w2, w1.clone(), w2.clone(), position, chunk_size, s1, s2)
 
     @classmethod
@@ -72,10 +81,11 @@ class MLPMemoryDecodeState(NamedTuple):
         ending there: the end of a call is a chunk boundary for its outputs, not for the stream)."""
         if not 0 <= position < chunk_size:
             raise ValueError(f"position: expected 0 <= position < chunk_size = {chunk_size}, got {position}")
-        state = cls.from_state(running, chunk_size, batch_size=batch_size, momentum=momentum)
-        start = cls.from_state(chunk_start, chunk_size, batch_size=batch_size)
-        state.position.fill_(position)
-        return state._replace(chunk_w1=start.w1, chunk_w2=start.w2)
+        check_chunk_size(chunk_size)
+        w1, w2, s1, s2 = _per_sequence(running, batch_size, momentum=momentum)
+        chunk_w1, chunk_w2, _, _ = _per_sequence(chunk_start, batch_size, weights_only=True)
+        position_t = torch.full((w1.shape[0],), position, dtype=torch.int64, device=w1.device)
+        return cls(w1, w2, chunk_w1, chunk_w2, position_t, chunk_size, s1, s2)
 
     def at_chunk_boundary(self) -> bool:
         """Whether every sequence sits at the start of a chunk (reads `position` on the host)."""
