@@ -1,6 +1,5 @@
 // Host side of `mlp_memory_step` shared by the CPU and CUDA entry points: the tensors a kernel
-// reads (made contiguous, gates in the accumulation type), its StepParams and its dispatch over
-// (momentum, dgd).
+// reads (made contiguous, gates in the accumulation type) and its StepParams.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,6 +7,7 @@
 #include <optional>
 #include <string_view>
 
+#include "common/flag_dispatch.h"
 #include "common/memory_inputs.h"
 #include "mlp_memory/mlp_memory_ops.h"
 #include "mlp_memory/mlp_memory_step.h"
@@ -56,16 +56,6 @@ StepParams<scalar_t, acc_t> mlp_memory_step_params(const MemoryInputs& t, at::Te
   p.self_target = self_target;
   p.read_current = read == "current";
   return p;
-}
-
-// run.template operator()<HAS_MOMENTUM, DGD>() with the flags as template constants.
-template <typename Run>
-void dispatch_momentum_dgd(bool has_momentum, bool dgd, const Run& run) {
-  if (has_momentum) {
-    dgd ? run.template operator()<true, true>() : run.template operator()<true, false>();
-  } else {
-    dgd ? run.template operator()<false, true>() : run.template operator()<false, false>();
-  }
 }
 
 }  // namespace mlp_memory

@@ -2,6 +2,7 @@
 // algorithm (linear_memory_chunk.h) with LoopTilePolicy, one task per (sequence, head, value
 // tile), its workspace on the heap. It exists so that the shared chunk algorithm runs in CI
 // without a GPU; the fast CPU path is the recurrence (linear_memory_recurrent).
+#include "common/flag_dispatch.h"
 #include "common/tile_policy.h"
 #include "linear_memory/linear_memory_chunk.h"
 #include "linear_memory/linear_memory_chunk_bwd.h"
@@ -93,14 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_chunked_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const ChunkedParams<scalar_t, acc_t> p = chunked_params<scalar_t, acc_t>(t, s, chunk_size, scale);
-    const int64_t NH = s.N * s.H;
-    if (momentum.has_value()) {
-      dgd ? chunked_fwd_cpu<scalar_t, acc_t, true, true>(p, NH)
-          : chunked_fwd_cpu<scalar_t, acc_t, true, false>(p, NH);
-    } else {
-      dgd ? chunked_fwd_cpu<scalar_t, acc_t, false, true>(p, NH)
-          : chunked_fwd_cpu<scalar_t, acc_t, false, false>(p, NH);
-    }
+    dispatch_momentum_dgd(momentum.has_value(), dgd, [&]<bool HAS_MOMENTUM, bool DGD>() {
+      chunked_fwd_cpu<scalar_t, acc_t, HAS_MOMENTUM, DGD>(p, s.N * s.H);
+    });
   });
   return result();
 }
@@ -126,13 +122,9 @@ ChunkedBwdResult linear_memory_chunked_bwd_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_chunked_bwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const ChunkedBwdParams<scalar_t, acc_t> p = chunked_bwd_params<scalar_t, acc_t>(t, s, chunk_size, scale);
-    const int64_t NH = s.N * s.H;
-    if (momentum.has_value()) {
-      dgd ? chunked_bwd_cpu<scalar_t, acc_t, true, true>(p, NH) : chunked_bwd_cpu<scalar_t, acc_t, true, false>(p, NH);
-    } else {
-      dgd ? chunked_bwd_cpu<scalar_t, acc_t, false, true>(p, NH)
-          : chunked_bwd_cpu<scalar_t, acc_t, false, false>(p, NH);
-    }
+    dispatch_momentum_dgd(momentum.has_value(), dgd, [&]<bool HAS_MOMENTUM, bool DGD>() {
+      chunked_bwd_cpu<scalar_t, acc_t, HAS_MOMENTUM, DGD>(p, s.N * s.H);
+    });
   });
   return finish_linear_memory_chunked_bwd(t);
 }

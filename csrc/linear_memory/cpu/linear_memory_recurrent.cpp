@@ -1,5 +1,6 @@
 // Token-by-token forward of `linear_memory` (SPEC §2) on the CPU: one task per (sequence, head),
 // state M (and S, M^c) as K×V row-major buffers, V innermost.
+#include "common/flag_dispatch.h"
 #include "linear_memory/linear_memory_ops.h"
 #include "linear_memory/linear_memory_recurrent.h"
 
@@ -103,12 +104,9 @@ void recurrent_fwd_cpu(const RecurrentParams<scalar_t, acc_t>& p) {
 
 template <typename scalar_t, typename acc_t>
 void dispatch_flags(const RecurrentParams<scalar_t, acc_t>& p, bool dgd) {
-  const bool has_momentum = p.momentum != nullptr;
-  if (has_momentum) {
-    dgd ? recurrent_fwd_cpu<scalar_t, acc_t, true, true>(p) : recurrent_fwd_cpu<scalar_t, acc_t, true, false>(p);
-  } else {
-    dgd ? recurrent_fwd_cpu<scalar_t, acc_t, false, true>(p) : recurrent_fwd_cpu<scalar_t, acc_t, false, false>(p);
-  }
+  dispatch_momentum_dgd(p.momentum != nullptr, dgd, [&]<bool HAS_MOMENTUM, bool DGD>() {
+    recurrent_fwd_cpu<scalar_t, acc_t, HAS_MOMENTUM, DGD>(p);
+  });
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Decode step of `linear_memory` (SPEC §2) on the CPU: one task per (sequence, head), its
 // columns one after another through the shared column loop (linear_memory_step.h).
+#include "common/flag_dispatch.h"
 #include "linear_memory/linear_memory_ops.h"
 #include "linear_memory/linear_memory_step.h"
 #include "linear_memory/linear_memory_step_host.h"
@@ -40,12 +41,9 @@ at::Tensor linear_memory_step_cpu(
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto p = linear_memory_step_params<scalar_t, acc_t>(t, memory, chunk_memory, momentum_state, position, s,
                                                               chunk_size, scale);
-    const int64_t NH = s.N * s.H;
-    if (momentum.has_value()) {
-      dgd ? step_fwd_cpu<scalar_t, acc_t, true, true>(p, NH) : step_fwd_cpu<scalar_t, acc_t, true, false>(p, NH);
-    } else {
-      dgd ? step_fwd_cpu<scalar_t, acc_t, false, true>(p, NH) : step_fwd_cpu<scalar_t, acc_t, false, false>(p, NH);
-    }
+    dispatch_momentum_dgd(momentum.has_value(), dgd, [&]<bool HAS_MOMENTUM, bool DGD>() {
+      step_fwd_cpu<scalar_t, acc_t, HAS_MOMENTUM, DGD>(p, s.N * s.H);
+    });
   });
   position.add_(s.T).remainder_(chunk_size);  // the kernel read the positions before the call
   return t.o;

@@ -5,6 +5,7 @@
 // NESTED_KERNELS_CHUNK_SMEM_BUDGET), the rest in a per-block slice of global memory. bf16/fp16
 // inputs multiply on tensor cores (MmaTilePolicy: mma.sync m16n8k16, fp32 accumulate, sm_80+);
 // fp32 inputs with plain fp32 loops (LoopTilePolicy), exact like the CPU kernel.
+#include "common/flag_dispatch.h"
 #include "common/tile_policy.h"
 #include "common/tile_policy_mma.cuh"
 #include "linear_memory/linear_memory_chunk.h"
@@ -18,7 +19,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <type_traits>
 
 namespace nested_kernels {
 namespace linear_memory {
@@ -128,15 +128,6 @@ void launch(const Kernel (&kernels)[2], const Params& p, const ChunkTileShape& s
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The kernel of the (momentum, dgd) variant: `pick` maps <HAS_MOMENTUM, DGD> tags to a kernel.
-template <typename Pick>
-auto pick_variant(bool has_momentum, bool dgd, Pick&& pick) {
-  using T = std::true_type;
-  using F = std::false_type;
-  if (has_momentum) return dgd ? pick(T{}, T{}) : pick(T{}, F{});
-  return dgd ? pick(F{}, T{}) : pick(F{}, F{});
-}
-
 // Checks the limits of the CUDA kernels (after the op's argument checks) and the device; returns
 // its opt-in shared memory per block.
 int64_t check_cuda_chunked(const char* op, const at::Tensor& q, int64_t chunk_size, const RecurrentSizes& s) {
@@ -196,13 +187,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_me
     using scalar_t = decltype(tag);
     const WorkspaceSplit split = chunk_workspace_split<scalar_t, float>(shape, momentum.has_value(), dgd, budget);
     const ChunkedParams<scalar_t, float> p = chunked_params<scalar_t, float>(t, s, chunk_size, scale);
-    pick_variant(momentum.has_value(), dgd, [&](auto mom, auto dg) {
-      constexpr bool MOM = decltype(mom)::value, DG = decltype(dg)::value;
+    dispatch_momentum_dgd(momentum.has_value(), dgd, [&]<bool MOM, bool DG>() {
       using Kernel = void (*)(ChunkedParams<scalar_t, float>, ChunkTileShape, BlockWorkspace);
       const Kernel kernels[2] = {linear_memory_chunked_fwd_kernel<scalar_t, MOM, DG, false>,
                                  linear_memory_chunked_fwd_kernel<scalar_t, MOM, DG, true>};
       launch(kernels, p, shape, s.N * s.H, split, budget, q);
-      return 0;
     });
   });
   return result();
@@ -233,13 +222,11 @@ ChunkedBwdResult linear_memory_chunked_bwd_cuda(
     const WorkspaceSplit split =
         chunk_bwd_workspace_split<scalar_t, float>(shape, momentum.has_value(), dgd, budget);
     const ChunkedBwdParams<scalar_t, float> p = chunked_bwd_params<scalar_t, float>(t, s, chunk_size, scale);
-    pick_variant(momentum.has_value(), dgd, [&](auto mom, auto dg) {
-      constexpr bool MOM = decltype(mom)::value, DG = decltype(dg)::value;
+    dispatch_momentum_dgd(momentum.has_value(), dgd, [&]<bool MOM, bool DG>() {
       using Kernel = void (*)(ChunkedBwdParams<scalar_t, float>, ChunkTileShape, BlockWorkspace);
       const Kernel kernels[2] = {linear_memory_chunked_bwd_kernel<scalar_t, MOM, DG, false>,
                                  linear_memory_chunked_bwd_kernel<scalar_t, MOM, DG, true>};
       launch(kernels, p, shape, s.N * s.H, split, budget, q);
-      return 0;
     });
   });
   return finish_linear_memory_chunked_bwd(t);

@@ -4,6 +4,7 @@
 // `k_split` adjacent lanes (kRows each, in registers), whose partial dot products
 // (k_t M^c, k_t M_{t−1}, q_t M_t) meet by warp shuffles. A straightforward kernel: the
 // reference for the chunked CUDA kernels to come, not the fast path.
+#include "common/flag_dispatch.h"
 #include "linear_memory/linear_memory_ops.h"
 #include "linear_memory/linear_memory_recurrent.h"
 
@@ -190,12 +191,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
     p.chunk_size = chunk_size;
     p.k_split = k_split;
     p.scale = static_cast<acc_t>(scale);
-    const int64_t NH = s.N * s.H;
-    if (momentum.has_value()) {
-      dgd ? launch<scalar_t, acc_t, true, true>(p, NH) : launch<scalar_t, acc_t, true, false>(p, NH);
-    } else {
-      dgd ? launch<scalar_t, acc_t, false, true>(p, NH) : launch<scalar_t, acc_t, false, false>(p, NH);
-    }
+    dispatch_momentum_dgd(momentum.has_value(), dgd, [&]<bool HAS_MOMENTUM, bool DGD>() {
+      launch<scalar_t, acc_t, HAS_MOMENTUM, DGD>(p, s.N * s.H);
+    });
   });
   return {t.o, t.final_memory, t.final_momentum};
 }

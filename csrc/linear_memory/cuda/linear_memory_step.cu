@@ -2,6 +2,7 @@
 // heads. A block takes one (sequence, head) and a tile of kThreads columns; each thread runs the
 // shared column loop (linear_memory_step.h) over the new tokens, its state column read and
 // written in global memory (consecutive threads, consecutive columns: coalesced).
+#include "common/flag_dispatch.h"
 #include "linear_memory/linear_memory_ops.h"
 #include "linear_memory/linear_memory_step.h"
 #include "linear_memory/linear_memory_step_host.h"
@@ -58,12 +59,9 @@ at::Tensor linear_memory_step_cuda(
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto p = linear_memory_step_params<scalar_t, acc_t>(t, memory, chunk_memory, momentum_state, position, s,
                                                               chunk_size, scale);
-    const int64_t NH = s.N * s.H;
-    if (momentum.has_value()) {
-      dgd ? launch<scalar_t, acc_t, true, true>(p, NH) : launch<scalar_t, acc_t, true, false>(p, NH);
-    } else {
-      dgd ? launch<scalar_t, acc_t, false, true>(p, NH) : launch<scalar_t, acc_t, false, false>(p, NH);
-    }
+    dispatch_momentum_dgd(momentum.has_value(), dgd, [&]<bool HAS_MOMENTUM, bool DGD>() {
+      launch<scalar_t, acc_t, HAS_MOMENTUM, DGD>(p, s.N * s.H);
+    });
   });
   position.add_(s.T).remainder_(chunk_size);  // after the kernel on the same stream, which read the old positions
   return t.o;
