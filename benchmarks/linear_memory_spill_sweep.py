@@ -17,7 +17,7 @@ from nested_kernels import compile_report
 
 compile_report.triton_kernels_package()
 from nested_kernels.triton_kernels.linear_memory import aot  # noqa: E402
-from nested_kernels.triton_kernels.utils.aot import AotSpec, compile_specs  # noqa: E402
+from nested_kernels.triton_kernels.utils.aot import AotSpec, compile_specs, kernel_params  # noqa: E402
 
 
 def main(argv=None):
@@ -30,13 +30,15 @@ def main(argv=None):
     p.add_argument("--warps", default="4,8")
     p.add_argument("--stages", default="1,2")
     p.add_argument("--arch", default="90")
+    p.add_argument("--operands", default="bf16", choices=("bf16", "fp32"),
+                   help="dtype of q, k, v, dO (fp32: the copies of 16-bit inputs, tf32 products)")
     p.add_argument("--jobs", type=int, default=2)
     a = p.parse_args(argv)
     ints = lambda s: [int(x) for x in s.split(",")]
     jobs = []
     for part in a.kernels.split(","):
         kernel = aot.KERNELS[part]
-        runtime, flags = aot._params(kernel)
+        runtime, flags = kernel_params(kernel)
         for D, BT, BK, BV, w, st, arch in itertools.product(ints(a.D), ints(a.BT), ints(a.BK), ints(a.BV),
                                                            ints(a.warps), ints(a.stages), ints(a.arch)):
             BK = BK or D
@@ -44,7 +46,7 @@ def main(argv=None):
                 continue
             c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=True, USE_DGD=True, DOT_PRECISION="tf32",
                      USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, USE_FINAL_STATE_GRADIENT=True)
-            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}", kernel, aot._signature(runtime),
+            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}", kernel, aot.signature(runtime, a.operands),
                            {n: v for n, v in c.items() if n in flags}, w, st, gemm_heavy=BT == 64)
             jobs.append((spec, arch))
     t = time.time()

@@ -179,7 +179,7 @@ def test_shipped_kernels_compile_clean(arch):
     GEMM-heavy on sm_90, with wgmma; the only exceptions are the spills an op lists in
     KNOWN_SPILLS, which must still be spills (and nothing worse: not over the shared memory
     either), so a fix has to take its entry off the list."""
-    results = compile_specs([(spec, arch) for spec in aot_registry.aot_specs()])
+    results = compile_specs([(spec, arch) for spec in aot_registry.aot_specs(arch)])
     known = aot_registry.known_spills(arch)
     unexpected = [r for r in results if not r.ok and r.spec.name not in known]
     assert not unexpected, format_report(unexpected)
@@ -188,3 +188,12 @@ def test_shipped_kernels_compile_clean(arch):
     assert not fixed, f"no longer spilling on sm_{arch}, take them off KNOWN_SPILLS: {fixed}"
     worse = [r for name, r in failing.items() if r.problems() != [p for p in r.problems() if p.startswith("spills")]]
     assert not worse, format_report(worse)
+
+
+def test_specs_by_arch():
+    """The fp32-operand variant (Hopper's fp32 copies of 16-bit inputs) is reported for sm_90 only;
+    every other spec for both architectures."""
+    names = lambda specs: {s.name for s in specs}
+    every, sm90, sm80 = (names(aot_registry.aot_specs(arch)) for arch in (None, 90, 80))
+    assert sm90 | sm80 == every and sm90 - sm80 == {n for n in every if "fp32qkv" in n} != set()
+    assert sm80 == sm90 - {n for n in every if "fp32qkv" in n}

@@ -56,3 +56,88 @@ def test_interpreter_bf16_only(monkeypatch):
     cpu = torch.device("cpu")
     assert "interpreter" in op.fp32_operands_reason(cpu, torch.bfloat16)
     assert op.fp32_operands_reason(cpu, torch.float16) is None
+
+
+@pytest.fixture
+def allow_tf32():
+    """Set torch's switch for tf32 fp32 matrix products (a property, so not monkeypatch) for one test."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+
+    def set_allow_tf32(value: bool):
+        torch.backends.cuda.matmul.allow_tf32 = value
+    yield set_allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("dtype, tf32_allowed, expected", [
+    (torch.bfloat16, False, "tf32"), (torch.float16, False, "tf32"), (torch.float32, False, "ieee"),
+    (torch.float32, True, "tf32"), (torch.bfloat16, True, "tf32"),
+], ids=lambda x: str(x).replace("torch.", ""))
+def test_dot_precision(allow_tf32, dtype, tf32_allowed, expected):
+    """From the op's input dtype; fp32 follows torch's switch for tf32 matrix products."""
+    allow_tf32(tf32_allowed)
+    assert op.dot_precision(dtype) == expected
+
+
+def _launches(monkeypatch):
+    """Record the keywords of every kernel launch (each still runs)."""
+    from nested_kernels.triton_kernels.utils import launch as launch_module
+
+    calls, real = [], launch_module.launch
+
+    def recording(kernel, grid, device, *args, **kwargs):
+        calls.append((getattr(kernel, "__name__", str(kernel)), kwargs))
+        return real(kernel, grid, device, *args, **kwargs)
+    monkeypatch.setattr(launch_module, "launch", recording)
+    return calls
+
+
+def _linear_memory(dtype, K, C):
+    from nested_kernels import linear_memory
+    from tests.helpers import gates, qkv
+
+    q, k, v = (x.to(dtype).requires_grad_() for x in qkv(1, C, 1, K, K))
+    lr, retention, momentum = (x.float() for x in gates(1, C, 1))
+    o, _ = linear_memory(q, k, v, lr, retention, momentum, dgd=True, chunk_size=C, backend="triton")
+    o.float().sum().backward()
+
+
+def _mlp_memory(dtype, K, C):
+    from nested_kernels import mlp_memory
+    from nested_kernels.mlp_memory import MLPMemoryState
+    from tests.helpers import gates, mlp_state, qkv
+
+    q, k, v = (x.to(dtype).requires_grad_() for x in qkv(1, C, 1, K, K))
+    lr, retention, momentum = (x.float() for x in gates(1, C, 1))
+    state = MLPMemoryState(*(x.float() for x in mlp_state(1, 1, K, K, K)))
+    o, _ = mlp_memory(q, k, v, lr, retention, momentum, initial_state=state, dgd=True, chunk_size=C, backend="triton")
+    o.float().sum().backward()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreted run: the CPU's fp32 copies of bf16 inputs")
+@pytest.mark.parametrize("dtype, expected", [(torch.bfloat16, "tf32"), (torch.float32, "ieee")],
+                         ids=["bf16", "fp32"])
+@pytest.mark.parametrize("run_op", [_linear_memory, _mlp_memory], ids=["linear_memory", "mlp_memory"])
+def test_kernels_take_the_inputs_precision(monkeypatch, allow_tf32, run_op, dtype, expected):
+    """bf16 inputs reach the kernels as fp32 copies here (the interpreter's reason, the same path as
+    Hopper's with Triton < 3.7.1): every forward and backward product still runs at the bf16
+    inputs' precision, tf32, not the copies' "ieee"; fp32 inputs keep exact fp32 products."""
+    allow_tf32(False)
+    calls = _launches(monkeypatch)
+    run_op(dtype, 16, 16)
+    precisions = {name: kw["DOT_PRECISION"] for name, kw in calls if "DOT_PRECISION" in kw}
+    assert any("bwd" in name for name in precisions) and any("fwd" in name for name in precisions), precisions
+    assert set(precisions.values()) == {expected}, precisions
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreted run: the CPU's fp32 copies of bf16 inputs")
+def test_fp32_copies_take_their_launch_configs(monkeypatch):
+    """The fp32 copies get the fp32-operand entries of the launch table (fewer pipeline stages for
+    the reverse recurrence at K = 64 with 64-token chunks: two stages do not fit shared memory)."""
+    from nested_kernels.triton_kernels.linear_memory.configs import launch_config
+
+    assert launch_config("bwd_dh", 64, 64, 64, fp32_operands=True) != launch_config("bwd_dh", 64, 64, 64)
+    calls = _launches(monkeypatch)
+    _linear_memory(torch.bfloat16, 64, 64)
+    (stages,) = [kw["num_stages"] for name, kw in calls if name == "linear_memory_bwd_kernel_dh"]
+    assert stages == launch_config("bwd_dh", 64, 64, 64, fp32_operands=True).num_stages

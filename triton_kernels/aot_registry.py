@@ -6,7 +6,7 @@ same folder, its dotted module path `<op>.<module>`). An op whose folder or modu
 exist yet is skipped; any other import error is raised.
 """
 import importlib
-from typing import List, Set
+from typing import List, Optional, Set
 
 from .utils.aot import AotSpec
 
@@ -24,8 +24,9 @@ def _op_modules():
             raise
 
 
-def aot_specs() -> List[AotSpec]:
-    return [spec for module in _op_modules() for spec in module.AOT_SPECS]
+def aot_specs(arch: Optional[int] = None) -> List[AotSpec]:
+    """Every registered spec, or those that launch on sm_`arch` (`AotSpec.archs`)."""
+    return [spec for module in _op_modules() for spec in module.AOT_SPECS if arch is None or arch in spec.archs]
 
 
 def known_spills(arch: int) -> Set[str]:

@@ -28,7 +28,8 @@ def auto_reason(call: dict) -> Optional[str]:
 def flat_operands(layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v in the flat chunk layout (`common/flat_chunks.py`), contiguous; as fp32 copies, with a
-    warning naming `op`, where 16-bit dot operands are not safe (`triton_kernels/utils/operand_precision.py`)."""
+    warning naming `op`, where 16-bit dot operands are not safe (`triton_kernels/utils/operand_precision.py`).
+    The kernels still run tf32 products on the copies: their precision follows the op's input dtype."""
     from ..triton_kernels.utils.launch import interpreted
     from ..triton_kernels.utils.operand_precision import fp32_operands_reason
 

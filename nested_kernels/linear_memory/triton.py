@@ -99,7 +99,7 @@ def _triton_bwd(
     if h is None:                                                             # not kept: recompute the chunk states
         _, h, s, res, pseudo, _, _ = linear_memory_fwd(
             q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
-            output_final_state=False, out_dtype=v.dtype)
+            output_final_state=False, out_dtype=do.dtype)
     contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
     dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
         q, k, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, (h, s, res, pseudo),
@@ -119,19 +119,20 @@ def _(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, scale, dgd, _, _ = inputs
+    *tensors, scale, dgd, out_dtype, _ = inputs
     kept = output[3:]                                                          # empty unless keep_states
     ctx.mark_non_differentiable(*kept)
     ctx.save_for_backward(*tensors, *kept)
-    ctx.scale, ctx.dgd = scale, dgd
+    ctx.scale, ctx.dgd, ctx.out_dtype = scale, dgd, out_dtype
 
 
 def _backward(ctx, do, dht, dst, *_kept):
     *saved, h, s, res, pseudo = ctx.saved_tensors
     q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows = saved
     kept = (None,) * 4 if h.numel() == 0 else [_none_if_empty(x) for x in (h, s, res, pseudo)]
+    do = torch.zeros_like(v, dtype=ctx.out_dtype) if do is None else do
     grads = _triton_bwd(
-        torch.zeros_like(v) if do is None else do, dht, None if carry is None else dst, q, k, v, decay, carry, write,
+        do, dht, None if carry is None else dst, q, k, v, decay, carry, write,
         dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows, ctx.scale, ctx.dgd, *kept)
     *grads, dh0, ds0 = [_none_if_empty(g) for g in grads]
     return (*grads, None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None, None)

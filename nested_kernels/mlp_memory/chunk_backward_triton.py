@@ -90,6 +90,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     from ..triton_kernels.mlp_memory.configs_bwd import chunk_tile, launch_config
     from ..triton_kernels.common.activations import ACT_CODES
     from ..triton_kernels.utils.launch import launch
+    from ..triton_kernels.utils.operand_precision import dot_precision
 
     B, C, H, K, V, Dh = _check(q, k, v, lr, momentum, w1, w2, s1, s2, do, activation, residual, dgd, self_target,
                                read)
@@ -119,7 +120,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         inv = dgd_inverse_fwd(k_pad, gates.dgd_write.view(B, H, BT + 1, BT).transpose(0, 1).contiguous())  # [H, B, ..]
         dgd_inv = inv.transpose(0, 1).reshape(BH, BT, BT).contiguous()
 
-    common = dict(C=C, H=H, K=K, V=V, BT=BT, DOT_PRECISION="tf32" if q.element_size() < 4 else "ieee")
+    common = dict(C=C, H=H, K=K, V=V, BT=BT, DOT_PRECISION=dot_precision(do.dtype))   # dO: the op's input dtype
     act = ACT_CODES[activation]
     res = torch.empty(BH, BT, V, **f32)
     cfg = launch_config("res", K, V, Dh, BT, dgd)

@@ -172,7 +172,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, last_rows, *options = inputs
     _, h1, h2, hs1, hs2 = output
     ctx.save_for_backward(q, k, v, lr, retention, momentum, h1, h2, hs1, hs2, chunk_offsets, last_rows)
-    ctx.options = options[:-1]                                                 # all but out_dtype
+    ctx.options, ctx.out_dtype = options[:-1], options[-1]
     ctx.shared = w1.shape[0] == 1 and chunk_offsets.shape[0] - 1 > 1
     ctx.has_s = (s1 is not None, s2 is not None)
 
@@ -180,8 +180,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, do, dh1, dh2, dhs1, dhs2):
     q, k, v, lr, retention, momentum, h1, h2, hs1, hs2, chunk_offsets, last_rows = ctx.saved_tensors
     zeros = lambda d, like: torch.zeros_like(like) if d is None else d.contiguous()
+    do = torch.zeros_like(v, dtype=ctx.out_dtype) if do is None else do.contiguous()   # the op's input dtype
     grads = _triton_bwd(
-        zeros(do, v), zeros(dh1, h1), zeros(dh2, h2), zeros(dhs1, hs1), zeros(dhs2, hs2), q, k, v, lr, retention,
+        do, zeros(dh1, h1), zeros(dh2, h2), zeros(dhs1, hs1), zeros(dhs2, hs2), q, k, v, lr, retention,
         momentum, h1, h2, hs1, hs2, chunk_offsets, last_rows, ctx.shared, *ctx.options)
     dq, dk, dv, dlr, dret, dmom, dw1, dw2, ds1, ds2 = grads
     dmom, ds1, ds2 = (_none_if_empty(x) for x in (dmom, ds1, ds2))

@@ -106,8 +106,8 @@ def small_tiles(monkeypatch):
 
     real = configs.launch_config
 
-    def tiles(kernel, K, V, DH, BT):
-        cfg = real(kernel, K, V, DH, BT)
+    def tiles(kernel, K, V, DH, BT, **kw):
+        cfg = real(kernel, K, V, DH, BT, **kw)
         return cfg._replace(BK=16, BD=16, BV=cfg.BV if kernel == "fwd_h" else 16)
 
     monkeypatch.setattr(configs, "launch_config", tiles)

@@ -1,7 +1,6 @@
 """The shipped configurations of the `cms_level` kernels, for `nested-kernels compile-report`."""
-import inspect
 
-from ..utils.aot import AotSpec
+from ..utils.aot import AotSpec, kernel_params
 from .chunk_bwd import cms_bwd_kernel_de, cms_bwd_kernel_dw, cms_bwd_kernel_dx, cms_bwd_kernel_dz, cms_bwd_kernel_q
 from .chunk_fwd import cms_fwd_kernel_p, cms_fwd_kernel_w, cms_fwd_kernel_y, cms_fwd_kernel_z
 from .configs import TABLE, TABLE_FP32, launch_config
@@ -27,13 +26,6 @@ SCALARS = {"r0", "n_rows", "T", "D", "DH", "stride_w", "ND"}
 D, DH = 256, 1024
 
 
-def _params(kernel):
-    """(runtime argument names, constexpr names) of a jitted or interpreted kernel."""
-    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
-    is_constexpr = lambda p: "constexpr" in str(p.annotation)
-    return [p.name for p in params if not is_constexpr(p)], {p.name for p in params if is_constexpr(p)}
-
-
 def _signature(names, activations: str) -> dict:
     return {n: "i32" if n in SCALARS else f"*{activations}" if n in INPUTS_BF16 else "*fp32" for n in names}
 
@@ -49,7 +41,7 @@ def _specs():
         for part, kernel in KERNELS.items():
             for act in activations:
                 cfg = launch_config(part, D, DH, precision)
-                runtime, flags = _params(kernel)
+                runtime, flags = kernel_params(kernel)
                 constexprs = dict(BT=cfg.BT, BD=cfg.BD, BH=cfg.BH, USE_GELU=act == "gelu", IS_GRAD_Y=False,
                                   STORE_ERROR=True, DOT_PRECISION=precision)
                 constexprs = {n: value for n, value in constexprs.items() if n in flags}

@@ -206,14 +206,15 @@ def cms_level_bwd(x, w1, w2, lr, retention, signal, dy, dw1, dw2, w1s, w2s, z, e
     import torch
 
     from ..utils.launch import launch
-    from .chunk_fwd import _launch_meta, cms_fwd_step, dot_precision
+    from ..utils.operand_precision import dot_precision
+    from .chunk_fwd import _launch_meta, cms_fwd_step
 
     B, T, D = x.shape
     DH = w1.shape[-1]
     NC = triton.cdiv(T, period)
     k = checkpoint_every
     stride_w = 0 if w1.dim() == 2 else D * DH
-    precision = dot_precision(x)
+    precision = dot_precision(x.dtype)
     f32 = dict(dtype=torch.float32, device=x.device)
     g1 = torch.zeros(B, D, DH, **f32) if dw1 is None else dw1.to(torch.float32).contiguous().clone()
     g2 = torch.zeros(B, DH, D, **f32) if dw2 is None else dw2.to(torch.float32).contiguous().clone()

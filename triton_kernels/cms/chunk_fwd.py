@@ -145,13 +145,6 @@ def _launch_meta(name: str, D: int, DH: int, precision: str) -> dict:
                 DOT_PRECISION=precision)
 
 
-def dot_precision(x) -> str:
-    """Exact fp32 products for fp32 inputs; tf32 (the matrix units) for 16-bit ones."""
-    import torch
-
-    return "ieee" if x.dtype == torch.float32 else "tf32"
-
-
 def num_states(NC: int, checkpoint_every: int) -> int:
     """How many weights a recording forward keeps: W^{k}, W^{2k}, … below W^NC, then W^NC."""
     return triton.cdiv(NC, checkpoint_every)
@@ -160,10 +153,11 @@ def num_states(NC: int, checkpoint_every: int) -> int:
 def cms_fwd_step(x, z, e, lr, p, w1, w2, retention, w1_out, w2_out, *, r0, n_rows, stride_w, use_gelu):
     """The step of one chunk from its Z and E: P, then W^{c+1} into w1_out, w2_out `[B, ·, ·]`."""
     from ..utils.launch import launch
+    from ..utils.operand_precision import dot_precision
 
     B, T, D = x.shape
     DH = z.shape[-1]
-    precision = dot_precision(x)
+    precision = dot_precision(x.dtype)
     common = dict(r0=r0, n_rows=n_rows, T=T, D=D, DH=DH, stride_w=stride_w, USE_GELU=use_gelu)
     meta = _launch_meta("fwd_p", D, DH, precision)
     launch(cms_fwd_kernel_p, (triton.cdiv(DH, meta["BH"]), triton.cdiv(n_rows, meta["BT"]), B), x.device,
@@ -188,13 +182,14 @@ def cms_level_fwd(x, w1, w2, lr, retention, signal, *, period, is_grad_y, use_ge
     import torch
 
     from ..utils.launch import launch
+    from ..utils.operand_precision import dot_precision
 
     B, T, D = x.shape
     DH = w1.shape[-1]
     NC = triton.cdiv(T, period)
     assert NC > 0, "cms_level triton: T must be positive"
     assert checkpoint_every >= 1, checkpoint_every
-    precision = dot_precision(x)
+    precision = dot_precision(x.dtype)
     f32 = dict(dtype=torch.float32, device=x.device)
     y = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     z = torch.empty(B, T, DH, **f32)

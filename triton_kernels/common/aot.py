@@ -1,6 +1,7 @@
 """The shipped configurations of the shared kernels, for `nested-kernels compile-report`: the
-gate kernels (momentum on: the most registers) and the DGD inverse (bf16 keys, H = 16)."""
-from ..utils.aot import AotSpec
+gate kernels (momentum on: the most registers) and the DGD inverse (bf16 keys as they are and as
+fp32 copies, `OPERAND_VARIANTS`; H = 16)."""
+from ..utils.aot import OPERAND_VARIANTS, AotSpec
 from .dgd_inverse import BK, dgd_inverse_kernel
 from .dgd_inverse import num_warps as dgd_inverse_warps
 from .chunk_gates import CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
@@ -15,9 +16,10 @@ AOT_SPECS = [
     for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
     for C in CHUNK_SIZES
 ] + [
-    AotSpec(name=f"dgd_inverse-K{K}-C{C}-bf16", kernel=dgd_inverse_kernel,
-            signature={"k": "*bf16", "dgd_write": "*fp32", "inv": "*fp32", "NC": "i32"},
-            constexprs={"H": 16, "K": K, "C": C, "BK": BK}, num_warps=dgd_inverse_warps(C))
+    AotSpec(name=f"dgd_inverse-K{K}-C{C}-{variant}", kernel=dgd_inverse_kernel,
+            signature={"k": f"*{qkv}", "dgd_write": "*fp32", "inv": "*fp32", "NC": "i32"},
+            constexprs={"H": 16, "K": K, "C": C, "BK": BK}, num_warps=dgd_inverse_warps(C), archs=archs)
+    for variant, qkv, archs in OPERAND_VARIANTS
     for K in (64, 128, 256)
     for C in (16, 32, 64)
 ]

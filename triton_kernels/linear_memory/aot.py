@@ -1,7 +1,7 @@
 """The shipped configurations of the `linear_memory` kernels, for `nested-kernels compile-report`."""
-import inspect
+import itertools
 
-from ..utils.aot import AotSpec
+from ..utils.aot import OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
 from .chunk_bwd import (
     linear_memory_bwd_kernel_dh, linear_memory_bwd_kernel_dk, linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
 )
@@ -16,40 +16,37 @@ KERNELS = {
     "bwd_dk": linear_memory_bwd_kernel_dk,
     "bwd_dk_dgd": linear_memory_bwd_kernel_dk_dgd,
 }
-# arguments that are not fp32 pointers: the bf16 inputs, int32 tables, scalars
-INPUTS_BF16 = {"q", "k", "v", "do", "o"}
+# arguments other than fp32 pointers (q, k, v: `OPERAND_VARIANTS`)
+INPUT_DTYPE = {"do", "o"}
 INT32 = {"last_rows", "chunk_offsets"}
 SCALARS = {"scale": "fp32", "NC": "i32"}
 HEAD_DIMS = (64, 128, 256)
 CHUNK_SIZES = (16, 32, 64)
+# Spills of the fp32-operand variant that no candidate of `benchmarks/linear_memory_spill_sweep.py
+# --operands fp32` avoids (K = 256 holds the state as two 128-row fp32 tiles; configs.py)
+KNOWN_SPILLS = {90: {"linear_memory_fwd_h-D256-BT64-fp32qkv-mom-dgd", "linear_memory_bwd_dh-D256-BT32-fp32qkv-mom-dgd",
+                     "linear_memory_bwd_dh-D256-BT64-fp32qkv-mom-dgd"}}
 
 
-def _params(kernel):
-    """(runtime argument names, constexpr names) of a jitted or interpreted kernel."""
-    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
-    is_constexpr = lambda p: "constexpr" in str(p.annotation)
-    return [p.name for p in params if not is_constexpr(p)], {p.name for p in params if is_constexpr(p)}
-
-
-def _signature(names) -> dict:
-    return {n: SCALARS.get(n, "*bf16" if n in INPUTS_BF16 else "*i32" if n in INT32 else "*fp32") for n in names}
+def signature(names, qkv: str = "bf16") -> dict:
+    return pointer_types(names, qkv, bf16=INPUT_DTYPE, int32=INT32, scalars=SCALARS)
 
 
 def _specs():
-    for part, kernel in KERNELS.items():
-        for D in HEAD_DIMS:
-            for BT in CHUNK_SIZES:
-                cfg = launch_config(part, D, D, BT)
-                constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
-                                  DOT_PRECISION="tf32")
-                runtime, flags = _params(kernel)
-                constexprs.update(USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, USE_FINAL_STATE_GRADIENT=True)
-                constexprs = {n: value for n, value in constexprs.items() if n in flags}
-                yield AotSpec(
-                    name=f"linear_memory_{part}-D{D}-BT{BT}-bf16-mom-dgd", kernel=kernel, signature=_signature(runtime),
-                    constexprs=constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                    gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync
-                )
+    for (variant, qkv, archs), (part, kernel) in itertools.product(OPERAND_VARIANTS, KERNELS.items()):
+        runtime, flags = kernel_params(kernel)
+        for D, BT in itertools.product(HEAD_DIMS, CHUNK_SIZES):
+            cfg = launch_config(part, D, D, BT, fp32_operands=qkv == "fp32")
+            constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
+                              DOT_PRECISION="tf32", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
+                              USE_FINAL_STATE_GRADIENT=True)
+            yield AotSpec(
+                name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-mom-dgd", kernel=kernel,
+                signature=signature(runtime, qkv),
+                constexprs={n: value for n, value in constexprs.items() if n in flags},
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                archs=archs, gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync
+            )
 
 
 AOT_SPECS = list(_specs())

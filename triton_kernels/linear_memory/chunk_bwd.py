@@ -365,6 +365,7 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     import torch
 
     from ..utils.launch import launch
+    from ..utils.operand_precision import dot_precision
     from .chunk_fwd import chunk_products
     from .configs import launch_config
 
@@ -376,7 +377,8 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     NC = Tp // BT
     N = chunk_offsets.numel() - 1
     use_momentum = carry is not None
-    precision = "ieee" if k.dtype == torch.float32 else "tf32"
+    precision = dot_precision(do.dtype)                                      # dO has the op's input dtype
+    fp32_operands = k.dtype == torch.float32
     f32 = dict(dtype=torch.float32, device=k.device)
     dh, dres = torch.empty(H, NC, K, V, **f32), torch.empty(Tp, H, V, **f32)
     ds = torch.empty(H, NC, K, V, **f32) if use_momentum else None
@@ -385,7 +387,7 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     dh0 = torch.empty(N, H, K, V, **f32)
     ds0 = torch.empty(N, H, K, V, **f32) if use_momentum else None
     common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
-    cfg = launch_config("bwd_dh", K, V, BT)
+    cfg = launch_config("bwd_dh", K, V, BT, fp32_operands)
     assert K <= 2 * cfg.BK, "linear_memory_bwd_kernel_dh holds the adjoints as at most two row tiles of BK"
     launch(
         linear_memory_bwd_kernel_dh, (triton.cdiv(V, cfg.BV), N * H), k.device,
@@ -397,7 +399,8 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
         dht=dht, dst=dst, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs, dh0=dh0, ds0=ds0, scale=scale,
         USE_FINAL_STATE_GRADIENT=dht is not None, **common, **cfg._asdict(),
     )
-    cfg_dq, cfg_dk = launch_config("bwd_dq", K, V, BT), launch_config("bwd_dk", K, V, BT)
+    cfg_dq = launch_config("bwd_dq", K, V, BT, fp32_operands)
+    cfg_dk = launch_config("bwd_dk", K, V, BT, fp32_operands)
     assert cfg_dq.BV == cfg_dk.BV, "dK reads the dQ kernel's per-tile dQ̃: one value tiling for both"
     NV = triton.cdiv(V, cfg_dq.BV)
     partial = lambda *shape: torch.zeros(NV, H, NC, *shape, **f32)            # slots a kernel may leave unwritten
@@ -423,7 +426,7 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     )
     dk = dk.sum(0)
     if dgd:
-        cfg = launch_config("bwd_dk_dgd", K, V, BT)
+        cfg = launch_config("bwd_dk_dgd", K, V, BT, fp32_operands)
         dk_dgd = torch.empty(triton.cdiv(V, cfg.BV), Tp, H, K, **f32)
         d_dgd_inv = torch.empty(triton.cdiv(V, cfg.BV), H, NC, BT, BT, **f32)
         d_rhs_gates = [torch.zeros(triton.cdiv(V, cfg.BV), H, NC, *shape, **f32) for shape in ((3, BT), (3, BT), (3, BT, BT))]

@@ -180,10 +180,13 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
                       out_dtype):
     """Launch both forward kernels. q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout;
     `gates` = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`;
-    h0, s0 `[N, H, K, V]` or None. Returns o (in `out_dtype`), the chunk-start states h, s, R, W and ht, st."""
+    h0, s0 `[N, H, K, V]` or None. `out_dtype` is the op's input dtype (q, k, v may be fp32 copies of
+    16-bit inputs): it sets the products' precision. Returns o (in `out_dtype`), the chunk-start
+    states h, s, R, W and ht, st."""
     import torch
 
     from ..utils.launch import launch
+    from ..utils.operand_precision import dot_precision
     from .configs import launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
@@ -195,7 +198,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     assert K <= 256 and V <= 256, f"linear_memory triton: K and V up to 256, got K={K}, V={V}"
     assert BT in (16, 32, 64), f"linear_memory triton: chunk_size in (16, 32, 64), got {BT}"
     use_momentum = carry is not None
-    precision = "ieee" if k.dtype == torch.float32 else "tf32"
+    precision = dot_precision(out_dtype)
+    fp32_operands = k.dtype == torch.float32
     f32 = dict(dtype=torch.float32, device=k.device)
     h = torch.empty(H, NC, K, V, **f32)
     s = torch.empty(H, NC, K, V, **f32) if use_momentum else None
@@ -204,7 +208,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     ht = torch.empty(N, H, K, V, **f32) if output_final_state else None
     st = torch.empty(N, H, K, V, **f32) if output_final_state and use_momentum else None
     common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
-    cfg = launch_config("fwd_h", K, V, BT)
+    cfg = launch_config("fwd_h", K, V, BT, fp32_operands)
     assert K <= 2 * cfg.BK, "linear_memory_fwd_kernel_h holds the state as at most two row tiles of BK"
     launch(
         linear_memory_fwd_kernel_h, (triton.cdiv(V, cfg.BV), N * H), k.device,
@@ -215,7 +219,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
         USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common, **cfg._asdict(),
     )
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
-    cfg = launch_config("fwd_o", K, V, BT)
+    cfg = launch_config("fwd_o", K, V, BT, fp32_operands)
     launch(
         linear_memory_fwd_kernel_o, (triton.cdiv(V, cfg.BV), NC, H), k.device,
         q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res, pseudo=pseudo,

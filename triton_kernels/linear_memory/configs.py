@@ -11,6 +11,14 @@ recurrent ones (`fwd_h`, `bwd_dh`) hold the state as at most two tiles (K ≤ 2�
 is per entry (it was fixed at 2): 1 wherever pipelining the loads only added registers, and for
 `bwd_dh` with 64-token chunks and K ≥ 128, whose two stages of four BT × BT fp32 blocks and the
 Q and K tiles needed more shared memory than a block may have.
+
+`FP32_OPERANDS` replaces entries for fp32 q, k, v (the fp32 copies of 16-bit inputs on Hopper with
+Triton < 3.7.1, `utils/operand_precision.py`; fp32 inputs too), whose tiles take twice the
+registers; chosen for sm_90 with the same sweep (`--operands fp32`, tf32 products). At K = 256
+three configurations still spill there (`aot.py` KNOWN_SPILLS): no candidate of the sweep is
+clean. On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
+configurations spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with
+64-token chunks is clean on both architectures.
 """
 from typing import NamedTuple
 
@@ -49,8 +57,20 @@ TABLE = {
 }
 
 
-def launch_config(kernel: str, K: int, V: int, BT: int) -> LaunchConfig:
-    """`kernel` in TABLE; K ≤ 256 is read in tiles of BK rows, V is tiled by BV."""
+# the entries that differ for fp32 operands
+FP32_OPERANDS = {
+    "fwd_h": {(256, 64): (16, 8, 1, 128)},
+    "bwd_dh": {(64, 64): (16, 4, 1, 256), (128, 64): (16, 4, 1, 64), (256, 32): (16, 8, 2, 128)},
+}
+
+
+def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = False) -> LaunchConfig:
+    """`kernel` in TABLE; K ≤ 256 is read in tiles of BK rows, V is tiled by BV. `fp32_operands`:
+    q, k, v, dO are fp32 (FP32_OPERANDS)."""
     K_pow2 = max(16, triton.next_power_of_2(K))
-    BV, num_warps, num_stages, BK = TABLE[kernel][(max(K_pow2, 64), BT)]
+    key = (max(K_pow2, 64), BT)
+    entry = TABLE[kernel][key]
+    if fp32_operands:
+        entry = FP32_OPERANDS.get(kernel, {}).get(key, entry)
+    BV, num_warps, num_stages, BK = entry
     return LaunchConfig(min(BK, K_pow2), min(BV, max(16, triton.next_power_of_2(V))), num_warps, num_stages)

@@ -1,12 +1,11 @@
 """The shipped configurations of the `mlp_memory` chunk-backward kernels (chunk_bwd.py), for
 `nested-kernels compile-report`: every chunk tile BT at the largest shapes of the contract
 (K = V = 128, Dh = 512; the tiles do not depend on K, V, Dh beyond the loop counts), bf16
-inputs, with every flag on (momentum, `read="current"`, self target, residual: the most
-registers) without and with DGD."""
-import inspect
+inputs (q, k, v as they are and as fp32 copies: `OPERAND_VARIANTS`), with every flag on
+(momentum, `read="current"`, self target, residual: the most registers) without and with DGD."""
 import itertools
 
-from ..utils.aot import AotSpec
+from ..utils.aot import OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
 from .chunk_bwd import (
     mlp_memory_bwd_kernel_dd, mlp_memory_bwd_kernel_dres, mlp_memory_bwd_kernel_dw, mlp_memory_bwd_kernel_inner,
     mlp_memory_bwd_kernel_qk, mlp_memory_bwd_kernel_res,
@@ -21,22 +20,14 @@ KERNELS = {
     "dres": mlp_memory_bwd_kernel_dres,
     "dw": mlp_memory_bwd_kernel_dw,
 }
-INPUTS_BF16 = {"q", "k", "v", "do"}
 SCALARS = {"C": "i32"}
 SHAPES = ((128, 512),)                      # (K = V, Dh)
 
 
-def _params(kernel):
-    """(runtime argument names, constexpr names) of a jitted or interpreted kernel."""
-    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
-    is_constexpr = lambda p: "constexpr" in str(p.annotation)
-    return [p.name for p in params if not is_constexpr(p)], {p.name for p in params if is_constexpr(p)}
-
-
 def _specs():
-    for part, kernel in KERNELS.items():
-        runtime, flags = _params(kernel)
-        signature = {n: SCALARS.get(n, "*bf16" if n in INPUTS_BF16 else "*fp32") for n in runtime}
+    for (variant, qkv, archs), (part, kernel) in itertools.product(OPERAND_VARIANTS, KERNELS.items()):
+        runtime, flags = kernel_params(kernel)
+        signature = pointer_types(runtime, qkv, bf16={"do"}, scalars=SCALARS)
         for (D, Dh), dgd, BT in itertools.product(SHAPES, (False, True), CHUNK_TILES):
             if dgd and "USE_DGD" not in flags:
                 continue                                                      # the same kernel as without DGD
@@ -45,10 +36,10 @@ def _specs():
                               IS_SELF_TARGET=True, IS_READ_CURRENT=True, USE_MOMENTUM=True, USE_DGD=dgd,
                               DOT_PRECISION="tf32")
             yield AotSpec(
-                name=f"mlp_memory_bwd_{part}-D{D}-Dh{Dh}-BT{BT}-bf16-mom-current-self{'-dgd' * dgd}", kernel=kernel,
+                name=f"mlp_memory_bwd_{part}-D{D}-Dh{Dh}-BT{BT}-{variant}-mom-current-self{'-dgd' * dgd}", kernel=kernel,
                 signature=signature, constexprs={n: x for n, x in constexprs.items() if n in flags},
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync
+                archs=archs, gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync
             )
 
 

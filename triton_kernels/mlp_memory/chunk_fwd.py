@@ -315,11 +315,13 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
     `gates` = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`;
     dgd_inv and kk_write = (K Kᵀ) ⊙ G rows 0..BT−1 `[H, NC, BT, BT]` with DGD (else None);
     w1_0 `[N | 1, H, K, Dh]`, w2_0 `[N | 1, H, Dh, V]`, s1_0, s2_0 `[N, H, ·, ·]` (None without momentum).
-    Returns o (in `out_dtype`) and the states h1, h2, hs1, hs2 `[NC + N, H, ·, ·]` fp32 (slots as in
-    the module docstring; hs1, hs2 None without momentum)."""
+    `out_dtype` is the op's input dtype (q, k, v may be fp32 copies of 16-bit inputs): it sets the
+    products' precision. Returns o (in `out_dtype`) and the states h1, h2, hs1, hs2 `[NC + N, H, ·, ·]`
+    fp32 (slots as in the module docstring; hs1, hs2 None without momentum)."""
     import torch
 
     from ..utils.launch import launch
+    from ..utils.operand_precision import dot_precision
     from .configs import launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
@@ -331,7 +333,7 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
     assert K <= 128 and V <= 128 and DH <= 512, f"mlp_memory triton: K, V up to 128, Dh up to 512; got {K}, {V}, {DH}"
     assert BT in (8, 16, 32, 64), f"mlp_memory triton: chunk_size in (8, 16, 32, 64), got {BT}"
     use_momentum = carry is not None
-    precision = "ieee" if k.dtype == torch.float32 else "tf32"
+    precision = dot_precision(out_dtype)
     f32 = dict(dtype=torch.float32, device=k.device)
     NS = NC + N
     h1, h2 = torch.empty(NS, H, K, DH, **f32), torch.empty(NS, H, DH, V, **f32)
@@ -344,7 +346,7 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
     common = dict(NC=NC, H=H, K=K, V=V, DH=DH, BT=BT, BC=max(16, BT),
                   ACTIVATION=ACT_CODES[activation], USE_RESIDUAL=residual,
                   USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
-    cfg = launch_config("fwd_h", K, V, DH, BT)
+    cfg = launch_config("fwd_h", K, V, DH, BT, fp32_operands=k.dtype == torch.float32)
     launch(
         mlp_memory_fwd_kernel_h, (N * H,), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,

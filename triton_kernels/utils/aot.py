@@ -36,6 +36,24 @@ ARCHS = (90, 80)
 SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
 
 
+# What the memory ops' kernels get as q, k, v: (variant name, Triton dtype, architectures). bf16
+# inputs as they are, and the fp32 copies of them that Hopper gets with Triton < 3.7.1
+# (`operand_precision.py`), reported for sm_90 only: elsewhere fp32 operands come only from fp32
+# inputs, whose products are exact ("ieee", not reported) unless torch allows tf32. tf32 products
+# either way, dO and o in the inputs' dtype (bf16).
+OPERAND_VARIANTS = (("bf16", "bf16", ARCHS), ("fp32qkv", "fp32", (90,)))
+QKV = frozenset({"q", "k", "v"})
+
+
+def pointer_types(names: Sequence[str], qkv: str, *, bf16=(), int32=(), scalars: Mapping[str, str] = {}
+                  ) -> Dict[str, str]:
+    """Triton types of the runtime arguments `names`: q, k, v as `qkv`, the `bf16` ones (dO, o),
+    the `int32` tables and the `scalars` as named, every other one an fp32 pointer."""
+    def of(n):
+        return f"*{qkv}" if n in QKV else "*bf16" if n in bf16 else "*i32" if n in int32 else "*fp32"
+    return {n: scalars.get(n, of(n)) for n in names}
+
+
 @dataclasses.dataclass(frozen=True)
 class AotSpec:
     """One kernel at one shipped configuration.
@@ -45,7 +63,8 @@ class AotSpec:
     default). `divisible_by_16` names the arguments the launch can promise are multiples of 16
     (pointers: 16-byte aligned), as Triton's JIT specialises them; None means every pointer,
     which is what a launch on fresh torch tensors gets. `gemm_heavy` kernels must use the
-    matrix units (wgmma on sm_90, mma on sm_80).
+    matrix units (wgmma on sm_90, mma on sm_80). `archs`: the architectures the configuration
+    launches on, those the report compiles it for.
     """
 
     name: str
@@ -56,6 +75,7 @@ class AotSpec:
     num_stages: int = 2
     gemm_heavy: bool = False
     divisible_by_16: Optional[Sequence[str]] = None
+    archs: Tuple[int, ...] = ARCHS
 
     @property
     def config(self) -> str:
@@ -109,6 +129,14 @@ class CompileResult:
     @property
     def status(self) -> str:
         return "; ".join(self.problems()) or "ok"
+
+
+def kernel_params(kernel) -> Tuple[List[str], set]:
+    """(runtime argument names, constexpr names) of a jitted or interpreted kernel: what an op's
+    `aot.py` needs to write the signature and the constexprs of its specs."""
+    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
+    is_constexpr = lambda p: "constexpr" in str(p.annotation)
+    return [p.name for p in params if not is_constexpr(p)], {p.name for p in params if is_constexpr(p)}
 
 
 def _kernel_chain(kernel) -> list:

@@ -10,6 +10,9 @@ Triton's 16-bit matrix products are known to be wrong.
   (benchmarks/results/h100-2026-11-25.md).
 
 `NESTED_KERNELS_TRITON_16BIT_DOTS=1` keeps 16-bit operands anyway (to investigate).
+
+`dot_precision` is the `input_precision` of the kernels' products, from the dtype of the op's inputs
+(before any copy): fp32 copies of 16-bit inputs still run on the matrix units, as tf32.
 """
 import functools
 import os
@@ -32,6 +35,18 @@ def _hopper_with_broken_triton(device_index: int) -> bool:
     import triton
 
     return torch.cuda.get_device_capability(device_index)[0] == 9 and _version(triton.__version__) < FIXED_TRITON
+
+
+def dot_precision(input_dtype: torch.dtype) -> str:
+    """`tl.dot(..., input_precision=)` for an op whose inputs are `input_dtype`. 16-bit inputs: "tf32",
+    also on their fp32 copies (tf32 holds every bf16 and fp16 value exactly, so products of inputs stay
+    exact; in-kernel fp32 operands such as the states round to tf32's 10-bit mantissa, finer than the
+    16-bit operands they would otherwise be cast to). fp32 inputs: exact fp32 products ("ieee", no
+    matrix units), unless torch allows tf32 for fp32 matrix products
+    (`torch.backends.cuda.matmul.allow_tf32`, e.g. `torch.set_float32_matmul_precision("high")`)."""
+    if input_dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
 
 
 def fp32_operands_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
