@@ -3,7 +3,8 @@ import itertools
 
 from ..utils.aot import OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
 from .chunk_bwd import (
-    linear_memory_bwd_kernel_dh, linear_memory_bwd_kernel_dk, linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
+    linear_memory_bwd_kernel_dgd_inv, linear_memory_bwd_kernel_dh, linear_memory_bwd_kernel_dk,
+    linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
 )
 from .chunk_fwd import linear_memory_fwd_kernel_h, linear_memory_fwd_kernel_o
 from .configs import launch_config
@@ -15,6 +16,7 @@ KERNELS = {
     "bwd_dq": linear_memory_bwd_kernel_dq,
     "bwd_dk": linear_memory_bwd_kernel_dk,
     "bwd_dk_dgd": linear_memory_bwd_kernel_dk_dgd,
+    "bwd_dgd_inv": linear_memory_bwd_kernel_dgd_inv,
 }
 # arguments other than fp32 pointers (q, k, v: `OPERAND_VARIANTS`)
 INPUT_DTYPE = {"do", "o"}

@@ -3,9 +3,11 @@
 `linear_memory_bwd_kernel_dh` runs the chunks of a sequence in reverse, carrying the adjoints
 (dM, dS) of the chunk-end state in fp32 registers per value tile; per chunk it stores them and
 the adjoints dR, dW, dP of the residuals, the DGD pseudo-values and the DGD right-hand side.
-`linear_memory_bwd_kernel_dq` (the reads' side) and `linear_memory_bwd_kernel_dk` (the writes'
-side) then form, in parallel over chunks, dQ, dK and the gradients of the gate matrices and of
-the DGD inverse, as partial sums per value tile.
+`linear_memory_bwd_kernel_dq` (the reads' side), `linear_memory_bwd_kernel_dk` (the writes' side)
+and, with DGD, `linear_memory_bwd_kernel_dk_dgd` and `linear_memory_bwd_kernel_dgd_inv` (the
+right-hand side P) then form, in parallel over key tiles and chunks, each looping over the value
+tiles, dQ and dK (exact) and the gradients of the gate matrices and of the DGD inverse (partial
+sums per key tile).
 """
 import triton
 import triton.language as tl
@@ -151,6 +153,18 @@ def linear_memory_bwd_kernel_dh(
             tl.store(ds0 + o_state + o_kv1, b_ds1, mask=m_kv1)
 
 
+@triton.jit
+def _value_tile(i_v, i_h, o_chunk, o_tok, o_k, m_k, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                BV: tl.constexpr):
+    """Offsets and masks of value tile i_v in the parallel kernels: the chunk's tokens by the tile
+    (`[T', H, V]` tensors) and the key tile by the value tile (chunk states `[H, NC, K, V]`)."""
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+    o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
+    return o_tv, o_hc, m_v[None, :], m_k[:, None] & m_v[None, :]
+
+
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_bwd_kernel_dq(
     q, k, do, decay, carry, write, dgd_write, h, s, res, pseudo, dq, dqk, d_decay, d_carry, d_write, d_dgd_write,
@@ -159,203 +173,223 @@ def linear_memory_bwd_kernel_dq(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The reads' side, partial over value tile i_v: dQ, dQ̃ = tril(−(Ō Rᵀ) ⊙ G − (Ō Wᵀ) ⊙ E) (kept for dK),
-    and the gradients of β, f, G, E on the rows after each token. Partial outputs are laid out
-    [NV, H, NC, 3, ...] with slot 0 = rows after each token (see `linear_memory_bwd`)."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    """The reads' side of key tile i_k, looping over the value tiles: dQ (exact), dQ̃ = tril(−(Ō Rᵀ) ⊙ G
+    − (Ō Wᵀ) ⊙ E) (exact, stored by the first key tile for dK) and the gradients of β, f, G, E on the
+    rows after each token, partial over key tiles ([NK, H, NC, ...]; slot 0 of d_decay, d_carry,
+    d_write: see `linear_memory_bwd`)."""
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
     m_causal = o_t[:, None] >= o_t[None, :]
     o_tok = i_c * BT + o_t
-    o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
     o_chunk = i_h * NC + i_c
     o_gate = o_chunk * (BT + 1) + 1                                           # rows after each token
-    o_part = i_v * H * NC + o_chunk
+    o_part = i_k * H * NC + o_chunk
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
-    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
-    b_dor = tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION)
-    b_dqk = -b_dor * tl.load(write + o_gate * BT + o_mat)
-    if USE_DGD:
-        b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
-        b_dow = tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION)
-        b_dqk -= b_dow * tl.load(dgd_write + o_gate * BT + o_mat)
-    b_dqk = tl.where(m_causal, b_dqk, 0.0)
-    tl.store(dqk + o_part * BT * BT + o_mat, b_dqk)
+    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
     b_decay = tl.load(decay + o_gate + o_t)
     b_carry = tl.load(carry + o_gate + o_t) if USE_MOMENTUM else b_decay
-    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
-    b_qx = tl.zeros([BT, BV], dtype=tl.float32)
-    b_qs = tl.zeros([BT, BV], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):                                      # dQ per K tile; Q Kᵀ, Q M^c, Q S^c summed
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        m_kv = m_k[:, None] & m_v[None, :]
-        o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
-        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
-        b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
-        b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_dor = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dow = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_d_decay = tl.zeros([BT], dtype=tl.float32)
+    b_d_carry = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):                                      # Ō Rᵀ, Ō Wᵀ, dQ summed over V
+        o_tv, o_hc, m_tv, m_kv = _value_tile(i_v, i_h, o_chunk, o_tok, o_k, m_k, H, K, V, BV)
+        b_do = scale * tl.load(do + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_r = tl.load(res + o_tv, mask=m_tv, other=0.0)
+        b_dor += tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION)
+        if USE_DGD:
+            b_w = tl.load(pseudo + o_tv, mask=m_tv, other=0.0)
+            b_dow += tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION)
         b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
-        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
-        b_qx += tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION)
-        b_dq = b_decay[:, None] * tl.dot(b_do, tl.trans(b_x), input_precision=DOT_PRECISION)
+        b_dq += b_decay[:, None] * tl.dot(b_do, tl.trans(b_x), input_precision=DOT_PRECISION)
+        b_d_decay += tl.sum(b_do * tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION), 1)
         if USE_MOMENTUM:
             b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
-            b_qs += tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION)
             b_dq += b_carry[:, None] * tl.dot(b_do, tl.trans(b_s), input_precision=DOT_PRECISION)
-        b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
-        tl.store(dq + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dq, mask=m_k[None, :])
-    b_qk = tl.where(m_causal, b_qk, 0.0)
-    tl.store(d_decay + o_part * 3 * BT + o_t, tl.sum(b_do * b_qx, 1))
-    if USE_MOMENTUM:
-        tl.store(d_carry + o_part * 3 * BT + o_t, tl.sum(b_do * b_qs, 1))
-    # Ō Rᵀ and Ō Wᵀ again rather than live through the loop over K
-    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
-    tl.store(d_write + o_part * 3 * BT * BT + o_mat,
-             -b_qk * tl.dot(b_do, tl.trans(b_r), input_precision=DOT_PRECISION))
+            b_d_carry += tl.sum(b_do * tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION), 1)
+    b_dqk = -b_dor * tl.load(write + o_gate * BT + o_mat)
     if USE_DGD:
-        b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
-        tl.store(d_dgd_write + o_part * 3 * BT * BT + o_mat,
-                 -b_qk * tl.dot(b_do, tl.trans(b_w), input_precision=DOT_PRECISION))
+        b_dqk -= b_dow * tl.load(dgd_write + o_gate * BT + o_mat)
+    b_dqk = tl.where(m_causal, b_dqk, 0.0)
+    if i_k == 0:
+        tl.store(dqk + o_chunk * BT * BT + o_mat, b_dqk)
+    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
+    tl.store(dq + o_tk, b_dq, mask=m_k[None, :])
+    b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
+    tl.store(d_decay + o_part * 3 * BT + o_t, b_d_decay)
+    if USE_MOMENTUM:
+        tl.store(d_carry + o_part * 3 * BT + o_t, b_d_carry)
+    tl.store(d_write + o_part * 2 * BT * BT + o_mat, -b_qk * b_dor)
+    if USE_DGD:
+        tl.store(d_dgd_write + o_part * BT * BT + o_mat, -b_qk * b_dow)
 
 
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_bwd_kernel_dk(
-    q, k, decay, carry, write, dgd_write, mom_write_last, last_rows, h, s, res, pseudo, dh, ds, dres,
-    dqk, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom,
+    q, k, write, dgd_write, mom_write_last, last_rows, h, s, res, pseudo, dh, ds, dres,
+    dqk, dk, d_decay, d_carry, d_write_last, d_dgd_write_last, d_mom,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The writes' side, partial over value tile i_v: dK (but its DGD right-hand-side terms, see
-    `linear_memory_bwd_kernel_dk_dgd`) and the gradients of the last-row gates (slot 2; G[last],
-    E[last] as the first row of slot 2, β[last], f[last] as its first entry), of N[last] and m[last]
-    (d_mom [NV, H, NC, 2, BT]). dK per K tile of BK rows; the products with K summed over tiles."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    """The writes' side of key tile i_k, looping over the value tiles: dK (exact, but its DGD
+    right-hand-side terms, added by `linear_memory_bwd_kernel_dk_dgd`) and the gradients of the
+    last-row gates, partial over key tiles: G[last, :], E[last, :] (d_write_last, d_dgd_write_last
+    [NK, H, NC, BT]), β[last], f[last] (slot 2 of d_decay, d_carry, first entry), N[last, :] and
+    m[last] (d_mom [NK, H, NC, 2, BT])."""
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
     o_tok = i_c * BT + o_t
-    o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
     o_chunk = i_h * NC + i_c
     o_gate = o_chunk * (BT + 1)
-    o_part = i_v * H * NC + o_chunk
-    o_mat = o_t[:, None] * BT + o_t[None, :]
-    o_dvec = o_part * 3 * BT
-    o_dmat = o_part * 3 * BT * BT
+    o_part = i_k * H * NC + o_chunk
     i_last = tl.load(last_rows + i_c)
     b_last_slot = tl.where(o_t == 0, 1.0, 0.0)
 
-    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
-    b_dr = tl.load(dres + o_tv, mask=m_v[None, :], other=0.0)
-    b_dqk = tl.load(dqk + o_part * BT * BT + o_mat)
-    b_upd = tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_r      # rows whose Kᵀ(·) enters M[last]
-    if USE_DGD:
-        b_w = tl.load(pseudo + o_tv, mask=m_v[None, :], other=0.0)
-        b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
-    if USE_MOMENTUM:
-        b_n_upd = tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r
-    b_kdx = tl.zeros([BT, BV], dtype=tl.float32)
-    b_kds = tl.zeros([BT, BV], dtype=tl.float32)
+    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_g_last = tl.load(write + (o_gate + i_last) * BT + o_t)                  # rows whose Kᵀ(·) enters M[last]
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_d_g_last = tl.zeros([BT], dtype=tl.float32)
+    b_d_e_last = tl.zeros([BT], dtype=tl.float32)
+    b_d_n_last = tl.zeros([BT], dtype=tl.float32)
     b_dx_x = tl.zeros([BV], dtype=tl.float32)
     b_dx_s = tl.zeros([BV], dtype=tl.float32)
     b_ds_s = tl.zeros([BV], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        m_kv = m_k[:, None] & m_v[None, :]
-        o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
-        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
-        b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
-        b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_tv, o_hc, m_tv, m_kv = _value_tile(i_v, i_h, o_chunk, o_tok, o_k, m_k, H, K, V, BV)
+        b_r = tl.load(res + o_tv, mask=m_tv, other=0.0)
         b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
         b_dx = tl.load(dh + o_hc, mask=m_kv, other=0.0)
-        b_kdx += tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_kdx = tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_d_g_last -= tl.sum(b_kdx * b_r, 1)
         b_dx_x += tl.sum(b_dx * b_x, 0)
-        b_dk = tl.dot(tl.trans(b_dqk), b_q.to(tl.float32), input_precision=DOT_PRECISION)
-        b_dk += tl.dot(b_dr, tl.trans(b_x), input_precision=DOT_PRECISION)   # R = K M^c − V
+        b_dk += tl.dot(tl.load(dres + o_tv, mask=m_tv, other=0.0), tl.trans(b_x),
+                       input_precision=DOT_PRECISION)                         # R = K M^c − V
+        b_upd = b_g_last[:, None] * b_r
+        if USE_DGD:
+            b_w = tl.load(pseudo + o_tv, mask=m_tv, other=0.0)
+            b_d_e_last -= tl.sum(b_kdx * b_w, 1)
+            b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
         b_dk -= tl.dot(b_upd.to(b_k.dtype), tl.trans(b_dx.to(b_k.dtype)), input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
             b_dsn = tl.load(ds + o_hc, mask=m_kv, other=0.0)
-            b_kds += tl.dot(b_k, b_dsn.to(b_k.dtype), input_precision=DOT_PRECISION)
+            b_d_n_last -= tl.sum(tl.dot(b_k, b_dsn.to(b_k.dtype), input_precision=DOT_PRECISION) * b_r, 1)
             b_dx_s += tl.sum(b_dx * b_s, 0)
             b_ds_s += tl.sum(b_dsn * b_s, 0)
+            b_n_upd = tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r
             b_dk -= tl.dot(b_n_upd.to(b_k.dtype), tl.trans(b_dsn.to(b_k.dtype)), input_precision=DOT_PRECISION)
-        tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
-    tl.store(d_decay + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(b_dx_x, 0))
-    tl.store(d_write + o_dmat + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_r, 1))
+    o_mat = o_t[:, None] * BT + o_t[None, :]
+    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+    b_dk += tl.dot(tl.trans(tl.load(dqk + o_chunk * BT * BT + o_mat)), b_q.to(tl.float32),
+                   input_precision=DOT_PRECISION)
+    tl.store(dk + o_tk, b_dk, mask=m_k[None, :])
+    tl.store(d_decay + o_part * 3 * BT + 2 * BT + o_t, b_last_slot * tl.sum(b_dx_x, 0))
+    tl.store(d_write_last + o_part * BT + o_t, b_d_g_last)
     if USE_MOMENTUM:
-        tl.store(d_carry + o_dvec + 2 * BT + o_t, b_last_slot * tl.sum(b_dx_s, 0))
-        tl.store(d_mom + o_part * 2 * BT + o_t, -tl.sum(b_kds * b_r, 1))     # N[last, :]
-        tl.store(d_mom + o_part * 2 * BT + BT + o_t, b_last_slot * tl.sum(b_ds_s, 0))  # m[last]
+        tl.store(d_carry + o_part * 3 * BT + 2 * BT + o_t, b_last_slot * tl.sum(b_dx_s, 0))
+        tl.store(d_mom + o_part * 2 * BT + o_t, b_d_n_last)                              # N[last, :]
+        tl.store(d_mom + o_part * 2 * BT + BT + o_t, b_last_slot * tl.sum(b_ds_s, 0))    # m[last]
     if USE_DGD:
-        tl.store(d_dgd_write + o_dmat + 2 * BT * BT + o_t, -tl.sum(b_kdx * b_w, 1))
+        tl.store(d_dgd_write_last + o_part * BT + o_t, b_d_e_last)
 
 
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_bwd_kernel_dk_dgd(
-    k, decay, carry, write, h, s, res, dpseudo, drhs, dk, d_decay, d_carry, d_write, d_dgd_inv,
+    k, decay, carry, write, h, s, res, drhs, dk, d_decay, d_carry, d_write,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The DGD right-hand side P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R (rows before each
-    token), partial over value tile i_v: its part of dK, the gradients of β, f, G on those rows
-    (slot 1) and of the DGD inverse, d(I + L)^{-1} = dW Pᵀ. dK per K tile of BK rows; K M^c,
-    K S^c and K Kᵀ summed over the tiles."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    token) for key tile i_k, looping over the value tiles: its part of dK, added to dK in place
+    (exact), and, partial over key tiles, the gradients of β, f, G on those rows (slot 1)."""
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
     o_tok = i_c * BT + o_t
-    o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
+    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
     o_chunk = i_h * NC + i_c
     o_gate = o_chunk * (BT + 1)
-    o_part = i_v * H * NC + o_chunk
+    o_part = i_k * H * NC + o_chunk
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
-    b_dp = tl.load(drhs + o_tv, mask=m_v[None, :], other=0.0)
+    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
     b_decay = tl.load(decay + o_gate + o_t)
     b_carry = tl.load(carry + o_gate + o_t) if USE_MOMENTUM else b_decay
-    b_write = tl.load(write + o_gate * BT + o_mat)
-    b_dpr = tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION)
-    b_dkk = -b_dpr * b_write
-    b_dkk = b_dkk + tl.trans(b_dkk)
-    b_kx = tl.zeros([BT, BV], dtype=tl.float32)
-    b_ks = tl.zeros([BT, BV], dtype=tl.float32)
-    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        m_kv = m_k[:, None] & m_v[None, :]
-        o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
-        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+    b_dpr = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_d_decay = tl.zeros([BT], dtype=tl.float32)
+    b_d_carry = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_tv, o_hc, m_tv, m_kv = _value_tile(i_v, i_h, o_chunk, o_tok, o_k, m_k, H, K, V, BV)
+        b_dp = tl.load(drhs + o_tv, mask=m_tv, other=0.0)
+        b_dpr += tl.dot(b_dp, tl.trans(tl.load(res + o_tv, mask=m_tv, other=0.0)),
+                        input_precision=DOT_PRECISION)
         b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
-        b_kx += tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
-        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
-        b_dk = b_decay[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
+        b_d_decay += tl.sum(b_dp * tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION), 1)
+        b_dk += b_decay[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
-            b_ks += tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION)
+            b_d_carry += tl.sum(b_dp * tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION), 1)
             b_dk += b_carry[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
-        b_dk += tl.dot(b_dkk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
-        tl.store(dk + (i_v * (NC * BT) + o_tok[:, None]) * H * K + i_h * K + o_k[None, :], b_dk, mask=m_k[None, :])
-    # R and G again rather than live through the loop over K
-    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
-    b_write = tl.load(write + o_gate * BT + o_mat)
-    b_p = b_decay[:, None] * b_kx - tl.dot(b_kk * b_write, b_r, input_precision=DOT_PRECISION)
-    tl.store(d_decay + o_part * 3 * BT + BT + o_t, tl.sum(b_dp * b_kx, 1))
+    b_dkk = -b_dpr * tl.load(write + o_gate * BT + o_mat)                     # dÂ, Â = (K Kᵀ) ⊙ G
+    b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
+    b_dk += tl.load(dk + o_tk, mask=m_k[None, :], other=0.0)                 # the writes' side
+    tl.store(dk + o_tk, b_dk, mask=m_k[None, :])
+    tl.store(d_decay + o_part * 3 * BT + BT + o_t, b_d_decay)
     if USE_MOMENTUM:
-        b_p += b_carry[:, None] * b_ks
-        tl.store(d_carry + o_part * 3 * BT + BT + o_t, tl.sum(b_dp * b_ks, 1))
-    tl.store(d_write + o_part * 3 * BT * BT + BT * BT + o_mat,
-             -b_kk * tl.dot(b_dp, tl.trans(b_r), input_precision=DOT_PRECISION))
-    b_dw = tl.load(dpseudo + o_tv, mask=m_v[None, :], other=0.0)
-    tl.store(d_dgd_inv + o_part * BT * BT + o_mat, tl.dot(b_dw, tl.trans(b_p), input_precision=DOT_PRECISION))
+        tl.store(d_carry + o_part * 3 * BT + BT + o_t, b_d_carry)
+    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)         # this key tile's part of K Kᵀ
+    tl.store(d_write + o_part * 2 * BT * BT + BT * BT + o_mat, -b_kk * b_dpr)
+
+
+@triton.jit(do_not_specialize=["NC"])
+def linear_memory_bwd_kernel_dgd_inv(
+    k, decay, carry, write, h, s, res, dpseudo, d_dgd_inv,
+    NC,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The gradient of the DGD inverse, d(I + L)^{-1} = dW Pᵀ, partial over key tiles: key tile i_k's
+    part of P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R, a value tile at a time. Apart from
+    `linear_memory_bwd_kernel_dk_dgd`: the two BT × BT sums of one kernel spilled hundreds of bytes."""
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    o_t = tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    o_tok = i_c * BT + o_t
+    o_chunk = i_h * NC + i_c
+    o_gate = o_chunk * (BT + 1)
+    o_mat = o_t[:, None] * BT + o_t[None, :]
+
+    b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+    b_decay = tl.load(decay + o_gate + o_t)
+    # this key tile's part of (K Kᵀ) ⊙ G
+    b_kk_write = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION) * tl.load(write + o_gate * BT + o_mat)
+    b_d_inv = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_tv, o_hc, m_tv, m_kv = _value_tile(i_v, i_h, o_chunk, o_tok, o_k, m_k, H, K, V, BV)
+        b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+        b_p = b_decay[:, None] * tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION) - tl.dot(
+            b_kk_write, tl.load(res + o_tv, mask=m_tv, other=0.0), input_precision=DOT_PRECISION)
+        if USE_MOMENTUM:
+            b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
+            b_p += tl.load(carry + o_gate + o_t)[:, None] * tl.dot(b_k, b_s.to(b_k.dtype),
+                                                                  input_precision=DOT_PRECISION)
+        b_d_inv += tl.dot(tl.load(dpseudo + o_tv, mask=m_tv, other=0.0), tl.trans(b_p),
+                          input_precision=DOT_PRECISION)
+    tl.store(d_dgd_inv + (i_k * H * NC + o_chunk) * BT * BT + o_mat, b_d_inv)
 
 
 def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, fwd, *, scale, dgd):
@@ -399,68 +433,76 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
         dht=dht, dst=dst, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs, dh0=dh0, ds0=ds0, scale=scale,
         USE_FINAL_STATE_GRADIENT=dht is not None, **common, **cfg._asdict(),
     )
-    cfg_dq = launch_config("bwd_dq", K, V, BT, fp32_operands)
-    cfg_dk = launch_config("bwd_dk", K, V, BT, fp32_operands)
-    assert cfg_dq.BV == cfg_dk.BV, "dK reads the dQ kernel's per-tile dQ̃: one value tiling for both"
-    NV = triton.cdiv(V, cfg_dq.BV)
-    partial = lambda *shape: torch.zeros(NV, H, NC, *shape, **f32)            # slots a kernel may leave unwritten
-    dq, dk = torch.empty(NV, Tp, H, K, **f32), torch.empty(NV, Tp, H, K, **f32)
-    dqk = torch.empty(NV, H, NC, BT, BT, **f32)
-    d_decay, d_write = partial(3, BT), partial(3, BT, BT)
-    d_carry = partial(3, BT) if use_momentum else None
+    # The parallel kernels: one program per (key tile, chunk, head), looping over the value tiles, so
+    # dQ, dK and dQ̃ come exact; what sums over K (the gate gradients, the DGD inverse's) is partial
+    # over the NK key tiles, [NK, H, NC, ...], summed here (NK = 1 when one tile holds K).
+    # d_decay, d_carry: slots 0 (rows after each token, dQ's kernel), 1 (rows before, DGD), 2 (the
+    # last real row, first entry; dK's kernel); d_write: slots 0 and 1 of BT × BT, with its last row
+    # in d_write_last. Slot 1 is written only with DGD.
+    parts = ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")
+    cfgs = {part: launch_config(part, K, V, BT, fp32_operands) for part in parts}
+    BK = cfgs["bwd_dq"].BK
+    assert all(c.BK == BK for c in cfgs.values()), "the parallel kernels share the key tiling of their partial sums"
+    NK = triton.cdiv(K, BK)
+    partial = lambda *shape: torch.empty(NK, H, NC, *shape, **f32)
+    partial_zeros = lambda *shape: torch.zeros(NK, H, NC, *shape, **f32)     # slots a kernel may leave unwritten
+    dq, dk = torch.empty(Tp, H, K, **f32), torch.empty(Tp, H, K, **f32)
+    dqk = torch.empty(H, NC, BT, BT, **f32)
+    d_decay, d_write, d_write_last = partial_zeros(3, BT), partial(2, BT, BT), partial(BT)
+    d_carry = partial_zeros(3, BT) if use_momentum else None
     d_mom = partial(2, BT) if use_momentum else None
-    d_dgd_write = partial(3, BT, BT)
-    d_dgd_inv = None
+    d_dgd_write, d_dgd_write_last = (partial(BT, BT), partial(BT)) if dgd else (None, None)
+    d_dgd_inv = partial(BT, BT) if dgd else None
+    grid = (NK, NC, H)
     launch(
-        linear_memory_bwd_kernel_dq, (NV, NC, H), k.device,
+        linear_memory_bwd_kernel_dq, grid, k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res,
         pseudo=pseudo, dq=dq, dqk=dqk, d_decay=d_decay, d_carry=d_carry, d_write=d_write, d_dgd_write=d_dgd_write,
-        scale=scale, **common, **cfg_dq._asdict(),
+        scale=scale, **common, **cfgs["bwd_dq"]._asdict(),
     )
     launch(
-        linear_memory_bwd_kernel_dk, (NV, NC, H), k.device,
-        q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last,
-        last_rows=last_rows, h=h, s=s, res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres,
-        dqk=dqk, dk=dk, d_decay=d_decay, d_carry=d_carry, d_write=d_write, d_dgd_write=d_dgd_write, d_mom=d_mom,
-        **common, **cfg_dk._asdict(),
+        linear_memory_bwd_kernel_dk, grid, k.device,
+        q=q, k=k, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last, last_rows=last_rows, h=h, s=s,
+        res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres, dqk=dqk, dk=dk, d_decay=d_decay, d_carry=d_carry,
+        d_write_last=d_write_last, d_dgd_write_last=d_dgd_write_last, d_mom=d_mom,
+        **common, **cfgs["bwd_dk"]._asdict(),
     )
-    dk = dk.sum(0)
     if dgd:
-        cfg = launch_config("bwd_dk_dgd", K, V, BT, fp32_operands)
-        dk_dgd = torch.empty(triton.cdiv(V, cfg.BV), Tp, H, K, **f32)
-        d_dgd_inv = torch.empty(triton.cdiv(V, cfg.BV), H, NC, BT, BT, **f32)
-        d_rhs_gates = [torch.zeros(triton.cdiv(V, cfg.BV), H, NC, *shape, **f32) for shape in ((3, BT), (3, BT), (3, BT, BT))]
+        rhs = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, DOT_PRECISION=precision)
         launch(
-            linear_memory_bwd_kernel_dk_dgd, (triton.cdiv(V, cfg.BV), NC, H), k.device,
-            k=k, decay=decay, carry=carry, write=write, h=h, s=s, res=res, dpseudo=dpseudo, drhs=drhs, dk=dk_dgd,
-            d_decay=d_rhs_gates[0], d_carry=d_rhs_gates[1], d_write=d_rhs_gates[2], d_dgd_inv=d_dgd_inv,
-            NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, DOT_PRECISION=precision, **cfg._asdict(),
+            linear_memory_bwd_kernel_dk_dgd, grid, k.device,
+            k=k, decay=decay, carry=carry, write=write, h=h, s=s, res=res, drhs=drhs, dk=dk,
+            d_decay=d_decay, d_carry=d_carry, d_write=d_write, **rhs, **cfgs["bwd_dk_dgd"]._asdict(),
         )
-        dk = dk + dk_dgd.sum(0)
-        d_decay, d_write = d_decay.sum(0) + d_rhs_gates[0].sum(0), d_write.sum(0) + d_rhs_gates[2].sum(0)
-        if use_momentum:
-            d_carry = d_carry.sum(0) + d_rhs_gates[1].sum(0)
-    else:
-        d_decay, d_write = d_decay.sum(0), d_write.sum(0)
-        if use_momentum:
-            d_carry = d_carry.sum(0)
+        launch(
+            linear_memory_bwd_kernel_dgd_inv, grid, k.device,
+            k=k, decay=decay, carry=carry, write=write, h=h, s=s, res=res, dpseudo=dpseudo, d_dgd_inv=d_dgd_inv,
+            **rhs, **cfgs["bwd_dgd_inv"]._asdict(),
+        )
+    total = lambda x: None if x is None else x[0] if NK == 1 else x.sum(0)   # over the key tiles
     rows = last_rows.long()
     chunks = torch.arange(NC, device=k.device)
 
-    def rows_of(split):                                                       # [H, NC, 3, ...] -> [H, NC, BT+1, ...]
-        full = split.new_zeros(H, NC, BT + 1, *split.shape[4:])
-        full[:, :, 1:] += split[:, :, 0]                                      # after each token
-        full[:, :, :BT] += split[:, :, 1]                                     # before each token (DGD)
-        full[:, chunks, rows] += split[:, :, 2, 0]                            # at the last real token
+    def rows_of(after, before, last):                                         # -> [H, NC, BT+1, ...]
+        full = after.new_zeros(H, NC, BT + 1, *after.shape[3:])
+        full[:, :, 1:] += after                                               # after each token
+        if before is not None:
+            full[:, :, :BT] += before                                         # before each token (DGD)
+        full[:, chunks, rows] += last                                         # at the last real token
         return full
 
+    d_decay, d_carry, d_write = total(d_decay), total(d_carry), total(d_write)
+    d_dgd_write_rows = None
+    if dgd:
+        d_dgd_write_rows = rows_of(total(d_dgd_write), None, total(d_dgd_write_last))
+    d_mom = total(d_mom)
     grads = (
-        rows_of(d_decay),
-        rows_of(d_carry) if use_momentum else None,
-        rows_of(d_write),
-        rows_of(d_dgd_write.sum(0)),
-        d_mom.sum(0)[:, :, 1, 0] if use_momentum else None,
-        d_mom.sum(0)[:, :, 0] if use_momentum else None,
+        rows_of(d_decay[:, :, 0], d_decay[:, :, 1], d_decay[:, :, 2, 0]),
+        rows_of(d_carry[:, :, 0], d_carry[:, :, 1], d_carry[:, :, 2, 0]) if use_momentum else None,
+        rows_of(d_write[:, :, 0], d_write[:, :, 1] if dgd else None, total(d_write_last)),
+        d_dgd_write_rows if dgd else torch.zeros_like(dgd_write),
+        d_mom[:, :, 1, 0].clone() if use_momentum else None,                # two tensors, not views of one
+        d_mom[:, :, 0].clone() if use_momentum else None,
     )
     dv = -dres
-    return dq.sum(0), dk, dv, grads, None if d_dgd_inv is None else d_dgd_inv.sum(0), dh0, ds0
+    return dq, dk, dv, grads, total(d_dgd_inv), dh0, ds0

@@ -5,9 +5,11 @@ Chosen by compiling candidate (value tile, warps, stages, key tile) for sm_90 an
 momentum and DGD on (the most registers) with `benchmarks/linear_memory_spill_sweep.py`: every
 entry is free of spills on sm_90 and on sm_80 (which compiles the same table) and fits the
 shared memory of one block on both (232448 B on sm_90, 166912 B on sm_80). The key
-tile BK bounds how many rows of K (and of the states) a kernel holds at once: the parallel
-kernels (`fwd_o`, `bwd_dq`, `bwd_dk`, `bwd_dk_dgd`) loop over K in tiles of BK rows; the
-recurrent ones (`fwd_h`, `bwd_dh`) hold the state as at most two tiles (K ≤ 2·BK). num_stages
+tile BK bounds how many rows of K (and of the states) a kernel holds at once: `fwd_o` loops over
+K in tiles of BK rows; the backward's parallel kernels (`bwd_dq`, `bwd_dk`, `bwd_dk_dgd`,
+`bwd_dgd_inv`) run one program per key tile of BK rows, loop over V in tiles of BV columns and
+share BK (their partial sums over key tiles share buffers); the recurrent ones (`fwd_h`,
+`bwd_dh`) hold the state as at most two tiles (K ≤ 2·BK). num_stages
 is per entry (it was fixed at 2): 1 wherever pipelining the loads only added registers, and for
 `bwd_dh` with 64-token chunks and K ≥ 128, whose two stages of four BT × BT fp32 blocks and the
 Q and K tiles needed more shared memory than a block may have.
@@ -44,16 +46,20 @@ TABLE = {
     "bwd_dh": {(64, 16): (32, 8, 2, 256), (64, 32): (16, 4, 2, 256), (64, 64): (16, 4, 2, 256),
                (128, 16): (32, 8, 2, 256), (128, 32): (16, 8, 2, 256), (128, 64): (16, 4, 1, 256),
                (256, 16): (16, 8, 1, 128), (256, 32): (16, 4, 2, 128), (256, 64): (16, 8, 1, 128)},
-    # the dQ and dK kernels share their value tiling (dK reads dQ's per-tile dQ̃)
-    "bwd_dq": {(64, 16): (32, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (16, 8, 1, 32),
-               (128, 16): (16, 8, 1, 64), (128, 32): (16, 8, 1, 64), (128, 64): (16, 8, 1, 32),
-               (256, 16): (16, 8, 1, 32), (256, 32): (16, 8, 1, 64), (256, 64): (16, 8, 1, 32)},
-    "bwd_dk": {(64, 16): (32, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (16, 8, 1, 32),
-               (128, 16): (16, 8, 1, 64), (128, 32): (16, 8, 1, 64), (128, 64): (16, 8, 1, 32),
-               (256, 16): (16, 8, 1, 64), (256, 32): (16, 8, 1, 64), (256, 64): (16, 8, 1, 32)},
-    "bwd_dk_dgd": {(64, 16): (16, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (16, 8, 1, 32),
-                   (128, 16): (16, 8, 1, 64), (128, 32): (16, 8, 1, 64), (128, 64): (16, 8, 1, 32),
-                   (256, 16): (16, 8, 1, 64), (256, 32): (16, 8, 1, 64), (256, 64): (16, 8, 1, 32)},
+    # the parallel kernels of the backward share their key tiling (one program per key tile; their
+    # partial sums over key tiles share buffers)
+    "bwd_dq": {(64, 16): (32, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (32, 8, 1, 32),
+               (128, 16): (32, 8, 1, 128), (128, 32): (16, 8, 1, 64), (128, 64): (32, 8, 1, 32),
+               (256, 16): (32, 8, 1, 128), (256, 32): (16, 8, 1, 64), (256, 64): (32, 8, 1, 32)},
+    "bwd_dk": {(64, 16): (32, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (32, 8, 1, 32),
+               (128, 16): (16, 8, 1, 128), (128, 32): (16, 8, 1, 64), (128, 64): (32, 8, 1, 32),
+               (256, 16): (16, 8, 1, 128), (256, 32): (16, 8, 1, 64), (256, 64): (32, 8, 1, 32)},
+    "bwd_dk_dgd": {(64, 16): (32, 8, 1, 64), (64, 32): (32, 8, 1, 64), (64, 64): (16, 8, 1, 32),
+                   (128, 16): (32, 8, 1, 128), (128, 32): (32, 8, 1, 64), (128, 64): (16, 8, 1, 32),
+                   (256, 16): (32, 8, 1, 128), (256, 32): (32, 8, 1, 64), (256, 64): (16, 8, 1, 32)},
+    "bwd_dgd_inv": {(64, 16): (32, 8, 1, 64), (64, 32): (32, 8, 1, 64), (64, 64): (32, 8, 1, 32),
+                    (128, 16): (32, 4, 1, 128), (128, 32): (32, 4, 1, 64), (128, 64): (32, 4, 1, 32),
+                    (256, 16): (32, 4, 1, 128), (256, 32): (32, 4, 1, 64), (256, 64): (32, 4, 1, 32)}
 }
 
 
@@ -61,6 +67,8 @@ TABLE = {
 FP32_OPERANDS = {
     "fwd_h": {(256, 64): (16, 8, 1, 128)},
     "bwd_dh": {(64, 64): (16, 4, 1, 256), (128, 64): (16, 4, 1, 64), (256, 32): (16, 8, 2, 128)},
+    "bwd_dk_dgd": {(128, 16): (16, 8, 1, 128), (128, 32): (16, 8, 1, 64), (256, 16): (16, 8, 1, 128),
+                   (256, 32): (16, 8, 1, 64)},
 }
 
 
