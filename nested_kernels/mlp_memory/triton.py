@@ -52,7 +52,9 @@ def _last_row(x: torch.Tensor, last_rows: torch.Tensor) -> torch.Tensor:
 
 def _forward(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, last_rows, activation, residual, dgd,
              self_target, read, chunk_size, out_dtype):
+    from ..triton_kernels.common.chunk_products import chunk_products
     from ..triton_kernels.mlp_memory.chunk_fwd import mlp_memory_fwd
+    from ..triton_kernels.utils.operand_precision import dot_precision
 
     C = chunk_size
     empty = k.shape[0] == 0                                                   # no chunks: the kernels only copy states
@@ -66,13 +68,16 @@ def _forward(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, la
         _last_row(g.mom_write, last_rows) if use_momentum else None,
     )
     dgd_inv = kk_write = None
-    if dgd:
+    if dgd and C >= 16 and not empty:
+        _, _, kk_write = chunk_products(q, k, gates[2], gates[3], reads=False, dgd=True,
+                                        precision=dot_precision(out_dtype))
+        dgd_inv = dgd_inverse_triton(k, g.dgd_write).contiguous()
+    elif dgd:                                                                 # the kernels take 16-row products (tl.dot)
         H, NC = g.decay.shape[:2]
         kc = k.float().unflatten(0, (NC, C)).permute(2, 0, 1, 3)            # [H, NC, C, K]
         kk = kc @ kc.transpose(-1, -2)
         kk_write = (kk * g.write[:, :, :C]).contiguous()
-        # the DGD kernel takes 16-row products (tl.dot); 8-token chunks solve in PyTorch
-        dgd_inv = (dgd_inverse_triton(k, g.dgd_write) if C >= 16 and not empty else dgd_inverse(g, kk)).contiguous()
+        dgd_inv = dgd_inverse(g, kk).contiguous()
     return mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, w1, w2, s1, s2,
                           activation=activation, residual=residual, dgd=dgd, self_target=self_target, read=read,
                           out_dtype=out_dtype)

@@ -1,7 +1,8 @@
 """The shipped configurations of the shared kernels, for `nested-kernels compile-report`: the
-gate kernels (momentum on: the most registers) and the DGD inverse (bf16 keys as they are and as
-fp32 copies, `OPERAND_VARIANTS`; H = 16)."""
+gate kernels (momentum on: the most registers), and the chunk products (both products) and the DGD
+inverse with bf16 q, k as they are and as fp32 copies (`OPERAND_VARIANTS`), H = 16."""
 from ..utils.aot import OPERAND_VARIANTS, AotSpec
+from . import chunk_products
 from .dgd_inverse import BK, dgd_inverse_kernel
 from .dgd_inverse import num_warps as dgd_inverse_warps
 from .chunk_gates import CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
@@ -19,6 +20,16 @@ AOT_SPECS = [
     AotSpec(name=f"dgd_inverse-K{K}-C{C}-{variant}", kernel=dgd_inverse_kernel,
             signature={"k": f"*{qkv}", "dgd_write": "*fp32", "inv": "*fp32", "NC": "i32"},
             constexprs={"H": 16, "K": K, "C": C, "BK": BK}, num_warps=dgd_inverse_warps(C), archs=archs)
+    for variant, qkv, archs in OPERAND_VARIANTS
+    for K in (64, 128, 256)
+    for C in (16, 32, 64)
+] + [
+    AotSpec(name=f"chunk_products-K{K}-C{C}-{variant}-dgd", kernel=chunk_products.chunk_products_kernel,
+            signature={"q": f"*{qkv}", "k": f"*{qkv}", "write": "*fp32", "dgd_write": "*fp32", "qk_write": "*fp32",
+                       "qk_dgd_write": "*fp32", "kk_write": "*fp32", "NC": "i32"},
+            constexprs={"H": 16, "K": K, "BT": C, "BK": min(chunk_products.BK, K), "USE_QK": True, "USE_DGD": True,
+                        "DOT_PRECISION": "tf32"},
+            num_warps=chunk_products.num_warps(C), archs=archs, gemm_heavy=C == 64)
     for variant, qkv, archs in OPERAND_VARIANTS
     for K in (64, 128, 256)
     for C in (16, 32, 64)

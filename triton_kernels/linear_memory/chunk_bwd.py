@@ -400,7 +400,7 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
 
     from ..utils.launch import launch
     from ..utils.operand_precision import dot_precision
-    from .chunk_fwd import chunk_products
+    from ..common.chunk_products import chunk_products
     from .configs import launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
@@ -421,15 +421,14 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     dh0 = torch.empty(N, H, K, V, **f32)
     ds0 = torch.empty(N, H, K, V, **f32) if use_momentum else None
     common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
+    qk_write, qk_dgd_write, kk_write = chunk_products(q, k, write, dgd_write, reads=True, dgd=dgd, precision=precision)
     cfg = launch_config("bwd_dh", K, V, BT, fp32_operands)
     assert K <= 2 * cfg.BK, "linear_memory_bwd_kernel_dh holds the adjoints as at most two row tiles of BK"
     launch(
         linear_memory_bwd_kernel_dh, (triton.cdiv(V, cfg.BV), N * H), k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
-        qk_write=chunk_products(q, k, write[:, :, 1:].tril()),
-        qk_dgd_write=chunk_products(q, k, dgd_write[:, :, 1:].tril()) if dgd else None,
-        kk_write=chunk_products(k, k, write[:, :, :BT]) if dgd else None,
+        qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write,
         dht=dht, dst=dst, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs, dh0=dh0, ds0=ds0, scale=scale,
         USE_FINAL_STATE_GRADIENT=dht is not None, **common, **cfg._asdict(),
     )

@@ -168,14 +168,6 @@ def linear_memory_fwd_kernel_o(
     tl.store(o + o_tv, (scale * b_o).to(o.dtype.element_ty), mask=m_v[None, :])
 
 
-def chunk_products(a, b, write):
-    """Per chunk and head, (A Bᵀ) ⊙ `write` in fp32: a, b `[T', H, K]` in the flat chunk layout,
-    `write` `[H, NC, BT, BT]`; the state-free BT × BT products of the recurrent kernels."""
-    H, NC, BT = write.shape[:3]
-    chunks = lambda x: x.reshape(NC, BT, H, x.shape[-1]).permute(2, 0, 1, 3).float()
-    return (chunks(a) @ chunks(b).transpose(-1, -2)) * write
-
-
 def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
                       out_dtype):
     """Launch both forward kernels. q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout;
@@ -185,6 +177,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     states h, s, R, W and ht, st."""
     import torch
 
+    from ..common.chunk_products import chunk_products
     from ..utils.launch import launch
     from ..utils.operand_precision import dot_precision
     from .configs import launch_config
@@ -214,7 +207,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
         linear_memory_fwd_kernel_h, (triton.cdiv(V, cfg.BV), N * H), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv,
-        kk_write=chunk_products(k, k, write[:, :, :BT]) if dgd else None, chunk_offsets=chunk_offsets,
+        kk_write=chunk_products(q, k, write, dgd_write, reads=False, dgd=dgd, precision=precision)[2],
+        chunk_offsets=chunk_offsets,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
         USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common, **cfg._asdict(),
     )
