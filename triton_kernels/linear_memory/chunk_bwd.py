@@ -175,8 +175,8 @@ def linear_memory_bwd_kernel_dq(
 ):
     """The reads' side of key tile i_k, looping over the value tiles: dQ (exact), dQ̃ = tril(−(Ō Rᵀ) ⊙ G
     − (Ō Wᵀ) ⊙ E) (exact, stored by the first key tile for dK) and the gradients of β, f, G, E on the
-    rows after each token, partial over key tiles ([NK, H, NC, ...]; slot 0 of d_decay, d_carry,
-    d_write: see `linear_memory_bwd`)."""
+    rows after each token: rows 1..BT of the gates' gradients, partial over key tiles
+    ([NK, H, NC, BT + 1, ...]; row 0 set to 0 here, the other kernels add to them in place)."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -222,27 +222,33 @@ def linear_memory_bwd_kernel_dq(
     b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
     tl.store(dq + o_tk, b_dq, mask=m_k[None, :])
     b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
-    tl.store(d_decay + o_part * 3 * BT + o_t, b_d_decay)
+    o_vec = o_part * (BT + 1)                                                 # the gates' rows 0..BT
+    zero_row = tl.zeros([BT], dtype=tl.float32)
+    tl.store(d_decay + o_vec + o_t, zero_row, mask=o_t == 0)                  # row 0, then rows 1..BT
+    tl.store(d_decay + o_vec + 1 + o_t, b_d_decay)
     if USE_MOMENTUM:
-        tl.store(d_carry + o_part * 3 * BT + o_t, b_d_carry)
-    tl.store(d_write + o_part * 2 * BT * BT + o_mat, -b_qk * b_dor)
+        tl.store(d_carry + o_vec + o_t, zero_row, mask=o_t == 0)
+        tl.store(d_carry + o_vec + 1 + o_t, b_d_carry)
+    tl.store(d_write + o_vec * BT + o_t, zero_row)
+    tl.store(d_write + o_vec * BT + BT + o_mat, -b_qk * b_dor)
     if USE_DGD:
-        tl.store(d_dgd_write + o_part * BT * BT + o_mat, -b_qk * b_dow)
+        tl.store(d_dgd_write + o_vec * BT + o_t, zero_row)
+        tl.store(d_dgd_write + o_vec * BT + BT + o_mat, -b_qk * b_dow)
 
 
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_bwd_kernel_dk(
     q, k, write, dgd_write, mom_write_last, last_rows, h, s, res, pseudo, dh, ds, dres,
-    dqk, dk, d_decay, d_carry, d_write_last, d_dgd_write_last, d_mom,
+    dqk, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The writes' side of key tile i_k, looping over the value tiles: dK (exact, but its DGD
     right-hand-side terms, added by `linear_memory_bwd_kernel_dk_dgd`) and the gradients of the
-    last-row gates, partial over key tiles: G[last, :], E[last, :] (d_write_last, d_dgd_write_last
-    [NK, H, NC, BT]), β[last], f[last] (slot 2 of d_decay, d_carry, first entry), N[last, :] and
-    m[last] (d_mom [NK, H, NC, 2, BT])."""
+    last-row gates, partial over key tiles: G[last, :], E[last, :], β[last], f[last] added to row
+    `last` of d_write, d_dgd_write, d_decay, d_carry (after `linear_memory_bwd_kernel_dq`), N[last, :]
+    and m[last] stored in d_mom [NK, H, NC, 2, BT]."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -253,7 +259,7 @@ def linear_memory_bwd_kernel_dk(
     o_gate = o_chunk * (BT + 1)
     o_part = i_k * H * NC + o_chunk
     i_last = tl.load(last_rows + i_c)
-    b_last_slot = tl.where(o_t == 0, 1.0, 0.0)
+    b_first = tl.where(o_t == 0, 1.0, 0.0)
 
     b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
     b_g_last = tl.load(write + (o_gate + i_last) * BT + o_t)                  # rows whose Kᵀ(·) enters M[last]
@@ -293,14 +299,15 @@ def linear_memory_bwd_kernel_dk(
     b_dk += tl.dot(tl.trans(tl.load(dqk + o_chunk * BT * BT + o_mat)), b_q.to(tl.float32),
                    input_precision=DOT_PRECISION)
     tl.store(dk + o_tk, b_dk, mask=m_k[None, :])
-    tl.store(d_decay + o_part * 3 * BT + 2 * BT + o_t, b_last_slot * tl.sum(b_dx_x, 0))
-    tl.store(d_write_last + o_part * BT + o_t, b_d_g_last)
+    o_last = o_part * (BT + 1) + i_last                                       # the last real row
+    tl.store(d_decay + o_last, tl.load(d_decay + o_last) + tl.sum(b_dx_x, 0))
+    tl.store(d_write + o_last * BT + o_t, tl.load(d_write + o_last * BT + o_t) + b_d_g_last)
     if USE_MOMENTUM:
-        tl.store(d_carry + o_part * 3 * BT + 2 * BT + o_t, b_last_slot * tl.sum(b_dx_s, 0))
+        tl.store(d_carry + o_last, tl.load(d_carry + o_last) + tl.sum(b_dx_s, 0))
         tl.store(d_mom + o_part * 2 * BT + o_t, b_d_n_last)                              # N[last, :]
-        tl.store(d_mom + o_part * 2 * BT + BT + o_t, b_last_slot * tl.sum(b_ds_s, 0))    # m[last]
+        tl.store(d_mom + o_part * 2 * BT + BT + o_t, b_first * tl.sum(b_ds_s, 0))        # m[last]
     if USE_DGD:
-        tl.store(d_dgd_write_last + o_part * BT + o_t, b_d_e_last)
+        tl.store(d_dgd_write + o_last * BT + o_t, tl.load(d_dgd_write + o_last * BT + o_t) + b_d_e_last)
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -312,7 +319,8 @@ def linear_memory_bwd_kernel_dk_dgd(
 ):
     """The DGD right-hand side P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R (rows before each
     token) for key tile i_k, looping over the value tiles: its part of dK, added to dK in place
-    (exact), and, partial over key tiles, the gradients of β, f, G on those rows (slot 1)."""
+    (exact), and, partial over key tiles, the gradients of β, f, G on those rows (rows 0..BT−1 of
+    d_decay, d_carry, d_write, added in place after the other kernels)."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -347,11 +355,12 @@ def linear_memory_bwd_kernel_dk_dgd(
     b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
     b_dk += tl.load(dk + o_tk, mask=m_k[None, :], other=0.0)                 # the writes' side
     tl.store(dk + o_tk, b_dk, mask=m_k[None, :])
-    tl.store(d_decay + o_part * 3 * BT + BT + o_t, b_d_decay)
+    o_vec = o_part * (BT + 1)                                                 # rows 0..BT−1 of the gates
+    tl.store(d_decay + o_vec + o_t, tl.load(d_decay + o_vec + o_t) + b_d_decay)
     if USE_MOMENTUM:
-        tl.store(d_carry + o_part * 3 * BT + BT + o_t, b_d_carry)
+        tl.store(d_carry + o_vec + o_t, tl.load(d_carry + o_vec + o_t) + b_d_carry)
     b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)         # this key tile's part of K Kᵀ
-    tl.store(d_write + o_part * 2 * BT * BT + BT * BT + o_mat, -b_kk * b_dpr)
+    tl.store(d_write + o_vec * BT + o_mat, tl.load(d_write + o_vec * BT + o_mat) - b_kk * b_dpr)
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -434,23 +443,21 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     )
     # The parallel kernels: one program per (key tile, chunk, head), looping over the value tiles, so
     # dQ, dK and dQ̃ come exact; what sums over K (the gate gradients, the DGD inverse's) is partial
-    # over the NK key tiles, [NK, H, NC, ...], summed here (NK = 1 when one tile holds K).
-    # d_decay, d_carry: slots 0 (rows after each token, dQ's kernel), 1 (rows before, DGD), 2 (the
-    # last real row, first entry; dK's kernel); d_write: slots 0 and 1 of BT × BT, with its last row
-    # in d_write_last. Slot 1 is written only with DGD.
+    # over the NK key tiles, [NK, H, NC, ...], summed here (NK = 1 when one tile holds K). The gate
+    # gradients are laid out as the gates, [.., BT + 1(, BT)]: the dQ kernel writes rows 1..BT (after
+    # each token) and zeros row 0, the dK kernel adds the last real row's, the DGD kernel rows 0..BT−1.
     parts = ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")
     cfgs = {part: launch_config(part, K, V, BT, fp32_operands) for part in parts}
     BK = cfgs["bwd_dq"].BK
     assert all(c.BK == BK for c in cfgs.values()), "the parallel kernels share the key tiling of their partial sums"
     NK = triton.cdiv(K, BK)
     partial = lambda *shape: torch.empty(NK, H, NC, *shape, **f32)
-    partial_zeros = lambda *shape: torch.zeros(NK, H, NC, *shape, **f32)     # slots a kernel may leave unwritten
     dq, dk = torch.empty(Tp, H, K, **f32), torch.empty(Tp, H, K, **f32)
     dqk = torch.empty(H, NC, BT, BT, **f32)
-    d_decay, d_write, d_write_last = partial_zeros(3, BT), partial(2, BT, BT), partial(BT)
-    d_carry = partial_zeros(3, BT) if use_momentum else None
+    d_decay, d_write = partial(BT + 1), partial(BT + 1, BT)
+    d_carry = partial(BT + 1) if use_momentum else None
     d_mom = partial(2, BT) if use_momentum else None
-    d_dgd_write, d_dgd_write_last = (partial(BT, BT), partial(BT)) if dgd else (None, None)
+    d_dgd_write = partial(BT + 1, BT) if dgd else None
     d_dgd_inv = partial(BT, BT) if dgd else None
     grid = (NK, NC, H)
     launch(
@@ -463,8 +470,7 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
         linear_memory_bwd_kernel_dk, grid, k.device,
         q=q, k=k, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last, last_rows=last_rows, h=h, s=s,
         res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres, dqk=dqk, dk=dk, d_decay=d_decay, d_carry=d_carry,
-        d_write_last=d_write_last, d_dgd_write_last=d_dgd_write_last, d_mom=d_mom,
-        **common, **cfgs["bwd_dk"]._asdict(),
+        d_write=d_write, d_dgd_write=d_dgd_write, d_mom=d_mom, **common, **cfgs["bwd_dk"]._asdict(),
     )
     if dgd:
         rhs = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, DOT_PRECISION=precision)
@@ -479,27 +485,12 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
             **rhs, **cfgs["bwd_dgd_inv"]._asdict(),
         )
     total = lambda x: None if x is None else x[0] if NK == 1 else x.sum(0)   # over the key tiles
-    rows = last_rows.long()
-    chunks = torch.arange(NC, device=k.device)
-
-    def rows_of(after, before, last):                                         # -> [H, NC, BT+1, ...]
-        full = after.new_zeros(H, NC, BT + 1, *after.shape[3:])
-        full[:, :, 1:] += after                                               # after each token
-        if before is not None:
-            full[:, :, :BT] += before                                         # before each token (DGD)
-        full[:, chunks, rows] += last                                         # at the last real token
-        return full
-
-    d_decay, d_carry, d_write = total(d_decay), total(d_carry), total(d_write)
-    d_dgd_write_rows = None
-    if dgd:
-        d_dgd_write_rows = rows_of(total(d_dgd_write), None, total(d_dgd_write_last))
     d_mom = total(d_mom)
     grads = (
-        rows_of(d_decay[:, :, 0], d_decay[:, :, 1], d_decay[:, :, 2, 0]),
-        rows_of(d_carry[:, :, 0], d_carry[:, :, 1], d_carry[:, :, 2, 0]) if use_momentum else None,
-        rows_of(d_write[:, :, 0], d_write[:, :, 1] if dgd else None, total(d_write_last)),
-        d_dgd_write_rows if dgd else torch.zeros_like(dgd_write),
+        total(d_decay),
+        total(d_carry),
+        total(d_write),
+        total(d_dgd_write) if dgd else torch.zeros_like(dgd_write),
         d_mom[:, :, 1, 0].clone() if use_momentum else None,                # two tensors, not views of one
         d_mom[:, :, 0].clone() if use_momentum else None,
     )
