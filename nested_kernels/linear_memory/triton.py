@@ -99,7 +99,7 @@ def _triton_bwd(
     if h is None:                                                             # not kept: recompute the chunk states
         _, h, s, res, pseudo, _, _ = linear_memory_fwd(
             q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
-            output_final_state=False, out_dtype=do.dtype)
+            output_final_state=False, out_dtype=do.dtype, output=False)
     contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
     dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
         q, k, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, (h, s, res, pseudo),

@@ -169,12 +169,13 @@ def linear_memory_fwd_kernel_o(
 
 
 def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
-                      out_dtype):
-    """Launch both forward kernels. q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout;
+                      out_dtype, output=True):
+    """Launch both forward kernels (the output's only with `output`: the backward's recomputation
+    needs the states alone). q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout;
     `gates` = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`;
     h0, s0 `[N, H, K, V]` or None. `out_dtype` is the op's input dtype (q, k, v may be fp32 copies of
-    16-bit inputs): it sets the products' precision. Returns o (in `out_dtype`), the chunk-start
-    states h, s, R, W and ht, st."""
+    16-bit inputs): it sets the products' precision. Returns o (in `out_dtype`; None without
+    `output`), the chunk-start states h, s, R, W and ht, st."""
     import torch
 
     from ..common.chunk_products import chunk_products
@@ -212,6 +213,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
         USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common, **cfg._asdict(),
     )
+    if not output:
+        return None, h, s, res, pseudo, ht, st
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
     cfg = launch_config("fwd_o", K, V, BT, fp32_operands)
     launch(
