@@ -93,17 +93,13 @@ def _triton_bwd(
     pseudo: Optional[torch.Tensor],
 ) -> List[torch.Tensor]:
     from ..triton_kernels.linear_memory.chunk_bwd import linear_memory_bwd
-    from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
 
     gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
-    if h is None:                                                             # not kept: recompute the chunk states
-        _, h, s, res, pseudo, _, _ = linear_memory_fwd(
-            q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
-            output_final_state=False, out_dtype=do.dtype, output=False)
+    kept = None if h is None else (h, s, res, pseudo)                         # None: the backward recomputes them
     contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
     dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
-        q, k, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, (h, s, res, pseudo),
-        scale=scale, dgd=dgd)
+        q, k, v, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
+        kept, scale=scale, dgd=dgd)
     grads = [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *d_gates, d_inv, dh0, ds0]
     return [_empty_if_none(g, dq) for g in grads]
 

@@ -181,7 +181,8 @@ def test_kept_chunk_states_skip_the_recomputation(use_mom, dgd, monkeypatch):
 
 
 def test_backward_recomputes_the_states_only(monkeypatch):
-    """Without kept states the backward runs the forward's state recurrence again, not its output kernel."""
+    """Without kept states the backward runs the forward's state recurrence again, not its output
+    kernel, and builds the BT × BT chunk products (DGD's included) once for both."""
     from nested_kernels.triton_kernels.utils import launch as launch_module
 
     launched, real = [], launch_module.launch
@@ -192,12 +193,13 @@ def test_backward_recomputes_the_states_only(monkeypatch):
     monkeypatch.setattr(launch_module, "launch", recording)
     leaves = [x.to(DEVICE).requires_grad_() for x in (*qkv(1, 20, 1, 16, 16, dtype=torch.float32),
                                                       *gates(1, 20, 1, momentum=False, dtype=torch.float32)[:2])]
-    o, _ = linear_memory(*leaves, chunk_size=16, backend="triton")
+    o, _ = linear_memory(*leaves, dgd=True, chunk_size=16, backend="triton")
     forward = list(launched)
     o.sum().backward()
     backward = launched[len(forward):]
     assert forward.count("linear_memory_fwd_kernel_o") == 1 and "linear_memory_fwd_kernel_o" not in backward
     assert backward.count("linear_memory_fwd_kernel_h") == 1 and "linear_memory_bwd_kernel_dh" in backward
+    assert backward.count("chunk_products_kernel") == 1
 
 
 def test_triton_compile_fullgraph():

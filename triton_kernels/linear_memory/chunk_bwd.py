@@ -401,19 +401,19 @@ def linear_memory_bwd_kernel_dgd_inv(
     tl.store(d_dgd_inv + (i_k * H * NC + o_chunk) * BT * BT + o_mat, b_d_inv)
 
 
-def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, fwd, *, scale, dgd):
-    """Launch both backward kernels. `fwd` = (h, s, R, W) from `linear_memory_fwd` (stored or
-    recomputed). Returns dq, dk, dv (fp32, flat layout), the gradients of `gates` (same order and
-    shapes), of `dgd_inv`, and dh0, ds0."""
+def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, fwd, *, scale, dgd):
+    """Launch the backward kernels. `fwd` = (h, s, R, W) kept by `linear_memory_fwd`, or None: then
+    its state recurrence runs again first. Returns dq, dk, dv (fp32, flat layout), the gradients of
+    `gates` (same order and shapes), of `dgd_inv`, and dh0, ds0."""
     import torch
 
     from ..utils.launch import launch
     from ..utils.operand_precision import dot_precision
     from ..common.chunk_products import chunk_products
+    from .chunk_fwd import linear_memory_fwd
     from .configs import launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
-    h, s, res, pseudo = fwd
     Tp, H, K = k.shape
     V = do.shape[-1]
     BT = write.shape[-1]
@@ -431,6 +431,10 @@ def linear_memory_bwd(q, k, do, dht, dst, gates, dgd_inv, chunk_offsets, last_ro
     ds0 = torch.empty(N, H, K, V, **f32) if use_momentum else None
     common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
     qk_write, qk_dgd_write, kk_write = chunk_products(q, k, write, dgd_write, reads=True, dgd=dgd, precision=precision)
+    if fwd is None:                                                           # not kept: the chunk states again
+        fwd = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
+                                output_final_state=False, out_dtype=do.dtype, output=False, kk_write=kk_write)[1:5]
+    h, s, res, pseudo = fwd
     cfg = launch_config("bwd_dh", K, V, BT, fp32_operands)
     assert K <= 2 * cfg.BK, "linear_memory_bwd_kernel_dh holds the adjoints as at most two row tiles of BK"
     launch(

@@ -169,13 +169,14 @@ def linear_memory_fwd_kernel_o(
 
 
 def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
-                      out_dtype, output=True):
+                      out_dtype, output=True, kk_write=None):
     """Launch both forward kernels (the output's only with `output`: the backward's recomputation
-    needs the states alone). q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout;
-    `gates` = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`;
-    h0, s0 `[N, H, K, V]` or None. `out_dtype` is the op's input dtype (q, k, v may be fp32 copies of
-    16-bit inputs): it sets the products' precision. Returns o (in `out_dtype`; None without
-    `output`), the chunk-start states h, s, R, W and ht, st."""
+    needs the states alone, and passes the DGD product `kk_write` it has; computed here otherwise).
+    q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
+    dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`; h0, s0 `[N, H, K, V]` or None.
+    `out_dtype` is the op's input dtype (q, k, v may be fp32 copies of 16-bit inputs): it sets the
+    products' precision. Returns o (in `out_dtype`; None without `output`), the chunk-start states
+    h, s, R, W and ht, st."""
     import torch
 
     from ..common.chunk_products import chunk_products
@@ -208,7 +209,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
         linear_memory_fwd_kernel_h, (triton.cdiv(V, cfg.BV), N * H), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv,
-        kk_write=chunk_products(q, k, write, dgd_write, reads=False, dgd=dgd, precision=precision)[2],
+        kk_write=kk_write if kk_write is not None else chunk_products(q, k, write, dgd_write, reads=False, dgd=dgd,
+                                                                      precision=precision)[2],
         chunk_offsets=chunk_offsets,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
         USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common, **cfg._asdict(),
