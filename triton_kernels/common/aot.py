@@ -24,13 +24,14 @@ AOT_SPECS = [
     for K in (64, 128, 256)
     for C in (16, 32, 64)
 ] + [
-    AotSpec(name=f"chunk_products-K{K}-C{C}-{variant}-dgd", kernel=chunk_products.chunk_products_kernel,
+    AotSpec(name=f"chunk_products-K{K}-C{C}-{variant}-{flags}", kernel=chunk_products.chunk_products_kernel,
             signature={"q": f"*{qkv}", "k": f"*{qkv}", "write": "*fp32", "dgd_write": "*fp32", "qk_write": "*fp32",
                        "qk_dgd_write": "*fp32", "kk_write": "*fp32", "NC": "i32"},
-            constexprs={"H": 16, "K": K, "BT": C, "BK": min(chunk_products.BK, K), "USE_QK": True, "USE_DGD": True,
+            constexprs={"H": 16, "K": K, "BT": C, "BK": min(chunk_products.BK, K), "USE_QK": reads, "USE_DGD": dgd,
                         "DOT_PRECISION": "tf32"},
             num_warps=chunk_products.num_warps(C), archs=archs, gemm_heavy=C == 64)
     for variant, qkv, archs in OPERAND_VARIANTS
-    for K in (64, 128, 256)
+    for flags, reads, dgd in (("reads", True, False), ("dgd", False, True), ("reads-dgd", True, True))
+    for K in (32, 64, 128, 256)             # mlp_memory's K from 32, linear_memory's to 256
     for C in (16, 32, 64)
 ]

@@ -5,7 +5,7 @@
 the adjoints dR, dW, dP of the residuals, the DGD pseudo-values and the DGD right-hand side.
 `linear_memory_bwd_kernel_dq` (the reads' side), `linear_memory_bwd_kernel_dk` (the writes' side)
 and, with DGD, `linear_memory_bwd_kernel_dk_dgd` and `linear_memory_bwd_kernel_dgd_inv` (the
-right-hand side P) then form, in parallel over key tiles and chunks, each looping over the value
+right-hand side P) then form, in parallel over chunks and key tiles, each looping over the value
 tiles, dQ and dK (exact) and the gradients of the gate matrices and of the DGD inverse (partial
 sums per key tile).
 """
@@ -177,7 +177,7 @@ def linear_memory_bwd_kernel_dq(
     − (Ō Wᵀ) ⊙ E) (exact, stored by the first key tile for dK) and the gradients of β, f, G, E on the
     rows after each token: rows 1..BT of the gates' gradients, partial over key tiles
     ([NK, H, NC, BT + 1, ...]; row 0 set to 0 here, the other kernels add to them in place)."""
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
@@ -249,7 +249,7 @@ def linear_memory_bwd_kernel_dk(
     last-row gates, partial over key tiles: G[last, :], E[last, :], β[last], f[last] added to row
     `last` of d_write, d_dgd_write, d_decay, d_carry (after `linear_memory_bwd_kernel_dq`), N[last, :]
     and m[last] stored in d_mom [NK, H, NC, 2, BT]."""
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
@@ -321,7 +321,7 @@ def linear_memory_bwd_kernel_dk_dgd(
     token) for key tile i_k, looping over the value tiles: its part of dK, added to dK in place
     (exact), and, partial over key tiles, the gradients of β, f, G on those rows (rows 0..BT−1 of
     d_decay, d_carry, d_write, added in place after the other kernels)."""
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
@@ -373,7 +373,7 @@ def linear_memory_bwd_kernel_dgd_inv(
     """The gradient of the DGD inverse, d(I + L)^{-1} = dW Pᵀ, partial over key tiles: key tile i_k's
     part of P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R, a value tile at a time. Apart from
     `linear_memory_bwd_kernel_dk_dgd`: the two BT × BT sums of one kernel spilled hundreds of bytes."""
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
@@ -463,7 +463,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     d_mom = partial(2, BT) if use_momentum else None
     d_dgd_write = partial(BT + 1, BT) if dgd else None
     d_dgd_inv = partial(BT, BT) if dgd else None
-    grid = (NK, NC, H)
+    grid = (NC, NK, H)                                                        # NC on the axis without the 65535 cap
     launch(
         linear_memory_bwd_kernel_dq, grid, k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res,

@@ -129,7 +129,7 @@ def linear_memory_fwd_kernel_o(
 ):
     """O = scale · (diag(β) Q M^c + diag(f) Q S^c − ((Q Kᵀ) ⊙ G) R − [dgd] ((Q Kᵀ) ⊙ E) W), rows 1..BT.
     K is read in tiles of BK rows (BK < K keeps the live set small for K = 256)."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_c, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
@@ -220,7 +220,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
     cfg = launch_config("fwd_o", K, V, BT, fp32_operands)
     launch(
-        linear_memory_fwd_kernel_o, (triton.cdiv(V, cfg.BV), NC, H), k.device,
+        linear_memory_fwd_kernel_o, (NC, triton.cdiv(V, cfg.BV), H), k.device,            # NC: the uncapped axis
         q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res, pseudo=pseudo,
         o=o, scale=scale, **common, **cfg._asdict(),
     )

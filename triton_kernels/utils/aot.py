@@ -63,7 +63,8 @@ class AotSpec:
     default). `divisible_by_16` names the arguments the launch can promise are multiples of 16
     (pointers: 16-byte aligned), as Triton's JIT specialises them; None means every pointer,
     which is what a launch on fresh torch tensors gets. `gemm_heavy` kernels must use the
-    matrix units (wgmma on sm_90, mma on sm_80). `archs`: the architectures the configuration
+    matrix units (wgmma on sm_90, mma on sm_80). `num_warps`, `num_stages` default to what a launch
+    that does not pass them gets (4, 3). `archs`: the architectures the configuration
     launches on, those the report compiles it for.
     """
 
@@ -72,7 +73,7 @@ class AotSpec:
     signature: Mapping[str, str]
     constexprs: Mapping[str, object] = dataclasses.field(default_factory=dict)
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3                     # Triton's own default at launch (CUDAOptions.num_stages)
     gemm_heavy: bool = False
     divisible_by_16: Optional[Sequence[str]] = None
     archs: Tuple[int, ...] = ARCHS
