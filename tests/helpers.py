@@ -95,3 +95,16 @@ def decode_in_steps(step, inputs, state, sizes, **kw):
         outs.append(step(*(None if x is None else x[:, t:t + n] for x in inputs), state, **kw))
         t += n
     return torch.cat(outs, 1) if outs else None
+
+
+def record_launches(monkeypatch):
+    """(kernel name, launch keywords) of every Triton kernel launch from here on (each still runs)."""
+    from nested_kernels.triton_kernels.utils import launch as launch_module
+
+    calls, real = [], launch_module.launch
+
+    def recording(kernel, grid, device, *args, **kwargs):
+        calls.append((kernel.__name__, kwargs))
+        return real(kernel, grid, device, *args, **kwargs)
+    monkeypatch.setattr(launch_module, "launch", recording)
+    return calls

@@ -5,6 +5,7 @@ import torch
 pytest.importorskip("triton")
 
 from nested_kernels.triton_kernels.utils import operand_precision as op  # noqa: E402
+from tests.helpers import record_launches  # noqa: E402
 
 CUDA = torch.device("cuda", 0)
 
@@ -79,19 +80,6 @@ def test_dot_precision(allow_tf32, dtype, tf32_allowed, expected):
     assert op.dot_precision(dtype) == expected
 
 
-def _launches(monkeypatch):
-    """Record the keywords of every kernel launch (each still runs)."""
-    from nested_kernels.triton_kernels.utils import launch as launch_module
-
-    calls, real = [], launch_module.launch
-
-    def recording(kernel, grid, device, *args, **kwargs):
-        calls.append((getattr(kernel, "__name__", str(kernel)), kwargs))
-        return real(kernel, grid, device, *args, **kwargs)
-    monkeypatch.setattr(launch_module, "launch", recording)
-    return calls
-
-
 def _linear_memory(dtype, K, C):
     from nested_kernels import linear_memory
     from tests.helpers import gates, qkv
@@ -123,7 +111,7 @@ def test_kernels_take_the_inputs_precision(monkeypatch, allow_tf32, run_op, dtyp
     Hopper's with Triton < 3.7.1): every forward and backward product still runs at the bf16
     inputs' precision, tf32, not the copies' "ieee"; fp32 inputs keep exact fp32 products."""
     allow_tf32(False)
-    calls = _launches(monkeypatch)
+    calls = record_launches(monkeypatch)
     run_op(dtype, 16, 16)
     precisions = {name: kw["DOT_PRECISION"] for name, kw in calls if "DOT_PRECISION" in kw}
     assert any("bwd" in name for name in precisions) and any("fwd" in name for name in precisions), precisions
@@ -137,7 +125,7 @@ def test_fp32_copies_take_their_launch_configs(monkeypatch):
     from nested_kernels.triton_kernels.linear_memory.configs import launch_config
 
     assert launch_config("bwd_dh", 64, 64, 64, fp32_operands=True) != launch_config("bwd_dh", 64, 64, 64)
-    calls = _launches(monkeypatch)
+    calls = record_launches(monkeypatch)
     _linear_memory(torch.bfloat16, 64, 64)
     (stages,) = [kw["num_stages"] for name, kw in calls if name == "linear_memory_bwd_kernel_dh"]
     assert stages == launch_config("bwd_dh", 64, 64, 64, fp32_operands=True).num_stages

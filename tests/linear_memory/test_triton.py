@@ -8,7 +8,7 @@ import torch
 
 from nested_kernels import linear_memory
 from nested_kernels.linear_memory import LinearMemoryState
-from tests.helpers import gates, linear_state, qkv, rms_ratio
+from tests.helpers import gates, linear_state, qkv, record_launches, rms_ratio
 
 pytest.importorskip("triton")
 
@@ -183,20 +183,13 @@ def test_kept_chunk_states_skip_the_recomputation(use_mom, dgd, monkeypatch):
 def test_backward_recomputes_the_states_only(monkeypatch):
     """Without kept states the backward runs the forward's state recurrence again, not its output
     kernel, and builds the BT × BT chunk products (DGD's included) once for both."""
-    from nested_kernels.triton_kernels.utils import launch as launch_module
-
-    launched, real = [], launch_module.launch
-
-    def recording(kernel, *args, **kwargs):
-        launched.append(kernel.__name__)
-        return real(kernel, *args, **kwargs)
-    monkeypatch.setattr(launch_module, "launch", recording)
+    calls = record_launches(monkeypatch)
     leaves = [x.to(DEVICE).requires_grad_() for x in (*qkv(1, 20, 1, 16, 16, dtype=torch.float32),
                                                       *gates(1, 20, 1, momentum=False, dtype=torch.float32)[:2])]
     o, _ = linear_memory(*leaves, dgd=True, chunk_size=16, backend="triton")
-    forward = list(launched)
+    forward = [name for name, _ in calls]
     o.sum().backward()
-    backward = launched[len(forward):]
+    backward = [name for name, _ in calls[len(forward):]]
     assert forward.count("linear_memory_fwd_kernel_o") == 1 and "linear_memory_fwd_kernel_o" not in backward
     assert backward.count("linear_memory_fwd_kernel_h") == 1 and "linear_memory_bwd_kernel_dh" in backward
     assert backward.count("chunk_products_kernel") == 1
