@@ -6,31 +6,18 @@
 #pragma once
 
 #include "common/host_device.h"
+#include "linear_memory/linear_memory_inputs.h"
 
 #include <cstdint>
 
 namespace nested_kernels {
 namespace linear_memory {
 
-// The inputs of a chunked call (forward or backward), contiguous (the host makes them so), gates
-// in acc_t; the forward's and the backward's parameters extend it.
+// The inputs of a chunked call (forward or backward); the forward's and the backward's parameters
+// extend it. Its chunk_size C is at most the tile's BT.
 template <typename scalar_t, typename acc_t>
-struct ChunkedInputs {
-  const scalar_t* q;          // [B, T, H, K]
-  const scalar_t* k;          // [B, T, H, K]
-  const scalar_t* v;          // [B, T, H, V]
-  const acc_t* lr;            // [B, T, H] η
-  const acc_t* retention;     // [B, T, H] α
-  const acc_t* momentum;      // [B, T, H] μ, null without momentum
-  const int64_t* cu_seqlens;  // [N + 1] token offsets into batch row 0, null when dense
-  int64_t B;                  // batch rows
-  int64_t T;                  // tokens per batch row
-  int64_t H;                  // heads
-  int64_t K;                  // rows of M
-  int64_t V;                  // columns of M
+struct ChunkedInputs : LinearMemoryInputs<scalar_t, acc_t> {
   int64_t NC;                 // chunk slots per (batch row, head) of the chunk-start states
-  int64_t chunk_size;         // tokens per chunk C, 1 ≤ C ≤ BT
-  acc_t scale;                // read scale
 };
 
 // Tile sizes of one call: BT ≥ C token rows, BK ≥ K key rows, BV value columns per tile. Rows

@@ -31,27 +31,6 @@ inline int64_t chunk_smem_budget(const char* op, int64_t limit) {
   return budget < limit ? static_cast<int64_t>(budget) : limit;
 }
 
-// The inputs' pointers and sizes; momentum and cu_seqlens are null where the tensors are absent.
-template <typename scalar_t, typename acc_t>
-void fill_chunked_inputs(ChunkedInputs<scalar_t, acc_t>& p, const MemoryInputs& t, const at::Tensor& cu_seqlens,
-                         const RecurrentSizes& s, int64_t NC, int64_t chunk_size, double scale) {
-  p.q = t.q.const_data_ptr<scalar_t>();
-  p.k = t.k.const_data_ptr<scalar_t>();
-  p.v = t.v.const_data_ptr<scalar_t>();
-  p.lr = t.lr.const_data_ptr<acc_t>();
-  p.retention = t.retention.const_data_ptr<acc_t>();
-  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
-  p.cu_seqlens = cu_seqlens.defined() ? cu_seqlens.const_data_ptr<int64_t>() : nullptr;
-  p.B = s.B;
-  p.T = s.T;
-  p.H = s.H;
-  p.K = s.K;
-  p.V = s.V;
-  p.NC = NC;
-  p.chunk_size = chunk_size;
-  p.scale = static_cast<acc_t>(scale);
-}
-
 // The pointer to x's data, null where x is undefined (an absent optional tensor).
 template <typename T>
 T* data_or_null(const at::Tensor& x) {
@@ -64,7 +43,8 @@ ChunkedParams<scalar_t, acc_t> chunked_params(const ChunkedTensors& t, const Rec
                                               double scale) {
   const bool has_momentum = t.momentum.defined();
   ChunkedParams<scalar_t, acc_t> p;
-  fill_chunked_inputs(p, t, t.cu_seqlens, s, t.NC, chunk_size, scale);
+  fill_linear_memory_inputs(p, t, t.cu_seqlens, s, chunk_size, scale);
+  p.NC = t.NC;
   p.o = t.o.mutable_data_ptr<scalar_t>();
   p.memory = t.final_memory.mutable_data_ptr<acc_t>();
   p.mom_state = has_momentum ? t.final_momentum.mutable_data_ptr<acc_t>() : nullptr;
@@ -79,7 +59,8 @@ ChunkedBwdParams<scalar_t, acc_t> chunked_bwd_params(const ChunkedBwdTensors& t,
                                                      int64_t chunk_size, double scale) {
   const bool has_momentum = t.momentum.defined();
   ChunkedBwdParams<scalar_t, acc_t> p;
-  fill_chunked_inputs(p, t, t.cu_seqlens, s, t.NC, chunk_size, scale);
+  fill_linear_memory_inputs(p, t, t.cu_seqlens, s, chunk_size, scale);
+  p.NC = t.NC;
   p.d_o = t.d_o.const_data_ptr<scalar_t>();
   p.d_final_memory = data_or_null<acc_t>(t.d_final_memory);
   p.d_final_momentum = data_or_null<acc_t>(t.d_final_momentum);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/memory_inputs.h"
+#include "linear_memory/linear_memory_inputs.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/DeviceType.h>
@@ -45,6 +46,28 @@ struct RecurrentTensors : MemoryInputs {           // q, k, v, gates and o (comm
   at::Tensor cu_seqlens;                           // undefined when absent
   at::Tensor final_memory, final_momentum;
 };
+
+// The inputs' pointers and sizes for a kernel (linear_memory_inputs.h) from the prepared tensors;
+// momentum and cu_seqlens are null where the tensors are undefined (absent).
+template <typename scalar_t, typename acc_t>
+void fill_linear_memory_inputs(LinearMemoryInputs<scalar_t, acc_t>& p, const MemoryInputs& t,
+                               const at::Tensor& cu_seqlens, const RecurrentSizes& s, int64_t chunk_size,
+                               double scale) {
+  p.q = t.q.const_data_ptr<scalar_t>();
+  p.k = t.k.const_data_ptr<scalar_t>();
+  p.v = t.v.const_data_ptr<scalar_t>();
+  p.lr = t.lr.const_data_ptr<acc_t>();
+  p.retention = t.retention.const_data_ptr<acc_t>();
+  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
+  p.cu_seqlens = cu_seqlens.defined() ? cu_seqlens.const_data_ptr<int64_t>() : nullptr;
+  p.B = s.B;
+  p.T = s.T;
+  p.H = s.H;
+  p.K = s.K;
+  p.V = s.V;
+  p.chunk_size = chunk_size;
+  p.scale = static_cast<acc_t>(scale);
+}
 
 RecurrentTensors prepare_linear_memory_recurrent(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lr,

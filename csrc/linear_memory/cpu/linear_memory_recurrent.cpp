@@ -16,22 +16,13 @@ namespace nested_kernels {
 namespace linear_memory {
 namespace {
 
-// Inputs of one call, contiguous, gates and initial states already in acc_t.
+// The inputs of one call (linear_memory_inputs.h) and its outputs, states in acc_t.
 template <typename scalar_t, typename acc_t>
-struct RecurrentParams {
-  const scalar_t* q;          // [B, T, H, K]
-  const scalar_t* k;          // [B, T, H, K]
-  const scalar_t* v;          // [B, T, H, V]
-  const acc_t* lr;            // [B, T, H] η
-  const acc_t* retention;     // [B, T, H] α
-  const acc_t* momentum;      // [B, T, H] μ, null without momentum
-  const int64_t* cu_seqlens;  // [N + 1] token offsets into batch row 0, null when dense
+struct RecurrentParams : LinearMemoryInputs<scalar_t, acc_t> {
   scalar_t* o;                // [B, T, H, V]
   acc_t* memory;              // [N, H, K, V] holds the initial memory on entry, the final one on exit
   acc_t* mom_state;           // [N, H, K, V] same for S, null without momentum
-  int64_t T, H, K, V, N;
-  int64_t chunk_size;
-  acc_t scale;
+  int64_t N;                  // sequences
 };
 
 template <typename scalar_t, typename acc_t, bool HAS_MOMENTUM, bool DGD>
@@ -125,23 +116,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_recurrent_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     RecurrentParams<scalar_t, acc_t> p;
-    p.q = t.q.const_data_ptr<scalar_t>();
-    p.k = t.k.const_data_ptr<scalar_t>();
-    p.v = t.v.const_data_ptr<scalar_t>();
-    p.lr = t.lr.const_data_ptr<acc_t>();
-    p.retention = t.retention.const_data_ptr<acc_t>();
-    p.momentum = momentum.has_value() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
-    p.cu_seqlens = cu_seqlens.has_value() ? t.cu_seqlens.const_data_ptr<int64_t>() : nullptr;
+    fill_linear_memory_inputs(p, t, t.cu_seqlens, s, chunk_size, scale);
     p.o = t.o.mutable_data_ptr<scalar_t>();
     p.memory = t.final_memory.mutable_data_ptr<acc_t>();
     p.mom_state = momentum.has_value() ? t.final_momentum.mutable_data_ptr<acc_t>() : nullptr;
-    p.T = s.T;
-    p.H = s.H;
-    p.K = s.K;
-    p.V = s.V;
     p.N = s.N;
-    p.chunk_size = chunk_size;
-    p.scale = static_cast<acc_t>(scale);
     dispatch_flags(p, dgd);
   });
   return {t.o, t.final_memory, t.final_momentum};

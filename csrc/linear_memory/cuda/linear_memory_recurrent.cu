@@ -25,26 +25,13 @@ constexpr int kRows = 8;             // rows of a column one thread keeps (M, M^
 constexpr int kThreads = 128;        // threads per block
 constexpr int kMaxK = 32 * kRows;    // a column's rows span at most one warp
 
-// Inputs of one call, contiguous (the host makes them so), gates and states in acc_t.
+// The inputs of one call (linear_memory_inputs.h; K ≤ kMaxK) and its outputs, states in acc_t.
 template <typename scalar_t, typename acc_t>
-struct RecurrentCudaParams {
-  const scalar_t* q;          // [B, T, H, K]
-  const scalar_t* k;          // [B, T, H, K]
-  const scalar_t* v;          // [B, T, H, V]
-  const acc_t* lr;            // [B, T, H] η
-  const acc_t* retention;     // [B, T, H] α
-  const acc_t* momentum;      // [B, T, H] μ, null without momentum
-  const int64_t* cu_seqlens;  // [N + 1] token offsets into batch row 0, null when dense
+struct RecurrentCudaParams : LinearMemoryInputs<scalar_t, acc_t> {
   scalar_t* o;                // [B, T, H, V]
   acc_t* memory;              // [N, H, K, V] initial memory on entry, final memory on exit
   acc_t* mom_state;           // [N, H, K, V] the same for S, null without momentum
-  int64_t T;                  // tokens per batch row
-  int64_t H;                  // heads
-  int64_t K;                  // rows of M, ≤ kMaxK
-  int64_t V;                  // columns of M
-  int64_t chunk_size;         // tokens per chunk, ≥ 1
   int k_split;                // lanes per column, a power of two ≤ 32, k_split · kRows ≥ K
-  acc_t scale;                // read scale
 };
 
 // Sum over the k_split adjacent lanes of a column (all 32 lanes of the warp take part).
@@ -174,23 +161,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_memory_recurrent_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "linear_memory_recurrent_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     RecurrentCudaParams<scalar_t, acc_t> p;
-    p.q = t.q.const_data_ptr<scalar_t>();
-    p.k = t.k.const_data_ptr<scalar_t>();
-    p.v = t.v.const_data_ptr<scalar_t>();
-    p.lr = t.lr.const_data_ptr<acc_t>();
-    p.retention = t.retention.const_data_ptr<acc_t>();
-    p.momentum = momentum.has_value() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
-    p.cu_seqlens = cu_seqlens.has_value() ? t.cu_seqlens.const_data_ptr<int64_t>() : nullptr;
+    fill_linear_memory_inputs(p, t, t.cu_seqlens, s, chunk_size, scale);
     p.o = t.o.mutable_data_ptr<scalar_t>();
     p.memory = t.final_memory.mutable_data_ptr<acc_t>();
     p.mom_state = momentum.has_value() ? t.final_momentum.mutable_data_ptr<acc_t>() : nullptr;
-    p.T = s.T;
-    p.H = s.H;
-    p.K = s.K;
-    p.V = s.V;
-    p.chunk_size = chunk_size;
     p.k_split = k_split;
-    p.scale = static_cast<acc_t>(scale);
     dispatch_momentum_dgd(momentum.has_value(), dgd, [&]<bool HAS_MOMENTUM, bool DGD>() {
       launch<scalar_t, acc_t, HAS_MOMENTUM, DGD>(p, s.N * s.H);
     });
