@@ -3,6 +3,8 @@
 // type, and its output.
 #pragma once
 
+#include "common/memory_input_pointers.h"
+
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -33,6 +35,18 @@ inline MemoryInputs prepare_memory_inputs(const at::Tensor& q, const at::Tensor&
   }
   t.o = at::empty({N, T, H, V}, v.options().memory_format(at::MemoryFormat::Contiguous));
   return t;
+}
+
+// The kernel's input pointers (memory_input_pointers.h) from the prepared tensors; momentum null
+// where the tensor is undefined (absent).
+template <typename scalar_t, typename acc_t>
+void fill_memory_input_pointers(MemoryInputPointers<scalar_t, acc_t>& p, const MemoryInputs& t) {
+  p.q = t.q.const_data_ptr<scalar_t>();
+  p.k = t.k.const_data_ptr<scalar_t>();
+  p.v = t.v.const_data_ptr<scalar_t>();
+  p.lr = t.lr.const_data_ptr<acc_t>();
+  p.retention = t.retention.const_data_ptr<acc_t>();
+  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
 }
 
 }  // namespace nested_kernels

@@ -4,20 +4,16 @@
 // `fill_linear_memory_inputs` (linear_memory_ops.h).
 #pragma once
 
+#include "common/memory_input_pointers.h"
+
 #include <cstdint>
 
 namespace nested_kernels {
 namespace linear_memory {
 
-// Contiguous (the host makes them so), gates in acc_t.
+// q, k, v and the gates (memory_input_pointers.h), the sequences and the sizes.
 template <typename scalar_t, typename acc_t>
-struct LinearMemoryInputs {
-  const scalar_t* q;          // [B, T, H, K]
-  const scalar_t* k;          // [B, T, H, K]
-  const scalar_t* v;          // [B, T, H, V]
-  const acc_t* lr;            // [B, T, H] η
-  const acc_t* retention;     // [B, T, H] α
-  const acc_t* momentum;      // [B, T, H] μ, null without momentum
+struct LinearMemoryInputs : MemoryInputPointers<scalar_t, acc_t> {
   const int64_t* cu_seqlens;  // [N + 1] token offsets into batch row 0, null when dense
   int64_t B;                  // batch rows
   int64_t T;                  // tokens per batch row

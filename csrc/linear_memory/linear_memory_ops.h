@@ -53,12 +53,7 @@ template <typename scalar_t, typename acc_t>
 void fill_linear_memory_inputs(LinearMemoryInputs<scalar_t, acc_t>& p, const MemoryInputs& t,
                                const at::Tensor& cu_seqlens, const RecurrentSizes& s, int64_t chunk_size,
                                double scale) {
-  p.q = t.q.const_data_ptr<scalar_t>();
-  p.k = t.k.const_data_ptr<scalar_t>();
-  p.v = t.v.const_data_ptr<scalar_t>();
-  p.lr = t.lr.const_data_ptr<acc_t>();
-  p.retention = t.retention.const_data_ptr<acc_t>();
-  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
+  fill_memory_input_pointers(p, t);
   p.cu_seqlens = cu_seqlens.defined() ? cu_seqlens.const_data_ptr<int64_t>() : nullptr;
   p.B = s.B;
   p.T = s.T;

@@ -7,20 +7,16 @@
 
 #include <cstdint>
 
+#include "common/memory_input_pointers.h"
 #include "linear_memory/linear_memory_recurrent.h"
 
 namespace nested_kernels {
 namespace linear_memory {
 
-// Inputs and state of one `linear_memory_step` call, contiguous; gates and states in acc_t.
+// Inputs (memory_input_pointers.h, [N, T, H, ·]) and state of one `linear_memory_step` call,
+// contiguous; gates and states in acc_t.
 template <typename scalar_t, typename acc_t>
-struct StepParams {
-  const scalar_t* q;         // [N, T, H, K]
-  const scalar_t* k;         // [N, T, H, K]
-  const scalar_t* v;         // [N, T, H, V]
-  const acc_t* lr;           // [N, T, H] η
-  const acc_t* retention;    // [N, T, H] α
-  const acc_t* momentum;     // [N, T, H] μ, null without momentum
+struct StepParams : MemoryInputPointers<scalar_t, acc_t> {
   scalar_t* o;               // [N, T, H, V]
   acc_t* memory;             // [N, H, K, V] running memory M_t, updated in place
   acc_t* chunk_memory;       // [N, H, K, V] chunk-start memory M^c, updated in place

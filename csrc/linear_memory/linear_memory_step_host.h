@@ -27,12 +27,7 @@ StepParams<scalar_t, acc_t> linear_memory_step_params(const MemoryInputs& t, at:
                                                       const at::Tensor& position, const StepSizes& s,
                                                       int64_t chunk_size, double scale) {
   StepParams<scalar_t, acc_t> p;
-  p.q = t.q.const_data_ptr<scalar_t>();
-  p.k = t.k.const_data_ptr<scalar_t>();
-  p.v = t.v.const_data_ptr<scalar_t>();
-  p.lr = t.lr.const_data_ptr<acc_t>();
-  p.retention = t.retention.const_data_ptr<acc_t>();
-  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
+  fill_memory_input_pointers(p, t);
   p.o = t.o.mutable_data_ptr<scalar_t>();
   p.memory = memory.mutable_data_ptr<acc_t>();
   p.chunk_memory = chunk_memory.mutable_data_ptr<acc_t>();

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/memory_input_pointers.h"
 #include "linear_memory/linear_memory_recurrent.h"
 
 namespace nested_kernels {
@@ -18,15 +19,10 @@ namespace mlp_memory {
 using linear_memory::memory_step;
 using linear_memory::momentum_step;
 
-// Inputs and state of one `mlp_memory_step` call, contiguous; gates and states in acc_t.
+// Inputs (memory_input_pointers.h, [N, T, H, ·]) and state of one `mlp_memory_step` call,
+// contiguous; gates and states in acc_t.
 template <typename scalar_t, typename acc_t>
-struct StepParams {
-  const scalar_t* q;         // [N, T, H, K]
-  const scalar_t* k;         // [N, T, H, K]
-  const scalar_t* v;         // [N, T, H, V]
-  const acc_t* lr;           // [N, T, H] η
-  const acc_t* retention;    // [N, T, H] α
-  const acc_t* momentum;     // [N, T, H] μ, null without momentum
+struct StepParams : MemoryInputPointers<scalar_t, acc_t> {
   scalar_t* o;               // [N, T, H, V]
   acc_t* w1;                 // [N, H, K, Dh] running W1_t, updated in place
   acc_t* w2;                 // [N, H, Dh, V] running W2_t, updated in place

@@ -31,12 +31,7 @@ StepParams<scalar_t, acc_t> mlp_memory_step_params(const MemoryInputs& t, at::Te
                                                    std::string_view activation, bool residual, bool self_target,
                                                    std::string_view read) {
   StepParams<scalar_t, acc_t> p;
-  p.q = t.q.const_data_ptr<scalar_t>();
-  p.k = t.k.const_data_ptr<scalar_t>();
-  p.v = t.v.const_data_ptr<scalar_t>();
-  p.lr = t.lr.const_data_ptr<acc_t>();
-  p.retention = t.retention.const_data_ptr<acc_t>();
-  p.momentum = t.momentum.defined() ? t.momentum.const_data_ptr<acc_t>() : nullptr;
+  fill_memory_input_pointers(p, t);
   p.o = t.o.mutable_data_ptr<scalar_t>();
   p.w1 = w1.mutable_data_ptr<acc_t>();
   p.w2 = w2.mutable_data_ptr<acc_t>();
