@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from nested_kernels.triton_kernels.utils.aot import compile_specs, format_report
 
     registered = aot_specs()
-    specs = [s for s in registered if args.arch in s.archs and (not args.kernel or args.kernel in s.name)]
+    specs = [s for s in aot_specs(args.arch) if not args.kernel or args.kernel in s.name]
     if not registered:
         text, code = "no kernels registered yet", 0
     elif not specs:

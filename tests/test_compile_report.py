@@ -163,7 +163,7 @@ def test_cli_empty_registry(monkeypatch, capsys):
 
 def test_cli_fails_on_spills(monkeypatch, capsys, tmp_path, report):
     bad = AotSpec("bad_block", demo_scale_kernel, SCALE_SIG, dict(BLOCK=48))
-    monkeypatch.setattr(aot_registry, "aot_specs", lambda: [SCALE, GEMM_SPILLING, bad])
+    monkeypatch.setattr(aot_registry, "aot_specs", lambda arch=None: [SCALE, GEMM_SPILLING, bad])
     out = tmp_path / "report.md"
     assert compile_report.main(["--arch", "80", "--kernel", "scale", "--out", str(out)]) == 0
     assert "demo_scale_kernel" in out.read_text() and "spilling" not in out.read_text()
