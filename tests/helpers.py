@@ -98,13 +98,13 @@ def decode_in_steps(step, inputs, state, sizes, **kw):
 
 
 def record_launches(monkeypatch):
-    """(kernel name, launch keywords) of every Triton kernel launch from here on (each still runs)."""
+    """(kernel name, grid, launch keywords) of every Triton kernel launch from here on (each still runs)."""
     from nested_kernels.triton_kernels.utils import launch as launch_module
 
     calls, real = [], launch_module.launch
 
     def recording(kernel, grid, device, *args, **kwargs):
-        calls.append((kernel.__name__, kwargs))
+        calls.append((kernel.__name__, tuple(grid), kwargs))
         return real(kernel, grid, device, *args, **kwargs)
     monkeypatch.setattr(launch_module, "launch", recording)
     return calls

@@ -113,7 +113,7 @@ def test_kernels_take_the_inputs_precision(monkeypatch, allow_tf32, run_op, dtyp
     allow_tf32(False)
     calls = record_launches(monkeypatch)
     run_op(dtype, 16, 16)
-    precisions = {name: kw["DOT_PRECISION"] for name, kw in calls if "DOT_PRECISION" in kw}
+    precisions = {name: kw["DOT_PRECISION"] for name, _, kw in calls if "DOT_PRECISION" in kw}
     assert any("bwd" in name for name in precisions) and any("fwd" in name for name in precisions), precisions
     assert set(precisions.values()) == {expected}, precisions
 
@@ -127,5 +127,5 @@ def test_fp32_copies_take_their_launch_configs(monkeypatch):
     assert launch_config("bwd_dh", 64, 64, 64, fp32_operands=True) != launch_config("bwd_dh", 64, 64, 64)
     calls = record_launches(monkeypatch)
     _linear_memory(torch.bfloat16, 64, 64)
-    (stages,) = [kw["num_stages"] for name, kw in calls if name == "linear_memory_bwd_kernel_dh"]
+    (stages,) = [kw["num_stages"] for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"]
     assert stages == launch_config("bwd_dh", 64, 64, 64, fp32_operands=True).num_stages

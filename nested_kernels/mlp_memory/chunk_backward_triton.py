@@ -124,7 +124,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     act = ACT_CODES[activation]
     res = torch.empty(BH, BT, V, **f32)
     cfg = launch_config("res", K, V, Dh, BT, dgd)
-    launch(mlp_memory_bwd_kernel_res, (_cdiv(V, cfg.BV), BH), device, k=k_, v=v_, w1=W1, w2=W2, res=res,
+    launch(mlp_memory_bwd_kernel_res, (BH, _cdiv(V, cfg.BV)), device, k=k_, v=v_, w1=W1, w2=W2, res=res,
            **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD, ACT=act, IS_RESIDUAL=residual,
            IS_SELF_TARGET=self_target, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -147,7 +147,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     dvec_part = torch.zeros(ND, BH, 8, BT, **f32)
     dlast_part = torch.zeros(ND, BH, 4, **f32)
     flags = dict(DH=Dh, ACT=act, USE_MOMENTUM=use_mom, IS_READ_CURRENT=current, USE_DGD=dgd)
-    launch(mlp_memory_bwd_kernel_inner, (ND, BH), device, q=q_, k=k_, do=do_, w1=W1, w2=W2, s1=S1, s2=S2, dw1n=dW1n,
+    launch(mlp_memory_bwd_kernel_inner, (BH, ND), device, q=q_, k=k_, do=do_, w1=W1, w2=W2, s1=S1, s2=S2, dw1n=dW1n,
            dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, dgd_write=dgd_write, dgd_inv=dgd_inv, res=res,
            qk_dor=qk_dor, z_buf=scratch["z_buf"], aq_buf=scratch["aq_buf"], dzq_buf=scratch["dzq_buf"],
            dz2_buf=scratch["dz2_buf"], d_buf=scratch["d_buf"], wp_buf=scratch["wp_buf"], dq_part=dq_part,
@@ -155,7 +155,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
            **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     BD, cfg = cfg.BD, launch_config("dd", K, V, Dh, BT, dgd)
     assert cfg.BD == BD, f"configs_bwd: 'dd' must share the Dh tiles of 'inner' (its partials), got {cfg.BD} != {BD}"
-    launch(mlp_memory_bwd_kernel_dd, (ND, BH), device, k=k_, w2=W2, s1=S1, dw1n=dW1n, dw2n=dW2n, ds1n=dS1n,
+    launch(mlp_memory_bwd_kernel_dd, (BH, ND), device, k=k_, w2=W2, s1=S1, dw1n=dW1n, dw2n=dW2n, ds1n=dS1n,
            ds2n=dS2n, write=write, mom_write=mom_write, dgd_write=dgd_write, dgd_inv=dgd_inv, res=res, qk_dor=qk_dor,
            z_buf=scratch["z_buf"], dzq_buf=scratch["dzq_buf"], dp_buf=scratch["dp_buf"], dz2_buf=scratch["dz2_buf"],
            d_buf=scratch["d_buf"], wp_buf=scratch["wp_buf"], drhs_buf=scratch["drhs_buf"], dr_part=dr_part,
@@ -182,7 +182,7 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
     dS1, dS2 = (torch.empty_like(S1), torch.empty_like(S2)) if use_mom else (None, None)
     dk_part = torch.empty(ND_dw, BH, BT, K, **f32)
     dv_part = torch.empty(ND_dw, BH, BT, K, **f32) if self_target else None
-    launch(mlp_memory_bwd_kernel_dw, (ND_dw, BH), device, q=q_, k=k_, v=v_, do=do_, w1=W1, w2=W2, s1=S1, dw1n=dW1n,
+    launch(mlp_memory_bwd_kernel_dw, (BH, ND_dw), device, q=q_, k=k_, v=v_, do=do_, w1=W1, w2=W2, s1=S1, dw1n=dW1n,
            dw2n=dW2n, ds1n=dS1n, ds2n=dS2n, decay=decay, carry=carry, write=write, mom_decay=mom_decay,
            mom_write=mom_write, dgd_write=dgd_write, res=res, dres=dres, qk_dor=qk_dor, **scratch, dw1=dW1, dw2=dW2,
            ds1=dS1, ds2=dS2, dk_part=dk_part, dv_part=dv_part, **common, DH=Dh, BK=cfg.BK, BV=cfg.BV, BD=cfg.BD,

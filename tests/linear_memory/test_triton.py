@@ -187,9 +187,9 @@ def test_backward_recomputes_the_states_only(monkeypatch):
     leaves = [x.to(DEVICE).requires_grad_() for x in (*qkv(1, 20, 1, 16, 16, dtype=torch.float32),
                                                       *gates(1, 20, 1, momentum=False, dtype=torch.float32)[:2])]
     o, _ = linear_memory(*leaves, dgd=True, chunk_size=16, backend="triton")
-    forward = [name for name, _ in calls]
+    forward = [name for name, *_ in calls]
     o.sum().backward()
-    backward = [name for name, _ in calls[len(forward):]]
+    backward = [name for name, *_ in calls[len(forward):]]
     assert forward.count("linear_memory_fwd_kernel_o") == 1 and "linear_memory_fwd_kernel_o" not in backward
     assert backward.count("linear_memory_fwd_kernel_h") == 1 and "linear_memory_bwd_kernel_dh" in backward
     assert backward.count("chunk_products_kernel") == 1

@@ -48,7 +48,7 @@ def linear_memory_bwd_kernel_dh(
     the two, and each tile is updated with its own rows of Qᵀ and Kᵀ. The state-free BT × BT
     products come computed ([H, NC, BT, BT]): `qk_write` = tril(Q Kᵀ) ⊙ G and `qk_dgd_write` =
     tril(Q Kᵀ) ⊙ E (rows after each token), `kk_write` = (K Kᵀ) ⊙ G (rows before each token)."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)                           # sequence × head on the uncapped axis
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
     c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
@@ -438,7 +438,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     cfg = launch_config("bwd_dh", K, V, BT, fp32_operands)
     assert K <= 2 * cfg.BK, "linear_memory_bwd_kernel_dh holds the adjoints as at most two row tiles of BK"
     launch(
-        linear_memory_bwd_kernel_dh, (triton.cdiv(V, cfg.BV), N * H), k.device,
+        linear_memory_bwd_kernel_dh, (N * H, triton.cdiv(V, cfg.BV)), k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
         qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write,

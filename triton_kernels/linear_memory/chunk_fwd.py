@@ -3,7 +3,7 @@ sequence is padded to whole chunks of BT tokens. Gate matrices come from
 `nested_kernels.common.chunk_gates` ([H, NC, BT+1, BT]: β, f, G, E); see README.md here.
 
 `linear_memory_fwd_kernel_h` carries (M, S) through the chunks of one sequence in fp32
-registers (one program per value tile and sequence × head) and stores each chunk's start
+registers (one program per sequence × head and value tile) and stores each chunk's start
 state, the residuals R = K M^c − V and the DGD pseudo-values W. `linear_memory_fwd_kernel_o`
 then reads every chunk in parallel.
 """
@@ -25,7 +25,7 @@ def linear_memory_fwd_kernel_h(
     each tile is updated with its own rows of Kᵀ, which keeps K = 256 free of spills. With DGD,
     `kk_write` [H, NC, BT, BT] holds (K Kᵀ) ⊙ G (rows 0..BT−1), which does not depend on the
     state: computed before the launch, it leaves the recurrence with fewer live tiles."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)                           # sequence × head on the uncapped axis
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
     c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
@@ -206,7 +206,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     cfg = launch_config("fwd_h", K, V, BT, fp32_operands)
     assert K <= 2 * cfg.BK, "linear_memory_fwd_kernel_h holds the state as at most two row tiles of BK"
     launch(
-        linear_memory_fwd_kernel_h, (triton.cdiv(V, cfg.BV), N * H), k.device,
+        linear_memory_fwd_kernel_h, (N * H, triton.cdiv(V, cfg.BV)), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv,
         kk_write=kk_write if kk_write is not None else chunk_products(q, k, write, dgd_write, reads=False, dgd=dgd,

@@ -59,10 +59,10 @@ def _tile_t(ptr, o_base, o_r, m_r, o_c, m_c, NCOL: tl.constexpr):
 @triton.jit
 def _dh_tile_offsets(C, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: tl.constexpr, BT: tl.constexpr,
                      BD: tl.constexpr):
-    """Ids and offsets of a Dh-tile program (grid (Dh/BD, B·H)): sequence·head, token rows and their
+    """Ids and offsets of a Dh-tile program (grid (B·H, Dh/BD)): sequence·head, token rows and their
     mask, the tile's Dh columns and mask, the rows of q/k and of v/do, the (sequence, head)'s W1 and W2,
     its gate rows, its [BT, BD] scratch tile and its index in the [ND, BH, ...] partials."""
-    i_d, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_bh, i_d = tl.program_id(0).to(tl.int64), tl.program_id(1)               # B·H on the uncapped axis
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -70,7 +70,7 @@ def _dh_tile_offsets(C, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: t
     o_tv = ((i_b * C + o_t) * H + i_h) * V
     o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
     return (i_bh, o_t, o_t < C, o_d, o_d < DH, o_tk, o_tv, i_bh * K * DH, i_bh * DH * V, i_bh * (BT + 1), o_scr,
-            i_d * tl.num_programs(1) + i_bh)
+            i_d * tl.num_programs(0) + i_bh)
 
 
 @triton.jit(do_not_specialize=["C"])
@@ -81,7 +81,7 @@ def mlp_memory_bwd_kernel_res(
     DOT_PRECISION: tl.constexpr,
 ):
     """R = [K +] φ(K W1) W2 − target for one value tile, target = [V +] φ(V W1) W2 (self target) or V."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
     m_t = o_t < C

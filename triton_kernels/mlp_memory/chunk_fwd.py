@@ -218,7 +218,9 @@ def mlp_memory_fwd_kernel_o(
     `read="current"` (the dual form, rows 1..BT of the gates): Zq = β ⊙ Q W1^c + f ⊙ Q S1^c
     − ((Q Kᵀ) ⊙ G) δ − [dgd] ((Q Kᵀ) ⊙ E) W, Aq = φ(Zq), O = [Q +] β ⊙ Aq W2^c + f ⊙ Aq S2^c
     − ((Aq Aᵀ) ⊙ G) R. Zq is recomputed for every value tile."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    NV = tl.cdiv(V, BV)
+    i_cv, i_h = tl.program_id(0), tl.program_id(1)                           # chunks × value tiles: the uncapped axis
+    i_c, i_v = (i_cv // NV).to(tl.int64), i_cv % NV
     o_t = tl.arange(0, BC)
     m_t = o_t < BT
     o_v = i_v * BV + tl.arange(0, BV)
@@ -359,7 +361,7 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
     cfg = launch_config("fwd_o", K, V, DH, BT)
     if NC:
         launch(
-            mlp_memory_fwd_kernel_o, (triton.cdiv(V, cfg.BV), NC, H), k.device,
+            mlp_memory_fwd_kernel_o, (NC * triton.cdiv(V, cfg.BV), H), k.device,
             q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write,
             state_slots=state_slots(chunk_offsets), h1=h1, h2=h2, hs1=hs1, hs2=hs2, act=act, res=res, delta=delta,
             pseudo=pseudo, o=o, IS_CURRENT=read == "current", **common, **cfg._asdict(),

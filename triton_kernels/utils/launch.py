@@ -9,9 +9,19 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def launch(kernel, grid, device: torch.device, *args, **kwargs):
-    """`kernel[grid](*args, **kwargs)`, refusing a device the kernels cannot run on in this process."""
+# CUDA's grid limits: 2^31 − 1 programs on axis 0, 65535 on axes 1 and 2. The launchers put what
+# grows with the input (sequences × heads, chunks) on axis 0.
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def launch(kernel, grid: tuple, device: torch.device, *args, **kwargs):
+    """`kernel[grid](*args, **kwargs)`, refusing a device the kernels cannot run on in this process
+    and a grid beyond CUDA's limits (checked in the interpreter too, which has none)."""
     if (device.type == "cpu") != interpreted():
         mode = "interpreted (TRITON_INTERPRET=1)" if interpreted() else "compiled for the GPU"
         raise RuntimeError(f"Triton kernels are {mode} in this process; they cannot run on {device} tensors")
+    for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS)):
+        if size > limit:
+            raise ValueError(f"{kernel.__name__}: grid {tuple(grid)} has {size} programs on axis {axis}, "
+                             f"CUDA allows at most {limit}: the input is too large for this kernel")
     return kernel[grid](*args, **kwargs)
