@@ -100,19 +100,22 @@ def linear_memory_bwd_kernel_dh(
         i_last = tl.load(last_rows + i_c)
         o_gate = o_chunk * (BT + 1)
         o_mat_t = (o_chunk * BT + o_t[None, :]) * BT + o_t[:, None]          # BT × BT blocks read transposed
-        # dR = −G[last] ⊙ K dM − N[last] ⊙ K dS − ((Q Kᵀ) ⊙ G)ᵀ dO
-        b_dr = -tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx - tl.dot(
-            tl.load(qk_write + o_mat_t), b_do, input_precision=DOT_PRECISION)
+        # dR = −G[last] ⊙ K dM − N[last] ⊙ K dS − ((Q Kᵀ) ⊙ G)ᵀ dO; the products accumulate into
+        # what they are added to (no second BT × BV tile live)
+        b_neg_do = -b_do
+        b_dr = -tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx
         if USE_MOMENTUM:
             b_dr -= tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_kds
+        b_dr = tl.dot(tl.load(qk_write + o_mat_t), b_neg_do, b_dr, input_precision=DOT_PRECISION)
         if USE_DGD:
             # dW = −E[last] ⊙ K dM − ((Q Kᵀ) ⊙ E)ᵀ dO;  dP = (I + L)^{-T} dW
-            b_dw = -tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx - tl.dot(
-                tl.load(qk_dgd_write + o_mat_t), b_do, input_precision=DOT_PRECISION)
+            b_dw = tl.dot(tl.load(qk_dgd_write + o_mat_t), b_neg_do,
+                          -tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_kdx,
+                          input_precision=DOT_PRECISION)
             tl.store(dpseudo + o_tv, b_dw, mask=m_v[None, :])
             b_dp = tl.dot(tl.load(dgd_inv + o_mat_t), b_dw, input_precision=DOT_PRECISION)
             tl.store(drhs + o_tv, b_dp, mask=m_v[None, :])
-            b_dr -= tl.dot(tl.load(kk_write + o_mat_t), b_dp, input_precision=DOT_PRECISION)
+            b_dr = tl.dot(tl.load(kk_write + o_mat_t), -b_dp, b_dr, input_precision=DOT_PRECISION)
         tl.store(dres + o_tv, b_dr, mask=m_v[None, :])
         b_k_rhs = b_dr                                                        # what Kᵀ(·) adds to dM
         b_dp_carry = None                                                     # with momentum and DGD only

@@ -82,33 +82,34 @@ def linear_memory_fwd_kernel_h(
         b_upd = tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_r  # G[last, :]
         if USE_DGD:
             b_kk_write = tl.load(kk_write + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])   # (K Kᵀ) ⊙ G
-            b_decay = tl.load(decay + o_gate + o_t)
-            b_p = b_decay[:, None] * b_kx - tl.dot(b_kk_write, b_r, input_precision=DOT_PRECISION)
+            b_p = tl.load(decay + o_gate + o_t)[:, None] * b_kx
             if USE_MOMENTUM:
                 b_p += tl.load(carry + o_gate + o_t)[:, None] * b_ks
+            b_p = tl.dot(b_kk_write, -b_r, b_p, input_precision=DOT_PRECISION)
             b_inv = tl.load(dgd_inv + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])
             b_w = tl.dot(b_inv, b_p, input_precision=DOT_PRECISION)          # W = (I + L)^{-1} P
             tl.store(pseudo + o_tv, b_w, mask=m_v[None, :])
             b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
 
-        # M = β[last] M^c + f[last] S^c − Kᵀ(upd),  S = m S^c − Kᵀ(N ⊙ R), one row tile at a time
-        b_upd = b_upd.to(b_k0.dtype)
+        # M = β[last] M^c + f[last] S^c − Kᵀ(upd),  S = m S^c − Kᵀ(N ⊙ R), one row tile at a time, each
+        # product accumulating into the state it updates (no second state-sized tile live)
+        b_neg_upd = (-b_upd).to(b_k0.dtype)
         b_decay_last = tl.load(decay + o_gate + i_last)
         if USE_MOMENTUM:
             b_carry_last = tl.load(carry + o_gate + i_last)
             b_mom_decay = tl.load(mom_decay_last + o_chunk)
-            b_mom_upd = (tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r).to(b_k0.dtype)
-            b_x0 = b_decay_last * b_x0 + b_carry_last * b_s0 - tl.dot(
-                tl.trans(b_k0), b_upd, input_precision=DOT_PRECISION)
-            b_s0 = b_mom_decay * b_s0 - tl.dot(tl.trans(b_k0), b_mom_upd, input_precision=DOT_PRECISION)
+            b_neg_mom_upd = (-tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r).to(b_k0.dtype)
+            b_x0 = tl.dot(tl.trans(b_k0), b_neg_upd, b_decay_last * b_x0 + b_carry_last * b_s0,
+                          input_precision=DOT_PRECISION)
+            b_s0 = tl.dot(tl.trans(b_k0), b_neg_mom_upd, b_mom_decay * b_s0, input_precision=DOT_PRECISION)
             if K > BK:
-                b_x1 = b_decay_last * b_x1 + b_carry_last * b_s1 - tl.dot(
-                    tl.trans(b_k1), b_upd, input_precision=DOT_PRECISION)
-                b_s1 = b_mom_decay * b_s1 - tl.dot(tl.trans(b_k1), b_mom_upd, input_precision=DOT_PRECISION)
+                b_x1 = tl.dot(tl.trans(b_k1), b_neg_upd, b_decay_last * b_x1 + b_carry_last * b_s1,
+                              input_precision=DOT_PRECISION)
+                b_s1 = tl.dot(tl.trans(b_k1), b_neg_mom_upd, b_mom_decay * b_s1, input_precision=DOT_PRECISION)
         else:
-            b_x0 = b_decay_last * b_x0 - tl.dot(tl.trans(b_k0), b_upd, input_precision=DOT_PRECISION)
+            b_x0 = tl.dot(tl.trans(b_k0), b_neg_upd, b_decay_last * b_x0, input_precision=DOT_PRECISION)
             if K > BK:
-                b_x1 = b_decay_last * b_x1 - tl.dot(tl.trans(b_k1), b_upd, input_precision=DOT_PRECISION)
+                b_x1 = tl.dot(tl.trans(b_k1), b_neg_upd, b_decay_last * b_x1, input_precision=DOT_PRECISION)
 
     if STORE_FINAL_STATE:
         tl.store(ht + o_state0, b_x0, mask=m_kv0)

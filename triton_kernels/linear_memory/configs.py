@@ -17,8 +17,8 @@ Q and K tiles needed more shared memory than a block may have.
 `FP32_OPERANDS` replaces entries for fp32 q, k, v (the fp32 copies of 16-bit inputs on Hopper with
 Triton < 3.7.1, `utils/operand_precision.py`; fp32 inputs too), whose tiles take twice the
 registers; chosen for sm_90 with the same sweep (`--operands fp32`, tf32 products). At K = 256
-three configurations still spill there (`aot.py` KNOWN_SPILLS): no candidate of the sweep is
-clean. On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
+the reverse recurrence with 64-token chunks still spills there (`aot.py` KNOWN_SPILLS): no
+candidate of the sweep is clean. On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
 configurations spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with
 64-token chunks is clean on both architectures.
 """
