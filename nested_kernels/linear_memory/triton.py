@@ -64,8 +64,11 @@ def _triton_fwd(
     from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
 
     gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
+    # chunk states read by the output kernel alone are stored in q's dtype (its products' operand
+    # dtype: the same output, half the bytes for 16-bit q); kept for the backward, in fp32
     o, *states, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
-                                           dgd=dgd, output_final_state=True, out_dtype=out_dtype)
+                                           dgd=dgd, output_final_state=True, out_dtype=out_dtype,
+                                           state_dtype=torch.float32 if keep_states else q.dtype)
     kept = [_empty_if_none(x, ht) if keep_states else ht.new_empty(0) for x in states]
     return (o, ht, _empty_if_none(st, ht), *kept)
 

@@ -180,6 +180,27 @@ def test_kept_chunk_states_skip_the_recomputation(use_mom, dgd, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_output_kernel_states_in_operand_dtype(monkeypatch, dtype):
+    """Chunk states that only the output kernel reads are stored in the kernels' operand dtype
+    (q's), the dtype it casts them to for its products: the output equals, bit for bit, that of
+    the fp32 states kept for the backward (fp16 halves their bytes; bf16 is upcast on the CPU)."""
+    from nested_kernels import keep_chunk_states
+
+    calls = record_launches(monkeypatch)
+    q, k, v = (x.to(DEVICE, dtype) for x in qkv(2, 40, 2, 16, 16))
+    lr, ret, mom = (x.to(DEVICE, torch.float32) for x in gates(2, 40, 2))
+    outputs = []
+    for keep in (False, True):
+        calls.clear()
+        with keep_chunk_states(keep):
+            o, _ = linear_memory(q, k, v, lr, ret, mom, dgd=True, chunk_size=16, backend="triton")
+        (kw,) = [kw for name, _, kw in calls if name == "linear_memory_fwd_kernel_o"]
+        assert kw["h"].dtype == kw["s"].dtype == (torch.float32 if keep else kw["q"].dtype)
+        outputs.append(o)
+    assert torch.equal(*outputs)
+
+
 def test_backward_recomputes_the_states_only(monkeypatch):
     """Without kept states the backward runs the forward's state recurrence again, not its output
     kernel, and builds the BT × BT chunk products (DGD's included) once for both."""

@@ -20,6 +20,11 @@ KERNELS = {
 }
 # arguments other than fp32 pointers (q, k, v: `OPERAND_VARIANTS`)
 INPUT_DTYPE = {"do", "o"}
+# the forward kernels also run with the chunk states h, s in q's dtype (a forward whose states only
+# its output kernel reads, chunk_fwd.py `state_dtype`): their 16-bit operand variant is registered
+# twice, the second time with `-states16` rows
+STATES = {"h", "s"}
+STATES_IN_OPERAND_DTYPE = ("fwd_h", "fwd_o")
 INT32 = {"last_rows", "chunk_offsets"}
 SCALARS = {"scale": "fp32", "NC": "i32"}
 HEAD_DIMS = (64, 128, 256)
@@ -30,21 +35,22 @@ CHUNK_SIZES = (16, 32, 64)
 KNOWN_SPILLS = {90: {"linear_memory_bwd_dh-D256-BT64-fp32qkv-mom-dgd"}}
 
 
-def signature(names, qkv: str = "bf16") -> dict:
-    return pointer_types(names, qkv, bf16=INPUT_DTYPE, int32=INT32, scalars=SCALARS)
+def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
+    return pointer_types(names, qkv, bf16=INPUT_DTYPE | (STATES if states16 else set()), int32=INT32, scalars=SCALARS)
 
 
 def _specs():
     for (variant, qkv, archs), (part, kernel) in itertools.product(OPERAND_VARIANTS, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
-        for D, BT in itertools.product(HEAD_DIMS, CHUNK_SIZES):
+        states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and qkv == "bf16" else (False,)
+        for D, BT, h16 in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16):
             cfg = launch_config(part, D, D, BT, fp32_operands=qkv == "fp32")
             constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
                               DOT_PRECISION="tf32", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
                               USE_FINAL_STATE_GRADIENT=True)
             yield AotSpec(
-                name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-mom-dgd", kernel=kernel,
-                signature=signature(runtime, qkv),
+                name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-mom-dgd{'-states16' * h16}", kernel=kernel,
+                signature=signature(runtime, qkv, h16),
                 constexprs={n: value for n, value in constexprs.items() if n in flags},
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                 archs=archs, gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync

@@ -170,14 +170,17 @@ def linear_memory_fwd_kernel_o(
 
 
 def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
-                      out_dtype, output=True, kk_write=None):
+                      out_dtype, output=True, kk_write=None, state_dtype=None):
     """Launch both forward kernels (the output's only with `output`: the backward's recomputation
     needs the states alone, and passes the DGD product `kk_write` it has; computed here otherwise).
     q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
     dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`; h0, s0 `[N, H, K, V]` or None.
     `out_dtype` is the op's input dtype (q, k, v may be fp32 copies of 16-bit inputs): it sets the
-    products' precision. Returns o (in `out_dtype`; None without `output`), the chunk-start states
-    h, s, R, W and ht, st."""
+    products' precision. `state_dtype` (default fp32) is that of the stored chunk-start states h, s:
+    the output kernel reads them only as operands of products with Q, in q's dtype, so states
+    stored in q's dtype give the same output with half the bytes for 16-bit q; the backward reads
+    them in fp32. Returns o (in `out_dtype`; None without `output`), the chunk-start states h, s,
+    R, W and ht, st."""
     import torch
 
     from ..common.chunk_products import chunk_products
@@ -197,8 +200,9 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     precision = dot_precision(out_dtype)
     fp32_operands = k.dtype == torch.float32
     f32 = dict(dtype=torch.float32, device=k.device)
-    h = torch.empty(H, NC, K, V, **f32)
-    s = torch.empty(H, NC, K, V, **f32) if use_momentum else None
+    states = dict(dtype=state_dtype or torch.float32, device=k.device)
+    h = torch.empty(H, NC, K, V, **states)
+    s = torch.empty(H, NC, K, V, **states) if use_momentum else None
     res = torch.empty(Tp, H, V, **f32)
     pseudo = torch.empty(Tp, H, V, **f32) if dgd else None
     ht = torch.empty(N, H, K, V, **f32) if output_final_state else None
