@@ -67,6 +67,7 @@ SMALL = [
     (2, 64, 2, 8, 24, 64, False, False, True),
     (1, 100, 2, 32, 32, 64, True, True, False),
     (2, 1, 1, 16, 16, 16, True, True, True),
+    (1, 16, 128, 16, 16, 16, False, False, True),   # the most heads the issue names
 ]
 
 

@@ -7,7 +7,10 @@ Triton's 16-bit matrix products are known to be wrong.
   Triton 3.7.1). On an H100 with Triton 3.6 our bf16 kernels gave 7× the error of the other
   configurations (chunk 64, momentum and DGD) and an illegal memory access (B8 T256 H16 D64,
   DGD), while the same kernels on fp32 operands matched the torch tier to 3e-7 everywhere
-  (benchmarks/results/h100-2026-11-25.md).
+  (benchmarks/results/h100-2026-11-25.md). Not checked here: an illegal shared-memory read in
+  Hopper wgmma kernels with several products, reported against Triton 3.6+ and still in 3.7.1
+  (triton-lang/triton#10573, #11366), may be what the H100 run hit; a GPU session with Triton
+  ≥ 3.7.1 should run `benchmarks/isolate_triton.py`'s bf16 rows before trusting the cut-off.
 
 `NESTED_KERNELS_TRITON_16BIT_DOTS=1` keeps 16-bit operands anyway (to investigate).
 
