@@ -32,6 +32,29 @@ def test_launch_refuses_a_grid_beyond_cuda_limits(grid, axis, limit):
         launch(_never_launched, grid, DEVICE, torch.zeros(1, device=DEVICE))
 
 
+def test_launch_refuses_a_fourth_axis():
+    with pytest.raises(ValueError, match=r"_never_launched: grid \(1, 1, 1, 1\) has 4 axes, CUDA has 3"):
+        launch(_never_launched, (1, 1, 1, 1), DEVICE, torch.zeros(1, device=DEVICE))
+
+
+class _RecordingKernel:
+    """Stands for a jitted kernel: records the grid it is launched on, runs nothing."""
+    __name__ = "recording_kernel"
+
+    def __init__(self):
+        self.grids = []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return lambda *args, **kwargs: None
+
+
+def test_launch_takes_a_grid_at_cuda_limits():
+    kernel = _RecordingKernel()
+    launch(kernel, (2**31 - 1, 65535, 65535), DEVICE)
+    assert kernel.grids == [(2**31 - 1, 65535, 65535)]
+
+
 def _run_linear_memory(cu_seqlens, H=2, K=16):
     T = int(cu_seqlens[-1])
     leaves = [x.to(DEVICE).requires_grad_() for x in (*qkv(1, T, H, K, K, dtype=torch.float32),

@@ -181,11 +181,12 @@ def test_kept_chunk_states_skip_the_recomputation(use_mom, dgd, monkeypatch):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_output_kernel_states_in_operand_dtype(monkeypatch, dtype):
     """Chunk states that only the output kernel reads are stored in the kernels' operand dtype
     (q's), the dtype it casts them to for its products: the output equals, bit for bit, that of
-    the fp32 states kept for the backward (fp16 halves their bytes; bf16 is upcast on the CPU)."""
+    the fp32 states kept for the backward (fp16 halves their bytes; bf16 reaches the kernels as
+    fp32 copies on the CPU, and its states must stay fp32)."""
     from nested_kernels import keep_chunk_states
 
     calls = record_launches(monkeypatch)

@@ -70,7 +70,7 @@ def _dh_tile_offsets(C, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DH: t
     o_tv = ((i_b * C + o_t) * H + i_h) * V
     o_scr = (i_bh * BT + o_t[:, None]) * DH + o_d[None, :]
     return (i_bh, o_t, o_t < C, o_d, o_d < DH, o_tk, o_tv, i_bh * K * DH, i_bh * DH * V, i_bh * (BT + 1), o_scr,
-            i_d * tl.num_programs(0) + i_bh)
+            i_d.to(tl.int64) * tl.num_programs(0) + i_bh)
 
 
 @triton.jit(do_not_specialize=["C"])

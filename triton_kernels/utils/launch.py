@@ -9,8 +9,9 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-# CUDA's grid limits: 2^31 − 1 programs on axis 0, 65535 on axes 1 and 2. The launchers put what
-# grows with the input (sequences × heads, chunks) on axis 0.
+# CUDA's grid limits: 2^31 − 1 programs on axis 0, 65535 on axes 1 and 2. The memory ops'
+# launchers put what grows with the input (sequences × heads, chunks) on axis 0; cms keeps batch
+# and row tiles on axes 2 and 1.
 GRID_LIMITS = (2**31 - 1, 65535, 65535)
 
 
@@ -20,6 +21,8 @@ def launch(kernel, grid: tuple, device: torch.device, *args, **kwargs):
     if (device.type == "cpu") != interpreted():
         mode = "interpreted (TRITON_INTERPRET=1)" if interpreted() else "compiled for the GPU"
         raise RuntimeError(f"Triton kernels are {mode} in this process; they cannot run on {device} tensors")
+    if len(grid) > len(GRID_LIMITS):
+        raise ValueError(f"{kernel.__name__}: grid {tuple(grid)} has {len(grid)} axes, CUDA has {len(GRID_LIMITS)}")
     for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS)):
         if size > limit:
             raise ValueError(f"{kernel.__name__}: grid {tuple(grid)} has {size} programs on axis {axis}, "
