@@ -19,25 +19,19 @@ Triton's 16-bit matrix products are known to be wrong.
 """
 import functools
 import os
-import re
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
 from .launch import interpreted
+from .versions import triton_version
 
 FIXED_TRITON = (3, 7, 1)
 
 
-def _version(text: str) -> Tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
-
-
 @functools.lru_cache(maxsize=None)
 def _hopper_with_broken_triton(device_index: int) -> bool:
-    import triton
-
-    return torch.cuda.get_device_capability(device_index)[0] == 9 and _version(triton.__version__) < FIXED_TRITON
+    return torch.cuda.get_device_capability(device_index)[0] == 9 and triton_version() < FIXED_TRITON
 
 
 def dot_precision(input_dtype: torch.dtype) -> str:
