@@ -1,46 +1,47 @@
-"""`dgd_inverse` (chunk_state.py) computed by the Triton kernel of
+"""`dgd_inverse` (chunk_state.py) computed by the Triton kernels of
 `triton_kernels/common/dgd_inverse.py` from the keys in the flat chunk layout and the gate matrix E,
-as a torch.library custom op. Backward (PyTorch, batched over chunks): with A = I + L and
-inv = A^{-1}, dA = −invᵀ d(inv) invᵀ, kept strictly lower; L = (K Kᵀ) ∘ E_prev gives
-d(K Kᵀ) = dL ∘ E_prev, dE_prev = dL ∘ (K Kᵀ), and dK = (d(K Kᵀ) + d(K Kᵀ)ᵀ) K."""
+as a torch.library custom op, forward and backward (one program per chunk and head each)."""
+from typing import Tuple
+
 import torch
 
 
-def _chunked_keys(k: torch.Tensor, NC: int, C: int) -> torch.Tensor:
-    """[T', H, K] -> [H, NC, C, K] in fp32."""
-    return k.float().unflatten(0, (NC, C)).permute(2, 0, 1, 3)
-
-
 @torch.library.custom_op("nested_kernels::dgd_inverse_triton", mutates_args=())
-def dgd_inverse_triton(k: torch.Tensor, dgd_write: torch.Tensor) -> torch.Tensor:
-    """(I + L)^{-1} `[H, NC, C, C]` for keys `[T', H, K]` and E `[H, NC, C+1, C]` (fp32)."""
+def dgd_inverse_triton(k: torch.Tensor, dgd_write: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
+    """(I + L)^{-1} `[H, NC, C, C]` for keys `[T', H, K]` and E `[H, NC, C+1, C]` (fp32).
+    `input_dtype`: the op's input dtype (k may be an fp32 copy), which sets the backward's precision."""
     from ..triton_kernels.common.dgd_inverse import dgd_inverse_fwd
 
     return dgd_inverse_fwd(k.contiguous(), dgd_write.contiguous())
 
 
 @dgd_inverse_triton.register_fake
-def _(k, dgd_write):
+def _(k, dgd_write, input_dtype):
     H, NC, _, C = dgd_write.shape
     return dgd_write.new_empty(H, NC, C, C)
 
 
+@torch.library.custom_op("nested_kernels::dgd_inverse_triton_bwd", mutates_args=())
+def _dgd_inverse_triton_bwd(k: torch.Tensor, dgd_write: torch.Tensor, inv: torch.Tensor, d_inv: torch.Tensor,
+                            input_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    from ..triton_kernels.common.dgd_inverse import dgd_inverse_bwd
+
+    return dgd_inverse_bwd(k.contiguous(), dgd_write.contiguous(), inv.contiguous(), d_inv.contiguous(),
+                           input_dtype=input_dtype)
+
+
+@_dgd_inverse_triton_bwd.register_fake
+def _(k, dgd_write, inv, d_inv, input_dtype):
+    return k.new_empty(k.shape), dgd_write.new_empty(dgd_write.shape)
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, output)
+    k, dgd_write, ctx.input_dtype = inputs
+    ctx.save_for_backward(k, dgd_write, output)
 
 
 def _backward(ctx, d_inv):
-    k, dgd_write, inv = ctx.saved_tensors
-    H, NC, _, C = dgd_write.shape
-    kc = _chunked_keys(k, NC, C)
-    kk = kc @ kc.transpose(-1, -2)
-    inv_t = inv.transpose(-1, -2)
-    d_lower = torch.tril(-(inv_t @ d_inv @ inv_t), diagonal=-1)
-    d_kk = d_lower * dgd_write[..., :C, :]
-    d_k = ((d_kk + d_kk.transpose(-1, -2)) @ kc).permute(1, 2, 0, 3).flatten(0, 1)
-    d_dgd_write = torch.zeros_like(dgd_write)
-    d_dgd_write[..., :C, :] = d_lower * kk
-    return d_k.to(k.dtype), d_dgd_write
+    return (*_dgd_inverse_triton_bwd(*ctx.saved_tensors, d_inv, ctx.input_dtype), None)
 
 
 dgd_inverse_triton.register_autograd(_backward, setup_context=_setup_context)

@@ -153,7 +153,7 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
     g = padded_chunk_gates(lr, retention, momentum, gate, chunk_gates_for(chunk_size))
     dgd_inv = None
     if dgd:
-        dgd_inv = dgd_inverse_triton(kf, g.dgd_write)                        # one program per chunk and head
+        dgd_inv = dgd_inverse_triton(kf, g.dgd_write, k.dtype)               # one program per chunk and head
     use_momentum = momentum is not None
     gates = (
         g.decay.contiguous(),

@@ -71,7 +71,7 @@ def _forward(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, la
     if dgd and C >= 16 and not empty:
         _, _, kk_write = chunk_products(q, k, gates[2], gates[3], reads=False, dgd=True,
                                         precision=dot_precision(out_dtype))
-        dgd_inv = dgd_inverse_triton(k, g.dgd_write).contiguous()
+        dgd_inv = dgd_inverse_triton(k, g.dgd_write, out_dtype).contiguous()
     elif dgd:                                                                 # the kernels take 16-row products (tl.dot)
         H, NC = g.decay.shape[:2]
         kc = k.float().unflatten(0, (NC, C)).permute(2, 0, 1, 3)            # [H, NC, C, K]

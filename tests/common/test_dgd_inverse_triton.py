@@ -1,5 +1,5 @@
 """The Triton DGD inverse (triton_kernels/common/dgd_inverse.py) against `dgd_inverse` in float64:
-the inverse, and the gradients of the keys and of E through it."""
+the inverse, and the gradients of the keys and of E through it (the backward kernel)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ def test_inverse_and_gradients(C, K):
     kc = k_ref.unflatten(0, (NC, C)).permute(2, 0, 1, 3)
     ref = dgd_inverse(ChunkGates(None, None, None, None, None, e_ref), kc @ kc.transpose(-1, -2))  # reads E only
     k_out, e_out = k.float().to(DEVICE).requires_grad_(), e.float().to(DEVICE).requires_grad_()
-    out = dgd_inverse_triton(k_out, e_out)
+    out = dgd_inverse_triton(k_out, e_out, torch.float32)
     torch.testing.assert_close(out.cpu().double(), ref.detach(), atol=1e-6, rtol=1e-5)
     cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for r, o in zip(torch.autograd.grad((ref * cot).sum(), [k_ref, e_ref]),
@@ -43,5 +43,8 @@ def test_inverse_and_gradients(C, K):
 
 def test_opcheck():
     k, e = _inputs(16, 16)
-    args = (k.float().to(DEVICE).requires_grad_(), e.float().to(DEVICE).requires_grad_())
+    args = (k.float().to(DEVICE).requires_grad_(), e.float().to(DEVICE).requires_grad_(), torch.bfloat16)
     torch.library.opcheck(torch.ops.nested_kernels.dgd_inverse_triton.default, args)
+    inv = dgd_inverse_triton(*args).detach()
+    torch.library.opcheck(torch.ops.nested_kernels.dgd_inverse_triton_bwd.default,
+                          (args[0].detach(), args[1].detach(), inv, torch.randn_like(inv), torch.bfloat16))
