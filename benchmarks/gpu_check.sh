@@ -42,7 +42,10 @@
 #                         bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu
 #                         pytest-gpu-bigmem); the device tool gives
 #                         10 minutes a call, so a session can split them over calls, e.g.
-#                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile"
+#                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile";
+#                         with 15 minutes of device time in all (machine start included), one call:
+#                         STEPS="build check bench isolate pytest-gpu" (the SPEC §8 table first, then
+#                         the bf16 diagnosis, then whatever of `pytest -m gpu` the budget leaves)
 #   SKIP_BUILD=1          reuse the extension already built (e.g. a second run on a warm machine)
 #   SKIP_COMPILE_REPORT=1 leave out the sm_90 compile report (CI runs it without a GPU)
 #   PYTEST_WORKERS        pytest-xdist workers for `pytest -m gpu` when xdist is installed (default 8;
