@@ -13,16 +13,18 @@ def seed():
 
 @pytest.fixture(autouse=True)
 def poison_empty(monkeypatch):
-    """Fill fresh float tensors with NaN so an output a kernel forgets to write fails its test (fla)."""
-    empty = torch.empty
+    """Fill fresh float tensors (torch.empty, torch.empty_like) with NaN so an output a kernel
+    forgets to write fails its test (fla)."""
+    def poisoning(allocate):
+        def poisoned(*args, **kwargs):
+            out = allocate(*args, **kwargs)
+            if out.is_floating_point():
+                out.fill_(float("nan"))
+            return out
+        return poisoned
 
-    def poisoned(*args, **kwargs):
-        out = empty(*args, **kwargs)
-        if out.is_floating_point():
-            out.fill_(float("nan"))
-        return out
-
-    monkeypatch.setattr(torch, "empty", poisoned)
+    monkeypatch.setattr(torch, "empty", poisoning(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", poisoning(torch.empty_like))
 
 
 @pytest.fixture
