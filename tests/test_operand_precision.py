@@ -29,6 +29,7 @@ def compiled(monkeypatch):
 
 @pytest.mark.parametrize("capability,version,upcast", [
     ((9, 0), "3.6.0", True), ((9, 0), "3.7.0", True), ((9, 0), "3.4.0", True), ((9, 0), "3.7.1", False),
+    ((9, 0), "3.7+git1a2b", True),
     ((9, 0), "3.8.0+git1234", False), ((8, 0), "3.6.0", False), ((10, 0), "3.6.0", False),
 ], ids=lambda x: "-".join(map(str, x)) if isinstance(x, tuple) else str(x))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

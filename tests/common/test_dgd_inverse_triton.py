@@ -9,6 +9,7 @@ pytest.importorskip("triton")
 from nested_kernels.common.chunk_gates import ChunkGates, chunk_gates  # noqa: E402
 from nested_kernels.common.chunk_state import dgd_inverse  # noqa: E402
 from nested_kernels.common.dgd_inverse_triton import dgd_inverse_triton  # noqa: E402
+from tests.helpers import rms_ratio  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -25,20 +26,43 @@ def _inputs(C, K, H=2, NC=3):
     return k, chunk_gates(*gates).dgd_write
 
 
-@pytest.mark.parametrize("C,K", [(16, 16), (32, 40), (64, 24)], ids=lambda x: str(x))
-def test_inverse_and_gradients(C, K):
+def _check(C, K, input_dtype):
+    """Inverse and gradients for keys of the op's `input_dtype` (here fp32 values: the precision of
+    the backward's products follows it, tf32 for 16-bit inputs, three-pass tf32 for fp32 ones)."""
     k, e = _inputs(C, K)
     H, NC = e.shape[:2]
     k_ref, e_ref = k.clone().requires_grad_(), e.clone().requires_grad_()
     kc = k_ref.unflatten(0, (NC, C)).permute(2, 0, 1, 3)
     ref = dgd_inverse(ChunkGates(None, None, None, None, None, e_ref), kc @ kc.transpose(-1, -2))  # reads E only
     k_out, e_out = k.float().to(DEVICE).requires_grad_(), e.float().to(DEVICE).requires_grad_()
-    out = dgd_inverse_triton(k_out, e_out, torch.float32)
+    out = dgd_inverse_triton(k_out, e_out, input_dtype)
     torch.testing.assert_close(out.cpu().double(), ref.detach(), atol=1e-6, rtol=1e-5)
     cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for r, o in zip(torch.autograd.grad((ref * cot).sum(), [k_ref, e_ref]),
                     torch.autograd.grad((out * cot.to(out)).sum(), [k_out, e_out])):
-        assert ((o.cpu().double() - r).abs().max() / r.abs().max()).item() < 1e-5
+        if input_dtype == torch.float32:
+            assert ((o.cpu().double() - r).abs().max() / r.abs().max()).item() < 1e-5
+        else:
+            assert rms_ratio(r, o.cpu()) < 5e-3
+
+
+SHAPES = [(16, 16), (32, 40), (64, 24)]
+INPUT_DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("input_dtype", INPUT_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("C,K", SHAPES, ids=lambda x: str(x))
+def test_inverse_and_gradients(C, K, input_dtype):
+    _check(C, K, input_dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("input_dtype", INPUT_DTYPES, ids=["fp32-tf32x3", "bf16-tf32"])
+@pytest.mark.parametrize("C,K", SHAPES + [(64, 128), (64, 256)], ids=lambda x: str(x))
+def test_inverse_and_gradients_gpu(C, K, input_dtype):
+    """On the card the products run at the chosen precision (the interpreter computes fp32)."""
+    _check(C, K, input_dtype)
 
 
 def test_opcheck():

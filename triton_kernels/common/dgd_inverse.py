@@ -7,11 +7,12 @@ Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC,
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
 dA = −invᵀ d(inv) invᵀ, kept strictly lower (dL); L = (K Kᵀ) ⊙ E_prev gives
 dE_prev = dL ⊙ (K Kᵀ) (E's last row is not in L: 0) and dK = (dL ⊙ E_prev + (dL ⊙ E_prev)ᵀ) K.
-Replaces fp32 copies of K, three batched products, a mask and a zero-filled dE in PyTorch. Its
-products run on the matrix units at the op's input precision (`dot_precision`), except that exact
-fp32 ("ieee", fp32 inputs) becomes three-pass tf32 ("tf32x3", close to fp32): exact fp32 FMA
-products of C × C blocks spilled kilobytes. tf32x3 still spills at C = 64 on sm_80 (fp32 inputs
-without tf32 allowed; not in the compile report, which registers bf16 inputs)."""
+Replaces fp32 copies of K, three batched products, a mask and a zero-filled dE in PyTorch. K Kᵀ
+is recomputed in exact fp32 as in the forward; the three other products run on the matrix units
+at the op's input precision (`dot_precision`: tf32 for 16-bit inputs, whose fp32 copies
+included), except that exact fp32 ("ieee", fp32 inputs) becomes three-pass tf32 ("tf32x3", close
+to fp32): exact fp32 FMA products of C × C blocks spilled kilobytes. tf32x3 still spills at
+C = 64 on sm_80 (`aot.py` KNOWN_SPILLS)."""
 import triton
 import triton.language as tl
 
