@@ -157,6 +157,21 @@ def linear_memory_bwd_kernel_dh(
 
 
 @triton.jit
+def _key_tile(NC, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """Ids and offsets of a program of the parallel kernels (grid (NC, key tiles, H)): chunk, key
+    tile and head; the chunk's token rows, the tile's key columns and mask, their offsets in q/k
+    (`[T', H, K]`), the (head, chunk) index of `[H, NC, ...]` tensors and of the `[NK, H, NC, ...]`
+    partial sums."""
+    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    o_t = tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_tok = i_c * BT + o_t
+    o_chunk = i_h * NC + i_c
+    return (i_c, i_k, i_h, o_t, o_k, o_k < K, o_tok, (o_tok[:, None] * H + i_h) * K + o_k[None, :], o_chunk,
+            i_k * H * NC + o_chunk)
+
+
+@triton.jit
 def _value_tile(i_v, i_h, o_chunk, o_tok, o_k, m_k, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BV: tl.constexpr):
     """Offsets and masks of value tile i_v in the parallel kernels: the chunk's tokens by the tile
@@ -180,16 +195,9 @@ def linear_memory_bwd_kernel_dq(
     − (Ō Wᵀ) ⊙ E) (exact, stored by the first key tile for dK) and the gradients of β, f, G, E on the
     rows after each token: rows 1..BT of the gates' gradients, partial over key tiles
     ([NK, H, NC, BT + 1, ...]; row 0 set to 0 here, the other kernels add to them in place)."""
-    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
+    i_c, i_k, i_h, o_t, o_k, m_k, o_tok, o_tk, o_chunk, o_part = _key_tile(NC, H, K, BT, BK)
     m_causal = o_t[:, None] >= o_t[None, :]
-    o_tok = i_c * BT + o_t
-    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
-    o_chunk = i_h * NC + i_c
     o_gate = o_chunk * (BT + 1) + 1                                           # rows after each token
-    o_part = i_k * H * NC + o_chunk
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
     b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
@@ -252,15 +260,8 @@ def linear_memory_bwd_kernel_dk(
     last-row gates, partial over key tiles: G[last, :], E[last, :], β[last], f[last] added to row
     `last` of d_write, d_dgd_write, d_decay, d_carry (after `linear_memory_bwd_kernel_dq`), N[last, :]
     and m[last] stored in d_mom [NK, H, NC, 2, BT]."""
-    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    o_tok = i_c * BT + o_t
-    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
-    o_chunk = i_h * NC + i_c
+    i_c, i_k, i_h, o_t, o_k, m_k, o_tok, o_tk, o_chunk, o_part = _key_tile(NC, H, K, BT, BK)
     o_gate = o_chunk * (BT + 1)
-    o_part = i_k * H * NC + o_chunk
     i_last = tl.load(last_rows + i_c)
     b_first = tl.where(o_t == 0, 1.0, 0.0)
 
@@ -324,15 +325,8 @@ def linear_memory_bwd_kernel_dk_dgd(
     token) for key tile i_k, looping over the value tiles: its part of dK, added to dK in place
     (exact), and, partial over key tiles, the gradients of β, f, G on those rows (rows 0..BT−1 of
     d_decay, d_carry, d_write, added in place after the other kernels)."""
-    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    o_tok = i_c * BT + o_t
-    o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
-    o_chunk = i_h * NC + i_c
+    i_c, i_k, i_h, o_t, o_k, m_k, o_tok, o_tk, o_chunk, o_part = _key_tile(NC, H, K, BT, BK)
     o_gate = o_chunk * (BT + 1)
-    o_part = i_k * H * NC + o_chunk
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
     b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
@@ -376,16 +370,11 @@ def linear_memory_bwd_kernel_dgd_inv(
     """The gradient of the DGD inverse, d(I + L)^{-1} = dW Pᵀ, partial over key tiles: key tile i_k's
     part of P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R, a value tile at a time. Apart from
     `linear_memory_bwd_kernel_dk_dgd`: the two BT × BT sums of one kernel spilled hundreds of bytes."""
-    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    o_tok = i_c * BT + o_t
-    o_chunk = i_h * NC + i_c
+    i_c, i_k, i_h, o_t, o_k, m_k, o_tok, o_tk, o_chunk, o_part = _key_tile(NC, H, K, BT, BK)
     o_gate = o_chunk * (BT + 1)
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
     b_decay = tl.load(decay + o_gate + o_t)
     # this key tile's part of (K Kᵀ) ⊙ G
     b_kk_write = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION) * tl.load(write + o_gate * BT + o_mat)
@@ -401,7 +390,7 @@ def linear_memory_bwd_kernel_dgd_inv(
                                                                   input_precision=DOT_PRECISION)
         b_d_inv += tl.dot(tl.load(dpseudo + o_tv, mask=m_tv, other=0.0), tl.trans(b_p),
                           input_precision=DOT_PRECISION)
-    tl.store(d_dgd_inv + (i_k * H * NC + o_chunk) * BT * BT + o_mat, b_d_inv)
+    tl.store(d_dgd_inv + o_part * BT * BT + o_mat, b_d_inv)
 
 
 def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, fwd, *, scale, dgd):
