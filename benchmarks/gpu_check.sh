@@ -46,6 +46,8 @@
 #                         with 15 minutes of device time in all (machine start included), one call:
 #                         STEPS="build check bench isolate pytest-gpu" (the SPEC §8 table first, then
 #                         the bf16 diagnosis, then whatever of `pytest -m gpu` the budget leaves)
+#   PYTEST_GPU_PATHS      test files or folders for `pytest -m gpu` (default: all of tests/)
+#   PROFILE_CAP, ISOLATE_CAP  the time limits of those two steps (default 120, 180)
 #   SKIP_BUILD=1          reuse the extension already built (e.g. a second run on a warm machine)
 #   SKIP_COMPILE_REPORT=1 leave out the sm_90 compile report (CI runs it without a GPU)
 #   PYTEST_WORKERS        pytest-xdist workers for `pytest -m gpu` when xdist is installed (default 8;
@@ -66,6 +68,8 @@ PYTHON=${PYTHON:-$(command -v python || command -v python3 || echo python3)}
 TOTAL_S=${TOTAL_S:-540}
 BENCH_SHAPES=${BENCH_SHAPES:-auto}
 RESERVE_S=15                                   # kept back for writing the report
+PROFILE_CAP=${PROFILE_CAP:-120}
+ISOLATE_CAP=${ISOLATE_CAP:-180}
 STAMP=$(date -u +%Y-%m-%dT%H%MZ)
 OUT_DIR=${OUT_DIR:-${OUT:-benchmarks/results}}
 mkdir -p "$OUT_DIR" || exit 1
@@ -182,10 +186,14 @@ fi
 run_step info 60 "$PYTHON" -m nested_kernels info
 run_step check 120 "$PYTHON" -m nested_kernels check --device cuda --quiet
 
-# The benchmark's limit leaves about 480 s for the cms benchmark, profile, isolate, the compile
-# report and pytest.
+# The benchmark's limit leaves the later steps that STEPS names their limits (pytest-gpu 60 s at least).
 BENCH_TAG="gpu-check-$STAMP"
-BENCH_CAP=$(( $(left_s) - 480 ))
+LATER_S=0
+for step_cap in bench-cms:75 bench-mlp:150 decode:90 hope-layer:120 profile:$PROFILE_CAP isolate:$ISOLATE_CAP \
+                sanitizer:150 compile-report:150 pytest-gpu:60; do
+    want "${step_cap%%:*}" && LATER_S=$(( LATER_S + ${step_cap##*:} ))
+done
+BENCH_CAP=$(( $(left_s) - LATER_S ))
 (( BENCH_CAP > 300 )) && BENCH_CAP=300
 (( BENCH_CAP < 60 )) && BENCH_CAP=60
 case $BENCH_SHAPES in
@@ -193,8 +201,11 @@ case $BENCH_SHAPES in
     all) SHAPE_ARGS=(--shapes all) ;;
     *) SHAPE_ARGS=(--shapes all --budget-s $(( BENCH_CAP - 45 ))) ;;
 esac
+# The roofline's bandwidth: the vendor's 4.8 TB/s on an H200 (the script's default is the H100's).
+PEAK_ARGS=()
+[[ $GPU_LINE == *H200* ]] && PEAK_ARGS=(--peak-tbps 4.8)
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
-    "${SHAPE_ARGS[@]}"
+    "${SHAPE_ARGS[@]}" "${PEAK_ARGS[@]}"
 
 CMS_CAP=75
 run_step bench-cms "$CMS_CAP" "$PYTHON" benchmarks/bench_cms.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG" \
@@ -203,8 +214,9 @@ run_step bench-mlp 150 "$PYTHON" benchmarks/bench_mlp_memory.py --out-dir "$LOG_
 run_step decode 90 "$PYTHON" benchmarks/bench_decode.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
 run_step hope-layer 120 "$PYTHON" benchmarks/bench_hope_layer.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
 
-run_step profile 120 "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
-run_step isolate 180 "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" --budget-s 120
+run_step profile "$PROFILE_CAP" "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
+run_step isolate "$ISOLATE_CAP" "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" \
+    --budget-s $(( ISOLATE_CAP - 60 ))
 
 # shellcheck disable=SC2317  # (called through `bash -c`)
 sanitizer_cmd() {  # memcheck then racecheck over the tests of the CUDA kernels (not Triton: too slow there)
@@ -249,7 +261,9 @@ if (( PYTEST_WORKERS > 0 )) && "$PYTHON" -c "import xdist" 2>/dev/null; then
     PARALLEL_ARGS=(-n "$PYTEST_WORKERS")
 fi
 # The bigmem tests take most of the card's memory: alone, after the others.
-run_step pytest-gpu 600 "$PYTHON" -m pytest -m "gpu and not bigmem" "${PYTEST_ARGS[@]}" "${PARALLEL_ARGS[@]}"
+read -r -a PYTEST_PATHS <<< "${PYTEST_GPU_PATHS:-}"
+run_step pytest-gpu 600 "$PYTHON" -m pytest -m "gpu and not bigmem" "${PYTEST_ARGS[@]}" "${PARALLEL_ARGS[@]}" \
+    "${PYTEST_PATHS[@]}"
 run_step pytest-gpu-bigmem 300 "$PYTHON" -m pytest -m "gpu and bigmem" "${PYTEST_ARGS[@]}"
 
 # ---------------------------------------------------------------------------------------------

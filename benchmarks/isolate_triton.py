@@ -60,12 +60,14 @@ print("RESULT " + json.dumps({n: (e if e == e else float("inf")) for n, e in err
 """
 
 
-def configs():
+def configs(device):
     dims = ((64, 64), (128, 128), (100, 60), (256, 256))
     rows = [(K, V, C, mom, dgd, 1, dt, 2, 150) for (K, V), C, mom, dgd, dt in
             itertools.product(dims, (16, 32, 64), (0, 1), (0, 1), ("fp32", "bf16", "bf16-raw"))]
-    rows += [(64, 64, 64, 1, 1, st, dt, 8, 256) for st in (0, 1) for dt in ("fp32", "bf16", "bf16-raw")]
-    return rows
+    faulted = [(64, 64, 64, 1, 1, st, dt, 8, 256) for st in (0, 1) for dt in ("fp32", "bf16", "bf16-raw")]
+    # on a card the shape that faulted in bf16 on the H100 (2026-11-25) goes first, so a short
+    # budget reaches it; the interpreter starts with the small rows
+    return faulted + rows if device == "cuda" else rows + faulted
 
 
 def run_one(cfg, device, timeout_s):
@@ -107,7 +109,7 @@ def main():
 
     rows = []
     with ThreadPoolExecutor(args.workers) as pool:
-        for row in pool.map(job, configs()[:args.limit]):
+        for row in pool.map(job, configs(device)[:args.limit]):
             rows.append(row)
             worst = max(row["errors"].items(), key=lambda kv: kv[1]) if row["errors"] else None
             print(("ok  " if row["passed"] else "BAD ") + json.dumps(row["config"]),
