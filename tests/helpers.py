@@ -75,8 +75,9 @@ def assert_all_close(names, expected, actual, atol=1e-10, rtol=1e-10):
 
 
 def rms_ratio(ref: torch.Tensor, out: torch.Tensor) -> float:
-    """fla's error ratio rms(ref − out) / rms(ref), computed in fp64."""
-    ref, out = ref.double(), out.double()
+    """fla's error ratio rms(ref − out) / rms(ref), computed in fp64 on the CPU (either side may be
+    on a GPU: the references of the gpu tests run there too)."""
+    ref, out = ref.detach().double().cpu(), out.detach().double().cpu()
     return ((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
 
 
