@@ -39,7 +39,8 @@ def make_inputs(B, T, H, K, V, N, has_mom, has_h0, dtype, zero_retention=False):
 
 def cotangents(o, memory, momentum, seed=7):
     gen = torch.Generator().manual_seed(seed)
-    return [None if x is None else torch.randn(x.shape, generator=gen, dtype=x.dtype) for x in (o, memory, momentum)]
+    return [None if x is None else torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+            for x in (o, memory, momentum)]
 
 
 def loss(outs, cots, on):
@@ -156,6 +157,7 @@ def test_chunked_bwd_split_workspace(K, has_mom, dgd, budget, monkeypatch):
     monkeypatch.setenv(SMEM_BUDGET, str(budget))
     split = all_grads(xs, **kw)
     for name, a, b in zip(NAMES, whole, split):
+        assert (a is None) == (b is None), name
         assert (a is None) == (b is None), name
         assert a is None or torch.equal(a, b), f"{name}: the split workspace changed the gradient"
     check_grads(xs, tol=1e-10, **kw)
@@ -350,4 +352,5 @@ def test_chunked_bwd_cuda_split_workspace(has_mom, dgd, dtype, budget, monkeypat
     monkeypatch.setenv(SMEM_BUDGET, str(budget))
     split = all_grads(gpu, **kw)
     for name, a, b in zip(NAMES, whole, split):
+        assert (a is None) == (b is None), name
         assert a is None or torch.equal(a, b), f"{name}: the split workspace changed the gradient"

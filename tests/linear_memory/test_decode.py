@@ -243,3 +243,7 @@ def test_step_cuda(has_mom, dgd, dtype):
     torch.testing.assert_close(o.float().cpu(), o_ref, atol=tol, rtol=tol)
     torch.testing.assert_close(state.memory.cpu(), state_ref.memory, atol=tol, rtol=tol)
     assert state.position.tolist() == state_ref.position.tolist()
+    if has_mom:
+        torch.testing.assert_close(state.momentum.cpu(), state_ref.momentum, atol=tol, rtol=tol)
+    mid_chunk = state_ref.position > 0                                        # chunk_memory is stale at 0
+    torch.testing.assert_close(state.chunk_memory.cpu()[mid_chunk], state_ref.chunk_memory[mid_chunk], atol=tol, rtol=tol)

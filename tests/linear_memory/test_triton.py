@@ -43,10 +43,10 @@ def check(B, T, H, K, V, C, use_mom, dgd, use_h0, cu_seqlens=None, dtype=torch.f
     inputs = (q, k, v, *gates(B, T, H, momentum=use_mom))
     h0 = linear_state(N, H, K, V, momentum=use_mom) if use_h0 else None
     kw = dict(dgd=dgd, chunk_size=C, scale=K**-0.5)
-    ref_out, ref_grads = run("reference", inputs, h0, torch.float64, cu_seqlens=cu_seqlens, **kw)
+    cu = None if cu_seqlens is None else cu_seqlens.to(DEVICE)
+    ref_out, ref_grads = run("reference", inputs, h0, torch.float64, cu_seqlens=cu, **kw)
     f32 = lambda xs: [None if x is None else x.float() for x in xs]
     h0_32 = None if h0 is None else LinearMemoryState(*f32(h0))
-    cu = None if cu_seqlens is None else cu_seqlens.to(DEVICE)
     out, out_grads = run("triton", (*f32(inputs[:3]), *f32(inputs[3:])), h0_32, dtype, cu_seqlens=cu, **kw)
     assert out[0].dtype == dtype and all(s.dtype == torch.float32 for s in out[1:] if s is not None)
     fwd_bound, bwd_bound = (1e-5, 1e-5) if dtype == torch.float32 else (5e-3, 1e-2)
