@@ -6,8 +6,7 @@ import itertools
 
 from ..utils.aot import ARCHS, OPERAND_VARIANTS, AotSpec, kernel_params
 from . import chunk_products
-from .dgd_inverse import BK, dgd_inverse_bwd_kernel, dgd_inverse_kernel
-from .dgd_inverse import num_warps as dgd_inverse_warps
+from .dgd_inverse import dgd_inverse_bwd_kernel, dgd_inverse_kernel, launch_params
 from .chunk_gates import CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
 
 _FWD = ("lr", "ret", "mom", "decay", "carry", "write", "mom_decay", "mom_write", "dgd_write")
@@ -31,10 +30,11 @@ def _dgd_inverse_specs():
         runtime, flags = kernel_params(kernel)
         types = {n: signature[n] or f"*{qkv}" for n in runtime}
         for K, C in itertools.product((64, 128, 256), (16, 32, 64)):
-            constexprs = dict(H=16, K=K, C=C, BK=BK, DOT_PRECISION=precision)
+            params = launch_params(part.strip("_") or "fwd", C)
+            constexprs = dict(H=16, K=K, C=C, BK=params["BK"], DOT_PRECISION=precision)
             yield AotSpec(name=f"dgd_inverse{part}-K{K}-C{C}-{variant}", kernel=kernel, signature=types,
                           constexprs={n: x for n, x in constexprs.items() if n in flags},
-                          num_warps=dgd_inverse_warps(C), archs=archs)
+                          num_warps=params["num_warps"], archs=archs)
 
 
 AOT_SPECS = [

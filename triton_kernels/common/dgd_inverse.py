@@ -1,8 +1,14 @@
 """The DGD system of each chunk (nested_kernels/common/chunk_state.py `dgd_inverse`, SPEC §2):
-(I + L)^{-1} with L_tj = (k_t·k_j) E_{t−1, j} strictly lower, one program per (chunk, head):
-K Kᵀ over K in blocks of BK, then forward substitution row by row in registers,
-    inv[i, :] = e_i − Σ_{j<i} L[i, j] inv[j, :].
-Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
+(I + L)^{-1} with L_tj = (k_t·k_j) E_{t−1, j} strictly lower, one program per (chunk, head),
+blocked in 16 × 16 tiles (NB = C / 16 tile rows; X = (I + L)^{-1}, also block lower triangular):
+each diagonal tile by forward substitution row by row in registers,
+    X_ii = (I + L_ii)^{-1}:  X_ii[r, :] = e_r − Σ_{s<r} L_ii[r, s] X_ii[s, :],
+then the tiles below the diagonal by block forward substitution, two to four tile products each,
+    X_ij = −X_ii Σ_{m=j}^{i−1} L_im X_mj   (i > j),
+where L_im = (K_i K_mᵀ) ⊙ E_prev[i, m] is formed per tile (exact fp32 products). The row-by-row
+substitution over the whole C × C matrix it replaces took 1.84 ms of the 2.79 ms DGD forward at
+B8 T2048 H16 D64, chunk 64, on an H200 (benchmarks/results/h200-2026-11-26.md). Replaces a batched
+K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
 dA = −invᵀ d(inv) invᵀ, kept strictly lower (dL); L = (K Kᵀ) ⊙ E_prev gives
@@ -17,35 +23,92 @@ import triton
 import triton.language as tl
 
 
+TILE = tl.constexpr(16)          # the tiles of the forward's blocked inverse
+
+
 @triton.jit
-def _chunk_kk(k, o_tok, i_h, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
-    """K Kᵀ [C, C] of one chunk and head (`o_tok`: its rows of the flat layout), exact fp32."""
-    kk = tl.zeros([C, C], dtype=tl.float32)
+def _kk_block(k, o_rows, o_cols, i_h, H: tl.constexpr, K: tl.constexpr, R: tl.constexpr, S: tl.constexpr,
+              BK: tl.constexpr):
+    """k_t·k_j [R, S] for the tokens `o_rows` (R) and `o_cols` (S) of one head (rows of the flat
+    layout), exact fp32."""
+    kk = tl.zeros([R, S], dtype=tl.float32)
     for k0 in range(0, K, BK):
         o_k = k0 + tl.arange(0, BK)
-        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=o_k[None, :] < K, other=0.0)
-        b_kt = tl.load(k + (o_tok[None, :] * H + i_h) * K + o_k[:, None], mask=o_k[:, None] < K, other=0.0)
+        b_k = tl.load(k + (o_rows[:, None] * H + i_h) * K + o_k[None, :], mask=o_k[None, :] < K, other=0.0)
+        b_kt = tl.load(k + (o_cols[None, :] * H + i_h) * K + o_k[:, None], mask=o_k[:, None] < K, other=0.0)
         kk += tl.dot(b_k.to(tl.float32), b_kt.to(tl.float32), input_precision="ieee")
     return kk
+
+
+@triton.jit
+def _l_tile(k, dgd_write, i_c, i_h, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, H: tl.constexpr,
+            K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
+    """L_ij: tile (TI, TJ) of L = (K Kᵀ) ⊙ E_prev, strictly lower on the diagonal."""
+    o = tl.arange(0, TILE)
+    rows, cols = o + TI * TILE, o + TJ * TILE
+    kk = _kk_block(k, i_c * C + rows, i_c * C + cols, i_h, H, K, TILE, TILE, BK)
+    tile = kk * tl.load(dgd_write + (o_chunk * (C + 1) + rows[:, None]) * C + cols[None, :])   # E rows 0..C−1
+    if TI == TJ:
+        tile = tl.where(o[:, None] > o[None, :], tile, 0.0)
+    return tile
+
+
+@triton.jit
+def _unit_lower_inverse(lower):
+    """(I + lower)^{-1} of a strictly lower TILE × TILE tile, by forward substitution."""
+    o = tl.arange(0, TILE)
+    rows, cols = o[:, None], o[None, :]
+    x = tl.where(rows == cols, 1.0, 0.0)
+    for r in range(1, TILE):
+        l_row = tl.sum(tl.where(rows == r, lower, 0.0), axis=0)                # lower[r, :]
+        row = tl.where(o == r, 1.0, 0.0) - tl.sum(l_row[:, None] * x, axis=0)
+        x = tl.where(rows == r, row[None, :], x)
+    return x
+
+
+@triton.jit
+def _dot(a, b):
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _store_tile(inv, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, C: tl.constexpr, x):
+    o = tl.arange(0, TILE)
+    tl.store(inv + (o_chunk * C + o[:, None] + TI * TILE) * C + o[None, :] + TJ * TILE, x)
 
 
 @triton.jit(do_not_specialize=["NC"])
 def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
                        BK: tl.constexpr):
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    o = tl.arange(0, C)
-    rows, cols = o[:, None], o[None, :]
-    o_tok = i_c * C + o                                                       # rows of the flat layout
-    kk = _chunk_kk(k, o_tok, i_h, H, K, C, BK)
     o_chunk = i_h * NC + i_c
-    e_prev = tl.load(dgd_write + (o_chunk * (C + 1) + rows) * C + cols)      # E rows 0..C−1: E_{t−1, j}
-    lower = tl.where(rows > cols, kk * e_prev, 0.0)                           # L
-    b_inv = tl.where(rows == cols, 1.0, 0.0)
-    for i in range(1, C):
-        l_row = tl.sum(tl.where(rows == i, lower, 0.0), axis=0)              # L[i, :]
-        row = tl.where(o == i, 1.0, 0.0) - tl.sum(l_row[:, None] * b_inv, axis=0)
-        b_inv = tl.where(rows == i, row[None, :], b_inv)
-    tl.store(inv + (o_chunk * C + rows) * C + cols, b_inv)
+    for ti in tl.static_range(C // TILE):                    # above the diagonal: 0
+        for tj in tl.static_range(ti + 1, C // TILE):
+            _store_tile(inv, o_chunk, ti, tj, C, tl.zeros([TILE, TILE], dtype=tl.float32))
+    x00 = _unit_lower_inverse(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 0, 0, H, K, C, BK))
+    _store_tile(inv, o_chunk, 0, 0, C, x00)
+    if C >= 2 * TILE:
+        x11 = _unit_lower_inverse(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 1, 1, H, K, C, BK))
+        l10 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 1, 0, H, K, C, BK)
+        _store_tile(inv, o_chunk, 1, 1, C, x11)
+        x10 = -_dot(x11, _dot(l10, x00))
+        _store_tile(inv, o_chunk, 1, 0, C, x10)
+    if C == 4 * TILE:                                        # each tile stored once final: short live ranges
+        x22 = _unit_lower_inverse(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 2, 2, H, K, C, BK))
+        _store_tile(inv, o_chunk, 2, 2, C, x22)
+        l21 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 2, 1, H, K, C, BK)
+        x21 = -_dot(x22, _dot(l21, x11))
+        _store_tile(inv, o_chunk, 2, 1, C, x21)
+        x20 = -_dot(x22, _dot(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 2, 0, H, K, C, BK), x00) + _dot(l21, x10))
+        _store_tile(inv, o_chunk, 2, 0, C, x20)
+        x33 = _unit_lower_inverse(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 3, H, K, C, BK))
+        _store_tile(inv, o_chunk, 3, 3, C, x33)
+        l32 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 2, H, K, C, BK)
+        _store_tile(inv, o_chunk, 3, 2, C, -_dot(x33, _dot(l32, x22)))
+        l31 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 1, H, K, C, BK)
+        _store_tile(inv, o_chunk, 3, 1, C, -_dot(x33, _dot(l31, x11) + _dot(l32, x21)))
+        l30 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 0, H, K, C, BK)
+        _store_tile(inv, o_chunk, 3, 0, C, -_dot(x33, _dot(l30, x00) + _dot(l31, x10) + _dot(l32, x20)))
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -61,7 +124,7 @@ def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H: tl.
     b_da = tl.dot(b_inv_t, tl.dot(b_d_inv, b_inv_t, input_precision=DOT_PRECISION), input_precision=DOT_PRECISION)
     b_dl = tl.where(rows > cols, -b_da, 0.0)                                  # dL = strictly lower part of dA
     o_e = (o_chunk * (C + 1) + rows) * C + cols                               # E rows 0..C−1: E_prev
-    tl.store(d_dgd_write + o_e, b_dl * _chunk_kk(k, o_tok, i_h, H, K, C, BK))
+    tl.store(d_dgd_write + o_e, b_dl * _kk_block(k, o_tok, o_tok, i_h, H, K, C, C, BK))
     tl.store(d_dgd_write + (o_chunk * (C + 1) + C) * C + o, tl.zeros([C], dtype=tl.float32))
     b_dkk = b_dl * tl.load(dgd_write + o_e)                                   # d(K Kᵀ)
     b_dkk += tl.trans(b_dkk)
@@ -72,11 +135,11 @@ def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H: tl.
         tl.store(dk + o_tk, tl.dot(b_dkk, b_k, input_precision=DOT_PRECISION).to(dk.dtype.element_ty), mask=m_k)
 
 
-def num_warps(C: int) -> int:
-    return {16: 4, 32: 4, 64: 8}[C]
-
-
-BK = 16                          # inner blocks of K Kᵀ: fp32 products are FMA loops, short operands
+def launch_params(part: str, C: int) -> dict:
+    """BK (the blocks of K in K Kᵀ) and num_warps of the forward ("fwd": 16 × 16 tiles) and the
+    backward ("bwd": C × C blocks; exact fp32 K Kᵀ products are FMA loops, short operands). The
+    forward at C = 64 spilled with 4 warps under Triton 3.6 (sm_90), and with BK = 64 at K = 64."""
+    return dict(BK=32 if part == "fwd" else 16, num_warps={16: 4, 32: 4, 64: 8}[C])
 
 
 def dgd_inverse_fwd(k, dgd_write):
@@ -89,8 +152,8 @@ def dgd_inverse_fwd(k, dgd_write):
     Tp, H, K = k.shape
     _, NC, _, C = dgd_write.shape
     inv = torch.empty(H, NC, C, C, dtype=torch.float32, device=k.device)
-    launch(dgd_inverse_kernel, (NC, H), k.device, k, dgd_write, inv, NC, H=H, K=K, C=C, BK=BK,
-           num_warps=num_warps(C))
+    launch(dgd_inverse_kernel, (NC, H), k.device, k, dgd_write, inv, NC, H=H, K=K, C=C,
+           **launch_params("fwd", C))
     return inv
 
 
@@ -108,5 +171,5 @@ def dgd_inverse_bwd(k, dgd_write, inv, d_inv, *, input_dtype):
     dk, d_dgd_write = torch.empty_like(k), torch.empty_like(dgd_write)
     precision = {"ieee": "tf32x3"}.get(dot_precision(input_dtype), "tf32")   # tf32x3: exact fp32 spilled
     launch(dgd_inverse_bwd_kernel, (NC, H), k.device, k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H=H, K=K, C=C,
-           BK=BK, DOT_PRECISION=precision, num_warps=num_warps(C))
+           DOT_PRECISION=precision, **launch_params("bwd", C))
     return dk, d_dgd_write
