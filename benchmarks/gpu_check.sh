@@ -44,8 +44,12 @@
 #                         10 minutes a call, so a session can split them over calls, e.g.
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile";
 #                         with 15 minutes of device time in all (machine start included), one call:
-#                         STEPS="build check bench isolate pytest-gpu" (the SPEC §8 table first, then
-#                         the bf16 diagnosis, then whatever of `pytest -m gpu` the budget leaves)
+#                         STEPS="build bench profile isolate pytest-gpu" PROFILE_CAP=60 ISOLATE_CAP=120
+#                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common" TOTAL_S=560
+#                         (the SPEC §8 table first, then where the time goes, the bf16 diagnosis, the
+#                         Triton tests). On the H200 (2026-11-26) bench took 159 s for three shapes,
+#                         profile 47 s, isolate 48 s for 27 rows, those tests 144 s with 8 workers;
+#                         a machine start about 90 s
 #   PYTEST_GPU_PATHS      test files or folders for `pytest -m gpu` (default: all of tests/)
 #   PROFILE_CAP, ISOLATE_CAP  the time limits of those two steps (default 120, 180)
 #   SKIP_BUILD=1          compile nothing: the editable install without the extension (the Triton
