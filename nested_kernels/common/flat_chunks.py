@@ -13,6 +13,7 @@ from .inputs import sequence_bounds
 class FlatChunks(NamedTuple):
     chunk_size: int
     index: Optional[torch.Tensor]     # [T'] source token (row-major over B, T) of each slot, −1 for padding; None: a view
+    slots: Optional[torch.Tensor]     # [B · T] the slot of each token (the inverse of `index`); None: a view
     chunk_offsets: torch.Tensor       # [N + 1] int32
     last_rows: torch.Tensor           # [NC] int32
     num_tokens: int                   # B · T
@@ -26,13 +27,10 @@ class FlatChunks(NamedTuple):
         return padded[self.index]                                            # −1 picks the padding row
 
     def unflatten(self, x: torch.Tensor, B: int, T: int) -> torch.Tensor:
-        """[T', H, ·] -> [B, T, H, ·] (drops the padding)."""
-        if self.index is None:
+        """[T', H, ·] -> [B, T, H, ·] (drops the padding): a gather, no host synchronisation."""
+        if self.slots is None:
             return x.unflatten(0, (B, T))
-        out = x.new_empty(self.num_tokens, *x.shape[1:])
-        valid = self.index >= 0
-        out[self.index[valid]] = x[valid]
-        return out.unflatten(0, (B, T))
+        return x[self.slots].unflatten(0, (B, T))
 
     def to_chunk_major(self, x: torch.Tensor) -> torch.Tensor:
         """Flat gates [T', H] -> [H, NC, C] (the layout of `chunk_gates`)."""
@@ -40,6 +38,12 @@ class FlatChunks(NamedTuple):
 
 
 def flat_chunks(B: int, T: int, chunk_size: int, cu_seqlens: Optional[torch.Tensor], device) -> FlatChunks:
+    """The layout of B rows of T tokens, or of the `cu_seqlens` sequences of row 0. Without
+    `cu_seqlens` it is built on `device` from its shape alone (no host-to-device copy: such a copy
+    from pageable memory waits for the GPU, which then idles while the host prepares the next
+    launches); `cu_seqlens` is read on the host."""
+    if cu_seqlens is None:
+        return _batch_chunks(B, T, chunk_size, device)
     bounds = sequence_bounds(B, T, cu_seqlens)
     counts = [num_chunks(end - start, chunk_size) for _, start, end in bounds]
     offsets = [0]
@@ -52,12 +56,27 @@ def flat_chunks(B: int, T: int, chunk_size: int, cu_seqlens: Optional[torch.Tens
         slots = torch.full((n * chunk_size,), -1, dtype=torch.long)
         slots[:length] = torch.arange(b * T + start, b * T + end)
         index.append(slots)
-    aligned = cu_seqlens is None and T % chunk_size == 0
+    index = torch.cat(index)
+    slots = torch.empty(B * T, dtype=torch.long)
+    real = index >= 0
+    slots[index[real]] = torch.arange(index.numel())[real]
     as_int32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)
-    return FlatChunks(
-        chunk_size,
-        None if aligned else torch.cat(index).to(device),
-        as_int32(offsets),
-        as_int32(last_rows),
-        B * T,
-    )
+    return FlatChunks(chunk_size, index.to(device), slots.to(device), as_int32(offsets), as_int32(last_rows), B * T)
+
+
+def _batch_chunks(B: int, T: int, chunk_size: int, device) -> FlatChunks:
+    """B rows of T tokens, each padded to n whole chunks, from device arithmetic."""
+    n = num_chunks(T, chunk_size)
+    offsets = torch.arange(B + 1, dtype=torch.int32, device=device) * n
+    last_rows = torch.full((B, n), chunk_size, dtype=torch.int32, device=device)
+    if n > 0:
+        last_rows[:, -1] = T - (n - 1) * chunk_size
+    index = slots = None
+    if T % chunk_size:
+        padded = n * chunk_size
+        slot = torch.arange(B * padded, device=device)
+        row, t = slot // padded, slot % padded
+        index = torch.where(t < T, row * T + t, -1)
+        token = torch.arange(B * T, device=device)
+        slots = token // T * padded + token % T
+    return FlatChunks(chunk_size, index, slots, offsets, last_rows.flatten(), B * T)

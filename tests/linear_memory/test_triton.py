@@ -137,6 +137,28 @@ def test_triton_chunk_gpu(T, KV, C, use_mom, dgd, dtype):
     check(2, T, 4, *KV, C, use_mom, dgd, True, dtype=dtype)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("dgd", [False, True], ids=["plain", "dgd"])
+@pytest.mark.parametrize("T", [128, 100], ids=["T128", "T100"])
+def test_triton_no_host_sync(T, dgd):
+    """A batch call (no cu_seqlens), forward and backward, never waits for the GPU: the host can
+    queue the next launches while the kernels run (torch's sync debug mode raises on a sync)."""
+    leaves = [x.float().cuda().requires_grad_() for x in (*qkv(2, T, 2, 32, 32), *gates(2, T, 2))]
+
+    def call():
+        o, final = linear_memory(*leaves, dgd=dgd, chunk_size=32, output_final_state=True, backend="triton")
+        (o.sum() + final.memory.sum()).backward()
+
+    call()                                                                     # compiles, outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        call()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 @pytest.mark.parametrize("keep", [False, True], ids=["recompute", "keep"])
 @pytest.mark.parametrize("use_mom,dgd", [(True, True), (False, False)], ids=["mom-dgd", "plain"])
 def test_triton_opcheck(use_mom, dgd, keep):
