@@ -9,6 +9,7 @@
 #   2. info      python -m nested_kernels info                  (= `nested-kernels info`)
 #   3. check     python -m nested_kernels check --device cuda   (every op x tier against the reference)
 #   4. bench     python benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --budget-s ...
+#      bench-16bit the first shape again with NESTED_KERNELS_TRITON_16BIT_DOTS=1 (the Hopper guard off)
 #   5. bench-cms python benchmarks/bench_cms.py --shapes small --budget-s ...: cms_level, triton vs torch
 #   6. bench-mlp python benchmarks/bench_mlp_memory.py: mlp_memory triton vs torch vs vmap(grad)
 #   7. decode    python benchmarks/bench_decode.py: decode steps (T = 1) at batch 1…256 vs fla
@@ -44,7 +45,7 @@
 #                         10 minutes a call, so a session can split them over calls, e.g.
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile";
 #                         with 15 minutes of device time in all (machine start included), one call:
-#                         STEPS="build bench profile isolate pytest-gpu" PROFILE_CAP=60 ISOLATE_CAP=120
+#                         STEPS="build bench bench-16bit profile isolate pytest-gpu" PROFILE_CAP=60 ISOLATE_CAP=120
 #                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common" TOTAL_S=560
 #                         (the SPEC §8 table first, then where the time goes, the bf16 diagnosis, the
 #                         Triton tests). On the H200 (2026-11-26) bench took 159 s for three shapes,
@@ -100,7 +101,7 @@ except Exception as e:
 
 left_s() { echo $(( TOTAL_S - SECONDS - RESERVE_S )); }
 
-STEPS=${STEPS:-build info check bench bench-cms bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu pytest-gpu-bigmem}
+STEPS=${STEPS:-build info check bench bench-16bit bench-cms bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu pytest-gpu-bigmem}
 want() { [[ " $STEPS " == *" $1 "* ]]; }   # want STEP: whether STEPS names it
 
 # run_step NAME CAP_S CMD...: run CMD with a time limit of min(CAP_S, time left), log it, and add
@@ -204,7 +205,7 @@ run_step check 120 "$PYTHON" -m nested_kernels check --device cuda --quiet
 # The benchmark's limit leaves the later steps that STEPS names their limits (pytest-gpu 60 s at least).
 BENCH_TAG="gpu-check-$STAMP"
 LATER_S=0
-for step_cap in bench-cms:75 bench-mlp:150 decode:90 hope-layer:120 profile:$PROFILE_CAP isolate:$ISOLATE_CAP \
+for step_cap in bench-16bit:90 bench-cms:75 bench-mlp:150 decode:90 hope-layer:120 profile:$PROFILE_CAP isolate:$ISOLATE_CAP \
                 sanitizer:150 compile-report:150 pytest-gpu:60; do
     want "${step_cap%%:*}" && LATER_S=$(( LATER_S + ${step_cap##*:} ))
 done
@@ -221,6 +222,10 @@ PEAK_ARGS=()
 [[ $GPU_LINE == *H200* ]] && PEAK_ARGS=(--peak-tbps 4.8)
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
     "${SHAPE_ARGS[@]}" "${PEAK_ARGS[@]}"
+# the first shape again with 16-bit operands where the Hopper guard would give the kernels fp32
+# copies: what the guard costs, and whether the 16-bit kernels pass the benchmark's correctness gate
+run_step bench-16bit 90 env NESTED_KERNELS_TRITON_16BIT_DOTS=1 "$PYTHON" benchmarks/bench_linear_memory.py \
+    --out-dir "$LOG_DIR" --tag "$BENCH_TAG-16bit" --shapes B8-T2048-H16-D64 --budget-s 60 "${PEAK_ARGS[@]}"
 
 CMS_CAP=75
 run_step bench-cms "$CMS_CAP" "$PYTHON" benchmarks/bench_cms.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG" \
@@ -312,8 +317,10 @@ run_step pytest-gpu-bigmem 300 "$PYTHON" -m pytest -m "gpu and bigmem" "${PYTEST
         echo
         sed -e 's/^# /### /' -e 's/^## /#### /' "$OUT_DIR/linear_memory-$BENCH_TAG.md"
     fi
-    for bench in cms mlp_memory decode hope_layer; do
-        md="$LOG_DIR/$bench-$BENCH_TAG.md"
+    for stem in "linear_memory-$BENCH_TAG-16bit" "cms-$BENCH_TAG" "mlp_memory-$BENCH_TAG" "decode-$BENCH_TAG" \
+                "hope_layer-$BENCH_TAG"; do
+        md="$LOG_DIR/$stem.md"
+        bench=${stem%%-gpu-check-*}${stem##*"$BENCH_TAG"}
         [[ -f $md ]] || continue
         echo
         echo "## $bench benchmark"
@@ -331,6 +338,6 @@ echo
 cat "$REPORT"
 echo
 echo "== steps"
-grep -E '^\| (build|info|check|bench|bench-cms|bench-mlp|decode|hope-layer|profile|isolate|sanitizer|compile-report|pytest-gpu|pytest-gpu-bigmem) \|' "$REPORT"
+grep -E '^\| (build|info|check|bench|bench-16bit|bench-cms|bench-mlp|decode|hope-layer|profile|isolate|sanitizer|compile-report|pytest-gpu|pytest-gpu-bigmem) \|' "$REPORT"
 echo "report: $REPORT"
 exit "$FAILED"

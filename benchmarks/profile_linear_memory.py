@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import sys
+import time
 from typing import List
 
 import torch
@@ -36,13 +37,29 @@ def parse_shape(bench, text: str):
     return bench.BenchShape(*map(int, match.groups()))
 
 
+def _host_and_wall_ms(fn, leaves, calls: int, cuda: bool):
+    """Per call: the host's time to return from `calls` calls in a row, and the time until the
+    device has finished them too (on a CPU both are the wall time)."""
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        for t in leaves:
+            t.grad = None
+        fn()
+    host = time.perf_counter() - start
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    return 1e3 * host / calls, 1e3 * wall / calls
+
+
 def profile_case(bench, shape, backend: str, dgd: bool, mode: str, calls: int, cuda: bool, top: int) -> List[str]:
     device = "cuda" if cuda else "cpu"
     x = bench.make_inputs(shape, device=device, dtype=torch.bfloat16)
     fn, leaves = bench.linear_memory_callable(x, backend, dgd, mode)
     fn()                                                                      # compile and warm up
-    if cuda:
-        torch.cuda.synchronize()
+    host_ms, wall_ms = _host_and_wall_ms(fn, leaves, calls, cuda)
     activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
         for _ in range(calls):
@@ -57,7 +74,9 @@ def profile_case(bench, shape, backend: str, dgd: bool, mode: str, calls: int, c
     total = sum(self_time(e) for e in events)
     own = sum(self_time(e) for e in events if e.key.startswith(OWN_KERNEL_PREFIX))
     unit = "device" if cuda else "CPU"
-    lines = ["",
+    lines = ["", f"host time per call {host_ms:.3f} ms (queueing the launches, not waiting for them); wall "
+                 f"{wall_ms:.3f} ms per call back to back (host-bound where it is close to the host time)",
+             "",
              f"{unit} time per call {total / calls / 1e3:.3f} ms; our Triton kernels {own / calls / 1e3:.3f} ms "
              f"({100 * own / max(total, 1e-9):.0f} %), the rest {(total - own) / calls / 1e3:.3f} ms", "",
              "| kernel / operator | calls per call | ms per call | share |", "|---|---:|---:|---:|"]

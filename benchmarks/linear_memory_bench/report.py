@@ -28,6 +28,21 @@ def _git_commit() -> Optional[str]:
         return None
 
 
+def _triton_operands(cuda: bool) -> Optional[str]:
+    """How the triton tier's kernels get the bf16 inputs here (`utils/operand_precision.py`)."""
+    if not cuda:
+        return None
+    try:
+        from nested_kernels.triton_kernels.utils.operand_precision import fp32_operands_reason
+    except ImportError:
+        return None
+    reason = fp32_operands_reason(torch.device("cuda"), torch.bfloat16)
+    if reason is not None:
+        return f"fp32 copies ({reason})"
+    forced = os.environ.get("NESTED_KERNELS_TRITON_16BIT_DOTS") == "1"
+    return "bf16 as they are" + (" (NESTED_KERNELS_TRITON_16BIT_DOTS=1)" if forced else "")
+
+
 def machine_meta(cuda: bool, args) -> Dict[str, object]:
     try:
         import triton
@@ -48,6 +63,7 @@ def machine_meta(cuda: bool, args) -> Dict[str, object]:
         "peak_tbps": args.peak_tbps,
         "chunk_size": settings.CHUNK,
         "dtype": "bf16 q/k/v, fp32 gates" if cuda else "fp32 (CPU)",
+        "triton_operands": _triton_operands(cuda),
         "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
@@ -102,6 +118,7 @@ def to_markdown(run: Run) -> str:
         f"* date {m['date']}, git {m['git'] or 'unknown'}",
         f"* inputs: {m['dtype']}; momentum on; chunk {m['chunk_size']}; modes: fwd (no_grad), "
         "fwd+bwd (forward + backward of (o·do).sum())",
+        *([f"* the triton tier's operands: {m['triton_operands']}"] if m.get("triton_operands") else []),
         f"* roofline peaks: {m['peak_tflops']:g} TFLOP/s, {m['peak_tbps']:g} TB/s; roofline = "
         "max(FLOPs / peak, bytes / bandwidth) / measured (formulas in linear_memory_bench/counts.py)",
         "* timing: triton.testing.do_bench median (p20, p80) on CUDA; time.perf_counter median on the CPU",
