@@ -118,6 +118,14 @@ def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
     check(1, 70, 1, K, 24, C, full, full, full)  # full: momentum, DGD, initial state
 
 
+def test_triton_chunk_k256():
+    """The shipped K = V = 256 launch entries themselves (fp32 operands: the table of the fp32 copies
+    on Hopper), at the 64-token chunks whose bf16 run faulted once on an H200
+    (benchmarks/results/h200-2026-11-26.md); under the interpreter's memcheck every access stays in
+    bounds."""
+    check(1, 63, 1, 256, 256, 64, True, True, True)
+
+
 def test_triton_unsupported_chunk_size():
     q, k, v = qkv(1, 8, 1, 16, 16, dtype=torch.float32)
     with pytest.raises(NotImplementedError, match=r"chunk_size must be one of \(16, 32, 64\), got 8"):
