@@ -1,5 +1,6 @@
 """Input factories and comparisons shared by the op tests (SPEC §7)."""
 import itertools
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -109,3 +110,15 @@ def record_launches(monkeypatch):
         return real(kernel, grid, device, *args, **kwargs)
     monkeypatch.setattr(launch_module, "launch", recording)
     return calls
+
+
+def cuda_fault(nodeid: str) -> Optional[str]:
+    """Why the CUDA context is unusable after the test `nodeid` (a sticky error such as an illegal
+    memory access), or None; None too where CUDA was never used."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    try:
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 (AcceleratorError on recent torch, RuntimeError before)
+        return f"CUDA context poisoned during {nodeid}: {str(e).splitlines()[0] if str(e) else repr(e)}"
+    return None
