@@ -26,6 +26,9 @@ def cuda_fault_ends_process(request):
     message = cuda_fault(request.node.nodeid)
     if message is not None:
         if os.environ.get("PYTEST_XDIST_WORKER"):
+            capture = request.config.pluginmanager.getplugin("capturemanager")
+            if capture is not None:                                           # or the message is lost
+                capture.suspend_global_capture(in_=True)
             sys.stderr.write(message + "\n")
             sys.stderr.flush()
             os._exit(70)

@@ -112,13 +112,13 @@ def record_launches(monkeypatch):
     return calls
 
 
-def cuda_fault(nodeid: str) -> Optional[str]:
+def cuda_fault(nodeid: str, cuda=torch.cuda) -> Optional[str]:
     """Why the CUDA context is unusable after the test `nodeid` (a sticky error such as an illegal
-    memory access), or None; None too where CUDA was never used."""
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    memory access), or None; None too where CUDA was never used (`cuda`: torch.cuda, or a fake)."""
+    if not cuda.is_available() or not cuda.is_initialized():
         return None
     try:
-        torch.cuda.synchronize()
+        cuda.synchronize()
     except Exception as e:  # noqa: BLE001 (AcceleratorError on recent torch, RuntimeError before)
         return f"CUDA context poisoned during {nodeid}: {str(e).splitlines()[0] if str(e) else repr(e)}"
     return None

@@ -38,16 +38,19 @@ class _Devices(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for x in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(x, torch.Tensor):
-                self.devices.add(x.device.type)
+        tensors = [*args, *(kwargs or {}).values(), *(out if isinstance(out, (tuple, list)) else [out])]
+        self.devices |= {x.device.type for x in tensors if isinstance(x, torch.Tensor)}
         return out
 
 
 @pytest.mark.parametrize("T", [64, 70], ids=["aligned", "padded"])
-def test_batch_layout_stays_on_device(T):
-    """No tensor is made on the host (on a GPU a host-to-device copy from pageable memory waits for
-    the stream: the GPU would idle while the host prepares the next launches)."""
+def test_batch_layout_stays_on_device(T, monkeypatch):
+    """No tensor is made on the host and none from host data (on a GPU a host-to-device copy from
+    pageable memory waits for the stream: the GPU would idle while the host prepares the next
+    launches)."""
+    def no_host_data(*args, **kwargs):
+        raise AssertionError("torch.tensor: a tensor from host data")
+    monkeypatch.setattr(torch, "tensor", no_host_data)
     with _Devices() as mode:
         layout = flat_chunks(2, T, 32, None, "meta")
     assert mode.devices == {"meta"} and layout.last_rows.device.type == "meta"

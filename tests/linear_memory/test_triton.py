@@ -124,6 +124,7 @@ def test_triton_chunk_k256():
     (benchmarks/results/h200-2026-11-26.md); under the interpreter's memcheck every access stays in
     bounds."""
     check(1, 63, 1, 256, 256, 64, True, True, True)
+    check(2, 1, 1, 256, 256, 64, False, False, True)                           # the faulting call's case
 
 
 def test_triton_unsupported_chunk_size():

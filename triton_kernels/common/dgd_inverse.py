@@ -80,6 +80,7 @@ def _store_tile(inv, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, C: tl.constexp
 @triton.jit(do_not_specialize=["NC"])
 def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
                        BK: tl.constexpr):
+    tl.static_assert(C == TILE or C == 2 * TILE or C == 4 * TILE, "chunk sizes 16, 32, 64")
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
     o_chunk = i_h * NC + i_c
     for ti in tl.static_range(C // TILE):                    # above the diagonal: 0
