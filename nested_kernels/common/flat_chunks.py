@@ -16,7 +16,6 @@ class FlatChunks(NamedTuple):
     slots: Optional[torch.Tensor]     # [B · T] the slot of each token (the inverse of `index`); None: a view
     chunk_offsets: torch.Tensor       # [N + 1] int32
     last_rows: torch.Tensor           # [NC] int32
-    num_tokens: int                   # B · T
 
     def flatten(self, x: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
         """[B, T, H, ·] or gates [B, T, H] -> [T', H, ·]."""
@@ -53,15 +52,15 @@ def flat_chunks(B: int, T: int, chunk_size: int, cu_seqlens: Optional[torch.Tens
     for (b, start, end), n in zip(bounds, counts):
         length = end - start
         last_rows += [min(chunk_size, length - c * chunk_size) for c in range(n)]
-        slots = torch.full((n * chunk_size,), -1, dtype=torch.long)
-        slots[:length] = torch.arange(b * T + start, b * T + end)
-        index.append(slots)
+        seq_index = torch.full((n * chunk_size,), -1, dtype=torch.long)
+        seq_index[:length] = torch.arange(b * T + start, b * T + end)
+        index.append(seq_index)
     index = torch.cat(index)
     slots = torch.empty(B * T, dtype=torch.long)
     real = index >= 0
     slots[index[real]] = torch.arange(index.numel())[real]
     as_int32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)
-    return FlatChunks(chunk_size, index.to(device), slots.to(device), as_int32(offsets), as_int32(last_rows), B * T)
+    return FlatChunks(chunk_size, index.to(device), slots.to(device), as_int32(offsets), as_int32(last_rows))
 
 
 def _batch_chunks(B: int, T: int, chunk_size: int, device) -> FlatChunks:
@@ -79,4 +78,4 @@ def _batch_chunks(B: int, T: int, chunk_size: int, device) -> FlatChunks:
         index = torch.where(t < T, row * T + t, -1)
         token = torch.arange(B * T, device=device)
         slots = token // T * padded + token % T
-    return FlatChunks(chunk_size, index, slots, offsets, last_rows.flatten(), B * T)
+    return FlatChunks(chunk_size, index, slots, offsets, last_rows.flatten())
