@@ -24,15 +24,15 @@ def _dgd_inverse_specs():
     backward also for fp32 inputs."""
     signature = dict(k=None, dgd_write="*fp32", inv="*fp32", d_inv="*fp32", dk=None, d_dgd_write="*fp32", NC="i32")
     variants = [(variant, qkv, "tf32", archs) for variant, qkv, archs in OPERAND_VARIANTS]
-    for (part, kernel), (variant, qkv, precision, archs) in itertools.chain(
-            itertools.product([("", dgd_inverse_kernel), ("_bwd", dgd_inverse_bwd_kernel)], variants),
-            [(("_bwd", dgd_inverse_bwd_kernel), BWD_FP32_INPUTS)]):
+    fwd, bwd = ("fwd", "", dgd_inverse_kernel), ("bwd", "_bwd", dgd_inverse_bwd_kernel)
+    for (part, suffix, kernel), (variant, qkv, precision, archs) in itertools.chain(
+            itertools.product([fwd, bwd], variants), [(bwd, BWD_FP32_INPUTS)]):
         runtime, flags = kernel_params(kernel)
         types = {n: signature[n] or f"*{qkv}" for n in runtime}
         for K, C in itertools.product((64, 128, 256), (16, 32, 64)):
-            params = launch_params(part.strip("_") or "fwd", C)
+            params = launch_params(part, C)
             constexprs = dict(H=16, K=K, C=C, BK=params["BK"], DOT_PRECISION=precision)
-            yield AotSpec(name=f"dgd_inverse{part}-K{K}-C{C}-{variant}", kernel=kernel, signature=types,
+            yield AotSpec(name=f"dgd_inverse{suffix}-K{K}-C{C}-{variant}", kernel=kernel, signature=types,
                           constexprs={n: x for n, x in constexprs.items() if n in flags},
                           num_warps=params["num_warps"], archs=archs)
 
