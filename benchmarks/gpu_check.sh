@@ -75,8 +75,9 @@ PYTHON=${PYTHON:-$(command -v python || command -v python3 || echo python3)}
 TOTAL_S=${TOTAL_S:-540}
 BENCH_SHAPES=${BENCH_SHAPES:-auto}
 RESERVE_S=15                                   # kept back for writing the report
-PROFILE_CAP=${PROFILE_CAP:-120}
-ISOLATE_CAP=${ISOLATE_CAP:-180}
+# the time limits of the steps after the benchmark (which gets what they leave), in seconds
+declare -A CAP=([bench-16bit]=90 [bench-cms]=75 [bench-mlp]=150 [decode]=90 [hope-layer]=120
+                [profile]=${PROFILE_CAP:-120} [isolate]=${ISOLATE_CAP:-180} [sanitizer]=150 [compile-report]=150)
 STAMP=$(date -u +%Y-%m-%dT%H%MZ)
 OUT_DIR=${OUT_DIR:-${OUT:-benchmarks/results}}
 mkdir -p "$OUT_DIR" || exit 1
@@ -217,12 +218,12 @@ print(int(torch.cuda.is_available() and r(torch.device('cuda'), torch.bfloat16) 
 # The benchmark's limit leaves the later steps that STEPS names their limits (pytest-gpu 60 s at least).
 BENCH_TAG="gpu-check-$STAMP"
 LATER_S=0
-for step_cap in bench-16bit:90 bench-cms:75 bench-mlp:150 decode:90 hope-layer:120 profile:$PROFILE_CAP isolate:$ISOLATE_CAP \
-                sanitizer:150 compile-report:150 pytest-gpu:60; do
-    [[ ${step_cap%%:*} == compile-report && ${SKIP_COMPILE_REPORT:-0} == 1 ]] && continue
-    [[ ${step_cap%%:*} == bench-16bit && $GUARDED != 1 ]] && continue
-    want "${step_cap%%:*}" && LATER_S=$(( LATER_S + ${step_cap##*:} ))
+for step in "${!CAP[@]}"; do
+    [[ $step == compile-report && ${SKIP_COMPILE_REPORT:-0} == 1 ]] && continue
+    [[ $step == bench-16bit && $GUARDED != 1 ]] && continue
+    want "$step" && LATER_S=$(( LATER_S + CAP[$step] ))
 done
+want pytest-gpu && LATER_S=$(( LATER_S + 60 ))
 BENCH_CAP=$(( $(left_s) - LATER_S ))
 (( BENCH_CAP > 300 )) && BENCH_CAP=300
 (( BENCH_CAP < 60 )) && BENCH_CAP=60
@@ -239,20 +240,19 @@ run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-di
 if [[ $GUARDED != 1 ]] && want bench-16bit; then
     echo "| bench-16bit | skipped (no fp32 copies here: the bench ran the 16-bit kernels) | 0 | — |" >> "$REPORT"
 else
-    run_step bench-16bit 90 env NESTED_KERNELS_TRITON_16BIT_DOTS=1 "$PYTHON" benchmarks/bench_linear_memory.py \
+    run_step bench-16bit "${CAP[bench-16bit]}" env NESTED_KERNELS_TRITON_16BIT_DOTS=1 "$PYTHON" benchmarks/bench_linear_memory.py \
         --out-dir "$LOG_DIR" --tag "$BENCH_TAG-16bit" --shapes B8-T2048-H16-D64 --budget-s 60 "${PEAK_ARGS[@]}"
 fi
 
-CMS_CAP=75
-run_step bench-cms "$CMS_CAP" "$PYTHON" benchmarks/bench_cms.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG" \
-    --shapes small --periods 16,4096 --budget-s $(( CMS_CAP - 30 ))
-run_step bench-mlp 150 "$PYTHON" benchmarks/bench_mlp_memory.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
-run_step decode 90 "$PYTHON" benchmarks/bench_decode.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
-run_step hope-layer 120 "$PYTHON" benchmarks/bench_hope_layer.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
+run_step bench-cms "${CAP[bench-cms]}" "$PYTHON" benchmarks/bench_cms.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG" \
+    --shapes small --periods 16,4096 --budget-s $(( CAP[bench-cms] - 30 ))
+run_step bench-mlp "${CAP[bench-mlp]}" "$PYTHON" benchmarks/bench_mlp_memory.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
+run_step decode "${CAP[decode]}" "$PYTHON" benchmarks/bench_decode.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
+run_step hope-layer "${CAP[hope-layer]}" "$PYTHON" benchmarks/bench_hope_layer.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
 
-run_step profile "$PROFILE_CAP" "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
-run_step isolate "$ISOLATE_CAP" "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" \
-    --budget-s $(( ISOLATE_CAP - 60 ))
+run_step profile "${CAP[profile]}" "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
+run_step isolate "${CAP[isolate]}" "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" \
+    --budget-s $(( CAP[isolate] - 60 ))
 
 # shellcheck disable=SC2317  # (called through `bash -c`)
 sanitizer_cmd() {  # memcheck then racecheck over the tests of the CUDA kernels (not Triton: too slow there)
@@ -277,13 +277,13 @@ print(next(iter(sorted(p for d in dirs for p in glob.glob(os.path.join(d, 'cu*',
     return "$rc"
 }
 export -f sanitizer_cmd
-run_step sanitizer 150 bash -c sanitizer_cmd
+run_step sanitizer "${CAP[sanitizer]}" bash -c sanitizer_cmd
 
 COMPILE_OUT="$OUT_DIR/compile-report-sm90-$STAMP.md"
 if [[ ${SKIP_COMPILE_REPORT:-0} == 1 ]]; then
     echo "| compile-report | skipped (SKIP_COMPILE_REPORT=1) | 0 | — |" >> "$REPORT"
 else
-    run_step compile-report 150 "$PYTHON" -m nested_kernels compile-report --arch 90 --out "$COMPILE_OUT"
+    run_step compile-report "${CAP[compile-report]}" "$PYTHON" -m nested_kernels compile-report --arch 90 --out "$COMPILE_OUT"
 fi
 
 # pyproject's addopts name --benchmark-skip, which needs pytest-benchmark; without it, override.
