@@ -4,7 +4,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from nested_kernels.triton_kernels.utils import operand_precision as op  # noqa: E402
+from nested_kernels.triton_kernels.utils import launch, operand_precision as op  # noqa: E402
 from tests.helpers import record_launches  # noqa: E402
 
 CUDA = torch.device("cuda", 0)
@@ -15,16 +15,16 @@ def compiled(monkeypatch):
     """Pretend the kernels are compiled for a GPU of a chosen capability and Triton version."""
     monkeypatch.setattr(op, "interpreted", lambda: False)
     monkeypatch.delenv("NESTED_KERNELS_TRITON_16BIT_DOTS", raising=False)
-    op._hopper_with_broken_triton.cache_clear()
+    launch._cuda_arch.cache_clear()
 
     def set_gpu(capability, triton_version):
         import triton
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
         monkeypatch.setattr(triton, "__version__", triton_version)
-        op._hopper_with_broken_triton.cache_clear()
+        launch._cuda_arch.cache_clear()
 
     yield set_gpu
-    op._hopper_with_broken_triton.cache_clear()
+    launch._cuda_arch.cache_clear()
 
 
 @pytest.mark.parametrize("capability,version,upcast", [

@@ -118,6 +118,20 @@ def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
     check(1, 70, 1, K, 24, C, full, full, full)  # full: momentum, DGD, initial state
 
 
+def test_triton_chunk_sm90_entries(monkeypatch):
+    """The launch entries of sm_90 (`configs.SM90`), run in the interpreter: at K = 64 with 64-token
+    chunks the backward's parallel kernels take one key tile of 64 rows (two of 32 elsewhere), so
+    their partial sums over key tiles are the sums themselves."""
+    from nested_kernels.triton_kernels.utils import launch
+
+    monkeypatch.setattr(launch, "device_arch", lambda device: 90)
+    calls = record_launches(monkeypatch)
+    check(1, 70, 1, 64, 64, 64, True, True, True)
+    parallel = [(name, grid, kw["BK"]) for name, grid, kw in calls if name.startswith("linear_memory_bwd_kernel_d")
+                and name != "linear_memory_bwd_kernel_dh"]
+    assert len(parallel) == 4 and all(grid[1] == 1 and BK == 64 for _, grid, BK in parallel), parallel
+
+
 def test_triton_chunk_k256():
     """The shipped K = V = 256 launch entries themselves (fp32 operands: the table of the fp32 copies
     on Hopper), at the 64-token chunks whose bf16 run faulted once on an H200

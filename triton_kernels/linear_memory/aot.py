@@ -48,17 +48,21 @@ def _specs():
         runtime, flags = kernel_params(kernel)
         states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and qkv == "bf16" else (False,)
         for D, BT, h16 in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16):
-            cfg = launch_config(part, D, D, BT, fp32_operands=qkv == "fp32")
-            constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
-                              DOT_PRECISION="tf32", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
-                              USE_FINAL_STATE_GRADIENT=True)
-            yield AotSpec(
-                name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-mom-dgd{'-states16' * h16}", kernel=kernel,
-                signature=signature(runtime, qkv, h16),
-                constexprs={n: value for n, value in constexprs.items() if n in flags},
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                archs=archs, gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync
-            )
+            by_config = {}                                                    # one spec per distinct config
+            for arch in archs:
+                cfg = launch_config(part, D, D, BT, fp32_operands=qkv == "fp32", arch=arch)
+                by_config.setdefault(cfg, []).append(arch)
+            for cfg, cfg_archs in by_config.items():
+                constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
+                                  DOT_PRECISION="tf32", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
+                                  USE_FINAL_STATE_GRADIENT=True)
+                yield AotSpec(
+                    name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-mom-dgd{'-states16' * h16}", kernel=kernel,
+                    signature=signature(runtime, qkv, h16),
+                    constexprs={n: value for n, value in constexprs.items() if n in flags},
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, archs=tuple(cfg_archs),
+                    gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync
+                )
 
 
 AOT_SPECS = list(_specs())

@@ -399,7 +399,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     `gates` (same order and shapes), of `dgd_inv`, and dh0, ds0."""
     import torch
 
-    from ..utils.launch import launch
+    from ..utils.launch import device_arch, launch
     from ..utils.operand_precision import dot_precision
     from ..common.chunk_products import chunk_products
     from .chunk_fwd import linear_memory_fwd
@@ -414,6 +414,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     use_momentum = carry is not None
     precision = dot_precision(do.dtype)                                      # dO has the op's input dtype
     fp32_operands = k.dtype == torch.float32
+    arch = device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     dh, dres = torch.empty(H, NC, K, V, **f32), torch.empty(Tp, H, V, **f32)
     ds = torch.empty(H, NC, K, V, **f32) if use_momentum else None
@@ -427,7 +428,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
         fwd = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
                                 output_final_state=False, out_dtype=do.dtype, output=False, kk_write=kk_write)[1:5]
     h, s, res, pseudo = fwd
-    cfg = launch_config("bwd_dh", K, V, BT, fp32_operands)
+    cfg = launch_config("bwd_dh", K, V, BT, fp32_operands, arch)
     assert K <= 2 * cfg.BK, "linear_memory_bwd_kernel_dh holds the adjoints as at most two row tiles of BK"
     launch(
         linear_memory_bwd_kernel_dh, (N * H, triton.cdiv(V, cfg.BV)), k.device,
@@ -443,7 +444,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     # gradients are laid out as the gates, [.., BT + 1(, BT)]: the dQ kernel writes rows 1..BT (after
     # each token) and zeros row 0, the dK kernel adds the last real row's, the DGD kernel rows 0..BT−1.
     parts = ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")
-    cfgs = {part: launch_config(part, K, V, BT, fp32_operands) for part in parts}
+    cfgs = {part: launch_config(part, K, V, BT, fp32_operands, arch) for part in parts}
     BK = cfgs["bwd_dq"].BK
     assert all(c.BK == BK for c in cfgs.values()), "the parallel kernels share the key tiling of their partial sums"
     NK = triton.cdiv(K, BK)

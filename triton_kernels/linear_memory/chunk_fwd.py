@@ -184,7 +184,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     import torch
 
     from ..common.chunk_products import chunk_products
-    from ..utils.launch import launch
+    from ..utils.launch import device_arch, launch
     from ..utils.operand_precision import dot_precision
     from .configs import launch_config
 
@@ -199,6 +199,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     use_momentum = carry is not None
     precision = dot_precision(out_dtype)
     fp32_operands = k.dtype == torch.float32
+    arch = device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     states = dict(dtype=state_dtype or torch.float32, device=k.device)
     h = torch.empty(H, NC, K, V, **states)
@@ -208,7 +209,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     ht = torch.empty(N, H, K, V, **f32) if output_final_state else None
     st = torch.empty(N, H, K, V, **f32) if output_final_state and use_momentum else None
     common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
-    cfg = launch_config("fwd_h", K, V, BT, fp32_operands)
+    cfg = launch_config("fwd_h", K, V, BT, fp32_operands, arch)
     assert K <= 2 * cfg.BK, "linear_memory_fwd_kernel_h holds the state as at most two row tiles of BK"
     launch(
         linear_memory_fwd_kernel_h, (N * H, triton.cdiv(V, cfg.BV)), k.device,
@@ -223,7 +224,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     if not output:
         return None, h, s, res, pseudo, ht, st
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
-    cfg = launch_config("fwd_o", K, V, BT, fp32_operands)
+    cfg = launch_config("fwd_o", K, V, BT, fp32_operands, arch)
     launch(
         linear_memory_fwd_kernel_o, (NC, triton.cdiv(V, cfg.BV), H), k.device,            # NC: the uncapped axis
         q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res, pseudo=pseudo,

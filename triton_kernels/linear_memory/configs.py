@@ -21,8 +21,15 @@ the reverse recurrence with 64-token chunks still spills there (`aot.py` KNOWN_S
 candidate of the sweep is clean. On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
 configurations spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with
 64-token chunks is clean on both architectures.
+
+`SM90` replaces entries on Hopper alone: with 64-token chunks the backward's parallel kernels run
+wgmma there, whose operands sit in shared memory, and take key tiles of 64 rows without spills
+(sm_80's mma.sync holds them in registers and spills at 64, which is why TABLE has 32). Fewer key
+tiles mean fewer partial sums of the gate and DGD-inverse gradients to write and add up (none at
+K = 64), and fewer reads of dO, R, W and the chunk states, which every key tile's program reads in
+full. Chosen with the same sweep on sm_90 (bf16 and fp32 operands, Triton 3.8 and 3.6).
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import triton
 
@@ -71,13 +78,21 @@ FP32_OPERANDS = {
                    (256, 32): (16, 8, 1, 64)},
 }
 
+# the entries that differ on sm_90 (both operand dtypes), before those of FP32_OPERANDS
+SM90 = {part: {(D, 64): (32, 8, 1, 64) for D in (64, 128, 256)}
+        for part in ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")}
 
-def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = False) -> LaunchConfig:
+
+def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = False,
+                  arch: Optional[int] = None) -> LaunchConfig:
     """`kernel` in TABLE; K ≤ 256 is read in tiles of BK rows, V is tiled by BV. `fp32_operands`:
-    q, k, v, dO are fp32 (FP32_OPERANDS)."""
+    q, k, v, dO are fp32 (FP32_OPERANDS). `arch`: the device's sm_XY as XY (`utils/launch.py`
+    `device_arch`; SM90 where it is 90), None in the interpreter."""
     K_pow2 = max(16, triton.next_power_of_2(K))
     key = (max(K_pow2, 64), BT)
     entry = TABLE[kernel][key]
+    if arch == 90:
+        entry = SM90.get(kernel, {}).get(key, entry)
     if fp32_operands:
         entry = FP32_OPERANDS.get(kernel, {}).get(key, entry)
     BV, num_warps, num_stages, BK = entry

@@ -1,12 +1,28 @@
 """Launching a Triton kernel on the device of its tensors: compiled on a GPU, through Triton's
 interpreter on the CPU (TRITON_INTERPRET=1, chosen when the package is imported)."""
+import functools
 import os
+from typing import Optional
 
 import torch
 
 
 def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_arch(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def device_arch(device: torch.device) -> Optional[int]:
+    """The compute capability of a CUDA device as the number of its sm_XY (90 for Hopper), which picks
+    the launch configurations compiled for it; None elsewhere (the CPU's interpreter)."""
+    if device.type != "cuda":
+        return None
+    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
 # CUDA's grid limits: 2^31 − 1 programs on axis 0, 65535 on axes 1 and 2. The memory ops'

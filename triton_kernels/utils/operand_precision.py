@@ -17,21 +17,19 @@ Triton's 16-bit matrix products are known to be wrong.
 `dot_precision` is the `input_precision` of the kernels' products, from the dtype of the op's inputs
 (before any copy): fp32 copies of 16-bit inputs still run on the matrix units, as tf32.
 """
-import functools
 import os
 from typing import Optional
 
 import torch
 
-from .launch import interpreted
+from .launch import device_arch, interpreted
 from .versions import triton_version
 
 FIXED_TRITON = (3, 7, 1)
 
 
-@functools.lru_cache(maxsize=None)
-def _hopper_with_broken_triton(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] == 9 and triton_version() < FIXED_TRITON
+def _hopper_with_broken_triton(device: torch.device) -> bool:
+    return device_arch(device) == 90 and triton_version() < FIXED_TRITON
 
 
 def dot_precision(input_dtype: torch.dtype) -> str:
@@ -52,8 +50,7 @@ def fp32_operands_reason(device: torch.device, dtype: torch.dtype) -> Optional[s
         return None
     if interpreted():
         return "Triton's interpreter computes 16-bit tl.dot wrongly" if dtype == torch.bfloat16 else None
-    if device.type == "cuda" and _hopper_with_broken_triton(device.index if device.index is not None
-                                                           else torch.cuda.current_device()):
+    if _hopper_with_broken_triton(device):
         import triton
 
         return (f"Triton {triton.__version__} < 3.7.1 miscompiles 16-bit matrix products on Hopper "
