@@ -30,8 +30,9 @@ def main(argv=None):
     p.add_argument("--warps", default="4,8")
     p.add_argument("--stages", default="1,2")
     p.add_argument("--arch", default="90")
-    p.add_argument("--operands", default="bf16", choices=("bf16", "fp32"),
-                   help="dtype of q, k, v, dO (fp32: the copies of 16-bit inputs, tf32 products)")
+    p.add_argument("--operands", default="bf16", choices=("bf16", "fp32", "bf16-fp32ops"),
+                   help="q, k, v: bf16; fp32 (fp32 inputs, tf32 products); bf16-fp32ops (bf16 loads converted "
+                        "to fp32 in the kernels: Hopper with Triton < 3.7.1)")
     p.add_argument("--jobs", type=int, default=2)
     a = p.parse_args(argv)
     ints = lambda s: [int(x) for x in s.split(",")]
@@ -45,8 +46,9 @@ def main(argv=None):
             if BV > D or BK > D:
                 continue
             c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=True, USE_DGD=True, DOT_PRECISION="tf32",
-                     USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, USE_FINAL_STATE_GRADIENT=True)
-            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}", kernel, aot.signature(runtime, a.operands),
+                     FP32_OPERANDS=a.operands != "bf16", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
+                     USE_FINAL_STATE_GRADIENT=True)
+            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}", kernel, aot.signature(runtime, a.operands.split("-")[0]),
                            {n: v for n, v in c.items() if n in flags}, w, st, gemm_heavy=BT == 64)
             jobs.append((spec, arch))
     t = time.time()

@@ -191,9 +191,10 @@ def test_shipped_kernels_compile_clean(arch):
 
 
 def test_specs_by_arch():
-    """The fp32-operand variant (Hopper's fp32 copies of 16-bit inputs) is reported for sm_90 only;
-    every other spec for both architectures."""
+    """The fp32-operand variants (Hopper's fp32 copies of 16-bit inputs, or their loads converted in
+    the kernels) are reported for sm_90 only; every other spec for both architectures."""
     names = lambda specs: {s.name for s in specs}
     every, sm90, sm80 = (names(aot_registry.aot_specs(arch)) for arch in (None, 90, 80))
-    assert sm90 | sm80 == every and sm90 - sm80 == {n for n in every if "fp32qkv" in n} != set()
-    assert sm80 == sm90 - {n for n in every if "fp32qkv" in n}
+    hopper_only = {n for n in every if "fp32qkv" in n or "fp32ops" in n}
+    assert {n for n in hopper_only if "fp32ops" in n} != set() and {n for n in hopper_only if "fp32qkv" in n} != set()
+    assert sm90 | sm80 == every and sm90 - sm80 == hopper_only and sm80 == sm90 - hopper_only

@@ -103,28 +103,33 @@ def _mlp_memory(dtype, K, C):
     o.float().sum().backward()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreted run: the CPU's fp32 copies of bf16 inputs")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreted run: the CPU's fp32 operands of bf16 inputs")
 @pytest.mark.parametrize("dtype, expected", [(torch.bfloat16, "tf32"), (torch.float32, "ieee")],
                          ids=["bf16", "fp32"])
 @pytest.mark.parametrize("run_op", [_linear_memory, _mlp_memory], ids=["linear_memory", "mlp_memory"])
 def test_kernels_take_the_inputs_precision(monkeypatch, allow_tf32, run_op, dtype, expected):
-    """bf16 inputs reach the kernels as fp32 copies here (the interpreter's reason, the same path as
-    Hopper's with Triton < 3.7.1): every forward and backward product still runs at the bf16
-    inputs' precision, tf32, not the copies' "ieee"; fp32 inputs keep exact fp32 products, but
+    """bf16 products run on fp32 operands here (the interpreter's reason, the same path as Hopper's
+    with Triton < 3.7.1): fp32 copies for mlp_memory, loads converted in every kernel that takes
+    q, k or v for linear_memory (FP32_OPERANDS). Every forward and backward product still runs at
+    the bf16 inputs' precision, tf32, not fp32's "ieee"; fp32 inputs keep exact fp32 products, but
     for the DGD inverse's backward, which runs three-pass tf32 (close to fp32: exact spilled)."""
     allow_tf32(False)
     calls = record_launches(monkeypatch)
     run_op(dtype, 16, 16)
+    if run_op is _linear_memory:
+        operands = [(kw["FP32_OPERANDS"], kw["k"].dtype) for name, _, kw in calls if name.startswith("linear_memory")]
+        assert len(operands) >= 6 and set(operands) == {(True, dtype)}, operands
     precisions = {name: kw["DOT_PRECISION"] for name, _, kw in calls if "DOT_PRECISION" in kw}
     assert any("bwd" in name for name in precisions) and any("fwd" in name for name in precisions), precisions
     exact_fp32_instead = {"dgd_inverse_bwd_kernel": "tf32x3"} if expected == "ieee" else {}
     assert precisions == {name: exact_fp32_instead.get(name, expected) for name in precisions}, precisions
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreted run: the CPU's fp32 copies of bf16 inputs")
-def test_fp32_copies_take_their_launch_configs(monkeypatch):
-    """The fp32 copies get the fp32-operand entries of the launch table (fewer pipeline stages for
-    the reverse recurrence at K = 64 with 64-token chunks: two stages do not fit shared memory)."""
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreted run: the CPU's fp32 operands of bf16 inputs")
+def test_fp32_operands_take_their_launch_configs(monkeypatch):
+    """bf16 inputs whose products run on fp32 operands get the fp32-operand entries of the launch
+    table (fewer pipeline stages for the reverse recurrence at K = 64 with 64-token chunks: two
+    stages do not fit shared memory)."""
     from nested_kernels.triton_kernels.linear_memory.configs import launch_config
 
     assert launch_config("bwd_dh", 64, 64, 64, fp32_operands=True) != launch_config("bwd_dh", 64, 64, 64)
@@ -132,3 +137,21 @@ def test_fp32_copies_take_their_launch_configs(monkeypatch):
     _linear_memory(torch.bfloat16, 64, 64)
     (stages,) = [kw["num_stages"] for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"]
     assert stages == launch_config("bwd_dh", 64, 64, 64, fp32_operands=True).num_stages
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreted run: the CPU's fp32 operands of bf16 inputs")
+@pytest.mark.parametrize("K,C,copied", [(64, 64, False), (128, 32, False), (128, 64, True), (256, 16, True)],
+                         ids=["K64-C64-converted", "K128-C32-converted", "K128-C64-copied", "K256-C16-copied"])
+def test_linear_memory_copies_where_converted_loads_spill(monkeypatch, K, C, copied):
+    """bf16 inputs whose products need fp32 operands reach linear_memory's kernels as they are, their
+    loads converted in the kernels, but at K = 256 and at K = 128 with 64-token chunks, where converted
+    loads spill the recurrent kernels (`configs.converts_loads`), as fp32 copies."""
+    from nested_kernels import linear_memory
+    from tests.helpers import gates, qkv
+
+    calls = record_launches(monkeypatch)
+    q, k, v = (x.to(torch.bfloat16) for x in qkv(1, 4, 1, K, K))
+    lr, retention, momentum = (x.float() for x in gates(1, 4, 1))
+    linear_memory(q, k, v, lr, retention, momentum, chunk_size=C, backend="triton")
+    operands = {(kw["k"].dtype, kw["FP32_OPERANDS"]) for name, _, kw in calls if name.startswith("linear_memory")}
+    assert operands == {(torch.float32 if copied else torch.bfloat16, True)}, operands

@@ -25,11 +25,13 @@ def auto_reason(call: dict) -> Optional[str]:
     return None if call["device"].type == "cuda" else "interpreted on the CPU"
 
 
-def flat_operands(layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str
+def flat_operands(layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str, fp32_copies: bool = True
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v in the flat chunk layout (`common/flat_chunks.py`), contiguous; as fp32 copies, with a
-    warning naming `op`, where 16-bit dot operands are not safe (`triton_kernels/utils/operand_precision.py`).
-    The kernels still run tf32 products on the copies: their precision follows the op's input dtype."""
+    """q, k, v in the flat chunk layout (`common/flat_chunks.py`), contiguous. Where 16-bit dot
+    operands are not safe (`triton_kernels/utils/operand_precision.py`), with a warning naming `op`:
+    as fp32 copies with `fp32_copies`, else as they are, for kernels that convert their loads to
+    fp32 (FP32_OPERANDS: no copy, half the bytes read). Either way the products stay tf32, the
+    precision of the op's input dtype."""
     from ..triton_kernels.utils.launch import interpreted
     from ..triton_kernels.utils.operand_precision import fp32_operands_reason
 
@@ -38,5 +40,6 @@ def flat_operands(layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op:
     if reason is not None:                                                    # fp32 holds 16-bit values exactly
         if not interpreted():
             warnings.warn(f"{op}(backend='triton'): {reason}", RuntimeWarning, stacklevel=4)
-        qf, kf, vf = qf.float(), kf.float(), vf.float()
+        if fp32_copies:
+            qf, kf, vf = qf.float(), kf.float(), vf.float()
     return qf, kf, vf

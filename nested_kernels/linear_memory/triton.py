@@ -62,13 +62,15 @@ def _triton_fwd(
     out_dtype: torch.dtype, keep_states: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
+    from ..triton_kernels.utils.operand_precision import operand_dtype
 
     gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
-    # chunk states read by the output kernel alone are stored in q's dtype (its products' operand
-    # dtype: the same output, half the bytes for 16-bit q); kept for the backward, in fp32
+    # chunk states read by the output kernel alone are stored in its products' operand dtype (the
+    # same output, half the bytes for 16-bit operands); kept for the backward, in fp32
+    state_dtype = torch.float32 if keep_states else operand_dtype(q.device, q.dtype)
     o, *states, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
                                            dgd=dgd, output_final_state=True, out_dtype=out_dtype,
-                                           state_dtype=torch.float32 if keep_states else q.dtype)
+                                           state_dtype=state_dtype)
     kept = [_empty_if_none(x, ht) if keep_states else ht.new_empty(0) for x in states]
     return (o, ht, _empty_if_none(st, ht), *kept)
 
@@ -142,10 +144,12 @@ _triton_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, initial_state, cu_seqlens):
     """The layout and the arguments of `nested_kernels::linear_memory_triton_fwd` for one call."""
+    from ..triton_kernels.linear_memory.configs import converts_loads
+
     B, T, H, K = q.shape
     f32 = torch.float32
     layout = flat_chunks(B, T, chunk_size, cu_seqlens, q.device)
-    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory")
+    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory", fp32_copies=not converts_loads(K, chunk_size))
 
     def gate(x, pad):
         return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))

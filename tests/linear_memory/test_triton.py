@@ -102,9 +102,10 @@ def key_tiles(monkeypatch, BK, BK_state):
     the table serve the small K of these tests)."""
     from nested_kernels.triton_kernels.linear_memory import configs
 
-    table = {kernel: {key: (*entry[:3], BK_state if kernel in RECURRENT else BK) for key, entry in rows.items()}
-             for kernel, rows in configs.TABLE.items()}
-    monkeypatch.setattr(configs, "TABLE", table)
+    for name in ("TABLE", "FP32_OPERANDS"):
+        table = {kernel: {key: (*entry[:3], BK_state if kernel in RECURRENT else BK) for key, entry in rows.items()}
+                 for kernel, rows in getattr(configs, name).items()}
+        monkeypatch.setattr(configs, name, table)
 
 
 @pytest.mark.parametrize("K,BK,BK_state,C,full",
@@ -228,11 +229,13 @@ def test_kept_chunk_states_skip_the_recomputation(use_mom, dgd, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_output_kernel_states_in_operand_dtype(monkeypatch, dtype):
-    """Chunk states that only the output kernel reads are stored in the kernels' operand dtype
-    (q's), the dtype it casts them to for its products: the output equals, bit for bit, that of
-    the fp32 states kept for the backward (fp16 halves their bytes; bf16 reaches the kernels as
-    fp32 copies on the CPU, and its states must stay fp32)."""
+    """Chunk states that only the output kernel reads are stored in the kernels' operand dtype,
+    the dtype it casts them to for its products: the output equals, bit for bit, that of the fp32
+    states kept for the backward (fp16 halves their bytes; bf16 products run on fp32 operands on
+    the CPU, and its states must stay fp32). q reaches the kernels in its own dtype either way:
+    they convert their loads, no fp32 copy is made."""
     from nested_kernels import keep_chunk_states
+    from nested_kernels.triton_kernels.utils.operand_precision import operand_dtype
 
     calls = record_launches(monkeypatch)
     q, k, v = (x.to(DEVICE, dtype) for x in qkv(2, 40, 2, 16, 16))
@@ -243,7 +246,8 @@ def test_output_kernel_states_in_operand_dtype(monkeypatch, dtype):
         with keep_chunk_states(keep):
             o, _ = linear_memory(q, k, v, lr, ret, mom, dgd=True, chunk_size=16, backend="triton")
         (kw,) = [kw for name, _, kw in calls if name == "linear_memory_fwd_kernel_o"]
-        assert kw["h"].dtype == kw["s"].dtype == (torch.float32 if keep else kw["q"].dtype)
+        assert kw["q"].dtype == dtype and kw["FP32_OPERANDS"] == (operand_dtype(q.device, dtype) == torch.float32)
+        assert kw["h"].dtype == kw["s"].dtype == (torch.float32 if keep else operand_dtype(q.device, dtype))
         outputs.append(o)
     assert torch.equal(*outputs)
 

@@ -11,13 +11,15 @@ batched matmul and a multiply in PyTorch."""
 import triton
 import triton.language as tl
 
+from .tiles import load_operand
+
 
 @triton.jit(do_not_specialize=["NC"])
 def chunk_products_kernel(
     q, k, write, dgd_write, qk_write, qk_dgd_write, kk_write,
     NC,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    USE_QK: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_QK: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """Q Kᵀ products with USE_QK (qk_dgd_write too with USE_DGD), K Kᵀ with USE_DGD; outputs and
     gates `[H, NC, ...]`, the gates with BT + 1 rows."""
@@ -29,9 +31,9 @@ def chunk_products_kernel(
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
-        b_k = tl.load(k + o_tk, mask=o_k[None, :] < K, other=0.0)
+        b_k = load_operand(k + o_tk, o_k[None, :] < K, FP32_OPERANDS)
         if USE_QK:
-            b_q = tl.load(q + o_tk, mask=o_k[None, :] < K, other=0.0)
+            b_q = load_operand(q + o_tk, o_k[None, :] < K, FP32_OPERANDS)
             b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
         if USE_DGD:
             b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
@@ -63,6 +65,7 @@ def chunk_products(q, k, write, dgd_write, *, reads: bool, dgd: bool, precision:
     import torch
 
     from ..utils.launch import launch
+    from ..utils.operand_precision import operand_dtype
 
     Tp, H, K = k.shape
     _, NC, _, BT = write.shape
@@ -72,5 +75,6 @@ def chunk_products(q, k, write, dgd_write, *, reads: bool, dgd: bool, precision:
         launch(chunk_products_kernel, (NC, H), k.device, q=q, k=k, write=write, dgd_write=dgd_write,
                qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write, NC=NC, H=H, K=K, BT=BT,
                BK=min(BK, max(16, triton.next_power_of_2(K))), USE_QK=reads, USE_DGD=dgd,
-               DOT_PRECISION=precision, num_warps=num_warps(BT))
+               DOT_PRECISION=precision, FP32_OPERANDS=operand_dtype(k.device, k.dtype) == torch.float32,
+               num_warps=num_warps(BT))
     return qk_write, qk_dgd_write, kk_write

@@ -1,14 +1,14 @@
 """The shipped configurations of the `linear_memory` kernels, for `nested-kernels compile-report`."""
 import itertools
 
-from ..utils.aot import OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
+from ..utils.aot import CONVERTED_VARIANT, OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
 from ..utils.versions import triton_version
 from .chunk_bwd import (
     linear_memory_bwd_kernel_dgd_inv, linear_memory_bwd_kernel_dh, linear_memory_bwd_kernel_dk,
     linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
 )
 from .chunk_fwd import linear_memory_fwd_kernel_h, linear_memory_fwd_kernel_o
-from .configs import launch_config
+from .configs import converts_loads, launch_config
 
 KERNELS = {
     "fwd_h": linear_memory_fwd_kernel_h,
@@ -43,19 +43,27 @@ def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
     return pointer_types(names, qkv, bf16=INPUT_DTYPE | (STATES if states16 else set()), int32=INT32, scalars=SCALARS)
 
 
+# (name, q/k/v dtype, archs, fp32 operands): 16-bit inputs, their loads converted to fp32 on Hopper
+# with Triton < 3.7.1 (`CONVERTED_VARIANT`), fp32 inputs with tf32 products
+VARIANTS = [(variant, qkv, archs, qkv == "fp32") for variant, qkv, archs in OPERAND_VARIANTS] + [
+    (*CONVERTED_VARIANT, True)]
+
+
 def _specs():
-    for (variant, qkv, archs), (part, kernel) in itertools.product(OPERAND_VARIANTS, KERNELS.items()):
+    for (variant, qkv, archs, fp32_operands), (part, kernel) in itertools.product(VARIANTS, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
-        states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and qkv == "bf16" else (False,)
+        states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and not fp32_operands else (False,)
         for D, BT, h16 in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16):
+            if variant == CONVERTED_VARIANT[0] and not converts_loads(D, BT):
+                continue                                                      # fp32 copies there
             by_config = {}                                                    # one spec per distinct config
             for arch in archs:
-                cfg = launch_config(part, D, D, BT, fp32_operands=qkv == "fp32", arch=arch)
+                cfg = launch_config(part, D, D, BT, fp32_operands=fp32_operands, arch=arch)
                 by_config.setdefault(cfg, []).append(arch)
             for cfg, cfg_archs in by_config.items():
                 constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
-                                  DOT_PRECISION="tf32", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
-                                  USE_FINAL_STATE_GRADIENT=True)
+                                  DOT_PRECISION="tf32", FP32_OPERANDS=fp32_operands, USE_INITIAL_STATE=True,
+                                  STORE_FINAL_STATE=True, USE_FINAL_STATE_GRADIENT=True)
                 yield AotSpec(
                     name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-mom-dgd{'-states16' * h16}", kernel=kernel,
                     signature=signature(runtime, qkv, h16),

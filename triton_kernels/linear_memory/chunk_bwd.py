@@ -12,22 +12,24 @@ sums per key tile).
 import triton
 import triton.language as tl
 
+from ..common.tiles import load_operand
+
 
 @triton.jit
 def _dh_tile_step(q, k, o_tk, m_k, b_dx, b_ds, b_do_decay, b_k_rhs, b_decay_last, b_do_carry, b_dp_carry,
                   b_carry_last, b_mom_decay, USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr):
+                  DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr):
     """One row tile of the adjoints (dM, dS) a chunk back, its Q and K tiles (offsets `o_tk`) each
     read just before its two products, so one K = 256 tile is live at a time:
     dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP),  dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP)."""
     if USE_MOMENTUM:
         b_ds = b_carry_last * b_dx + b_mom_decay * b_ds
     b_dx = b_decay_last * b_dx
-    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+    b_q = load_operand(q + o_tk, m_k[None, :], FP32_OPERANDS)
     if USE_MOMENTUM:
         b_ds = tl.dot(tl.trans(b_q), b_do_carry, b_ds, input_precision=DOT_PRECISION)
     b_dx = tl.dot(tl.trans(b_q), b_do_decay, b_dx, input_precision=DOT_PRECISION)
-    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
     if USE_MOMENTUM and USE_DGD:
         b_ds = tl.dot(tl.trans(b_k), b_dp_carry, b_ds, input_precision=DOT_PRECISION)
     b_dx = tl.dot(tl.trans(b_k), b_k_rhs, b_dx, input_precision=DOT_PRECISION)   # R = K M^c − V
@@ -41,7 +43,7 @@ def linear_memory_bwd_kernel_dh(
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """The reverse chunk recurrence of one value tile. The adjoints (dM, dS) are held as two row
     tiles of BK rows (rows BK..2·BK−1 only when K > BK; K ≤ 2·BK): K dM and K dS are summed over
@@ -80,7 +82,7 @@ def linear_memory_bwd_kernel_dh(
         o_tok = i_c * BT + o_t
         o_chunk = i_h * NC + i_c
         o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
-        b_k0 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
+        b_k0 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], m_k0[None, :], FP32_OPERANDS)
         o_hc0 = (o_chunk * K + o_k0[:, None]) * V + o_v[None, :]
         tl.store(dh + o_hc0, b_dx0, mask=m_kv0)                               # ∂L/∂M at the chunk end
         b_kdx = tl.dot(b_k0, b_dx0.to(b_k0.dtype), input_precision=DOT_PRECISION)
@@ -88,7 +90,7 @@ def linear_memory_bwd_kernel_dh(
             tl.store(ds + o_hc0, b_ds0, mask=m_kv0)
             b_kds = tl.dot(b_k0, b_ds0.to(b_k0.dtype), input_precision=DOT_PRECISION)
         if K > BK:
-            b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
+            b_k1 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], m_k1[None, :], FP32_OPERANDS)
             o_hc1 = (o_chunk * K + o_k1[:, None]) * V + o_v[None, :]
             tl.store(dh + o_hc1, b_dx1, mask=m_kv1)
             b_kdx += tl.dot(b_k1, b_dx1.to(b_k1.dtype), input_precision=DOT_PRECISION)
@@ -122,27 +124,27 @@ def linear_memory_bwd_kernel_dh(
         if USE_DGD:
             b_k_rhs += tl.load(decay + o_gate + o_t)[:, None] * b_dp
             if USE_MOMENTUM:
-                b_dp_carry = (tl.load(carry + o_gate + o_t)[:, None] * b_dp).to(k.dtype.element_ty)
+                b_dp_carry = (tl.load(carry + o_gate + o_t)[:, None] * b_dp).to(b_k0.dtype)
 
         # dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP),  dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP)
         if BT >= 32:  # read dO again rather than keep it live (keeps 32- and 64-token chunks of K = 256 clean)
             b_do = scale * tl.load(do + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)
-        b_do_decay = (tl.load(decay + o_gate + 1 + o_t)[:, None] * b_do).to(q.dtype.element_ty)
-        b_k_rhs = b_k_rhs.to(k.dtype.element_ty)
+        b_do_decay = (tl.load(decay + o_gate + 1 + o_t)[:, None] * b_do).to(b_k0.dtype)
+        b_k_rhs = b_k_rhs.to(b_k0.dtype)
         b_decay_last = tl.load(decay + o_gate + i_last)
         b_do_carry, b_carry_last, b_mom_decay = None, None, None              # with momentum only
         if USE_MOMENTUM:
-            b_do_carry = (tl.load(carry + o_gate + 1 + o_t)[:, None] * b_do).to(q.dtype.element_ty)
+            b_do_carry = (tl.load(carry + o_gate + 1 + o_t)[:, None] * b_do).to(b_k0.dtype)
             b_carry_last = tl.load(carry + o_gate + i_last)
             b_mom_decay = tl.load(mom_decay_last + o_chunk)
         o_tk = (o_tok[:, None] * H + i_h) * K
         b_dx0, b_ds0 = _dh_tile_step(q, k, o_tk + o_k0[None, :], m_k0, b_dx0, b_ds0, b_do_decay, b_k_rhs, b_decay_last,
                                      b_do_carry, b_dp_carry, b_carry_last, b_mom_decay, USE_MOMENTUM, USE_DGD,
-                                     DOT_PRECISION)
+                                     DOT_PRECISION, FP32_OPERANDS)
         if K > BK:
             b_dx1, b_ds1 = _dh_tile_step(q, k, o_tk + o_k1[None, :], m_k1, b_dx1, b_ds1, b_do_decay, b_k_rhs,
                                          b_decay_last, b_do_carry, b_dp_carry, b_carry_last, b_mom_decay,
-                                         USE_MOMENTUM, USE_DGD, DOT_PRECISION)
+                                         USE_MOMENTUM, USE_DGD, DOT_PRECISION, FP32_OPERANDS)
 
     # the state's offsets again, from its scalar base: kept from before the loop, they spilled
     o_kv0, o_kv1 = o_k0[:, None] * V + o_v[None, :], o_k1[:, None] * V + o_v[None, :]
@@ -189,7 +191,7 @@ def linear_memory_bwd_kernel_dq(
     scale,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """The reads' side of key tile i_k, looping over the value tiles: dQ (exact), dQ̃ = tril(−(Ō Rᵀ) ⊙ G
     − (Ō Wᵀ) ⊙ E) (exact, stored by the first key tile for dK) and the gradients of β, f, G, E on the
@@ -200,7 +202,7 @@ def linear_memory_bwd_kernel_dq(
     o_gate = o_chunk * (BT + 1) + 1                                           # rows after each token
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+    b_q = load_operand(q + o_tk, m_k[None, :], FP32_OPERANDS)
     b_decay = tl.load(decay + o_gate + o_t)
     b_carry = tl.load(carry + o_gate + o_t) if USE_MOMENTUM else b_decay
     b_dor = tl.zeros([BT, BT], dtype=tl.float32)
@@ -229,7 +231,7 @@ def linear_memory_bwd_kernel_dq(
     b_dqk = tl.where(m_causal, b_dqk, 0.0)
     if i_k == 0:
         tl.store(dqk + o_chunk * BT * BT + o_mat, b_dqk)
-    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
     b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
     tl.store(dq + o_tk, b_dq, mask=m_k[None, :])
     b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
@@ -253,7 +255,7 @@ def linear_memory_bwd_kernel_dk(
     dqk, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """The writes' side of key tile i_k, looping over the value tiles: dK (exact, but its DGD
     right-hand-side terms, added by `linear_memory_bwd_kernel_dk_dgd`) and the gradients of the
@@ -265,7 +267,7 @@ def linear_memory_bwd_kernel_dk(
     i_last = tl.load(last_rows + i_c)
     b_first = tl.where(o_t == 0, 1.0, 0.0)
 
-    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
     b_g_last = tl.load(write + (o_gate + i_last) * BT + o_t)                  # rows whose Kᵀ(·) enters M[last]
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_d_g_last = tl.zeros([BT], dtype=tl.float32)
@@ -299,7 +301,7 @@ def linear_memory_bwd_kernel_dk(
             b_n_upd = tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r
             b_dk -= tl.dot(b_n_upd.to(b_k.dtype), tl.trans(b_dsn.to(b_k.dtype)), input_precision=DOT_PRECISION)
     o_mat = o_t[:, None] * BT + o_t[None, :]
-    b_q = tl.load(q + o_tk, mask=m_k[None, :], other=0.0)
+    b_q = load_operand(q + o_tk, m_k[None, :], FP32_OPERANDS)
     b_dk += tl.dot(tl.trans(tl.load(dqk + o_chunk * BT * BT + o_mat)), b_q.to(tl.float32),
                    input_precision=DOT_PRECISION)
     tl.store(dk + o_tk, b_dk, mask=m_k[None, :])
@@ -319,7 +321,7 @@ def linear_memory_bwd_kernel_dk_dgd(
     k, decay, carry, write, h, s, res, drhs, dk, d_decay, d_carry, d_write,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_MOMENTUM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """The DGD right-hand side P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R (rows before each
     token) for key tile i_k, looping over the value tiles: its part of dK, added to dK in place
@@ -329,7 +331,7 @@ def linear_memory_bwd_kernel_dk_dgd(
     o_gate = o_chunk * (BT + 1)
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
     b_decay = tl.load(decay + o_gate + o_t)
     b_carry = tl.load(carry + o_gate + o_t) if USE_MOMENTUM else b_decay
     b_dpr = tl.zeros([BT, BT], dtype=tl.float32)
@@ -365,7 +367,7 @@ def linear_memory_bwd_kernel_dgd_inv(
     k, decay, carry, write, h, s, res, dpseudo, d_dgd_inv,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_MOMENTUM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """The gradient of the DGD inverse, d(I + L)^{-1} = dW Pᵀ, partial over key tiles: key tile i_k's
     part of P = diag(β) K M^c + diag(f) K S^c − ((K Kᵀ) ⊙ G) R, a value tile at a time. Apart from
@@ -374,7 +376,7 @@ def linear_memory_bwd_kernel_dgd_inv(
     o_gate = o_chunk * (BT + 1)
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_k = tl.load(k + o_tk, mask=m_k[None, :], other=0.0)
+    b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
     b_decay = tl.load(decay + o_gate + o_t)
     # this key tile's part of (K Kᵀ) ⊙ G
     b_kk_write = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION) * tl.load(write + o_gate * BT + o_mat)
@@ -400,10 +402,10 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     import torch
 
     from ..utils.launch import device_arch, launch
-    from ..utils.operand_precision import dot_precision
+    from ..utils.operand_precision import dot_precision, operand_dtype
     from ..common.chunk_products import chunk_products
     from .chunk_fwd import linear_memory_fwd
-    from .configs import launch_config
+    from .configs import converts_loads, launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
@@ -413,7 +415,8 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     N = chunk_offsets.numel() - 1
     use_momentum = carry is not None
     precision = dot_precision(do.dtype)                                      # dO has the op's input dtype
-    fp32_operands = k.dtype == torch.float32
+    fp32_operands = operand_dtype(k.device, k.dtype) == torch.float32             # loads converted in the kernels
+    assert not fp32_operands or k.dtype == torch.float32 or converts_loads(K, BT), "fp32 copies expected here"
     arch = device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     dh, dres = torch.empty(H, NC, K, V, **f32), torch.empty(Tp, H, V, **f32)
@@ -422,7 +425,8 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     drhs = torch.empty(Tp, H, V, **f32) if dgd else None
     dh0 = torch.empty(N, H, K, V, **f32)
     ds0 = torch.empty(N, H, K, V, **f32) if use_momentum else None
-    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
+    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision,
+                  FP32_OPERANDS=fp32_operands)
     qk_write, qk_dgd_write, kk_write = chunk_products(q, k, write, dgd_write, reads=True, dgd=dgd, precision=precision)
     if fwd is None:                                                           # not kept: the chunk states again
         fwd = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
@@ -470,7 +474,8 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
         d_write=d_write, d_dgd_write=d_dgd_write, d_mom=d_mom, **common, **cfgs["bwd_dk"]._asdict(),
     )
     if dgd:
-        rhs = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, DOT_PRECISION=precision)
+        rhs = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, DOT_PRECISION=precision,
+                   FP32_OPERANDS=fp32_operands)
         launch(
             linear_memory_bwd_kernel_dk_dgd, grid, k.device,
             k=k, decay=decay, carry=carry, write=write, h=h, s=s, res=res, drhs=drhs, dk=dk,

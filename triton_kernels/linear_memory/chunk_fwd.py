@@ -10,6 +10,8 @@ then reads every chunk in parallel.
 import triton
 import triton.language as tl
 
+from ..common.tiles import load_operand
+
 
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_fwd_kernel_h(
@@ -18,7 +20,7 @@ def linear_memory_fwd_kernel_h(
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
-    STORE_FINAL_STATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """The chunk recurrence of one value tile. The states are held as two row tiles of BK rows
     (rows BK..2·BK−1 only when K > BK; K ≤ 2·BK): K M^c and K S^c are summed over the two, and
@@ -55,7 +57,7 @@ def linear_memory_fwd_kernel_h(
     for i_c in range(c_start, c_end):
         o_tok = i_c * BT + o_t                                                # rows of the flat layout
         o_chunk = i_h * NC + i_c                                              # gate matrices [H, NC, ...]
-        b_k0 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], mask=m_k0[None, :], other=0.0)
+        b_k0 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], m_k0[None, :], FP32_OPERANDS)
         o_hc0 = (o_chunk * K + o_k0[:, None]) * V + o_v[None, :]
         tl.store(h + o_hc0, b_x0, mask=m_kv0)                                 # M^c
         b_kx = tl.dot(b_k0, b_x0.to(b_k0.dtype), input_precision=DOT_PRECISION)
@@ -64,7 +66,7 @@ def linear_memory_fwd_kernel_h(
         if USE_DGD and USE_MOMENTUM:
             b_ks = tl.dot(b_k0, b_s0.to(b_k0.dtype), input_precision=DOT_PRECISION)
         if K > BK:
-            b_k1 = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], mask=m_k1[None, :], other=0.0)
+            b_k1 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], m_k1[None, :], FP32_OPERANDS)
             o_hc1 = (o_chunk * K + o_k1[:, None]) * V + o_v[None, :]
             tl.store(h + o_hc1, b_x1, mask=m_kv1)
             b_kx += tl.dot(b_k1, b_x1.to(b_k1.dtype), input_precision=DOT_PRECISION)
@@ -126,7 +128,7 @@ def linear_memory_fwd_kernel_o(
     q, k, decay, carry, write, dgd_write, h, s, res, pseudo, o, scale,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """O = scale · (diag(β) Q M^c + diag(f) Q S^c − ((Q Kᵀ) ⊙ G) R − [dgd] ((Q Kᵀ) ⊙ E) W), rows 1..BT.
     K is read in tiles of BK rows (BK < K keeps the live set small for K = 256)."""
@@ -145,8 +147,9 @@ def linear_memory_fwd_kernel_o(
     for i_k in range(0, tl.cdiv(K, BK)):                                      # Q Kᵀ, Q M^c, Q S^c over K tiles
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
-        b_q = tl.load(q + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
+        b_q = load_operand(q + o_tk, m_k[None, :], FP32_OPERANDS)
+        b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
         o_hc = (o_chunk * K + o_k[:, None]) * V + o_v[None, :]
         m_kv = m_k[:, None] & m_v[None, :]
         b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
@@ -175,18 +178,18 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     needs the states alone, and passes the DGD product `kk_write` it has; computed here otherwise).
     q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
     dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`; h0, s0 `[N, H, K, V]` or None.
-    `out_dtype` is the op's input dtype (q, k, v may be fp32 copies of 16-bit inputs): it sets the
+    `out_dtype` is the op's input dtype (q, k, v are in it, or fp32 for fp32 inputs): it sets the
     products' precision. `state_dtype` (default fp32) is that of the stored chunk-start states h, s:
-    the output kernel reads them only as operands of products with Q, in q's dtype, so states
-    stored in q's dtype give the same output with half the bytes for 16-bit q; the backward reads
-    them in fp32. Returns o (in `out_dtype`; None without `output`), the chunk-start states h, s,
+    the output kernel reads them only as operands of products with Q, in the operand dtype
+    (`operand_dtype`: q's, or fp32 where its loads are converted), so states stored in it give the
+    same output with half the bytes for 16-bit operands; the backward reads them in fp32. Returns o (in `out_dtype`; None without `output`), the chunk-start states h, s,
     R, W and ht, st."""
     import torch
 
     from ..common.chunk_products import chunk_products
     from ..utils.launch import device_arch, launch
-    from ..utils.operand_precision import dot_precision
-    from .configs import launch_config
+    from ..utils.operand_precision import dot_precision, operand_dtype
+    from .configs import converts_loads, launch_config
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
@@ -198,7 +201,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     assert BT in (16, 32, 64), f"linear_memory triton: chunk_size in (16, 32, 64), got {BT}"
     use_momentum = carry is not None
     precision = dot_precision(out_dtype)
-    fp32_operands = k.dtype == torch.float32
+    fp32_operands = operand_dtype(k.device, k.dtype) == torch.float32             # loads converted in the kernels
+    assert not fp32_operands or k.dtype == torch.float32 or converts_loads(K, BT), "fp32 copies expected here"
     arch = device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     states = dict(dtype=state_dtype or torch.float32, device=k.device)
@@ -208,7 +212,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     pseudo = torch.empty(Tp, H, V, **f32) if dgd else None
     ht = torch.empty(N, H, K, V, **f32) if output_final_state else None
     st = torch.empty(N, H, K, V, **f32) if output_final_state and use_momentum else None
-    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision)
+    common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision,
+                  FP32_OPERANDS=fp32_operands)
     cfg = launch_config("fwd_h", K, V, BT, fp32_operands, arch)
     assert K <= 2 * cfg.BK, "linear_memory_fwd_kernel_h holds the state as at most two row tiles of BK"
     launch(

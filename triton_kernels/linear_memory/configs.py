@@ -14,8 +14,8 @@ is per entry (it was fixed at 2): 1 wherever pipelining the loads only added reg
 `bwd_dh` with 64-token chunks and K ≥ 128, whose two stages of four BT × BT fp32 blocks and the
 Q and K tiles needed more shared memory than a block may have.
 
-`FP32_OPERANDS` replaces entries for fp32 q, k, v (the fp32 copies of 16-bit inputs on Hopper with
-Triton < 3.7.1, `utils/operand_precision.py`; fp32 inputs too), whose tiles take twice the
+`FP32_OPERANDS` replaces entries for fp32 operands (16-bit q, k, v loads converted to fp32 on Hopper
+with Triton < 3.7.1, `utils/operand_precision.py`; fp32 inputs too), whose tiles take twice the
 registers; chosen for sm_90 with the same sweep (`--operands fp32`, tf32 products). At K = 256
 the reverse recurrence with 64-token chunks still spills there (`aot.py` KNOWN_SPILLS): no
 candidate of the sweep is clean. On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
@@ -74,9 +74,20 @@ TABLE = {
 FP32_OPERANDS = {
     "fwd_h": {(256, 64): (16, 8, 1, 128)},
     "bwd_dh": {(64, 64): (16, 4, 1, 256), (128, 64): (16, 4, 1, 64), (256, 32): (16, 8, 2, 128)},
-    "bwd_dk_dgd": {(128, 16): (16, 8, 1, 128), (128, 32): (16, 8, 1, 64), (256, 16): (16, 8, 1, 128),
-                   (256, 32): (16, 8, 1, 64)},
+    "bwd_dk_dgd": {(64, 32): (16, 8, 1, 64), (128, 16): (16, 8, 1, 128), (128, 32): (16, 8, 1, 64),
+                   (256, 16): (16, 8, 1, 128), (256, 32): (16, 8, 1, 64)},
 }
+
+
+def converts_loads(K: int, BT: int) -> bool:
+    """Whether the kernels take 16-bit q, k, v that need fp32 operands as they are and convert their
+    loads (FP32_OPERANDS), rather than as fp32 copies made by the op: at K ≤ 64, and at K = 128 with
+    16- and 32-token chunks. Converted loads spill the recurrent kernels on sm_90 at K ≥ 128 with
+    64-token chunks (fwd_h 332–1128 B, bwd_dh 32–1328 B; no candidate of the sweep with `--operands
+    bf16-fp32ops` is clean), where the copies' entries are clean but for bwd_dh at K = 256, and
+    bwd_dh at K = 256 with 32-token chunks under Triton 3.6 (12 B)."""
+    K_pow2 = max(16, triton.next_power_of_2(K))
+    return K_pow2 <= 64 or (K_pow2 <= 128 and BT < 64)
 
 # the entries that differ on sm_90 (both operand dtypes), before those of FP32_OPERANDS
 SM90 = {part: {(D, 64): (32, 8, 1, 64) for D in (64, 128, 256)}

@@ -42,6 +42,10 @@ SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
 # inputs, whose products are exact ("ieee", not reported) unless torch allows tf32. tf32 products
 # either way, dO and o in the inputs' dtype (bf16).
 OPERAND_VARIANTS = (("bf16", "bf16", ARCHS), ("fp32qkv", "fp32", (90,)))
+# What Hopper with Triton < 3.7.1 runs instead of fp32 copies in kernels that convert their q, k, v
+# loads to fp32 (FP32_OPERANDS: linear_memory's, the chunk products): bf16 loads, fp32 operands.
+# Their fp32qkv rows stand for fp32 inputs with tf32 allowed.
+CONVERTED_VARIANT = ("bf16-fp32ops", "bf16", (90,))
 QKV = frozenset({"q", "k", "v"})
 
 

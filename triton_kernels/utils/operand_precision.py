@@ -1,5 +1,6 @@
-"""When the kernels get fp32 copies of 16-bit q, k, v (same values, fp32 dots): the places where
-Triton's 16-bit matrix products are known to be wrong.
+"""When the kernels compute with fp32 operands for 16-bit q, k, v (same values, fp32 dots; loads
+converted in linear_memory's kernels, fp32 copies for mlp_memory's): the places where Triton's
+16-bit matrix products are known to be wrong.
 
 * Triton's interpreter (3.8) computes bf16 `tl.dot` wrongly.
 * Triton 3.4.0 to 3.7.0 on Hopper (sm_90) miscompiles some 16-bit products whose operand is a
@@ -15,7 +16,7 @@ Triton's 16-bit matrix products are known to be wrong.
 `NESTED_KERNELS_TRITON_16BIT_DOTS=1` keeps 16-bit operands anyway (to investigate).
 
 `dot_precision` is the `input_precision` of the kernels' products, from the dtype of the op's inputs
-(before any copy): fp32 copies of 16-bit inputs still run on the matrix units, as tf32.
+(before any copy): fp32 operands of 16-bit inputs still run on the matrix units, as tf32.
 """
 import os
 from typing import Optional
@@ -54,5 +55,12 @@ def fp32_operands_reason(device: torch.device, dtype: torch.dtype) -> Optional[s
         import triton
 
         return (f"Triton {triton.__version__} < 3.7.1 miscompiles 16-bit matrix products on Hopper "
-                "(fla-org/flash-linear-attention#640); the kernels run on fp32 copies of the inputs")
+                "(fla-org/flash-linear-attention#640); the kernels run their products on fp32 operands")
     return None
+
+
+def operand_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the kernels' product operands for q, k, v of `dtype` on `device`: fp32 where
+    16-bit products are unsafe (`fp32_operands_reason`), whether the kernels convert their loads
+    (FP32_OPERANDS: linear_memory) or the op hands them fp32 copies (mlp_memory); else `dtype`."""
+    return torch.float32 if fp32_operands_reason(device, dtype) is not None else dtype
