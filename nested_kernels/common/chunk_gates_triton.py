@@ -19,25 +19,27 @@ def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 @torch.library.custom_op("nested_kernels::chunk_gates_triton_fwd", mutates_args=())
-def _fwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor]) -> List[torch.Tensor]:
+def _fwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], dgd_write: bool
+         ) -> List[torch.Tensor]:
     from ..triton_kernels.common.chunk_gates import chunk_gates_fwd
 
-    return [lr.new_empty(0) if x is None else x for x in chunk_gates_fwd(lr, retention, momentum)]
+    return [lr.new_empty(0) if x is None else x for x in chunk_gates_fwd(lr, retention, momentum, dgd_write)]
 
 
 @_fwd.register_fake
-def _(lr, retention, momentum):
+def _(lr, retention, momentum, dgd_write):
     n, C = lr.shape
     vec, mat = lr.new_empty(n, C + 1), lr.new_empty(n, C + 1, C)
     if momentum is None:
         return [vec, lr.new_empty(0), lr.new_empty(0), lr.new_empty(0), lr.new_empty(0), mat]
-    return [vec, torch.empty_like(vec), torch.empty_like(mat), torch.empty_like(vec), torch.empty_like(mat), mat]
+    return [vec, torch.empty_like(vec), torch.empty_like(mat), torch.empty_like(vec), torch.empty_like(mat),
+            mat if dgd_write else lr.new_empty(0)]
 
 
 @torch.library.custom_op("nested_kernels::chunk_gates_triton_bwd", mutates_args=())
 def _bwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], d_decay: torch.Tensor,
          d_carry: torch.Tensor, d_write: torch.Tensor, d_mom_decay: torch.Tensor, d_mom_write: torch.Tensor,
-         d_dgd_write: torch.Tensor) -> List[torch.Tensor]:
+         d_dgd_write: Optional[torch.Tensor]) -> List[torch.Tensor]:
     from ..triton_kernels.common.chunk_gates import chunk_gates_bwd
 
     d_lr, d_ret, d_mom = chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay,
@@ -59,36 +61,41 @@ def _check_chunk_size(name: str, C: int) -> None:
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*(x if x is not None else inputs[0].new_empty(0) for x in inputs))
+    ctx.save_for_backward(*(x if x is not None else inputs[0].new_empty(0) for x in inputs[:3]))
 
 
 def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor],
                     grads) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """(d_lr, d_retention, d_momentum) of the gates of chunks `[n, C]`, C in CHUNK_SIZES, for the
     cotangents `grads` of the six `ChunkGates` fields (None or empty: zero), by the backward
-    kernel. No autograd: callable inside custom ops."""
+    kernel. No autograd: callable inside custom ops. A zero cotangent of E (dgd_write) is not
+    materialised: the kernel skips E's part."""
     n, C = lr.shape
     _check_chunk_size("chunk_gates_vjp", C)
-    shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C), (n, C + 1, C)]
-    grads = [g.contiguous() if g is not None and g.numel() else lr.new_zeros(s) for g, s in zip(grads, shapes)]
+    shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C)]
+    present = lambda g: g is not None and g.numel() > 0
+    grads = [g.contiguous() if present(g) else lr.new_zeros(s) for g, s in zip(grads, shapes)] + [
+        grads[5].contiguous() if present(grads[5]) else None]
     d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *grads)
     return d_lr, d_ret, _none_if_empty(d_mom)
 
 
 def _backward(ctx, grads):
     lr, retention, momentum = ctx.saved_tensors
-    return chunk_gates_vjp(lr, retention, _none_if_empty(momentum), grads)
+    return (*chunk_gates_vjp(lr, retention, _none_if_empty(momentum), grads), None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor]) -> ChunkGates:
-    """The gates of chunks laid out [..., C] (fp32 out), like `chunk_gates`, for C in CHUNK_SIZES."""
+def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor],
+                       dgd_write: bool = True) -> ChunkGates:
+    """The gates of chunks laid out [..., C] (fp32 out), like `chunk_gates`, for C in CHUNK_SIZES.
+    With momentum and not `dgd_write`, E (`dgd_write`, DGD's alone then) is None: not computed."""
     lead, C = lr.shape[:-1], lr.shape[-1]
     _check_chunk_size("triton_chunk_gates", C)
     decay, carry, write, mom_decay, mom_write, dgd_write = (
-        _none_if_empty(x) for x in _fwd(_flat(lr), _flat(retention), _flat(momentum)))
+        _none_if_empty(x) for x in _fwd(_flat(lr), _flat(retention), _flat(momentum), dgd_write))
     vec = lambda x: None if x is None else x.view(*lead, C + 1)
     mat = lambda x: None if x is None else x.view(*lead, C + 1, C)
     if momentum is None:

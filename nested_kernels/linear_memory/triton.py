@@ -3,12 +3,13 @@ on the flat chunk layout. The gate matrices and the DGD system's inverse are sma
 tensors built by the shared kernels of `triton_kernels/common/` (custom ops in
 `common/chunk_gates_triton.py`, `common/dgd_inverse_triton.py`); the chunk kernels do the
 state-sized work. On a CPU the kernels run in Triton's interpreter."""
+import functools
 from typing import List, Optional, Tuple
 
 import torch
 
 from ..common.chunk_gates import padded_chunk_gates
-from ..common.chunk_gates_triton import chunk_gates_for
+from ..common.chunk_gates_triton import triton_chunk_gates
 from ..common.dgd_inverse_triton import dgd_inverse_triton
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
@@ -56,7 +57,7 @@ def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
 @torch.library.custom_op("nested_kernels::linear_memory_triton_fwd", mutates_args=())
 def _triton_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor],
-    write: torch.Tensor, dgd_write: torch.Tensor, mom_decay_last: Optional[torch.Tensor],
+    write: torch.Tensor, dgd_write: Optional[torch.Tensor], mom_decay_last: Optional[torch.Tensor],
     mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
     s0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor, scale: float, dgd: bool,
     out_dtype: torch.dtype, keep_states: bool,
@@ -91,7 +92,8 @@ def _(q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, d
 @torch.library.custom_op("nested_kernels::linear_memory_triton_bwd", mutates_args=())
 def _triton_bwd(
     do: torch.Tensor, dht: Optional[torch.Tensor], dst: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor,
-    v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor], write: torch.Tensor, dgd_write: torch.Tensor,
+    v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor], write: torch.Tensor,
+    dgd_write: Optional[torch.Tensor],
     mom_decay_last: Optional[torch.Tensor], mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor],
     h0: Optional[torch.Tensor], s0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor,
     scale: float, dgd: bool, h: Optional[torch.Tensor], s: Optional[torch.Tensor], res: Optional[torch.Tensor],
@@ -113,8 +115,8 @@ def _triton_bwd(
 def _(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
       chunk_offsets, last_rows, scale, dgd, h, s, res, pseudo):
     N, H, K, V = chunk_offsets.shape[0] - 1, k.shape[1], k.shape[2], v.shape[2]
-    like = [q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv]
-    grads = [q.new_empty(0) if x is None else torch.empty_like(x) for x in like]
+    like = [q, k, v, decay, carry, write, dgd_write if dgd else None, mom_decay_last, mom_write_last, dgd_inv]
+    grads = [q.new_empty(0) if x is None else torch.empty_like(x) for x in like]     # E has none without DGD
     state = q.new_empty(N, H, K, V, dtype=torch.float32)
     return grads + [state, torch.empty_like(state) if carry is not None else q.new_empty(0)]
 
@@ -154,7 +156,9 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
     def gate(x, pad):
         return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))
 
-    g = padded_chunk_gates(lr, retention, momentum, gate, chunk_gates_for(chunk_size))
+    # E, the DGD weights, only with DGD (with momentum it is not the write G): no [.., C+1, C] matrix to
+    # write and read, nor a zero gradient to fill, without it
+    g = padded_chunk_gates(lr, retention, momentum, gate, functools.partial(triton_chunk_gates, dgd_write=dgd))
     dgd_inv = None
     if dgd:
         dgd_inv = dgd_inverse_triton(kf, g.dgd_write, k.dtype)               # one program per chunk and head
@@ -163,7 +167,7 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
         g.decay.contiguous(),
         g.carry.contiguous() if use_momentum else None,
         g.write.contiguous(),
-        g.dgd_write.contiguous(),
+        None if g.dgd_write is None else g.dgd_write.contiguous(),
         _last_row(g.mom_decay, layout.last_rows) if use_momentum else None,
         _last_row(g.mom_write, layout.last_rows) if use_momentum else None,
     )

@@ -85,12 +85,38 @@ def test_chunk_gates_vjp(C, momentum):
         chunk_gates_vjp(lr[:, :8].float(), ret[:, :8].float(), None, [None] * 6)
 
 
+@pytest.mark.parametrize("dgd_write", [True, False], ids=["E", "noE"])
 @pytest.mark.parametrize("C", [16, 64], ids=lambda c: f"C{c}")
 @pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
-def test_opcheck(momentum, C):
+def test_opcheck(momentum, C, dgd_write):
     lr, ret, mom = (None if x is None else x.float().reshape(-1, C).to(DEVICE) for x in _gates(C, momentum, False))
-    args = (lr.requires_grad_(), ret.requires_grad_(), None if mom is None else mom.requires_grad_())
+    args = (lr.requires_grad_(), ret.requires_grad_(), None if mom is None else mom.requires_grad_(), dgd_write)
     torch.library.opcheck(torch.ops.nested_kernels.chunk_gates_triton_fwd.default, args)
+
+
+@pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
+@pytest.mark.parametrize("C", [16, 64], ids=lambda c: f"C{c}")
+def test_without_dgd_write(C, momentum):
+    """Without `dgd_write` and with momentum, E (DGD's alone) is neither computed nor given a zero
+    gradient: the other gates and the gradients through them are those of the full call, bit for
+    bit. Without momentum E is G, the write, and stays."""
+    lr, ret, mom = _gates(C, momentum, True)
+    runs = []
+    for dgd_write in (True, False):
+        leaves = [x.to(DEVICE, torch.float32).requires_grad_() for x in (lr, ret, mom) if x is not None]
+        out = triton_chunk_gates(*leaves, *([None] if not momentum else []), dgd_write=dgd_write)
+        kept = [x for name, x in zip(out._fields, out) if x is not None and (name != "dgd_write" or not momentum)]
+        gen = torch.Generator().manual_seed(3)
+        loss = sum((x * torch.randn(x.shape, generator=gen).to(x)).sum() for x in kept)
+        runs.append((out, torch.autograd.grad(loss, leaves)))
+    (full, full_grads), (lean, lean_grads) = runs
+    assert (lean.dgd_write is None) == momentum
+    for name, a, b in zip(full._fields, full, lean):
+        if name == "dgd_write" and momentum:
+            assert a is not None and b is None
+        else:
+            assert (a is None and b is None) or torch.equal(a, b), name
+    assert all(torch.equal(a, b) for a, b in zip(full_grads, lean_grads))
 
 
 def test_other_chunk_sizes_keep_the_torch_gates():

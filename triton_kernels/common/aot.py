@@ -40,7 +40,7 @@ def _dgd_inverse_specs():
 
 AOT_SPECS = [
     AotSpec(name=f"chunk_gates_{part}-C{C}-mom", kernel=kernel, signature={n: "*fp32" for n in names},
-            constexprs={"C": C, "USE_MOMENTUM": True}, num_warps=num_warps(part, C))
+            constexprs={"C": C, "USE_MOMENTUM": True, "USE_DGD_WRITE": True}, num_warps=num_warps(part, C))
     for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
     for C in CHUNK_SIZES
 ] + list(_dgd_inverse_specs()) + [

@@ -76,7 +76,8 @@ def _prefix_grad(p, db, g_prev):
 
 @triton.jit
 def chunk_gates_fwd_kernel(lr, ret, mom, decay, carry, write, mom_decay, mom_write, dgd_write,
-                           C: tl.constexpr, USE_MOMENTUM: tl.constexpr):
+                           C: tl.constexpr, USE_MOMENTUM: tl.constexpr, USE_DGD_WRITE: tl.constexpr):
+    """USE_DGD_WRITE: store E (with momentum it serves DGD alone; without, E = G is the write)."""
     i_chunk = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, C)
     rows, cols = o[:, None], o[None, :]
@@ -85,11 +86,11 @@ def chunk_gates_fwd_kernel(lr, ret, mom, decay, carry, write, mom_decay, mom_wri
     eta = tl.load(lr + i_chunk * C + o)
     alpha = tl.load(ret + i_chunk * C + o)
     p_a = _segment_products(alpha, o, 1)                                      # PA
-    e = p_a * eta[None, :]                                                    # E = PA ∘ η
     tl.store(decay + o_vec, 1.0)
     tl.store(decay + o_vec + 1 + o, tl.cumprod(alpha, axis=0))                # β
-    tl.store(dgd_write + o_mat + o, tl.zeros([C], dtype=tl.float32))
-    tl.store(dgd_write + o_rows, e)
+    if USE_DGD_WRITE:
+        tl.store(dgd_write + o_mat + o, tl.zeros([C], dtype=tl.float32))
+        tl.store(dgd_write + o_rows, p_a * eta[None, :])                     # E = PA ∘ η
     if USE_MOMENTUM:
         mu = tl.load(mom + i_chunk * C + o)
         p_m = _segment_products(mu, o, 1)                                     # PM
@@ -106,7 +107,9 @@ def chunk_gates_fwd_kernel(lr, ret, mom, decay, carry, write, mom_decay, mom_wri
 
 @triton.jit
 def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay, d_mom_write, d_dgd_write,
-                           d_lr, d_ret, d_mom, C: tl.constexpr, USE_MOMENTUM: tl.constexpr):
+                           d_lr, d_ret, d_mom, C: tl.constexpr, USE_MOMENTUM: tl.constexpr,
+                           USE_DGD_WRITE: tl.constexpr):
+    """USE_DGD_WRITE: E's gradient d_dgd_write is given (else zero, and not read)."""
     i_chunk = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, C)
     rows, cols = o[:, None], o[None, :]
@@ -120,9 +123,13 @@ def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay,
     alpha_next = tl.load(ret + o_next, mask=o < C - 1, other=0.0)
     # α first, with PA and dPA the only C×C blocks live; dG ∘ η is read again for μ
     p_a = _segment_products(alpha, o, 1)
-    d_e = tl.load(d_dgd_write + o_rows)
-    d_eta = tl.sum(d_e * p_a, axis=0)
-    d_pa = d_e * eta[None, :]
+    if USE_DGD_WRITE:
+        d_e = tl.load(d_dgd_write + o_rows)
+        d_eta = tl.sum(d_e * p_a, axis=0)
+        d_pa = d_e * eta[None, :]
+    else:
+        d_eta = tl.zeros([C], dtype=tl.float32)
+        d_pa = tl.zeros([C, C], dtype=tl.float32)
     d_ret_prefix = _prefix_grad(p_a, tl.load(d_decay + o_vec + 1 + o), alpha_prev)
     if USE_MOMENTUM:
         mu = tl.load(mom + i_chunk * C + o)
@@ -157,29 +164,33 @@ def num_warps(part: str, C: int) -> int:
     return {("fwd", 16): 4, ("fwd", 32): 4, ("fwd", 64): 4, ("bwd", 16): 4, ("bwd", 32): 4, ("bwd", 64): 8}[part, C]
 
 
-def chunk_gates_fwd(lr, retention, momentum):
+def chunk_gates_fwd(lr, retention, momentum, dgd_write: bool = True):
     """lr, retention, momentum (or None) `[n, C]` fp32 contiguous, one row per chunk. Returns
     decay, carry, write, mom_decay, mom_write `[n, C+1(, C)]` (carry, write, mom_* None without
-    momentum: then write is dgd_write) and dgd_write."""
+    momentum: then write is dgd_write) and dgd_write (None with momentum and not `dgd_write`: E
+    then serves DGD alone)."""
     import torch
 
     from ..utils.launch import launch
 
     n, C = lr.shape
     use_momentum = momentum is not None
+    use_dgd_write = dgd_write or not use_momentum
     f32 = dict(dtype=torch.float32, device=lr.device)
     vec = lambda: torch.empty(n, C + 1, **f32) if use_momentum else None
-    mat = lambda: torch.empty(n, C + 1, C, **f32) if use_momentum else None
-    decay, dgd_write = torch.empty(n, C + 1, **f32), torch.empty(n, C + 1, C, **f32)
+    mat = lambda on=use_momentum: torch.empty(n, C + 1, C, **f32) if on else None
+    decay, dgd_write = torch.empty(n, C + 1, **f32), mat(use_dgd_write)
     carry, write, mom_decay, mom_write = vec(), mat(), vec(), mat()
     launch(chunk_gates_fwd_kernel, (n,), lr.device, lr, retention, momentum, decay, carry, write, mom_decay,
-           mom_write, dgd_write, C=C, USE_MOMENTUM=use_momentum, num_warps=num_warps("fwd", C))
+           mom_write, dgd_write, C=C, USE_MOMENTUM=use_momentum, USE_DGD_WRITE=use_dgd_write,
+           num_warps=num_warps("fwd", C))
     return decay, carry, write, mom_decay, mom_write, dgd_write
 
 
 def chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay, d_mom_write, d_dgd_write):
     """Gradients of lr, retention, momentum (None without momentum) from those of the six outputs
-    of `chunk_gates_fwd` (all given, zeros where unused; fp32 contiguous)."""
+    of `chunk_gates_fwd` (fp32 contiguous; zeros where unused, but d_dgd_write may be None: zero,
+    not read)."""
     import torch
 
     from ..utils.launch import launch
@@ -189,5 +200,6 @@ def chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_de
     d_lr, d_ret = torch.empty_like(lr), torch.empty_like(retention)
     d_mom = torch.empty_like(momentum) if use_momentum else None
     launch(chunk_gates_bwd_kernel, (n,), lr.device, lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay,
-           d_mom_write, d_dgd_write, d_lr, d_ret, d_mom, C=C, USE_MOMENTUM=use_momentum, num_warps=num_warps("bwd", C))
+           d_mom_write, d_dgd_write, d_lr, d_ret, d_mom, C=C, USE_MOMENTUM=use_momentum,
+           USE_DGD_WRITE=d_dgd_write is not None, num_warps=num_warps("bwd", C))
     return d_lr, d_ret, d_mom

@@ -398,7 +398,7 @@ def linear_memory_bwd_kernel_dgd_inv(
 def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, fwd, *, scale, dgd):
     """Launch the backward kernels. `fwd` = (h, s, R, W) kept by `linear_memory_fwd`, or None: then
     its state recurrence runs again first. Returns dq, dk, dv (fp32, flat layout), the gradients of
-    `gates` (same order and shapes), of `dgd_inv`, and dh0, ds0."""
+    `gates` (same order and shapes; None for dgd_write without DGD), of `dgd_inv`, and dh0, ds0."""
     import torch
 
     from ..utils.launch import device_arch, launch
@@ -492,7 +492,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
         total(d_decay),
         total(d_carry),
         total(d_write),
-        total(d_dgd_write) if dgd else torch.zeros_like(dgd_write),
+        total(d_dgd_write) if dgd else None,                                 # E is DGD's alone
         d_mom[:, :, 1, 0].clone() if use_momentum else None,                # two tensors, not views of one
         d_mom[:, :, 0].clone() if use_momentum else None,
     )
