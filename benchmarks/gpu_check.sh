@@ -46,7 +46,8 @@
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile";
 #                         with 15 minutes of device time in all (machine start included), one call:
 #                         STEPS="build bench bench-16bit profile isolate pytest-gpu" PROFILE_CAP=60 ISOLATE_CAP=120
-#                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common" TOTAL_S=560
+#                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common tests/test_operand_precision.py"
+#                         TOTAL_S=560
 #                         (the SPEC §8 table first, then where the time goes, the bf16 diagnosis, the
 #                         Triton tests). On the H200 (2026-11-26) bench took 159 s for three shapes,
 #                         profile 47 s, isolate 48 s for 27 rows, those tests 144 s with 8 workers;
@@ -208,7 +209,7 @@ fi
 run_step info 60 "$PYTHON" -m nested_kernels info
 run_step check 120 "$PYTHON" -m nested_kernels check --device cuda --quiet
 
-# the first shape again with 16-bit operands where the Hopper guard gives the kernels fp32 copies
+# the first shape again with 16-bit operands where the Hopper guard gives the kernels fp32 operands
 # (elsewhere it would repeat the bench): what the guard costs, and whether the 16-bit kernels pass
 # the benchmark's correctness gate (informative: the guard stays on)
 GUARDED=$("$PYTHON" -c "import torch
@@ -238,7 +239,7 @@ PEAK_ARGS=()
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
     "${SHAPE_ARGS[@]}" "${PEAK_ARGS[@]}"
 if [[ $GUARDED != 1 ]] && want bench-16bit; then
-    echo "| bench-16bit | skipped (no fp32 copies here: the bench ran the 16-bit kernels) | 0 | — |" >> "$REPORT"
+    echo "| bench-16bit | skipped (no fp32 operands here: the bench ran the 16-bit kernels) | 0 | — |" >> "$REPORT"
 else
     run_step bench-16bit "${CAP[bench-16bit]}" env NESTED_KERNELS_TRITON_16BIT_DOTS=1 "$PYTHON" benchmarks/bench_linear_memory.py \
         --out-dir "$LOG_DIR" --tag "$BENCH_TAG-16bit" --shapes B8-T2048-H16-D64 --budget-s 60 "${PEAK_ARGS[@]}"

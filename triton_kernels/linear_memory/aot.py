@@ -40,7 +40,8 @@ if triton_version() < (3, 7):
 
 
 def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
-    return pointer_types(names, qkv, bf16=INPUT_DTYPE | (STATES if states16 else set()), int32=INT32, scalars=SCALARS)
+    types = pointer_types(names, qkv, bf16=INPUT_DTYPE | (STATES if states16 else set()), int32=INT32, scalars=SCALARS)
+    return {n: f"*{qkv}" if n == "dv" else t for n, t in types.items()}     # dV in v's dtype
 
 
 # (name, q/k/v dtype, archs, fp32 operands): 16-bit inputs, their loads converted to fp32 on Hopper

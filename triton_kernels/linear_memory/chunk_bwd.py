@@ -252,7 +252,7 @@ def linear_memory_bwd_kernel_dq(
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_bwd_kernel_dk(
     q, k, write, dgd_write, mom_write_last, last_rows, h, s, res, pseudo, dh, ds, dres,
-    dqk, dk, d_decay, d_carry, d_write, d_dgd_write, d_mom,
+    dqk, dk, dv, d_decay, d_carry, d_write, d_dgd_write, d_mom,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
@@ -261,7 +261,8 @@ def linear_memory_bwd_kernel_dk(
     right-hand-side terms, added by `linear_memory_bwd_kernel_dk_dgd`) and the gradients of the
     last-row gates, partial over key tiles: G[last, :], E[last, :], β[last], f[last] added to row
     `last` of d_write, d_dgd_write, d_decay, d_carry (after `linear_memory_bwd_kernel_dq`), N[last, :]
-    and m[last] stored in d_mom [NK, H, NC, 2, BT]."""
+    and m[last] stored in d_mom [NK, H, NC, 2, BT]. The first key tile also stores dV = −dR, in
+    dv's dtype."""
     i_c, i_k, i_h, o_t, o_k, m_k, o_tok, o_tk, o_chunk, o_part = _key_tile(NC, H, K, BT, BK)
     o_gate = o_chunk * (BT + 1)
     i_last = tl.load(last_rows + i_c)
@@ -284,8 +285,10 @@ def linear_memory_bwd_kernel_dk(
         b_kdx = tl.dot(b_k, b_dx.to(b_k.dtype), input_precision=DOT_PRECISION)
         b_d_g_last -= tl.sum(b_kdx * b_r, 1)
         b_dx_x += tl.sum(b_dx * b_x, 0)
-        b_dk += tl.dot(tl.load(dres + o_tv, mask=m_tv, other=0.0), tl.trans(b_x),
-                       input_precision=DOT_PRECISION)                         # R = K M^c − V
+        b_dres = tl.load(dres + o_tv, mask=m_tv, other=0.0)
+        if i_k == 0:
+            tl.store(dv + o_tv, (-b_dres).to(dv.dtype.element_ty), mask=m_tv)   # R = K M^c − V
+        b_dk += tl.dot(b_dres, tl.trans(b_x), input_precision=DOT_PRECISION)
         b_upd = b_g_last[:, None] * b_r
         if USE_DGD:
             b_w = tl.load(pseudo + o_tv, mask=m_tv, other=0.0)
@@ -397,8 +400,9 @@ def linear_memory_bwd_kernel_dgd_inv(
 
 def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, fwd, *, scale, dgd):
     """Launch the backward kernels. `fwd` = (h, s, R, W) kept by `linear_memory_fwd`, or None: then
-    its state recurrence runs again first. Returns dq, dk, dv (fp32, flat layout), the gradients of
-    `gates` (same order and shapes; None for dgd_write without DGD), of `dgd_inv`, and dh0, ds0."""
+    its state recurrence runs again first. Returns dq, dk (fp32), dv (in v's dtype; flat layout), the
+    gradients of `gates` (same order and shapes; None for dgd_write without DGD), of `dgd_inv`, and
+    dh0, ds0."""
     import torch
 
     from ..utils.launch import device_arch, launch
@@ -454,6 +458,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     NK = triton.cdiv(K, BK)
     partial = lambda *shape: torch.empty(NK, H, NC, *shape, **f32)
     dq, dk = torch.empty(Tp, H, K, **f32), torch.empty(Tp, H, K, **f32)
+    dv = torch.empty(Tp, H, V, dtype=v.dtype, device=v.device)
     dqk = torch.empty(H, NC, BT, BT, **f32)
     d_decay, d_write = partial(BT + 1), partial(BT + 1, BT)
     d_carry = partial(BT + 1) if use_momentum else None
@@ -470,7 +475,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     launch(
         linear_memory_bwd_kernel_dk, grid, k.device,
         q=q, k=k, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last, last_rows=last_rows, h=h, s=s,
-        res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres, dqk=dqk, dk=dk, d_decay=d_decay, d_carry=d_carry,
+        res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres, dqk=dqk, dk=dk, dv=dv, d_decay=d_decay, d_carry=d_carry,
         d_write=d_write, d_dgd_write=d_dgd_write, d_mom=d_mom, **common, **cfgs["bwd_dk"]._asdict(),
     )
     if dgd:
@@ -496,5 +501,4 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
         d_mom[:, :, 1, 0].clone() if use_momentum else None,                # two tensors, not views of one
         d_mom[:, :, 0].clone() if use_momentum else None,
     )
-    dv = -dres
     return dq, dk, dv, grads, total(d_dgd_inv), dh0, ds0
