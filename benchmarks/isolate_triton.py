@@ -6,7 +6,7 @@ torch tier on the same GPU: forward and backward, every output and gradient by n
 Why a process each: one kernel that faults (an illegal memory access) poisons the CUDA context of
 its process, so in one pytest worker every later test fails too and the culprit is lost. Here a
 crash is one row. Rows `bf16-raw` set NESTED_KERNELS_TRITON_16BIT_DOTS=1, i.e. the kernels on
-16-bit operands even where `triton_kernels/utils/operand_precision.py` would give them fp32 copies.
+16-bit operands even where `triton_kernels/utils/operand_precision.py` would give them fp32 operands.
 Writes isolate-triton.md and isolate-triton.json; exit status 1 when a row fails or crashes.
 """
 import argparse
