@@ -198,3 +198,6 @@ def test_specs_by_arch():
     hopper_only = {n for n in every if "fp32qkv" in n or "fp32ops" in n}
     assert {n for n in hopper_only if "fp32ops" in n} != set() and {n for n in hopper_only if "fp32qkv" in n} != set()
     assert sm90 | sm80 == every and sm90 - sm80 == hopper_only and sm80 == sm90 - hopper_only
+    key_tile = {arch: [s.constexprs["BK"] for s in aot_registry.aot_specs(arch)
+                       if s.name == "linear_memory_bwd_dq-D64-BT64-bf16-mom-dgd"] for arch in (90, 80)}
+    assert key_tile == {90: [64], 80: [32]}                                   # configs.SM90

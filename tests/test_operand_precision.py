@@ -1,4 +1,5 @@
-"""Which devices get fp32 copies of 16-bit inputs before the Triton kernels (operand_precision.py)."""
+"""Which devices run the Triton kernels' products on fp32 operands for 16-bit inputs, as fp32 copies or
+converted loads (operand_precision.py)."""
 import pytest
 import torch
 
@@ -119,6 +120,8 @@ def test_kernels_take_the_inputs_precision(monkeypatch, allow_tf32, run_op, dtyp
     if run_op is _linear_memory:
         operands = [(kw["FP32_OPERANDS"], kw["k"].dtype) for name, _, kw in calls if name.startswith("linear_memory")]
         assert len(operands) >= 6 and set(operands) == {(True, dtype)}, operands
+        (dv,) = [kw["dv"] for name, _, kw in calls if name == "linear_memory_bwd_kernel_dk"]
+        assert dv.dtype == dtype                                              # stored by the kernel, not converted
     precisions = {name: kw["DOT_PRECISION"] for name, _, kw in calls if "DOT_PRECISION" in kw}
     assert any("bwd" in name for name in precisions) and any("fwd" in name for name in precisions), precisions
     exact_fp32_instead = {"dgd_inverse_bwd_kernel": "tf32x3"} if expected == "ieee" else {}

@@ -38,7 +38,7 @@ def _triton_operands(cuda: bool) -> Optional[str]:
         return None
     reason = fp32_operands_reason(torch.device("cuda"), torch.bfloat16)
     if reason is not None:
-        return f"fp32 copies ({reason})"
+        return f"fp32 operands ({reason})"
     forced = os.environ.get("NESTED_KERNELS_TRITON_16BIT_DOTS") == "1"
     return "bf16 as they are" + (" (NESTED_KERNELS_TRITON_16BIT_DOTS=1)" if forced else "")
 

@@ -25,7 +25,7 @@ class ChunkGates(NamedTuple):
     write: torch.Tensor                 # G  [..., C+1, C]
     mom_decay: Optional[torch.Tensor]   # m  [..., C+1]       (None without momentum)
     mom_write: Optional[torch.Tensor]   # N  [..., C+1, C]    (None without momentum)
-    dgd_write: torch.Tensor             # E  [..., C+1, C]
+    dgd_write: Optional[torch.Tensor]   # E  [..., C+1, C]    (None where not asked for: triton_chunk_gates)
 
     def chunk(self, c: int) -> "ChunkGates":
         """The gates of chunk c, from gates laid out as [B, H, NT, ...]."""

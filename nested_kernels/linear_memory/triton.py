@@ -116,7 +116,8 @@ def _(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom
       chunk_offsets, last_rows, scale, dgd, h, s, res, pseudo):
     N, H, K, V = chunk_offsets.shape[0] - 1, k.shape[1], k.shape[2], v.shape[2]
     like = [q, k, v, decay, carry, write, dgd_write if dgd else None, mom_decay_last, mom_write_last, dgd_inv]
-    grads = [q.new_empty(0) if x is None else torch.empty_like(x) for x in like]     # E has none without DGD
+    grads = [q.new_empty(0, dtype=torch.float32) if x is None else torch.empty_like(x)   # E has none without DGD
+             for x in like]
     state = q.new_empty(N, H, K, V, dtype=torch.float32)
     return grads + [state, torch.empty_like(state) if carry is not None else q.new_empty(0)]
 

@@ -106,6 +106,7 @@ def key_tiles(monkeypatch, BK, BK_state):
         table = {kernel: {key: (*entry[:3], BK_state if kernel in RECURRENT else BK) for key, entry in rows.items()}
                  for kernel, rows in getattr(configs, name).items()}
         monkeypatch.setattr(configs, name, table)
+    monkeypatch.setattr(configs, "SM90", {})                                   # the same tiles on a Hopper GPU
 
 
 @pytest.mark.parametrize("K,BK,BK_state,C,full",
@@ -267,18 +268,25 @@ def test_backward_recomputes_the_states_only(monkeypatch):
     assert backward.count("chunk_products_kernel") == 1
 
 
-def test_triton_compile_fullgraph():
-    """torch.compile(fullgraph=True) traces the op (opaque, through its fake kernel) with the gate algebra."""
+@pytest.mark.parametrize("dtype,dgd", [(torch.float32, True), (torch.bfloat16, False)], ids=["fp32-dgd", "bf16-plain"])
+def test_triton_compile_fullgraph(dtype, dgd):
+    """torch.compile(fullgraph=True) traces the op (opaque, through its fake kernels) with the gate
+    algebra, forward and backward: bf16 without DGD takes the path without E and with bf16 dV."""
     B, T, H, K, V = 2, 32, 2, 16, 16
-    q, k, v = (x.to(DEVICE) for x in qkv(B, T, H, K, V, dtype=torch.float32))
+    leaves = [x.to(DEVICE, dtype).requires_grad_() for x in qkv(B, T, H, K, V)]
     lr, ret, mom = (x.to(DEVICE) for x in gates(B, T, H, dtype=torch.float32))
 
     def fn(q, k, v, lr, ret, mom):
-        o, state = linear_memory(q, k, v, lr, ret, mom, dgd=True, chunk_size=16, output_final_state=True,
+        o, state = linear_memory(q, k, v, lr, ret, mom, dgd=dgd, chunk_size=16, output_final_state=True,
                                  backend="triton")
         return o, state.memory
 
     compiler = "inductor" if DEVICE == "cuda" else "aot_eager"
-    expected, actual = fn(q, k, v, lr, ret, mom), torch.compile(fn, fullgraph=True, backend=compiler)(q, k, v, lr, ret, mom)
-    for e, a in zip(expected, actual):
-        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+    results = []
+    for run in (fn, torch.compile(fn, fullgraph=True, backend=compiler)):
+        o, memory = run(*leaves, lr, ret, mom)
+        results.append((o, memory, *torch.autograd.grad(o.float().sum() + memory.sum(), leaves)))
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    for e, a in zip(*results):
+        assert a.dtype == e.dtype
+        torch.testing.assert_close(a, e, **tol)

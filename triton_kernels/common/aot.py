@@ -39,10 +39,12 @@ def _dgd_inverse_specs():
 
 
 AOT_SPECS = [
-    AotSpec(name=f"chunk_gates_{part}-C{C}-mom", kernel=kernel, signature={n: "*fp32" for n in names},
-            constexprs={"C": C, "USE_MOMENTUM": True, "USE_DGD_WRITE": True}, num_warps=num_warps(part, C))
+    AotSpec(name=f"chunk_gates_{part}-C{C}-mom{'' if e else '-noE'}", kernel=kernel,
+            signature={n: "*fp32" for n in names},
+            constexprs={"C": C, "USE_MOMENTUM": True, "USE_DGD_WRITE": e}, num_warps=num_warps(part, C))
     for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
     for C in CHUNK_SIZES
+    for e in (True, False)                  # with E, and without (momentum, no DGD: linear_memory)
 ] + list(_dgd_inverse_specs()) + [
     AotSpec(name=f"chunk_products-K{K}-C{C}-{variant}-{flags}", kernel=chunk_products.chunk_products_kernel,
             signature={"q": f"*{qkv}", "k": f"*{qkv}", "write": "*fp32", "dgd_write": "*fp32", "qk_write": "*fp32",

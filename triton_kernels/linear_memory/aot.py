@@ -21,7 +21,7 @@ KERNELS = {
 }
 # arguments other than fp32 pointers (q, k, v: `OPERAND_VARIANTS`)
 INPUT_DTYPE = {"do", "o"}
-# the forward kernels also run with the chunk states h, s in q's dtype (a forward whose states only
+# the forward kernels also run with the chunk states h, s in 16-bit operands' dtype (a forward whose states only
 # its output kernel reads, chunk_fwd.py `state_dtype`): their 16-bit operand variant is registered
 # twice, the second time with `-states16` rows
 STATES = {"h", "s"}

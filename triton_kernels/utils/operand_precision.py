@@ -1,6 +1,6 @@
 """When the kernels compute with fp32 operands for 16-bit q, k, v (same values, fp32 dots; loads
-converted in linear_memory's kernels, fp32 copies for mlp_memory's): the places where Triton's
-16-bit matrix products are known to be wrong.
+converted in linear_memory's kernels where they compile clean, fp32 copies elsewhere and for
+mlp_memory's): the places where Triton's 16-bit matrix products are known to be wrong.
 
 * Triton's interpreter (3.8) computes bf16 `tl.dot` wrongly.
 * Triton 3.4.0 to 3.7.0 on Hopper (sm_90) miscompiles some 16-bit products whose operand is a
@@ -62,5 +62,6 @@ def fp32_operands_reason(device: torch.device, dtype: torch.dtype) -> Optional[s
 def operand_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     """The dtype of the kernels' product operands for q, k, v of `dtype` on `device`: fp32 where
     16-bit products are unsafe (`fp32_operands_reason`), whether the kernels convert their loads
-    (FP32_OPERANDS: linear_memory) or the op hands them fp32 copies (mlp_memory); else `dtype`."""
+    (FP32_OPERANDS: linear_memory where `configs.converts_loads`) or the op hands them fp32 copies
+    (mlp_memory, and linear_memory elsewhere); else `dtype`."""
     return torch.float32 if fp32_operands_reason(device, dtype) is not None else dtype
