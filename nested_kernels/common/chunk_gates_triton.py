@@ -19,21 +19,22 @@ def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 @torch.library.custom_op("nested_kernels::chunk_gates_triton_fwd", mutates_args=())
-def _fwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], dgd_write: bool
-         ) -> List[torch.Tensor]:
+def _fwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], dgd_write: bool,
+         mom_write_last_row: bool) -> List[torch.Tensor]:
     from ..triton_kernels.common.chunk_gates import chunk_gates_fwd
 
-    return [lr.new_empty(0) if x is None else x for x in chunk_gates_fwd(lr, retention, momentum, dgd_write)]
+    gates = chunk_gates_fwd(lr, retention, momentum, dgd_write, mom_write_last_row)
+    return [lr.new_empty(0) if x is None else x for x in gates]
 
 
 @_fwd.register_fake
-def _(lr, retention, momentum, dgd_write):
+def _(lr, retention, momentum, dgd_write, mom_write_last_row):
     n, C = lr.shape
     vec, mat = lr.new_empty(n, C + 1), lr.new_empty(n, C + 1, C)
     if momentum is None:
         return [vec, lr.new_empty(0), lr.new_empty(0), lr.new_empty(0), lr.new_empty(0), mat]
-    return [vec, torch.empty_like(vec), torch.empty_like(mat), torch.empty_like(vec), torch.empty_like(mat),
-            mat if dgd_write else lr.new_empty(0)]
+    return [vec, torch.empty_like(vec), torch.empty_like(mat), torch.empty_like(vec),
+            lr.new_empty(n, C) if mom_write_last_row else torch.empty_like(mat), mat if dgd_write else lr.new_empty(0)]
 
 
 @torch.library.custom_op("nested_kernels::chunk_gates_triton_bwd", mutates_args=())
@@ -69,7 +70,8 @@ def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optiona
     """(d_lr, d_retention, d_momentum) of the gates of chunks `[n, C]`, C in CHUNK_SIZES, for the
     cotangents `grads` of the six `ChunkGates` fields (None or empty: zero), by the backward
     kernel. No autograd: callable inside custom ops. A zero cotangent of E (dgd_write) is not
-    materialised: the kernel skips E's part."""
+    materialised: the kernel skips E's part. A cotangent of mom_write `[n, C]` is that of N's last
+    row alone (`triton_chunk_gates(mom_write_last_row=True)`)."""
     n, C = lr.shape
     _check_chunk_size("chunk_gates_vjp", C)
     shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C)]
@@ -82,25 +84,28 @@ def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optiona
 
 def _backward(ctx, grads):
     lr, retention, momentum = ctx.saved_tensors
-    return (*chunk_gates_vjp(lr, retention, _none_if_empty(momentum), grads), None)
+    return (*chunk_gates_vjp(lr, retention, _none_if_empty(momentum), grads), None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor],
-                       dgd_write: bool = True) -> ChunkGates:
+                       dgd_write: bool = True, mom_write_last_row: bool = False) -> ChunkGates:
     """The gates of chunks laid out [..., C] (fp32 out), like `chunk_gates`, for C in CHUNK_SIZES.
-    With momentum and not `dgd_write`, E (`dgd_write`, DGD's alone then) is None: not computed."""
+    With momentum and not `dgd_write`, E (`dgd_write`, DGD's alone then) is None: not computed.
+    With `mom_write_last_row`, `mom_write` is N's last row N[C, :] alone, `[..., C]` (that of the
+    last token when the padding tokens after it have η = 0 and μ = 1, as `padded_chunk_gates`'s)."""
     lead, C = lr.shape[:-1], lr.shape[-1]
     _check_chunk_size("triton_chunk_gates", C)
     decay, carry, write, mom_decay, mom_write, dgd_write = (
-        _none_if_empty(x) for x in _fwd(_flat(lr), _flat(retention), _flat(momentum), dgd_write))
+        _none_if_empty(x) for x in _fwd(_flat(lr), _flat(retention), _flat(momentum), dgd_write, mom_write_last_row))
     vec = lambda x: None if x is None else x.view(*lead, C + 1)
     mat = lambda x: None if x is None else x.view(*lead, C + 1, C)
     if momentum is None:
         return ChunkGates(vec(decay), None, mat(dgd_write), None, None, mat(dgd_write))
-    return ChunkGates(vec(decay), vec(carry), mat(write), vec(mom_decay), mat(mom_write), mat(dgd_write))
+    mom_write = mom_write.view(*lead, C) if mom_write_last_row else mat(mom_write)
+    return ChunkGates(vec(decay), vec(carry), mat(write), vec(mom_decay), mom_write, mat(dgd_write))
 
 
 def chunk_gates_for(chunk_size: int) -> Callable[..., ChunkGates]:

@@ -32,12 +32,6 @@ def unsupported_reason(call: dict) -> Optional[str]:
     return None
 
 
-def _last_row(x: torch.Tensor, last_rows: torch.Tensor) -> torch.Tensor:
-    """x[h, c, last_rows[c]] for gate tensors laid out [H, NC, C+1, ...]."""
-    chunks = torch.arange(last_rows.numel(), device=x.device)
-    return x[:, chunks, last_rows.long()].contiguous()
-
-
 def _empty_if_none(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0) if x is None else x
 
@@ -158,8 +152,10 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
         return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))
 
     # E, the DGD weights, only with DGD (with momentum it is not the write G): no [.., C+1, C] matrix to
-    # write and read, nor a zero gradient to fill, without it
-    g = padded_chunk_gates(lr, retention, momentum, gate, functools.partial(triton_chunk_gates, dgd_write=dgd))
+    # write and read, nor a zero gradient to fill, without it. Of m and N the kernels read the last
+    # token's row alone, which is row C: the padding after it has η = 0, μ = 1 (padded_chunk_gates)
+    gates_of = functools.partial(triton_chunk_gates, dgd_write=dgd, mom_write_last_row=True)
+    g = padded_chunk_gates(lr, retention, momentum, gate, gates_of)
     dgd_inv = None
     if dgd:
         dgd_inv = dgd_inverse_triton(kf, g.dgd_write, k.dtype)               # one program per chunk and head
@@ -169,8 +165,8 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
         g.carry.contiguous() if use_momentum else None,
         g.write.contiguous(),
         None if g.dgd_write is None else g.dgd_write.contiguous(),
-        _last_row(g.mom_decay, layout.last_rows) if use_momentum else None,
-        _last_row(g.mom_write, layout.last_rows) if use_momentum else None,
+        g.mom_decay[..., chunk_size].contiguous() if use_momentum else None,  # m[last] = m[C]
+        g.mom_write if use_momentum else None,                                # N[last, :] = N[C, :]
     )
     h0 = s0 = None
     if initial_state is not None:

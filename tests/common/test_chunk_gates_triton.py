@@ -85,12 +85,13 @@ def test_chunk_gates_vjp(C, momentum):
         chunk_gates_vjp(lr[:, :8].float(), ret[:, :8].float(), None, [None] * 6)
 
 
-@pytest.mark.parametrize("dgd_write", [True, False], ids=["E", "noE"])
+@pytest.mark.parametrize("dgd_write,n_last", [(True, False), (False, True)], ids=["all", "noE-Nlast"])
 @pytest.mark.parametrize("C", [16, 64], ids=lambda c: f"C{c}")
 @pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
-def test_opcheck(momentum, C, dgd_write):
+def test_opcheck(momentum, C, dgd_write, n_last):
     lr, ret, mom = (None if x is None else x.float().reshape(-1, C).to(DEVICE) for x in _gates(C, momentum, False))
-    args = (lr.requires_grad_(), ret.requires_grad_(), None if mom is None else mom.requires_grad_(), dgd_write)
+    args = (lr.requires_grad_(), ret.requires_grad_(), None if mom is None else mom.requires_grad_(), dgd_write,
+            n_last)
     torch.library.opcheck(torch.ops.nested_kernels.chunk_gates_triton_fwd.default, args)
 
 
@@ -126,3 +127,23 @@ def test_other_chunk_sizes_keep_the_torch_gates():
     lr, ret, _ = _gates(8, False, False)
     with pytest.raises(ValueError, match=r"chunks of \(16, 32, 64\) tokens, got 8"):
         triton_chunk_gates(lr.float(), ret.float(), None)
+
+
+@pytest.mark.parametrize("C", [16, 64], ids=lambda c: f"C{c}")
+def test_mom_write_last_row(C):
+    """`mom_write_last_row`: N's last row N[C, :] alone, equal to the full N's, and the gradients
+    through it those of the full call with a cotangent on that row only (the other rows' zero)."""
+    lr, ret, mom = _gates(C, True, True)
+    gen = torch.Generator().manual_seed(5)
+    cot = torch.randn(lr.shape, generator=gen)
+    runs = []
+    for last in (False, True):
+        leaves = [x.to(DEVICE, torch.float32).requires_grad_() for x in (lr, ret, mom)]
+        out = triton_chunk_gates(*leaves, mom_write_last_row=last)
+        n_last = out.mom_write if last else out.mom_write[..., C, :]
+        assert n_last.shape == lr.shape
+        runs.append((n_last, torch.autograd.grad((n_last * cot.to(n_last)).sum() + out.write.sum(), leaves)))
+    (full, full_grads), (lean, lean_grads) = runs
+    assert torch.equal(full, lean)
+    for a, b in zip(full_grads, lean_grads):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)

@@ -39,12 +39,13 @@ def _dgd_inverse_specs():
 
 
 AOT_SPECS = [
-    AotSpec(name=f"chunk_gates_{part}-C{C}-mom{'' if e else '-noE'}", kernel=kernel,
+    AotSpec(name=f"chunk_gates_{part}-C{C}-mom{'' if e else '-noE-Nlast'}", kernel=kernel,
             signature={n: "*fp32" for n in names},
-            constexprs={"C": C, "USE_MOMENTUM": True, "USE_DGD_WRITE": e}, num_warps=num_warps(part, C))
+            constexprs={"C": C, "USE_MOMENTUM": True, "USE_DGD_WRITE": e, "N_LAST_ROW": not e},
+            num_warps=num_warps(part, C))
     for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
     for C in CHUNK_SIZES
-    for e in (True, False)                  # with E, and without (momentum, no DGD: linear_memory)
+    for e in (True, False)      # every gate (mlp_memory), and linear_memory's without DGD: no E, N's last row
 ] + list(_dgd_inverse_specs()) + [
     AotSpec(name=f"chunk_products-K{K}-C{C}-{variant}-{flags}", kernel=chunk_products.chunk_products_kernel,
             signature={"q": f"*{qkv}", "k": f"*{qkv}", "write": "*fp32", "dgd_write": "*fp32", "qk_write": "*fp32",

@@ -76,8 +76,10 @@ def _prefix_grad(p, db, g_prev):
 
 @triton.jit
 def chunk_gates_fwd_kernel(lr, ret, mom, decay, carry, write, mom_decay, mom_write, dgd_write,
-                           C: tl.constexpr, USE_MOMENTUM: tl.constexpr, USE_DGD_WRITE: tl.constexpr):
-    """USE_DGD_WRITE: store E (with momentum it serves DGD alone; without, E = G is the write)."""
+                           C: tl.constexpr, USE_MOMENTUM: tl.constexpr, USE_DGD_WRITE: tl.constexpr,
+                           N_LAST_ROW: tl.constexpr):
+    """USE_DGD_WRITE: store E (with momentum it serves DGD alone; without, E = G is the write).
+    N_LAST_ROW: store N's last row N[C, :] alone ([n, C])."""
     i_chunk = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, C)
     rows, cols = o[:, None], o[None, :]
@@ -101,15 +103,19 @@ def chunk_gates_fwd_kernel(lr, ret, mom, decay, carry, write, mom_decay, mom_wri
         tl.store(carry + o_vec + 1 + o, tl.sum(p_a * m[None, :], axis=1))     # f = (PA ∘ m) 1
         tl.store(write + o_mat + o, tl.zeros([C], dtype=tl.float32))
         tl.store(write + o_rows, _decayed_rows(alpha, p_m) * eta[None, :])   # G = (PA @ PM) ∘ η
-        tl.store(mom_write + o_mat + o, tl.zeros([C], dtype=tl.float32))
-        tl.store(mom_write + o_rows, p_m * eta[None, :])                      # N
+        if N_LAST_ROW:                                                        # N[C, :]
+            tl.store(mom_write + i_chunk * C + o, tl.sum(tl.where(rows == C - 1, p_m, 0.0), axis=0) * eta)
+        else:
+            tl.store(mom_write + o_mat + o, tl.zeros([C], dtype=tl.float32))
+            tl.store(mom_write + o_rows, p_m * eta[None, :])                  # N
 
 
 @triton.jit
 def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay, d_mom_write, d_dgd_write,
                            d_lr, d_ret, d_mom, C: tl.constexpr, USE_MOMENTUM: tl.constexpr,
-                           USE_DGD_WRITE: tl.constexpr):
-    """USE_DGD_WRITE: E's gradient d_dgd_write is given (else zero, and not read)."""
+                           USE_DGD_WRITE: tl.constexpr, N_LAST_ROW: tl.constexpr):
+    """USE_DGD_WRITE: E's gradient d_dgd_write is given (else zero, and not read). N_LAST_ROW:
+    d_mom_write is the gradient of N's last row alone ([n, C])."""
     i_chunk = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, C)
     rows, cols = o[:, None], o[None, :]
@@ -143,7 +149,10 @@ def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay,
         mu_next = tl.load(mom + o_next, mask=o < C - 1, other=0.0)
         p_m = _segment_products(mu, o, 1)
         d_g = tl.load(d_write + o_rows)
-        d_n = tl.load(d_mom_write + o_rows)
+        if N_LAST_ROW:
+            d_n = tl.where(rows == C - 1, tl.load(d_mom_write + i_chunk * C + o)[None, :], 0.0)
+        else:
+            d_n = tl.load(d_mom_write + o_rows)
         d_eta += tl.sum(d_g * _decayed_rows(alpha, p_m) + d_n * p_m, axis=0)  # G = (PA @ PM) ∘ η, N = PM ∘ η
         d_mom_prefix = _prefix_grad(p_m, d_m, mu_prev)
         d_pm = d_n * eta[None, :] + _decayed_rows_t(alpha_next, d_g * eta[None, :])   # dN ∘ η + PAᵀ (dG ∘ η)
@@ -164,11 +173,11 @@ def num_warps(part: str, C: int) -> int:
     return {("fwd", 16): 4, ("fwd", 32): 4, ("fwd", 64): 4, ("bwd", 16): 4, ("bwd", 32): 4, ("bwd", 64): 8}[part, C]
 
 
-def chunk_gates_fwd(lr, retention, momentum, dgd_write: bool = True):
+def chunk_gates_fwd(lr, retention, momentum, dgd_write: bool = True, mom_write_last_row: bool = False):
     """lr, retention, momentum (or None) `[n, C]` fp32 contiguous, one row per chunk. Returns
     decay, carry, write, mom_decay, mom_write `[n, C+1(, C)]` (carry, write, mom_* None without
     momentum: then write is dgd_write) and dgd_write (None with momentum and not `dgd_write`: E
-    then serves DGD alone)."""
+    then serves DGD alone). With `mom_write_last_row`, mom_write is N's last row alone, `[n, C]`."""
     import torch
 
     from ..utils.launch import launch
@@ -180,17 +189,18 @@ def chunk_gates_fwd(lr, retention, momentum, dgd_write: bool = True):
     vec = lambda: torch.empty(n, C + 1, **f32) if use_momentum else None
     mat = lambda on=use_momentum: torch.empty(n, C + 1, C, **f32) if on else None
     decay, dgd_write = torch.empty(n, C + 1, **f32), mat(use_dgd_write)
-    carry, write, mom_decay, mom_write = vec(), mat(), vec(), mat()
+    carry, write, mom_decay = vec(), mat(), vec()
+    mom_write = torch.empty(n, C, **f32) if use_momentum and mom_write_last_row else mat()
     launch(chunk_gates_fwd_kernel, (n,), lr.device, lr, retention, momentum, decay, carry, write, mom_decay,
            mom_write, dgd_write, C=C, USE_MOMENTUM=use_momentum, USE_DGD_WRITE=use_dgd_write,
-           num_warps=num_warps("fwd", C))
+           N_LAST_ROW=mom_write_last_row, num_warps=num_warps("fwd", C))
     return decay, carry, write, mom_decay, mom_write, dgd_write
 
 
 def chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay, d_mom_write, d_dgd_write):
     """Gradients of lr, retention, momentum (None without momentum) from those of the six outputs
     of `chunk_gates_fwd` (fp32 contiguous; zeros where unused, but d_dgd_write may be None: zero,
-    not read)."""
+    not read; d_mom_write `[n, C]`: that of N's last row alone)."""
     import torch
 
     from ..utils.launch import launch
@@ -201,5 +211,6 @@ def chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_de
     d_mom = torch.empty_like(momentum) if use_momentum else None
     launch(chunk_gates_bwd_kernel, (n,), lr.device, lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay,
            d_mom_write, d_dgd_write, d_lr, d_ret, d_mom, C=C, USE_MOMENTUM=use_momentum,
-           USE_DGD_WRITE=d_dgd_write is not None, num_warps=num_warps("bwd", C))
+           USE_DGD_WRITE=d_dgd_write is not None, N_LAST_ROW=use_momentum and d_mom_write.dim() == 2,
+           num_warps=num_warps("bwd", C))
     return d_lr, d_ret, d_mom
