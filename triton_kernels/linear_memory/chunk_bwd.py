@@ -406,10 +406,10 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     import torch
 
     from ..utils.launch import device_arch, launch
-    from ..utils.operand_precision import dot_precision, operand_dtype
+    from ..utils.operand_precision import dot_precision
     from ..common.chunk_products import chunk_products
     from .chunk_fwd import linear_memory_fwd
-    from .configs import converts_loads, launch_config
+    from .configs import launch_config, operands_in_fp32
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
@@ -419,8 +419,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     N = chunk_offsets.numel() - 1
     use_momentum = carry is not None
     precision = dot_precision(do.dtype)                                      # dO has the op's input dtype
-    fp32_operands = operand_dtype(k.device, k.dtype) == torch.float32             # loads converted in the kernels
-    assert not fp32_operands or k.dtype == torch.float32 or converts_loads(K, BT), "fp32 copies expected here"
+    fp32_operands = operands_in_fp32(k, BT)
     arch = device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     dh, dres = torch.empty(H, NC, K, V, **f32), torch.empty(Tp, H, V, **f32)

@@ -189,8 +189,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
 
     from ..common.chunk_products import chunk_products
     from ..utils.launch import device_arch, launch
-    from ..utils.operand_precision import dot_precision, operand_dtype
-    from .configs import converts_loads, launch_config
+    from ..utils.operand_precision import dot_precision
+    from .configs import launch_config, operands_in_fp32
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
@@ -202,8 +202,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     assert BT in (16, 32, 64), f"linear_memory triton: chunk_size in (16, 32, 64), got {BT}"
     use_momentum = carry is not None
     precision = dot_precision(out_dtype)
-    fp32_operands = operand_dtype(k.device, k.dtype) == torch.float32             # loads converted in the kernels
-    assert not fp32_operands or k.dtype == torch.float32 or converts_loads(K, BT), "fp32 copies expected here"
+    fp32_operands = operands_in_fp32(k, BT)
     arch = device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     states = dict(dtype=state_dtype or torch.float32, device=k.device)

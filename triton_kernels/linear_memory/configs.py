@@ -79,6 +79,16 @@ FP32_OPERANDS = {
 }
 
 
+# the entries that differ on sm_90 (both operand dtypes), before those of FP32_OPERANDS
+SM90 = {part: {(D, 64): (32, 8, 1, 64) for D in (64, 128, 256)}
+        for part in ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")}
+
+
+def _pow2(n: int) -> int:
+    """n rounded up to a power of two, at least 16 (the smallest tile)."""
+    return max(16, triton.next_power_of_2(n))
+
+
 def converts_loads(K: int, BT: int) -> bool:
     """Whether the kernels take 16-bit q, k, v that need fp32 operands as they are and convert their
     loads (FP32_OPERANDS), rather than as fp32 copies made by the op: at K ≤ 64, and at K = 128 with
@@ -86,12 +96,20 @@ def converts_loads(K: int, BT: int) -> bool:
     64-token chunks (fwd_h 332–1128 B, bwd_dh 32–1328 B; no candidate of the sweep with `--operands
     bf16-fp32ops` is clean), where the copies' entries are clean but for bwd_dh at K = 256, and
     bwd_dh at K = 256 with 32-token chunks under Triton 3.6 (12 B)."""
-    K_pow2 = max(16, triton.next_power_of_2(K))
-    return K_pow2 <= 64 or (K_pow2 <= 128 and BT < 64)
+    return _pow2(K) <= 64 or (_pow2(K) <= 128 and BT < 64)
 
-# the entries that differ on sm_90 (both operand dtypes), before those of FP32_OPERANDS
-SM90 = {part: {(D, 64): (32, 8, 1, 64) for D in (64, 128, 256)}
-        for part in ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")}
+
+def operands_in_fp32(k, BT: int) -> bool:
+    """Whether the kernels' products take fp32 operands for keys `k` (`utils/operand_precision.py`
+    `operand_dtype`): fp32 inputs, their fp32 copies, or 16-bit loads the kernels convert, which
+    only `converts_loads` shapes may get."""
+    import torch
+
+    from ..utils.operand_precision import operand_dtype
+
+    fp32 = operand_dtype(k.device, k.dtype) == torch.float32
+    assert not fp32 or k.dtype == torch.float32 or converts_loads(k.shape[-1], BT), "fp32 copies expected here"
+    return fp32
 
 
 def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = False,
@@ -99,7 +117,7 @@ def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = Fa
     """`kernel` in TABLE; K ≤ 256 is read in tiles of BK rows, V is tiled by BV. `fp32_operands`:
     q, k, v, dO are fp32 (FP32_OPERANDS). `arch`: the device's sm_XY as XY (`utils/launch.py`
     `device_arch`; SM90 where it is 90), None in the interpreter."""
-    K_pow2 = max(16, triton.next_power_of_2(K))
+    K_pow2 = _pow2(K)
     key = (max(K_pow2, 64), BT)
     entry = TABLE[kernel][key]
     if arch == 90:
@@ -107,4 +125,4 @@ def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = Fa
     if fp32_operands:
         entry = FP32_OPERANDS.get(kernel, {}).get(key, entry)
     BV, num_warps, num_stages, BK = entry
-    return LaunchConfig(min(BK, K_pow2), min(BV, max(16, triton.next_power_of_2(V))), num_warps, num_stages)
+    return LaunchConfig(min(BK, K_pow2), min(BV, _pow2(V)), num_warps, num_stages)
