@@ -34,7 +34,8 @@ def memcheck():
 
     def check(kind, ptrs, mask):
         size = np.dtype(it._get_np_dtype(ptrs.get_element_ty())).itemsize
-        addresses = ptrs.data[np.broadcast_to(mask.data, ptrs.data.shape)].astype(np.uint64)
+        # as bool: a mask combined with a scalar condition can arrive as integers, which would index
+        addresses = ptrs.data[np.broadcast_to(mask.data.astype(bool), ptrs.data.shape)].astype(np.uint64)
         if addresses.size == 0:
             return
         inside = np.zeros(addresses.shape, dtype=bool)
