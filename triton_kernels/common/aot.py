@@ -8,11 +8,11 @@ from ..utils.aot import ARCHS, CONVERTED_VARIANT, OPERAND_VARIANTS, AotSpec, ker
 from ..utils.versions import triton_version
 from . import chunk_products
 from .dgd_inverse import dgd_inverse_bwd_kernel, dgd_inverse_kernel, launch_params
-from .chunk_gates import CHUNK_SIZES, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel, num_warps
+from .chunk_gates import CHUNK_SIZES, NUM_WARPS, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel
 
 _FWD = ("lr", "ret", "mom", "decay", "carry", "write", "mom_decay", "mom_write", "dgd_write")
 _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_mom_write", "d_dgd_write",
-        "d_lr", "d_ret", "d_mom")
+        "d_lr", "d_ret", "d_mom", "rows_y")
 
 
 # the backward's products run at the op's input precision: tf32 for bf16 inputs (the fp32 copies
@@ -42,7 +42,7 @@ AOT_SPECS = [
     AotSpec(name=f"chunk_gates_{part}-C{C}-mom{'' if e else '-noE-Nlast'}", kernel=kernel,
             signature={n: "*fp32" for n in names},
             constexprs={"C": C, "USE_MOMENTUM": True, "USE_DGD_WRITE": e, "N_LAST_ROW": not e},
-            num_warps=num_warps(part, C))
+            num_warps=NUM_WARPS)
     for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
     for C in CHUNK_SIZES
     for e in (True, False)      # every gate (mlp_memory), and linear_memory's without DGD: no E, N's last row

@@ -2,175 +2,178 @@
 one Triton program per chunk, forward and backward, in place of a dozen PyTorch operations on
 `[H, NC, C+1, C]` tensors (and their autograd).
 
-Rows i = 1..C of every output are computed as C×C blocks (row 0 is constant: β = m = 1, the
-rest 0). With the column index c standing for token c+1:
-    PA[r, c] = Π_{c+2 ≤ s ≤ r+1} α_s = P^α[r+1, c+1]   (cumprod of a masked matrix: exact at α = 0)
-    β = cumprod(α),  E = PA ∘ η,  and with momentum PM, m from μ alike,
-    f = (PA ∘ m) 1,  G = (PA @ PM) ∘ η,  N = PM ∘ η   (PA @ PM as a row scan, `_decayed_rows`).
-Backward, without divisions (exact at α = 0) and without C×C×C products: for a segment product
-P = PA(g) of gates g (array index: P[r, c] = Π_{c < i ≤ r} g[i]),
-    ∂P[r, c] / ∂g[σ] = P[r, σ] · P[σ − 1, c]   (c < σ ≤ r),
-so dg[σ] = Σ_r P[r, σ] (dP Pᵀ)[r, σ − 1], the subdiagonal of Pᵀ (dP Pᵀ); and for the prefix
-product b = cumprod(g), dg[σ] += (Π_{i < σ} g[i]) · (Pᵀ db)[σ]. Products with P or Pᵀ are scans
-(P[r, c] = g[r] P[r − 1, c] for c < r): P @ X and X @ Pᵀ forward over rows or columns, Pᵀ @ X in
-reverse over rows.
+Rows i = 1..C of every output are computed a row at a time (row 0 is constant: β = m = 1, the
+rest 0), by recurrences over the rows that hold one row of C values, not C × C blocks. With
+array index i for token i + 1 and row i + 1 (`PA[i, j] = Π_{j < s ≤ i} α[s]`, zero above the
+diagonal; exact at α = 0, no division):
+    PA[i, :] = α[i] PA[i − 1, :] + e_i,   PM likewise from μ,   Y[i, :] = α[i] Y[i − 1, :] + PM[i, :]
+    β = cumprod(α),  m = cumprod(μ),  f[i] = α[i] f[i − 1] + m[i],
+    E = PA ∘ η,  G = Y ∘ η (Y = PA @ PM),  N = PM ∘ η.
+The backward is reverse-mode through those recurrences, rows in reverse, with the adjoint rows
+    Ȳ[i] = dG[i] ∘ η + α[i + 1] Ȳ[i + 1],   P̄A[i] = dE[i] ∘ η + α[i + 1] P̄A[i + 1],
+    P̄M[i] = dN[i] ∘ η + Ȳ[i] + μ[i + 1] P̄M[i + 1]
+and the scalar ones f̄, β̄, m̄ (reverse scans over the chunk, m̄ taking f̄):
+    dα[i] = ⟨P̄A[i], PA[i − 1]⟩ + ⟨Ȳ[i], Y[i − 1]⟩ + f̄[i] f[i − 1] + β̄[i] β[i − 1],
+    dμ[i] = ⟨P̄M[i], PM[i − 1]⟩ + m̄[i] m[i − 1],   dη = Σ_i dE[i] ∘ PA[i] + dG[i] ∘ Y[i] + dN[i] ∘ PM[i].
+A reverse pass needs the forward rows of the row before: PA and PM rows are products of the gates
+(`_segment_row`, a scan over one row), the rows of Y are kept from a forward pass in a scratch
+buffer. Cotangents above the diagonal (constant zeros in the forward) meet only zeros there and
+add nothing. One warp per chunk: no C × C block, no shared memory, no barrier (the C × C form
+these kernels had until 2026-11-26, cumulative products and scans of whole blocks, took 168 to
+210 registers at 4 to 8 warps).
 """
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _segment_products(g, o, SHIFT: tl.constexpr):
-    """P[r, c] = Π g[r'] over c + SHIFT ≤ r' ≤ r, zero above the diagonal band (g indexed by row)."""
-    rows, cols = o[:, None], o[None, :]
-    factors = tl.where(rows >= cols + SHIFT, g[:, None], 1.0)
-    return tl.where(rows >= cols + SHIFT - 1, tl.cumprod(factors, axis=0), 0.0)
-
-
-@triton.jit
 def _linear_step(a_prev, x_prev, a, x):
-    """The recurrence x_r = a_r x_{r−1} + p_r composed over two spans (the combine of `_decayed_rows`)."""
+    """The recurrence x_r = a_r x_{r−1} + p_r composed over two spans (an associative scan's combine)."""
     return a_prev * a, x_prev * a + x
 
 
 @triton.jit
-def _decayed_rows(g, p):
-    """PA @ p as a scan over rows: row r is g_{r+1} · (row r − 1) + p[r], since PA[r, c] = g_{r+1} PA[r − 1, c]
-    for c < r and PA[r, r] = 1 (g indexed by row). Exact at g = 0 like PA itself; no fp32 FMA product,
-    whose broadcast operands spilled on sm_80 at C = 64."""
-    _, x = tl.associative_scan((tl.broadcast_to(g[:, None], p.shape), p), 0, _linear_step)
-    return x
+def _row_step(p, g, i, o):
+    """Row i of a segment product P = PA(g) from row i − 1: P[i, j] = g[i] P[i − 1, j] for j < i,
+    P[i, i] = 1, 0 above the diagonal (g[i] the scalar gate of token i)."""
+    return tl.where(o < i, g * p, tl.where(o == i, 1.0, 0.0))
 
 
 @triton.jit
-def _decayed_rows_t(g_next, p):
-    """PAᵀ @ p as a reverse scan over rows: row r is p[r] + g[r + 1] · (row r + 1), since
-    PA[s, r] = g[r + 1] PA[s, r + 1] for s > r (g_next[r] = g[r + 1]; the last is not used)."""
-    _, x = tl.associative_scan((tl.broadcast_to(g_next[:, None], p.shape), p), 0, _linear_step, reverse=True)
-    return x
-
-
-@triton.jit
-def _decayed_cols(g, p):
-    """p @ PAᵀ as a scan over columns: column c is p[:, c] + g[c] · (column c − 1), since
-    PA[c, j] = g[c] PA[c − 1, j] for j < c (g indexed by column)."""
-    _, x = tl.associative_scan((tl.broadcast_to(g[None, :], p.shape), p), 1, _linear_step)
-    return x
-
-
-@triton.jit
-def _segment_grad(dp, g, g_next, o):
-    """dg[σ] of a segment product P = PA(g) (above) with upstream dP, indexed by row σ:
-    Σ_r P[r, σ] (dP Pᵀ)[r, σ − 1], the subdiagonal of Pᵀ (dP Pᵀ) (two scans, no division)."""
-    rows, cols = o[:, None], o[None, :]
-    w = _decayed_cols(g, tl.where(rows >= cols, dp, 0.0))                    # dP Pᵀ
-    return tl.sum(tl.where(cols == rows - 1, _decayed_rows_t(g_next, w), 0.0), axis=1)
-
-
-@triton.jit
-def _prefix_grad(p, db, g_prev):
-    """dg[σ] of b = cumprod(g), indexed by column σ: (Π_{i < σ} g[i]) · (Pᵀ db)[σ]; g_prev[σ] = g[σ − 1]
-    (1 at σ = 0)."""
-    return tl.cumprod(g_prev, axis=0) * tl.sum(p * db[:, None], axis=0)
+def _segment_row(g_next, i, o):
+    """Row i of P = PA(g) from the gates alone, as the reverse pass needs it:
+    P[i, j] = Π_{j < s ≤ i} g[s] for j ≤ i, 0 above (g_next[j] = g[j + 1]; zeros at i = −1)."""
+    return tl.where(o <= i, tl.cumprod(tl.where(o < i, g_next, 1.0), axis=0, reverse=True), 0.0)
 
 
 @triton.jit
 def chunk_gates_fwd_kernel(lr, ret, mom, decay, carry, write, mom_decay, mom_write, dgd_write,
                            C: tl.constexpr, USE_MOMENTUM: tl.constexpr, USE_DGD_WRITE: tl.constexpr,
                            N_LAST_ROW: tl.constexpr):
-    """USE_DGD_WRITE: store E (with momentum it serves DGD alone; without, E = G is the write).
-    N_LAST_ROW: store N's last row N[C, :] alone ([n, C])."""
+    """One chunk's gates, the matrices a row at a time: PA, PM and Y = PA @ PM are row recurrences
+    (`_row_step`; Y[i, :] = α[i] Y[i − 1, :] + PM[i, :]), so no C × C block is held and every row is
+    stored once, whole. USE_DGD_WRITE: store E (with momentum it serves DGD alone; without, E = G is
+    the write). N_LAST_ROW: store N's last row N[C, :] alone ([n, C])."""
     i_chunk = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, C)
-    rows, cols = o[:, None], o[None, :]
-    o_vec, o_mat = i_chunk * (C + 1), i_chunk * (C + 1) * C
-    o_rows = o_mat + (1 + rows) * C + cols                                    # rows 1..C of [C+1, C]
-    eta = tl.load(lr + i_chunk * C + o)
-    alpha = tl.load(ret + i_chunk * C + o)
-    p_a = _segment_products(alpha, o, 1)                                      # PA
+    o_in, o_vec, o_mat = i_chunk * C, i_chunk * (C + 1), i_chunk * (C + 1) * C
+    zero_row = tl.zeros([C], dtype=tl.float32)
+    eta = tl.load(lr + o_in + o)
+    alpha = tl.load(ret + o_in + o)
     tl.store(decay + o_vec, 1.0)
-    tl.store(decay + o_vec + 1 + o, tl.cumprod(alpha, axis=0))                # β
+    tl.store(decay + o_vec + 1 + o, tl.cumprod(alpha, axis=0))                 # β
     if USE_DGD_WRITE:
-        tl.store(dgd_write + o_mat + o, tl.zeros([C], dtype=tl.float32))
-        tl.store(dgd_write + o_rows, p_a * eta[None, :])                     # E = PA ∘ η
+        tl.store(dgd_write + o_mat + o, zero_row)
     if USE_MOMENTUM:
-        mu = tl.load(mom + i_chunk * C + o)
-        p_m = _segment_products(mu, o, 1)                                     # PM
-        m = tl.cumprod(mu, axis=0)
+        m = tl.cumprod(tl.load(mom + o_in + o), axis=0)
         tl.store(mom_decay + o_vec, 1.0)
-        tl.store(mom_decay + o_vec + 1 + o, m)                                # m
+        tl.store(mom_decay + o_vec + 1 + o, m)                                  # m
+        _, f = tl.associative_scan((alpha, m), 0, _linear_step)               # f[i] = α[i] f[i − 1] + m[i]
         tl.store(carry + o_vec, 0.0)
-        tl.store(carry + o_vec + 1 + o, tl.sum(p_a * m[None, :], axis=1))     # f = (PA ∘ m) 1
-        tl.store(write + o_mat + o, tl.zeros([C], dtype=tl.float32))
-        tl.store(write + o_rows, _decayed_rows(alpha, p_m) * eta[None, :])   # G = (PA @ PM) ∘ η
-        if N_LAST_ROW:                                                        # N[C, :]
-            tl.store(mom_write + i_chunk * C + o, tl.sum(tl.where(rows == C - 1, p_m, 0.0), axis=0) * eta)
-        else:
-            tl.store(mom_write + o_mat + o, tl.zeros([C], dtype=tl.float32))
-            tl.store(mom_write + o_rows, p_m * eta[None, :])                  # N
+        tl.store(carry + o_vec + 1 + o, f)
+        tl.store(write + o_mat + o, zero_row)
+        if not N_LAST_ROW:
+            tl.store(mom_write + o_mat + o, zero_row)
+    p_a, p_m, y = zero_row, zero_row, zero_row
+    for i in range(C):
+        o_row = o_mat + (1 + i) * C + o                                        # row 1 + i of [C+1, C]
+        a_i = tl.load(ret + o_in + i)
+        if USE_DGD_WRITE:
+            p_a = _row_step(p_a, a_i, i, o)
+            tl.store(dgd_write + o_row, p_a * eta)                            # E = PA ∘ η
+        if USE_MOMENTUM:
+            p_m = _row_step(p_m, tl.load(mom + o_in + i), i, o)
+            y = tl.where(o <= i, a_i * y + p_m, 0.0)
+            tl.store(write + o_row, y * eta)                                  # G = (PA @ PM) ∘ η
+            if not N_LAST_ROW:
+                tl.store(mom_write + o_row, p_m * eta)                        # N = PM ∘ η
+    if USE_MOMENTUM and N_LAST_ROW:
+        tl.store(mom_write + o_in + o, p_m * eta)                             # N[C, :]
 
 
 @triton.jit
 def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay, d_mom_write, d_dgd_write,
-                           d_lr, d_ret, d_mom, C: tl.constexpr, USE_MOMENTUM: tl.constexpr,
+                           d_lr, d_ret, d_mom, rows_y, C: tl.constexpr, USE_MOMENTUM: tl.constexpr,
                            USE_DGD_WRITE: tl.constexpr, N_LAST_ROW: tl.constexpr):
     """USE_DGD_WRITE: E's gradient d_dgd_write is given (else zero, and not read). N_LAST_ROW:
-    d_mom_write is the gradient of N's last row alone ([n, C])."""
+    d_mom_write is the gradient of N's last row alone ([n, C]). `rows_y` [n, C, C]: scratch for
+    the rows of Y = PA @ PM (with momentum)."""
     i_chunk = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, C)
-    rows, cols = o[:, None], o[None, :]
-    o_vec, o_mat = i_chunk * (C + 1), i_chunk * (C + 1) * C
-    o_rows = o_mat + (1 + rows) * C + cols
-    o_prev = i_chunk * C + o - 1                                              # g[r − 1] (1 at r = 0)
-    o_next = i_chunk * C + o + 1                                              # g[r + 1] (0 at r = C − 1)
-    eta = tl.load(lr + i_chunk * C + o)
-    alpha = tl.load(ret + i_chunk * C + o)
-    alpha_prev = tl.load(ret + o_prev, mask=o >= 1, other=1.0)
-    alpha_next = tl.load(ret + o_next, mask=o < C - 1, other=0.0)
-    # α first, with PA and dPA the only C×C blocks live; dG ∘ η is read again for μ
-    p_a = _segment_products(alpha, o, 1)
-    if USE_DGD_WRITE:
-        d_e = tl.load(d_dgd_write + o_rows)
-        d_eta = tl.sum(d_e * p_a, axis=0)
-        d_pa = d_e * eta[None, :]
-    else:
-        d_eta = tl.zeros([C], dtype=tl.float32)
-        d_pa = tl.zeros([C, C], dtype=tl.float32)
-    d_ret_prefix = _prefix_grad(p_a, tl.load(d_decay + o_vec + 1 + o), alpha_prev)
+    o_in, o_vec, o_mat = i_chunk * C, i_chunk * (C + 1), i_chunk * (C + 1) * C
+    o_y = i_chunk * C * C
+    zero_row = tl.zeros([C], dtype=tl.float32)
+    eta = tl.load(lr + o_in + o)
+    alpha = tl.load(ret + o_in + o)
+    alpha_prev = tl.load(ret + o_in + o - 1, mask=o >= 1, other=1.0)          # α[i − 1] (1 at i = 0)
+    alpha_next = tl.load(ret + o_in + o + 1, mask=o < C - 1, other=0.0)       # α[i + 1] (0 at i = C − 1)
+    # the scalar recurrences: β̄[i] = dβ[i] + α[i + 1] β̄[i + 1] against β[i − 1] (f, m alike)
+    _, d_beta = tl.associative_scan((alpha_next, tl.load(d_decay + o_vec + 1 + o)), 0, _linear_step, reverse=True)
+    d_alpha = d_beta * tl.cumprod(alpha_prev, axis=0)
     if USE_MOMENTUM:
-        mu = tl.load(mom + i_chunk * C + o)
-        d_f = tl.load(d_carry + o_vec + 1 + o)
-        d_m = tl.load(d_mom_decay + o_vec + 1 + o) + tl.sum(p_a * d_f[:, None], axis=0)
-        d_ge = tl.load(d_write + o_rows) * eta[None, :]
-        d_pa += d_f[:, None] * tl.cumprod(mu, axis=0)[None, :] + _decayed_cols(mu, d_ge)   # + (dG ∘ η) PMᵀ
-    tl.store(d_ret + i_chunk * C + o, _segment_grad(d_pa, alpha, alpha_next, o) + d_ret_prefix)
+        mu = tl.load(mom + o_in + o)
+        mu_prev = tl.load(mom + o_in + o - 1, mask=o >= 1, other=1.0)
+        mu_next = tl.load(mom + o_in + o + 1, mask=o < C - 1, other=0.0)
+        m_prev = tl.cumprod(mu_prev, axis=0)                                   # m[i − 1] (1 at i = 0)
+        _, f_prev = tl.associative_scan((alpha_prev, tl.where(o >= 1, m_prev, 0.0)), 0, _linear_step)
+        _, d_f = tl.associative_scan((alpha_next, tl.load(d_carry + o_vec + 1 + o)), 0, _linear_step, reverse=True)
+        _, d_m = tl.associative_scan((mu_next, tl.load(d_mom_decay + o_vec + 1 + o) + d_f), 0, _linear_step,
+                                     reverse=True)
+        d_alpha += d_f * f_prev
+        d_mu = d_m * m_prev
+        # forward pass: the rows of Y, for the reverse pass
+        p_m, y = zero_row, zero_row
+        for i in range(C):
+            p_m = _row_step(p_m, tl.load(mom + o_in + i), i, o)
+            y = tl.where(o <= i, tl.load(ret + o_in + i) * y + p_m, 0.0)
+            tl.store(rows_y + o_y + i * C + o, y)
+    # reverse pass over the rows: the adjoints of E, G, N's rows and of the rows below
+    d_eta = zero_row
+    bar_pa, bar_y, bar_pm = zero_row, zero_row, zero_row
+    p_a = _segment_row(alpha_next, C - 1, o)                                  # PA[i], PM[i], Y[i] at i = C − 1
     if USE_MOMENTUM:
-        mu_prev = tl.load(mom + o_prev, mask=o >= 1, other=1.0)
-        mu_next = tl.load(mom + o_next, mask=o < C - 1, other=0.0)
-        p_m = _segment_products(mu, o, 1)
-        d_g = tl.load(d_write + o_rows)
-        if N_LAST_ROW:
-            d_n = tl.where(rows == C - 1, tl.load(d_mom_write + i_chunk * C + o)[None, :], 0.0)
-        else:
-            d_n = tl.load(d_mom_write + o_rows)
-        d_eta += tl.sum(d_g * _decayed_rows(alpha, p_m) + d_n * p_m, axis=0)  # G = (PA @ PM) ∘ η, N = PM ∘ η
-        d_mom_prefix = _prefix_grad(p_m, d_m, mu_prev)
-        d_pm = d_n * eta[None, :] + _decayed_rows_t(alpha_next, d_g * eta[None, :])   # dN ∘ η + PAᵀ (dG ∘ η)
-        tl.store(d_mom + i_chunk * C + o, _segment_grad(d_pm, mu, mu_next, o) + d_mom_prefix)
-    tl.store(d_lr + i_chunk * C + o, d_eta)
+        p_m = _segment_row(mu_next, C - 1, o)
+    for r in range(C):
+        i = C - 1 - r
+        o_row = o_mat + (1 + i) * C + o                                        # row 1 + i of [C+1, C]
+        a_next = tl.load(ret + o_in + i + 1, mask=i < C - 1, other=0.0)
+        d_alpha_i = 0.0
+        if USE_DGD_WRITE:                                                     # E = PA ∘ η
+            d_e = tl.load(d_dgd_write + o_row)
+            p_a_prev = _segment_row(alpha_next, i - 1, o)
+            d_eta += d_e * p_a
+            bar_pa = d_e * eta + a_next * bar_pa
+            d_alpha_i += tl.sum(bar_pa * p_a_prev, axis=0)
+            p_a = p_a_prev
+        if USE_MOMENTUM:                                                      # G = Y ∘ η, N = PM ∘ η
+            d_g = tl.load(d_write + o_row)
+            y_prev = tl.load(rows_y + o_y + (i - 1) * C + o, mask=(o >= 0) & (i >= 1), other=0.0)
+            d_eta += d_g * y
+            bar_y = d_g * eta + a_next * bar_y
+            d_alpha_i += tl.sum(bar_y * y_prev, axis=0)
+            y = y_prev
+            if N_LAST_ROW:
+                d_n = tl.load(d_mom_write + o_in + o, mask=(o >= 0) & (i == C - 1), other=0.0)
+            else:
+                d_n = tl.load(d_mom_write + o_row)
+            p_m_prev = _segment_row(mu_next, i - 1, o)
+            d_eta += d_n * p_m
+            bar_pm = d_n * eta + bar_y + tl.load(mom + o_in + i + 1, mask=i < C - 1, other=0.0) * bar_pm
+            d_mu = tl.where(o == i, d_mu + tl.sum(bar_pm * p_m_prev, axis=0), d_mu)
+            p_m = p_m_prev
+        d_alpha = tl.where(o == i, d_alpha + d_alpha_i, d_alpha)
+    tl.store(d_lr + o_in + o, d_eta)
+    tl.store(d_ret + o_in + o, d_alpha)
+    if USE_MOMENTUM:
+        tl.store(d_mom + o_in + o, d_mu)
 
 
 CHUNK_SIZES = (16, 32, 64)      # forward and backward
 
 
-def num_warps(part: str, C: int) -> int:
-    """Warps per chunk program: the fewest, and at least 4, without register spills on sm_90 and
-    sm_80 (`nested-kernels compile-report --kernel chunk_gates`). No C×C×C product is left: the
-    fp32 (ieee) products PA @ PM, PAᵀ dG, dG PMᵀ and dP Pᵀ, FMA loops whose broadcast operands
-    spilled at C = 64 (on sm_80 even at 16 warps), are scans over rows or columns. At C = 64 the
-    forward takes 168 registers at 4 warps; the backward, which finishes α (PA, dPA) before it
-    builds PM and reads dG again, 210 at 8 warps (at 4 it spills 20 B)."""
-    return {("fwd", 16): 4, ("fwd", 32): 4, ("fwd", 64): 4, ("bwd", 16): 4, ("bwd", 32): 4, ("bwd", 64): 8}[part, C]
+# one warp per chunk program: it holds rows of C values (`nested-kernels compile-report --kernel
+# chunk_gates` has the registers)
+NUM_WARPS = 1
 
 
 def chunk_gates_fwd(lr, retention, momentum, dgd_write: bool = True, mom_write_last_row: bool = False):
@@ -193,7 +196,7 @@ def chunk_gates_fwd(lr, retention, momentum, dgd_write: bool = True, mom_write_l
     mom_write = torch.empty(n, C, **f32) if use_momentum and mom_write_last_row else mat()
     launch(chunk_gates_fwd_kernel, (n,), lr.device, lr, retention, momentum, decay, carry, write, mom_decay,
            mom_write, dgd_write, C=C, USE_MOMENTUM=use_momentum, USE_DGD_WRITE=use_dgd_write,
-           N_LAST_ROW=mom_write_last_row, num_warps=num_warps("fwd", C))
+           N_LAST_ROW=mom_write_last_row, num_warps=NUM_WARPS)
     return decay, carry, write, mom_decay, mom_write, dgd_write
 
 
@@ -209,8 +212,9 @@ def chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_de
     use_momentum = momentum is not None
     d_lr, d_ret = torch.empty_like(lr), torch.empty_like(retention)
     d_mom = torch.empty_like(momentum) if use_momentum else None
+    rows_y = lr.new_empty(n, C, C) if use_momentum else None                   # the kernel's scratch
     launch(chunk_gates_bwd_kernel, (n,), lr.device, lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay,
-           d_mom_write, d_dgd_write, d_lr, d_ret, d_mom, C=C, USE_MOMENTUM=use_momentum,
+           d_mom_write, d_dgd_write, d_lr, d_ret, d_mom, rows_y, C=C, USE_MOMENTUM=use_momentum,
            USE_DGD_WRITE=d_dgd_write is not None, N_LAST_ROW=use_momentum and d_mom_write.dim() == 2,
-           num_warps=num_warps("bwd", C))
+           num_warps=NUM_WARPS)
     return d_lr, d_ret, d_mom
