@@ -251,7 +251,8 @@ run_step bench-mlp "${CAP[bench-mlp]}" "$PYTHON" benchmarks/bench_mlp_memory.py 
 run_step decode "${CAP[decode]}" "$PYTHON" benchmarks/bench_decode.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
 run_step hope-layer "${CAP[hope-layer]}" "$PYTHON" benchmarks/bench_hope_layer.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG"
 
-run_step profile "${CAP[profile]}" "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" --chunks 64,32
+run_step profile "${CAP[profile]}" "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" \
+    --shapes B8-T2048-H16-D64,B4-T4096-H16-D128 --backends triton --chunks 64
 run_step isolate "${CAP[isolate]}" "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" \
     --budget-s $(( CAP[isolate] - 60 ))
 

@@ -2,7 +2,8 @@
 (or torch) tier, kernels ranked by device time per call, and the share of our own Triton kernels
 (`linear_memory_*`) against everything around them (gate algebra, DGD inverse, layout copies).
 
-    python benchmarks/profile_linear_memory.py --out-dir DIR [--shape B8-T2048-H16-D64] [--calls 5]
+    python benchmarks/profile_linear_memory.py --out-dir DIR [--shapes B8-T2048-H16-D64,B4-T4096-H16-D128]
+        [--backends triton] [--chunks 64] [--calls 5]
 
 Inputs and calls are the benchmark's (`bench_linear_memory.py`: bf16 q/k/v, momentum; chunk 64 unless `--chunks`).
 On a CPU it profiles CPU operators instead (a smoke run; the interpreter's numbers mean nothing).
@@ -10,6 +11,7 @@ Writes profile-linear_memory.md.
 """
 import argparse
 import importlib.util
+import itertools
 import os
 import re
 import sys
@@ -30,11 +32,14 @@ def _bench_module():
     return module
 
 
-def parse_shape(bench, text: str):
-    match = re.fullmatch(r"B(\d+)-T(\d+)-H(\d+)-D(\d+)", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"--shape: expected B<b>-T<t>-H<h>-D<d>, got {text!r}")
-    return bench.BenchShape(*map(int, match.groups()))
+def parse_shapes(bench, text: str):
+    shapes = []
+    for name in text.split(","):
+        match = re.fullmatch(r"B(\d+)-T(\d+)-H(\d+)-D(\d+)", name)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"--shapes: expected B<b>-T<t>-H<h>-D<d>[,...], got {name!r}")
+        shapes.append(bench.BenchShape(*map(int, match.groups())))
+    return shapes
 
 
 def _host_and_wall_ms(fn, leaves, calls: int, cuda: bool):
@@ -91,8 +96,8 @@ def main(argv=None) -> int:
     bench = _bench_module()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
-    p.add_argument("--shape", default=None, help="B<b>-T<t>-H<h>-D<d> (default: the first benchmark shape; "
-                                                  "B1-T256-H2-D32 on a CPU)")
+    p.add_argument("--shapes", default=None, help="comma-separated B<b>-T<t>-H<h>-D<d> (default: the first "
+                                                   "benchmark shape; B1-T256-H2-D32 on a CPU)")
     p.add_argument("--backends", default="triton,torch")
     p.add_argument("--chunks", default=None,
                    help="comma-separated chunk sizes (default: the benchmark's; 16 and 32 use the Triton gate kernels)")
@@ -101,13 +106,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else [bench.settings.CHUNK]
     cuda = torch.cuda.is_available()
-    shape = parse_shape(bench, args.shape) if args.shape else (bench.SHAPES[0] if cuda else
-                                                                   bench.BenchShape(1, 256, 2, 32))
+    shapes = parse_shapes(bench, args.shapes) if args.shapes else [bench.SHAPES[0] if cuda else
+                                                                    bench.BenchShape(1, 256, 2, 32)]
     lines = ["# Profile of linear_memory", "",
              f"* device: {torch.cuda.get_device_name() if cuda else 'CPU (smoke run: CPU operators)'}; "
              f"torch {torch.__version__}", f"* {args.calls} calls after one warm-up call; self time per call", ""]
     status = 0
-    for chunk in chunks:
+    for shape, chunk in itertools.product(shapes, chunks):
         bench.settings.CHUNK = chunk                                          # read by linear_memory_callable
         for backend in args.backends.split(","):
             for dgd in (False, True):

@@ -72,10 +72,12 @@ def test_profile_cpu(tmp_path):
     """benchmarks/profile_linear_memory.py runs on a CPU (operators, not kernels) and writes its table."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_linear_memory.py"
     proc = subprocess.run([sys.executable, str(script), "--out-dir", str(tmp_path), "--backends", "torch",
-                           "--calls", "1", "--shape", "B1-T128-H2-D16", "--chunks", "16,32"], capture_output=True, text=True, timeout=300)
+                           "--calls", "1", "--shapes", "B1-T128-H2-D16,B1-T64-H1-D32", "--chunks", "16,32"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     md = (tmp_path / "profile-linear_memory.md").read_text()
-    assert md.count("### B1-T128-H2-D16 chunk 16 torch") == 4 and md.count("chunk 32 torch") == 4
+    for shape in ("B1-T128-H2-D16", "B1-T64-H1-D32"):
+        assert md.count(f"### {shape} chunk 16 torch") == 4 and md.count(f"### {shape} chunk 32 torch") == 4
     assert "failed" not in md
     assert "| `aten::" in md
 
