@@ -17,6 +17,9 @@
 #                (steps 5-8 write their .md/.json into the step logs, packed with them; their tables
 #                go into the report)
 #   9. profile   python benchmarks/profile_linear_memory.py: kernels ranked by device time per call
+#      config-sweep python benchmarks/config_sweep.py: each kernel of a forward and backward timed
+#                alone at its shipped launch configuration and its neighbours (what configs.py
+#                should hold; informative)
 #  10. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
 #                own against the torch tier (a kernel fault stays one row; errors by tensor)
 #  11. sanitizer compute-sanitizer memcheck, then racecheck, over the CUDA-kernel GPU tests (-k cuda)
@@ -45,7 +48,8 @@
 #                         10 minutes a call, so a session can split them over calls, e.g.
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile";
 #                         with 15 minutes of device time in all (machine start included), one call:
-#                         STEPS="build bench bench-16bit profile isolate pytest-gpu" PROFILE_CAP=60 ISOLATE_CAP=120
+#                         STEPS="build bench bench-16bit profile config-sweep isolate pytest-gpu" PROFILE_CAP=60
+#                         SWEEP_CAP=120 ISOLATE_CAP=120
 #                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common tests/test_operand_precision.py"
 #                         TOTAL_S=560
 #                         (the SPEC §8 table first, then where the time goes, the bf16 diagnosis, the
@@ -53,7 +57,7 @@
 #                         profile 47 s, isolate 48 s for 27 rows, those tests 144 s with 8 workers;
 #                         a machine start about 90 s
 #   PYTEST_GPU_PATHS      test files or folders for `pytest -m gpu` (default: all of tests/)
-#   PROFILE_CAP, ISOLATE_CAP  the time limits of those two steps (default 120, 180)
+#   PROFILE_CAP, SWEEP_CAP, ISOLATE_CAP  the time limits of those steps (default 120, 150, 180)
 #   SKIP_BUILD=1          compile nothing: the editable install without the extension (the Triton
 #                         and torch tiers; the CUDA tier then reads "not built"), or reusing the
 #                         extension already built (a second run on a warm machine)
@@ -78,7 +82,7 @@ BENCH_SHAPES=${BENCH_SHAPES:-auto}
 RESERVE_S=15                                   # kept back for writing the report
 # the time limits of the steps after the benchmark (which gets what they leave), in seconds
 declare -A CAP=([bench-16bit]=90 [bench-cms]=75 [bench-mlp]=150 [decode]=90 [hope-layer]=120
-                [profile]=${PROFILE_CAP:-120} [isolate]=${ISOLATE_CAP:-180} [sanitizer]=150 [compile-report]=150)
+                [profile]=${PROFILE_CAP:-120} [config-sweep]=${SWEEP_CAP:-150} [isolate]=${ISOLATE_CAP:-180} [sanitizer]=150 [compile-report]=150)
 STAMP=$(date -u +%Y-%m-%dT%H%MZ)
 OUT_DIR=${OUT_DIR:-${OUT:-benchmarks/results}}
 mkdir -p "$OUT_DIR" || exit 1
@@ -103,9 +107,9 @@ except Exception as e:
 
 left_s() { echo $(( TOTAL_S - SECONDS - RESERVE_S )); }
 
-STEPS=${STEPS:-build info check bench bench-16bit bench-cms bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu pytest-gpu-bigmem}
+STEPS=${STEPS:-build info check bench bench-16bit bench-cms bench-mlp decode hope-layer profile config-sweep isolate sanitizer compile-report pytest-gpu pytest-gpu-bigmem}
 want() { [[ " $STEPS " == *" $1 "* ]]; }   # want STEP: whether STEPS names it
-INFORMATIVE_STEPS="bench-16bit"             # their failure is reported, not counted in the exit status
+INFORMATIVE_STEPS="bench-16bit config-sweep"             # their failure is reported, not counted in the exit status
 
 # run_step NAME CAP_S CMD...: run CMD with a time limit of min(CAP_S, time left), log it, and add
 # a row to the report. Returns the command's exit status (124: timed out).
@@ -253,6 +257,8 @@ run_step hope-layer "${CAP[hope-layer]}" "$PYTHON" benchmarks/bench_hope_layer.p
 
 run_step profile "${CAP[profile]}" "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" \
     --shapes B8-T2048-H16-D64,B4-T4096-H16-D128 --backends triton --chunks 64
+run_step config-sweep "${CAP[config-sweep]}" "$PYTHON" benchmarks/config_sweep.py --out-dir "$LOG_DIR" \
+    --budget-s $(( CAP[config-sweep] - 30 ))
 run_step isolate "${CAP[isolate]}" "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" \
     --budget-s $(( CAP[isolate] - 60 ))
 
@@ -345,6 +351,10 @@ run_step pytest-gpu-bigmem 300 "$PYTHON" -m pytest -m "gpu and bigmem" "${PYTEST
         echo
         sed -e 's/^# /### /' -e 's/^## /#### /' "$md"
     done
+    if [[ -f "$LOG_DIR/config-sweep.md" ]]; then
+        echo
+        sed -e 's/^# /## /' "$LOG_DIR/config-sweep.md"
+    fi
 } >> "$REPORT"
 
 if [[ ${PACK_LOGS:-$([[ -n ${OUT:-} ]] && echo 1 || echo 0)} == 1 ]]; then
@@ -356,6 +366,6 @@ echo
 cat "$REPORT"
 echo
 echo "== steps"
-grep -E '^\| (build|info|check|bench|bench-16bit|bench-cms|bench-mlp|decode|hope-layer|profile|isolate|sanitizer|compile-report|pytest-gpu|pytest-gpu-bigmem) \|' "$REPORT"
+grep -E '^\| (build|info|check|bench|bench-16bit|bench-cms|bench-mlp|decode|hope-layer|profile|config-sweep|isolate|sanitizer|compile-report|pytest-gpu|pytest-gpu-bigmem) \|' "$REPORT"
 echo "report: $REPORT"
 exit "$FAILED"
