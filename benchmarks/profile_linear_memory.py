@@ -100,7 +100,7 @@ def main(argv=None) -> int:
                                                    "benchmark shape; B1-T256-H2-D32 on a CPU)")
     p.add_argument("--backends", default="triton,torch")
     p.add_argument("--chunks", default=None,
-                   help="comma-separated chunk sizes (default: the benchmark's; 16 and 32 use the Triton gate kernels)")
+                   help="comma-separated chunk sizes (default: the benchmark's; 16, 32 and 64 use the Triton gate kernels)")
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)

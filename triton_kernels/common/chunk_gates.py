@@ -17,10 +17,11 @@ and the scalar ones f̄, β̄, m̄ (reverse scans over the chunk, m̄ taking f̄
     dμ[i] = ⟨P̄M[i], PM[i − 1]⟩ + m̄[i] m[i − 1],   dη = Σ_i dE[i] ∘ PA[i] + dG[i] ∘ Y[i] + dN[i] ∘ PM[i].
 A reverse pass needs the forward rows of the row before: PA and PM rows are products of the gates
 (`_segment_row`, a scan over one row), the rows of Y are kept from a forward pass in a scratch
-buffer. Cotangents above the diagonal (constant zeros in the forward) meet only zeros there and
-add nothing. One warp per chunk: no C × C block, no shared memory, no barrier (the C × C form
-these kernels had until 2026-11-26, cumulative products and scans of whole blocks, took 168 to
-210 registers at 4 to 8 warps).
+buffer (`[n, C, C]`: one gate matrix more of traffic). The adjoint rows keep only the entries left
+of the diagonal, those the rows they meet can have: cotangents of the constant entries (zeros
+above the diagonal, ones on it) add nothing, NaN or not. One warp per chunk: no C × C block, no
+shared memory (the C × C form these kernels had until 2026-11-26, cumulative products and scans
+of whole blocks, took 168 to 210 registers at 4 to 8 warps).
 """
 import triton
 import triton.language as tl
@@ -78,15 +79,16 @@ def chunk_gates_fwd_kernel(lr, ret, mom, decay, carry, write, mom_decay, mom_wri
     for i in range(C):
         o_row = o_mat + (1 + i) * C + o                                        # row 1 + i of [C+1, C]
         a_i = tl.load(ret + o_in + i)
+        eta_i = tl.where(o <= i, eta, 0.0)                                    # 0 above the diagonal, NaN or not
         if USE_DGD_WRITE:
             p_a = _row_step(p_a, a_i, i, o)
-            tl.store(dgd_write + o_row, p_a * eta)                            # E = PA ∘ η
+            tl.store(dgd_write + o_row, p_a * eta_i)                          # E = PA ∘ η
         if USE_MOMENTUM:
             p_m = _row_step(p_m, tl.load(mom + o_in + i), i, o)
-            y = tl.where(o <= i, a_i * y + p_m, 0.0)
-            tl.store(write + o_row, y * eta)                                  # G = (PA @ PM) ∘ η
+            y = tl.where(o < i, a_i * y, 0.0) + p_m
+            tl.store(write + o_row, y * eta_i)                                # G = (PA @ PM) ∘ η
             if not N_LAST_ROW:
-                tl.store(mom_write + o_row, p_m * eta)                        # N = PM ∘ η
+                tl.store(mom_write + o_row, p_m * eta_i)                      # N = PM ∘ η
     if USE_MOMENTUM and N_LAST_ROW:
         tl.store(mom_write + o_in + o, p_m * eta)                             # N[C, :]
 
@@ -104,14 +106,12 @@ def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay,
     o_y = i_chunk * C * C
     zero_row = tl.zeros([C], dtype=tl.float32)
     eta = tl.load(lr + o_in + o)
-    alpha = tl.load(ret + o_in + o)
     alpha_prev = tl.load(ret + o_in + o - 1, mask=o >= 1, other=1.0)          # α[i − 1] (1 at i = 0)
     alpha_next = tl.load(ret + o_in + o + 1, mask=o < C - 1, other=0.0)       # α[i + 1] (0 at i = C − 1)
     # the scalar recurrences: β̄[i] = dβ[i] + α[i + 1] β̄[i + 1] against β[i − 1] (f, m alike)
     _, d_beta = tl.associative_scan((alpha_next, tl.load(d_decay + o_vec + 1 + o)), 0, _linear_step, reverse=True)
     d_alpha = d_beta * tl.cumprod(alpha_prev, axis=0)
     if USE_MOMENTUM:
-        mu = tl.load(mom + o_in + o)
         mu_prev = tl.load(mom + o_in + o - 1, mask=o >= 1, other=1.0)
         mu_next = tl.load(mom + o_in + o + 1, mask=o < C - 1, other=0.0)
         m_prev = tl.cumprod(mu_prev, axis=0)                                   # m[i − 1] (1 at i = 0)
@@ -125,8 +125,9 @@ def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay,
         p_m, y = zero_row, zero_row
         for i in range(C):
             p_m = _row_step(p_m, tl.load(mom + o_in + i), i, o)
-            y = tl.where(o <= i, tl.load(ret + o_in + i) * y + p_m, 0.0)
-            tl.store(rows_y + o_y + i * C + o, y)
+            y = tl.where(o < i, tl.load(ret + o_in + i) * y, 0.0) + p_m
+            tl.store(rows_y + o_y + i * C + o, y, mask=(o >= 0) & (i < C - 1))   # Y[C − 1] stays in registers
+        tl.debug_barrier()                                                    # at C = 16 other lanes read the rows
     # reverse pass over the rows: the adjoints of E, G, N's rows and of the rows below
     d_eta = zero_row
     bar_pa, bar_y, bar_pm = zero_row, zero_row, zero_row
@@ -142,14 +143,14 @@ def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay,
             d_e = tl.load(d_dgd_write + o_row)
             p_a_prev = _segment_row(alpha_next, i - 1, o)
             d_eta += d_e * p_a
-            bar_pa = d_e * eta + a_next * bar_pa
+            bar_pa = tl.where(o < i, d_e * eta + a_next * bar_pa, 0.0)
             d_alpha_i += tl.sum(bar_pa * p_a_prev, axis=0)
             p_a = p_a_prev
         if USE_MOMENTUM:                                                      # G = Y ∘ η, N = PM ∘ η
             d_g = tl.load(d_write + o_row)
             y_prev = tl.load(rows_y + o_y + (i - 1) * C + o, mask=(o >= 0) & (i >= 1), other=0.0)
             d_eta += d_g * y
-            bar_y = d_g * eta + a_next * bar_y
+            bar_y = tl.where(o < i, d_g * eta + a_next * bar_y, 0.0)
             d_alpha_i += tl.sum(bar_y * y_prev, axis=0)
             y = y_prev
             if N_LAST_ROW:
@@ -158,7 +159,8 @@ def chunk_gates_bwd_kernel(lr, ret, mom, d_decay, d_carry, d_write, d_mom_decay,
                 d_n = tl.load(d_mom_write + o_row)
             p_m_prev = _segment_row(mu_next, i - 1, o)
             d_eta += d_n * p_m
-            bar_pm = d_n * eta + bar_y + tl.load(mom + o_in + i + 1, mask=i < C - 1, other=0.0) * bar_pm
+            mu_next_i = tl.load(mom + o_in + i + 1, mask=i < C - 1, other=0.0)
+            bar_pm = tl.where(o < i, d_n * eta + bar_y + mu_next_i * bar_pm, 0.0)
             d_mu = tl.where(o == i, d_mu + tl.sum(bar_pm * p_m_prev, axis=0), d_mu)
             p_m = p_m_prev
         d_alpha = tl.where(o == i, d_alpha + d_alpha_i, d_alpha)
