@@ -11,9 +11,12 @@ configuration and at its neighbours: value tile BV (where the kernel has one) ha
 warps halved and doubled, 1 or 2 stages; a kernel whose grid tiles V gets the grid of the new BV.
 Key tiles stay as shipped (the backward's partial sums are laid out by them). Times are
 `triton.testing.do_bench` medians; kernels are swept in the order of their shipped time, largest
-first, until `--budget-s`. Every candidate's registers and spill bytes come from the compiled
-kernel: a faster candidate that spills, or that breaks the compile report's other rules
-(`nested-kernels compile-report`), still needs the report before it goes into a table.
+first, until `--budget-s`; the report is rewritten after each kernel, so a kill keeps what was
+timed, and a fault that breaks the CUDA context stops the sweep there. Only the first launch of
+each kernel is swept (e.g. the forward's chunk products, not the backward's). Every candidate's
+registers and local memory (Triton's `n_spills`, in 4-byte words) come from the compiled kernel: a
+faster candidate still needs `nested-kernels compile-report` (spills, shared memory, both archs)
+before it goes into a table.
 
 Kernels that add into their outputs (the backward's gate gradients, dK) are timed on the same
 buffers again and again: their values grow, the times do not depend on them.
@@ -57,7 +60,7 @@ class Candidate:
     shipped: bool
     ms: Optional[float] = None
     registers: Optional[int] = None
-    spills: Optional[int] = None
+    local_words: Optional[int] = None       # Triton's n_spills: local memory (spills, stack) in 4-byte words
     error: Optional[str] = None
 
 
@@ -121,17 +124,24 @@ def _compiled_stats(compiled) -> Tuple[Optional[int], Optional[int]]:
     return getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None)
 
 
-def time_candidate(launch: Launch, candidate: Candidate, rep_ms: int) -> None:
+def time_candidate(launch: Launch, candidate: Candidate, rep_ms: int) -> Optional[str]:
+    """Time `candidate` (its error, if it has one, is a row). Returns why timing must stop: a fault
+    that broke the CUDA context, which every later launch would report again; else None."""
     import triton.testing
 
     fn = relaunch(launch, candidate.config)
     try:
         compiled = fn()
         torch.cuda.synchronize()
-        candidate.registers, candidate.spills = _compiled_stats(compiled)
+        candidate.registers, candidate.local_words = _compiled_stats(compiled)
         candidate.ms = triton.testing.do_bench(fn, warmup=5, rep=rep_ms, return_mode="median")
     except Exception as e:  # noqa: BLE001 (a candidate that does not compile or launch is a row)
         candidate.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
+        try:
+            torch.cuda.synchronize()
+        except Exception:  # noqa: BLE001
+            return f"CUDA context broken by {kernel_name(launch.kernel)} at {_config_text(candidate.config)}"
+    return None
 
 
 def compile_share(launches: List[Launch], worker: int, workers: int) -> None:
@@ -171,7 +181,7 @@ def _config_text(config: Dict[str, int]) -> str:
 
 def report(title: str, sweeps: Dict[str, List[Candidate]], notes: List[str]) -> List[str]:
     lines = [f"# {title}", "", *notes, "",
-             "| kernel | shipped | shipped ms | best | best ms | shipped / best | best regs | best spills |",
+             "| kernel | shipped | shipped ms | best | best ms | shipped / best | best regs | best local words |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
     for name, candidates in sweeps.items():
         shipped = candidates[0]
@@ -181,7 +191,7 @@ def report(title: str, sweeps: Dict[str, List[Candidate]], notes: List[str]) -> 
         ratio = f"{shipped.ms / best.ms:.2f}" if best and shipped.ms else "—"
         lines.append(f"| `{name}` | {_config_text(shipped.config)} | {fmt(shipped.ms)} | "
                      f"{_config_text(best.config) if best else 'not measured'} | {fmt(best.ms if best else None)} | "
-                     f"{ratio} | {best.registers if best else '—'} | {best.spills if best else '—'} |")
+                     f"{ratio} | {best.registers if best else '—'} | {best.local_words if best else '—'} |")
     return lines
 
 
@@ -221,41 +231,62 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if args.compile_workers > 0 and not args.dry_run:
         run_compile_workers(list(argv if argv is not None else sys.argv[1:]), args.compile_workers, args.budget_s / 2)
-    sweeps: Dict[str, List[Candidate]] = {}
-    for launch in launches:                                                   # the shipped configurations
-        configs = candidate_configs(launch)
-        candidate = Candidate(configs[0], shipped=True)
-        if not args.dry_run:
-            time_candidate(launch, candidate, args.rep_ms)
-        sweeps[kernel_name(launch.kernel)] = [candidate] + [Candidate(c, shipped=False) for c in configs[1:]]
+    sweeps = {kernel_name(la.kernel): [Candidate(c, shipped=i == 0) for i, c in enumerate(candidate_configs(la))]
+              for la in launches}
+    write = lambda stop=None: write_report(args, shape, sweeps, stop)
+    if args.dry_run:
+        write()
+        return 0
+    run_sweep(launches, sweeps, lambda la, c: time_candidate(la, c, args.rep_ms),
+              lambda: time.perf_counter() - start > args.budget_s, f"time budget ({args.budget_s:.0f} s) spent", write)
+    return 0
+
+
+def run_sweep(launches: List[Launch], sweeps: Dict[str, List[Candidate]], time_one, over_budget, budget_note: str,
+              write) -> Optional[str]:
+    """Time every shipped configuration, then the other candidates kernel by kernel, largest shipped
+    time first, while `over_budget()` is False and no launch broke the context (`time_one` returns
+    why to stop); `sweeps` is reordered that way and `write(stop)` called after each kernel."""
+    stop = None
+    for launch in launches:
+        stop = stop or time_one(launch, sweeps[kernel_name(launch.kernel)][0])
     order = sorted(launches, key=lambda la: -(sweeps[kernel_name(la.kernel)][0].ms or 0.0))
-    skipped = []
-    for launch in order if not args.dry_run else []:
-        name = kernel_name(launch.kernel)
-        if time.perf_counter() - start > args.budget_s:
-            skipped.append(name)
-            continue
-        for candidate in sweeps[name][1:]:
-            time_candidate(launch, candidate, args.rep_ms)
-    sweeps = {kernel_name(la.kernel): sweeps[kernel_name(la.kernel)] for la in order}
-    device = torch.cuda.get_device_name() if cuda else "CPU (dry run: nothing timed)"
+    reordered = {kernel_name(la.kernel): sweeps[kernel_name(la.kernel)] for la in order}
+    sweeps.clear()
+    sweeps.update(reordered)
+    write(stop)
+    for launch in order:
+        for candidate in sweeps[kernel_name(launch.kernel)][1:]:
+            if stop is None and over_budget():
+                stop = budget_note
+            if stop is not None:
+                break
+            stop = time_one(launch, candidate)
+        write(stop)                                                           # what is timed survives a kill
+    return stop
+
+
+def write_report(args, shape, sweeps: Dict[str, List[Candidate]], stop: Optional[str]) -> None:
+    """config-sweep.md and .json in args.out_dir, from what is timed so far (`stop`: why the rest
+    was not), and the table on stdout."""
     import triton
 
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if cuda else "CPU (dry run: nothing timed)"
+    untimed = sum(c.ms is None and c.error is None for cs in sweeps.values() for c in cs)
     notes = [f"* device: {device}; torch {torch.__version__}, triton {triton.__version__}",
-             f"* {shape.name}, chunk {args.chunk}, bf16, momentum, {'DGD' if args.dgd else 'no DGD'}: the launches "
-             f"of one forward and backward; do_bench medians (rep {args.rep_ms} ms), each kernel alone",
-             f"* {sum(len(c) for c in sweeps.values())} candidates for {len(sweeps)} kernels"
-             + (f"; not swept (budget {args.budget_s:.0f} s): {', '.join(skipped)}" if skipped else "")]
+             f"* {shape.name}, chunk {args.chunk}, bf16, momentum, {'DGD' if args.dgd else 'no DGD'}: the first "
+             f"launch of each kernel in one forward and backward; do_bench medians (rep {args.rep_ms} ms), each "
+             f"kernel alone", f"* {sum(len(c) for c in sweeps.values())} candidates for {len(sweeps)} kernels, "
+             f"{untimed} not timed" + (f" ({stop})" if stop else "")]
     lines = report("Launch configurations by time", sweeps, notes)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "config-sweep.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out_dir, "config-sweep.json"), "w") as f:
-        json.dump({"notes": notes, "kernels": {n: [dataclasses.asdict(c) for c in cs] for n, cs in sweeps.items()}},
-                  f, indent=1)
-    print("\n".join(lines))
-    return 0
-
+        json.dump({"notes": notes, "stopped": stop,
+                   "kernels": {n: [dataclasses.asdict(c) for c in cs] for n, cs in sweeps.items()}}, f, indent=1)
+    print("\n".join(lines), flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,14 +48,15 @@
 #                         10 minutes a call, so a session can split them over calls, e.g.
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile";
 #                         with 15 minutes of device time in all (machine start included), one call:
-#                         STEPS="build bench bench-16bit profile config-sweep isolate pytest-gpu" PROFILE_CAP=60
-#                         SWEEP_CAP=120 ISOLATE_CAP=120
+#                         STEPS="build bench bench-16bit profile isolate pytest-gpu" PROFILE_CAP=90 ISOLATE_CAP=120
 #                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common tests/test_operand_precision.py"
 #                         TOTAL_S=560
 #                         (the SPEC §8 table first, then where the time goes, the bf16 diagnosis, the
 #                         Triton tests). On the H200 (2026-11-26) bench took 159 s for three shapes,
-#                         profile 47 s, isolate 48 s for 27 rows, those tests 144 s with 8 workers;
-#                         a machine start about 90 s
+#                         profile 47 s (16 cases at D64; now 8, at D64 and D128), isolate 48 s for 27
+#                         rows, those tests 144 s with 8 workers; a machine start about 90 s. With
+#                         device time left, a second call on the warm machine times the launch
+#                         configurations: STEPS="config-sweep" SWEEP_CAP=240 TOTAL_S=270
 #   PYTEST_GPU_PATHS      test files or folders for `pytest -m gpu` (default: all of tests/)
 #   PROFILE_CAP, SWEEP_CAP, ISOLATE_CAP  the time limits of those steps (default 120, 150, 180)
 #   SKIP_BUILD=1          compile nothing: the editable install without the extension (the Triton
@@ -257,8 +258,9 @@ run_step hope-layer "${CAP[hope-layer]}" "$PYTHON" benchmarks/bench_hope_layer.p
 
 run_step profile "${CAP[profile]}" "$PYTHON" benchmarks/profile_linear_memory.py --out-dir "$OUT_DIR" \
     --shapes B8-T2048-H16-D64,B4-T4096-H16-D128 --backends triton --chunks 64
-run_step config-sweep "${CAP[config-sweep]}" "$PYTHON" benchmarks/config_sweep.py --out-dir "$LOG_DIR" \
-    --budget-s $(( CAP[config-sweep] - 30 ))
+SWEEP_S=$(( CAP[config-sweep] < $(left_s) ? CAP[config-sweep] : $(left_s) ))   # what run_step will allow
+run_step config-sweep "$SWEEP_S" "$PYTHON" benchmarks/config_sweep.py --out-dir "$LOG_DIR" \
+    --budget-s $(( SWEEP_S > 60 ? SWEEP_S - 30 : SWEEP_S / 2 ))
 run_step isolate "${CAP[isolate]}" "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" \
     --budget-s $(( CAP[isolate] - 60 ))
 

@@ -112,6 +112,8 @@ def main(argv=None) -> int:
              f"* device: {torch.cuda.get_device_name() if cuda else 'CPU (smoke run: CPU operators)'}; "
              f"torch {torch.__version__}", f"* {args.calls} calls after one warm-up call; self time per call", ""]
     status = 0
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, "profile-linear_memory.md")
     for shape, chunk in itertools.product(shapes, chunks):
         bench.settings.CHUNK = chunk                                          # read by linear_memory_callable
         for backend in args.backends.split(","):
@@ -124,10 +126,8 @@ def main(argv=None) -> int:
                         lines += [title, "", f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", ""]
                         status = 1
                     print("\n".join(lines[-3:]), flush=True)
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, "profile-linear_memory.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+                    with open(path, "w") as f:                              # each case: a time limit keeps them
+                        f.write("\n".join(lines))
     print(f"wrote {path}", file=sys.stderr)
     return status
 

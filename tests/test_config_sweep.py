@@ -70,3 +70,47 @@ def test_dry_run_records_every_kernel(sweep, tmp_path):
             "linear_memory_bwd_kernel_dgd_inv"} <= kernels
     assert all(c["ms"] is None for cs in data["kernels"].values() for c in cs)   # nothing timed on a CPU
     assert "not measured" in (tmp_path / "config-sweep.md").read_text()
+
+
+def _sweep_of(sweep, names_ms):
+    launches, sweeps = [], {}
+    for name, ms in names_ms:
+        kernel, _ = _fake_kernel(name)
+        launch = sweep.Launch(kernel, (1,), (), dict(V=64, BV=32, num_warps=4, num_stages=1, ms=ms))
+        launches.append(launch)
+        sweeps[name] = [sweep.Candidate(c, shipped=i == 0) for i, c in enumerate(sweep.candidate_configs(launch))]
+    return launches, sweeps
+
+
+def test_sweep_order_budget_and_fault(sweep):
+    """Largest shipped time first; a broken context stops the sweep; the report is written after
+    the shipped pass and after every kernel."""
+    launches, sweeps = _sweep_of(sweep, [("small", 1.0), ("large", 3.0), ("middle", 2.0)])
+    timed, writes = [], []
+
+    def time_one(launch, candidate):
+        name = launch.kernel.__name__
+        timed.append((name, candidate.shipped))
+        candidate.ms = launch.kwargs["ms"] * (1.0 if candidate.shipped else 0.5)
+        if name == "middle" and not candidate.shipped and len([t for t in timed if t[0] == "middle"]) == 3:
+            return "CUDA context broken"
+        return None
+
+    stop = sweep.run_sweep(launches, sweeps, time_one, lambda: False, "budget", writes.append)
+    assert stop == "CUDA context broken"
+    assert list(sweeps) == ["large", "middle", "small"]
+    assert timed[:3] == [("small", True), ("large", True), ("middle", True)]
+    assert all(n == "large" for n, _ in timed[3:3 + len(sweeps["large"]) - 1])
+    assert not any(n == "small" and not shipped for n, shipped in timed)   # after the fault, nothing
+    assert writes[0] is None and writes[-1] == "CUDA context broken" and len(writes) == 1 + len(launches)
+    md = "\n".join(sweep.report("t", sweeps, []))
+    assert "| `large` | BV=32, num_warps=4, num_stages=1 | 3.0000 |" in md and "| 2.00 |" in md
+
+
+def test_sweep_budget(sweep):
+    launches, sweeps = _sweep_of(sweep, [("a", 1.0), ("b", 2.0)])
+    calls = []
+    stop = sweep.run_sweep(launches, sweeps, lambda la, c: calls.append(c) or None, lambda: len(calls) >= 4,
+                           "budget spent", lambda stop: None)
+    assert stop == "budget spent" and len(calls) == 4                       # 2 shipped, then 2 more candidates
+    assert sum(c.shipped for c in calls) == 2
