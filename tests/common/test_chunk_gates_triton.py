@@ -15,9 +15,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.usefixtures("interpreter_memcheck")   # tests/conftest.py
 
 
-def _gates(C, momentum, extreme):
+def _gates(C, momentum, extreme, lead=(2, 3)):
     gen = torch.Generator().manual_seed(C + momentum)
-    shape = (2, 3, C)                                                   # [H, NC, C]
+    shape = (*lead, C)                                                  # [H, NC, C]
     lr, ret = torch.rand(shape, generator=gen, dtype=torch.float64), torch.rand(shape, generator=gen, dtype=torch.float64)
     mom = torch.rand(shape, generator=gen, dtype=torch.float64) if momentum else None
     if extreme:                                                         # forget everything, no step, full momentum
@@ -32,7 +32,20 @@ def _gates(C, momentum, extreme):
 @pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
 @pytest.mark.parametrize("C", [16, 32, 64], ids=lambda c: f"C{c}")
 def test_values_and_gradients(C, momentum, extreme):
-    lr, ret, mom = _gates(C, momentum, extreme)
+    _check_values_and_gradients(C, momentum, extreme)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "extreme"])
+@pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
+@pytest.mark.parametrize("C", [16, 32, 64], ids=lambda c: f"C{c}")
+def test_values_and_gradients_gpu(C, momentum, extreme):
+    """The same on the card, over 1024 chunks: the one-warp programs run side by side."""
+    _check_values_and_gradients(C, momentum, extreme, lead=(8, 128))
+
+
+def _check_values_and_gradients(C, momentum, extreme, lead=(2, 3)):
+    lr, ret, mom = _gates(C, momentum, extreme, lead)
     ref_leaves = [x.clone().requires_grad_() for x in (lr, ret, mom) if x is not None]
     out_leaves = [x.to(DEVICE, torch.float32).requires_grad_() for x in (lr, ret, mom) if x is not None]
     ref = chunk_gates(*ref_leaves, *([None] if not momentum else []))
@@ -155,8 +168,19 @@ def test_nan_gate_stays_local(gate, k):
     """A NaN gate poisons only what depends on it: every output and gradient entry that the float64
     reference gives the same for two finite values of that gate stays finite (and right), in the
     forward and through the backward kernel with cotangents on every entry, constant ones included."""
-    C, gen = 16, torch.Generator().manual_seed(5)
-    gates = dict(zip(("lr", "retention", "momentum"), _gates(C, True, False)))
+    _check_nan_gate_stays_local(gate, k, C=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gate", ["lr", "retention", "momentum"])
+@pytest.mark.parametrize("C,k", [(16, 5), (32, 31), (64, 0), (64, 40)], ids=lambda x: str(x))
+def test_nan_gate_stays_local_gpu(gate, C, k):
+    _check_nan_gate_stays_local(gate, k, C, lead=(4, 64))
+
+
+def _check_nan_gate_stays_local(gate, k, C, lead=(2, 3)):
+    gen = torch.Generator().manual_seed(5)
+    gates = dict(zip(("lr", "retention", "momentum"), _gates(C, True, False, lead)))
     cot = None
 
     def run(value, kernel):
