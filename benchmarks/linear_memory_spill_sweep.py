@@ -45,7 +45,7 @@ def main(argv=None):
             BK = BK or D
             if BV > D or BK > D:
                 continue
-            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=True, USE_DGD=True, DOT_PRECISION="tf32",
+            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=True, USE_DGD=True, DOT_PRECISION="tf32", STORE_RES=True,
                      FP32_OPERANDS=a.operands != "bf16", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
                      USE_FINAL_STATE_GRADIENT=True)
             spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}", kernel, aot.signature(runtime, a.operands.split("-")[0]),

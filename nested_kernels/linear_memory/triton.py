@@ -65,7 +65,7 @@ def _triton_fwd(
     state_dtype = torch.float32 if keep_states else operand_dtype(q.device, q.dtype)
     o, *states, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
                                            dgd=dgd, output_final_state=True, out_dtype=out_dtype,
-                                           state_dtype=state_dtype)
+                                           state_dtype=state_dtype, residuals=keep_states)
     kept = [_empty_if_none(x, ht) if keep_states else ht.new_empty(0) for x in states]
     return (o, ht, _empty_if_none(st, ht), *kept)
 

@@ -64,7 +64,7 @@ def _specs():
             for cfg, cfg_archs in by_config.items():
                 constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
                                   DOT_PRECISION="tf32", FP32_OPERANDS=fp32_operands, USE_INITIAL_STATE=True,
-                                  STORE_FINAL_STATE=True, USE_FINAL_STATE_GRADIENT=True)
+                                  STORE_FINAL_STATE=True, STORE_RES=True, USE_FINAL_STATE_GRADIENT=True)
                 yield AotSpec(
                     name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-mom-dgd{'-states16' * h16}", kernel=kernel,
                     signature=signature(runtime, qkv, h16),

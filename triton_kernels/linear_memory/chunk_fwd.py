@@ -20,13 +20,15 @@ def linear_memory_fwd_kernel_h(
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
-    STORE_FINAL_STATE: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr, STORE_RES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FP32_OPERANDS: tl.constexpr,
 ):
     """The chunk recurrence of one value tile. The states are held as two row tiles of BK rows
     (rows BK..2·BK−1 only when K > BK; K ≤ 2·BK): K M^c and K S^c are summed over the two, and
     each tile is updated with its own rows of Kᵀ, which keeps K = 256 free of spills. With DGD,
     `kk_write` [H, NC, BT, BT] holds (K Kᵀ) ⊙ G (rows 0..BT−1), which does not depend on the
-    state: computed before the launch, it leaves the recurrence with fewer live tiles."""
+    state: computed before the launch, it leaves the recurrence with fewer live tiles. STORE_RES:
+    store R for the backward (the output kernel forms it again from K, M^c and V)."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)                           # sequence × head on the uncapped axis
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
@@ -77,7 +79,8 @@ def linear_memory_fwd_kernel_h(
         b_v = tl.load(v + (o_tok[:, None] * H + i_h) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
         b_r = b_kx - b_v.to(tl.float32)                                       # R = K M^c − V
         o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
-        tl.store(res + o_tv, b_r, mask=m_v[None, :])
+        if STORE_RES:
+            tl.store(res + o_tv, b_r, mask=m_v[None, :])
 
         i_last = tl.load(last_rows + i_c)
         o_gate = o_chunk * (BT + 1)
@@ -125,13 +128,15 @@ def linear_memory_fwd_kernel_h(
 
 @triton.jit(do_not_specialize=["NC"])
 def linear_memory_fwd_kernel_o(
-    q, k, decay, carry, write, dgd_write, h, s, res, pseudo, o, scale,
+    q, k, v, decay, carry, write, dgd_write, h, s, pseudo, o, scale,
     NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_OPERANDS: tl.constexpr,
 ):
     """O = scale · (diag(β) Q M^c + diag(f) Q S^c − ((Q Kᵀ) ⊙ G) R − [dgd] ((Q Kᵀ) ⊙ E) W), rows 1..BT.
-    K is read in tiles of BK rows (BK < K keeps the live set small for K = 256)."""
+    K is read in tiles of BK rows (BK < K keeps the live set small for K = 256). R = K M^c − V is
+    formed here from the tiles of K and M^c the reads load anyway, rather than read back from the
+    recurrence (whose fp32 R was one [T, H, V] tensor written and read per forward)."""
     i_c, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     o_t = tl.arange(0, BT)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -144,7 +149,8 @@ def linear_memory_fwd_kernel_o(
     b_qk = tl.zeros([BT, BT], dtype=tl.float32)
     b_qx = tl.zeros([BT, BV], dtype=tl.float32)
     b_qs = tl.zeros([BT, BV], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):                                      # Q Kᵀ, Q M^c, Q S^c over K tiles
+    b_kx = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):                                      # Q Kᵀ, Q M^c, Q S^c, K M^c over K tiles
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         o_tk = (o_tok[:, None] * H + i_h) * K + o_k[None, :]
@@ -155,6 +161,7 @@ def linear_memory_fwd_kernel_o(
         b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
         b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
         b_qx += tl.dot(b_q, b_x.to(b_q.dtype), input_precision=DOT_PRECISION)
+        b_kx += tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
             b_qs += tl.dot(b_q, b_s.to(b_q.dtype), input_precision=DOT_PRECISION)
@@ -162,7 +169,7 @@ def linear_memory_fwd_kernel_o(
     b_o = tl.load(decay + o_gate + o_t)[:, None] * b_qx
     if USE_MOMENTUM:
         b_o += tl.load(carry + o_gate + o_t)[:, None] * b_qs
-    b_r = tl.load(res + o_tv, mask=m_v[None, :], other=0.0)
+    b_r = b_kx - tl.load(v + o_tv, mask=m_v[None, :], other=0.0).to(tl.float32)   # R = K M^c − V
     b_write = tl.load(write + (o_gate + o_t[:, None]) * BT + o_t[None, :])
     b_o -= tl.dot(b_qk * b_write, b_r, input_precision=DOT_PRECISION)
     if USE_DGD:
@@ -173,7 +180,7 @@ def linear_memory_fwd_kernel_o(
 
 
 def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
-                      out_dtype, output=True, kk_write=None, state_dtype=None):
+                      out_dtype, output=True, kk_write=None, state_dtype=None, residuals=True):
     """Launch both forward kernels (the output's only with `output`: the backward's recomputation
     needs the states alone, and passes the DGD product `kk_write` it has; computed here otherwise).
     q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
@@ -183,8 +190,9 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     fp32) is that of the stored chunk-start states h, s: the output kernel reads them only as
     operands of products with Q, in the operand dtype (`operand_dtype`: q's, or fp32 where its loads
     are converted), so states stored in it give the same output with half the bytes for 16-bit
-    operands; the backward reads them in fp32. Returns o (in `out_dtype`; None without `output`),
-    the chunk-start states h, s, R, W and ht, st."""
+    operands; the backward reads them in fp32. `residuals`: store R = K M^c − V for the caller (the
+    backward; the output kernel forms its own), always without `output`. Returns o (in `out_dtype`;
+    None without `output`), the chunk-start states h, s, R (None when not stored), W and ht, st."""
     import torch
 
     from ..common.chunk_products import chunk_products
@@ -208,7 +216,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     states = dict(dtype=state_dtype or torch.float32, device=k.device)
     h = torch.empty(H, NC, K, V, **states)
     s = torch.empty(H, NC, K, V, **states) if use_momentum else None
-    res = torch.empty(Tp, H, V, **f32)
+    res = torch.empty(Tp, H, V, **f32) if residuals or not output else None
     pseudo = torch.empty(Tp, H, V, **f32) if dgd else None
     ht = torch.empty(N, H, K, V, **f32) if output_final_state else None
     st = torch.empty(N, H, K, V, **f32) if output_final_state and use_momentum else None
@@ -224,7 +232,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
                                                                       precision=precision)[2],
         chunk_offsets=chunk_offsets,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
-        USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, **common, **cfg._asdict(),
+        USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, STORE_RES=res is not None, **common,
+        **cfg._asdict(),
     )
     if not output:
         return None, h, s, res, pseudo, ht, st
@@ -232,7 +241,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     cfg = launch_config("fwd_o", K, V, BT, fp32_operands, arch)
     launch(
         linear_memory_fwd_kernel_o, (NC, triton.cdiv(V, cfg.BV), H), k.device,            # NC: the uncapped axis
-        q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res, pseudo=pseudo,
+        q=q, k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, pseudo=pseudo,
         o=o, scale=scale, **common, **cfg._asdict(),
     )
     return o, h, s, res, pseudo, ht, st

@@ -22,7 +22,10 @@ candidate of the sweep is clean. On sm_80 fp32 operands come only from fp32 inpu
 configurations spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with
 64-token chunks is clean on both architectures.
 
-`SM90` replaces entries on Hopper alone: with 64-token chunks the backward's parallel kernels run
+`SM90` replaces entries on Hopper alone. `fwd_o` at K = 128 with 64-token chunks keeps 64-column
+value tiles there (clean at 133–154 registers), where sm_80's mma.sync spills them (12–64 B with
+16-bit states since the output kernel forms R = K M^c − V itself) and TABLE has 32. With
+64-token chunks the backward's parallel kernels run
 wgmma there, whose operands sit in shared memory, and take key tiles of 64 rows without spills
 (sm_80's mma.sync holds them in registers and spills at 64, which is why TABLE has 32). Fewer key
 tiles mean fewer partial sums of the gate and DGD-inverse gradients to write and add up (none at
@@ -48,8 +51,8 @@ TABLE = {
               (128, 16): (32, 8, 2, 256), (128, 32): (32, 8, 2, 256), (128, 64): (16, 4, 2, 256),
               (256, 16): (16, 8, 2, 128), (256, 32): (16, 8, 2, 128), (256, 64): (16, 8, 2, 128)},
     "fwd_o": {(64, 16): (64, 8, 1, 64), (64, 32): (64, 8, 1, 64), (64, 64): (64, 8, 1, 64),
-              (128, 16): (64, 8, 1, 64), (128, 32): (64, 8, 1, 64), (128, 64): (64, 8, 1, 32),
-              (256, 16): (32, 8, 1, 64), (256, 32): (32, 8, 1, 64), (256, 64): (32, 8, 1, 64)},
+              (128, 16): (64, 8, 1, 64), (128, 32): (64, 8, 1, 64), (128, 64): (32, 8, 1, 32),
+              (256, 16): (32, 4, 1, 64), (256, 32): (32, 8, 1, 64), (256, 64): (32, 8, 1, 64)},
     "bwd_dh": {(64, 16): (32, 8, 2, 256), (64, 32): (16, 4, 2, 256), (64, 64): (16, 4, 2, 256),
                (128, 16): (32, 8, 2, 256), (128, 32): (16, 8, 2, 256), (128, 64): (16, 4, 1, 256),
                (256, 16): (16, 8, 1, 128), (256, 32): (16, 4, 2, 128), (256, 64): (16, 8, 1, 128)},
@@ -82,6 +85,7 @@ FP32_OPERANDS = {
 # the entries that differ on sm_90 (both operand dtypes), before those of FP32_OPERANDS
 SM90 = {part: {(D, 64): (32, 8, 1, 64) for D in (64, 128, 256)}
         for part in ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")}
+SM90["fwd_o"] = {(128, 64): (64, 8, 1, 32)}
 
 
 def _pow2(n: int) -> int:
