@@ -8,7 +8,8 @@ GPU: which value tile, warps and pipeline stages each kernel should have in
 One forward and backward of the triton tier runs with every launch recorded (kernel, grid,
 arguments). Each recorded kernel is then launched again on those arguments, alone, at its shipped
 configuration and at its neighbours: value tile BV (where the kernel has one) halved and doubled,
-warps halved and doubled, 1 or 2 stages; a kernel whose grid tiles V gets the grid of the new BV.
+warps halved and doubled (and quartered, for kernels without a value tile), 1 or 2 stages; a
+kernel whose grid tiles V gets the grid of the new BV.
 Key tiles stay as shipped (the backward's partial sums are laid out by them). Times are
 `triton.testing.do_bench` medians; kernels are swept in the order of their shipped time, largest
 first, until `--budget-s`; the report is rewritten after each kernel, so a kill keeps what was
@@ -101,7 +102,10 @@ def candidate_configs(launch: Launch) -> List[Dict[str, int]]:
     if "BV" in kw:
         shipped["BV"] = kw["BV"]
         tiles = sorted({bv for bv in (kw["BV"] // 2, kw["BV"], kw["BV"] * 2) if 16 <= bv <= max(16, triton.next_power_of_2(kw["V"]))})
-    warps = sorted({w for w in (warps0 // 2, warps0, warps0 * 2) if 1 <= w <= 16})
+    # kernels without a value tile (the shared ones: gates, DGD inverse, chunk products) have fewer
+    # candidates, so they get one step further down in warps too
+    fewer = (warps0 // 4,) if "BV" not in kw else ()
+    warps = sorted({w for w in (*fewer, warps0 // 2, warps0, warps0 * 2) if 1 <= w <= 16})
     configs = [shipped]
     for bv, w, st in itertools.product(tiles, warps, sorted({1, 2, stages0})):
         config = {"num_warps": w, "num_stages": st, **({} if bv is None else {"BV": bv})}

@@ -42,11 +42,12 @@ def test_candidates_around_the_shipped_config(sweep, V, expected_tiles):
     assert {c["num_warps"] for c in configs} == {4, 8, 16} and {c["num_stages"] for c in configs} == {1, 2}
 
 
-def test_candidates_without_value_tile(sweep):
-    kernel, _ = _fake_kernel("chunk_gates_fwd_kernel")
-    configs = sweep.candidate_configs(sweep.Launch(kernel, (6,), (), dict(C=64, num_warps=1)))
-    assert configs[0] == dict(num_warps=1, num_stages=3)                    # Triton's default stages
-    assert all("BV" not in c for c in configs) and {c["num_warps"] for c in configs} == {1, 2}
+@pytest.mark.parametrize("warps,expected", [(1, {1, 2}), (8, {2, 4, 8, 16})], ids=["w1", "w8"])
+def test_candidates_without_value_tile(sweep, warps, expected):
+    kernel, _ = _fake_kernel("dgd_inverse_kernel")
+    configs = sweep.candidate_configs(sweep.Launch(kernel, (6,), (), dict(C=64, num_warps=warps)))
+    assert configs[0] == dict(num_warps=warps, num_stages=3)                # Triton's default stages
+    assert all("BV" not in c for c in configs) and {c["num_warps"] for c in configs} == expected
 
 
 @pytest.mark.parametrize("name,grid", [("linear_memory_fwd_kernel_h", (8, 4)), ("linear_memory_bwd_kernel_dq", (5, 1, 2))],
