@@ -4,8 +4,8 @@ sequence is padded to whole chunks of BT tokens. Gate matrices come from
 
 `linear_memory_fwd_kernel_h` carries (M, S) through the chunks of one sequence in fp32
 registers (one program per sequence × head and value tile) and stores each chunk's start
-state, the residuals R = K M^c − V and the DGD pseudo-values W. `linear_memory_fwd_kernel_o`
-then reads every chunk in parallel.
+state, the DGD pseudo-values W and, for the backward, the residuals R = K M^c − V.
+`linear_memory_fwd_kernel_o` then reads every chunk in parallel (forming R again itself).
 """
 import triton
 import triton.language as tl
