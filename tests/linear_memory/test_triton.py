@@ -234,7 +234,8 @@ def test_output_kernel_states_in_operand_dtype(monkeypatch, dtype):
     the dtype it casts them to for its products: the output equals, bit for bit, that of the fp32
     states kept for the backward (fp16 halves their bytes; bf16 products run on fp32 operands on
     the CPU, and its states must stay fp32). q reaches the kernels in its own dtype either way:
-    they convert their loads, no fp32 copy is made."""
+    they convert their loads, no fp32 copy is made. The output kernel forms R itself, so the
+    recurrence stores it only when the states are kept."""
     from nested_kernels import keep_chunk_states
     from nested_kernels.triton_kernels.utils.operand_precision import operand_dtype
 
@@ -249,6 +250,8 @@ def test_output_kernel_states_in_operand_dtype(monkeypatch, dtype):
         (kw,) = [kw for name, _, kw in calls if name == "linear_memory_fwd_kernel_o"]
         assert kw["q"].dtype == dtype and kw["FP32_OPERANDS"] == (operand_dtype(q.device, dtype) == torch.float32)
         assert kw["h"].dtype == kw["s"].dtype == (torch.float32 if keep else operand_dtype(q.device, dtype))
+        (kw,) = [kw for name, _, kw in calls if name == "linear_memory_fwd_kernel_h"]
+        assert kw["STORE_RES"] == keep and (kw["res"] is None) != keep          # R is stored for the backward only
         outputs.append(o)
     assert torch.equal(*outputs)
 
