@@ -145,6 +145,17 @@ def test_compile_specs_in_a_fresh_process(report):
     assert r.spec is SCALE
 
 
+def test_compile_specs_split_over_workers(report):
+    """Three fresh processes sharing five jobs (every third job each, one of them a compile error)
+    give each result back in the caller's order, as one process does."""
+    keys = ["scale-80", "gemm-90", "bad-block-90", "scale-90", "gemm-80"]
+    results = compile_specs([JOBS[k] for k in keys], fresh_process=True, workers=3)
+    assert [(r.spec, r.arch) for r in results] == [JOBS[k] for k in keys]
+    for key, r in zip(keys, results):
+        expected = report[key]
+        assert (r.registers, r.shared_bytes, r.matrix_unit, r.status) == (
+            expected.registers, expected.shared_bytes, expected.matrix_unit, expected.status), key
+
 def test_format_report(report):
     results = [report["gemm-90"], report["spilling-80"]]
     lines = format_report(results).splitlines()

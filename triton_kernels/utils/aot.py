@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 ARCHS = (90, 80)
@@ -309,13 +310,15 @@ def compile_spec(spec: AotSpec, arch: int) -> CompileResult:
     return compile_specs([(spec, arch)])[0]
 
 
-def compile_specs(jobs: Sequence[Tuple[AotSpec, int]], fresh_process: Optional[bool] = None) -> List[CompileResult]:
-    """`compile_spec` for each (spec, arch).
+def compile_specs(jobs: Sequence[Tuple[AotSpec, int]], fresh_process: Optional[bool] = None,
+                  workers: Optional[int] = None) -> List[CompileResult]:
+    """`compile_spec` for each (spec, arch), in the order given.
 
     Kernels decorated under TRITON_INTERPRET=1 (this package turns the interpreter on when it is
-    imported on a machine without a GPU) are not compilable in this process; they are compiled,
-    all in one fresh Python process with the interpreter off, which imports each kernel again by
-    module and name. `fresh_process` forces (True) or forbids (False) that; None decides per job.
+    imported on a machine without a GPU) are not compilable in this process; they are compiled in
+    fresh Python processes with the interpreter off, which import each kernel again by module and
+    name: `workers` of them at once (default: one per CPU this process may use), each taking every
+    `workers`-th job. `fresh_process` forces (True) or forbids (False) that; None decides per job.
     """
     results: List[Optional[CompileResult]] = [None] * len(jobs)
     away = []
@@ -330,7 +333,7 @@ def compile_specs(jobs: Sequence[Tuple[AotSpec, int]], fresh_process: Optional[b
         else:
             results[i] = _compile_here(spec, arch)
     if away:
-        for i, result in zip(away, _compile_in_fresh_process([jobs[i] for i in away])):
+        for i, result in zip(away, _compile_in_fresh_process([jobs[i] for i in away], workers)):
             results[i] = result
     return results
 
@@ -394,7 +397,7 @@ importlib.import_module({module!r})._serve({jobs!r}, {results!r})
 """
 
 
-def _compile_in_fresh_process(jobs: Sequence[Tuple[AotSpec, int]]) -> List[CompileResult]:
+def _compile_in_fresh_process(jobs: Sequence[Tuple[AotSpec, int]], workers: Optional[int] = None) -> List[CompileResult]:
     results: List[Optional[CompileResult]] = [None] * len(jobs)
     wire = []  # (index, module, qualname, spec without its kernel, arch)
     for i, (spec, arch) in enumerate(jobs):
@@ -408,14 +411,25 @@ def _compile_in_fresh_process(jobs: Sequence[Tuple[AotSpec, int]]) -> List[Compi
             wire.append(entry)
         except Exception as exc:
             results[i] = CompileResult(spec, arch, error=_short(exc))
-    if wire:
-        try:
-            fields = _run_fresh_process([w[1:] for w in wire])
-        except Exception as exc:
-            fields = [{"error": f"the fresh compile process failed: {_short(exc)}"}] * len(wire)
-        for (i, *_), out in zip(wire, fields):
-            results[i] = CompileResult(jobs[i][0], jobs[i][1], **out)
+    n = min(workers or _cpus(), len(wire))
+    if n:
+        with ThreadPoolExecutor(n) as pool:                                 # each thread waits on one process
+            for share, fields in enumerate(pool.map(_run_share, [wire[w::n] for w in range(n)])):
+                for (i, *_), out in zip(wire[share::n], fields):
+                    results[i] = CompileResult(jobs[i][0], jobs[i][1], **out)
     return results
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _run_share(wire: list) -> List[dict]:
+    """One fresh process's jobs; a process that fails makes each of its jobs an error row."""
+    try:
+        return _run_fresh_process([w[1:] for w in wire])
+    except Exception as exc:
+        return [{"error": f"the fresh compile process failed: {_short(exc)}"}] * len(wire)
 
 
 def _run_fresh_process(wire: list) -> List[dict]:
