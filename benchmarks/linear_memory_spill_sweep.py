@@ -1,9 +1,10 @@
 """Compile candidate launch configurations of the `linear_memory` Triton kernels ahead of time (no
 GPU) and print registers, spills, shared memory (dynamic + static) and the matrix unit of each:
-how `triton_kernels/linear_memory/configs.py` was chosen. Momentum and DGD on, bf16 inputs, as in the compile report.
+how `triton_kernels/linear_memory/configs.py` was chosen. Every combination of momentum and DGD
+(`--flags`, as in the compile report, `aot.FLAGS`), bf16 inputs unless `--operands` says otherwise.
 
     PYTHONPATH=. python benchmarks/linear_memory_spill_sweep.py --kernels fwd_h,bwd_dh --D 256 \
-        --BT 32,64 --BK 128 --BV 16,32 --warps 4,8 --stages 1,2 [--arch 90,80] [--jobs 2]
+        --BT 32,64 --BK 128 --BV 16,32 --warps 4,8 --stages 1,2 [--arch 90,80] [--flags mom-dgd,plain] [--jobs 2]
 
 BK 0 means the whole K. Each job is a few seconds of one core (ptxas); `--jobs` compile processes.
 """
@@ -11,7 +12,6 @@ import argparse
 import itertools
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from nested_kernels import compile_report
 
@@ -33,29 +33,31 @@ def main(argv=None):
     p.add_argument("--operands", default="bf16", choices=("bf16", "fp32", "bf16-fp32ops"),
                    help="q, k, v: bf16; fp32 (fp32 inputs, tf32 products); bf16-fp32ops (bf16 loads converted "
                         "to fp32 in the kernels: Hopper with Triton < 3.7.1)")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--flags", default=",".join(name for name, *_ in aot.FLAGS),
+                   help="momentum and DGD combinations (aot.FLAGS names); DGD-only kernels skip those without DGD")
+    p.add_argument("--jobs", type=int, default=2, help="compile processes at once")
     a = p.parse_args(argv)
     ints = lambda s: [int(x) for x in s.split(",")]
     jobs = []
     for part in a.kernels.split(","):
         kernel = aot.KERNELS[part]
         runtime, flags = kernel_params(kernel)
-        for D, BT, BK, BV, w, st, arch in itertools.product(ints(a.D), ints(a.BT), ints(a.BK), ints(a.BV),
-                                                           ints(a.warps), ints(a.stages), ints(a.arch)):
+        flag_sets = [f for f in aot.FLAGS if f[0] in a.flags.split(",") and (f[2] or "USE_DGD" in flags)]
+        for D, BT, BK, BV, w, st, arch, (flag_name, momentum, dgd) in itertools.product(
+                ints(a.D), ints(a.BT), ints(a.BK), ints(a.BV), ints(a.warps), ints(a.stages), ints(a.arch), flag_sets):
             BK = BK or D
             if BV > D or BK > D:
                 continue
-            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=True, USE_DGD=True, DOT_PRECISION="tf32", STORE_RES=True,
+            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=momentum, USE_DGD=dgd, DOT_PRECISION="tf32", STORE_RES=True,
                      FP32_OPERANDS=a.operands != "bf16", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
                      USE_FINAL_STATE_GRADIENT=True)
-            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}", kernel, aot.signature(runtime, a.operands.split("-")[0]),
+            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}-{flag_name}", kernel, aot.signature(runtime, a.operands.split("-")[0]),
                            {n: v for n, v in c.items() if n in flags}, w, st, gemm_heavy=BT == 64)
             jobs.append((spec, arch))
     t = time.time()
-    with ThreadPoolExecutor(a.jobs) as ex:  # each chunk compiles in a fresh process of its own
-        results = [r for rs in ex.map(compile_specs, [jobs[i::a.jobs] for i in range(a.jobs)]) for r in rs]
+    results = compile_specs(jobs, workers=a.jobs)
     for r in sorted(results, key=lambda r: (r.spec.name, r.arch)):
-        print(f"{r.spec.name:42s} sm_{r.arch} regs={r.registers} spills={r.spill_stores}/{r.spill_loads} "
+        print(f"{r.spec.name:50s} sm_{r.arch} regs={r.registers} spills={r.spill_stores}/{r.spill_loads} "
               f"smem={r.total_shared_bytes} {r.matrix_unit:5s} {r.status}")
     print(f"{len(jobs)} configurations in {time.time() - t:.0f}s", file=sys.stderr)
 

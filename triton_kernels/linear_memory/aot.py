@@ -30,13 +30,21 @@ INT32 = {"last_rows", "chunk_offsets"}
 SCALARS = {"scale": "fp32", "NC": "i32"}
 HEAD_DIMS = (64, 128, 256)
 CHUNK_SIZES = (16, 32, 64)
+# (name suffix, USE_MOMENTUM, USE_DGD): every combination runs different products, and none holds the
+# most registers everywhere (without momentum, bwd_dh at K = 256 with 32-token chunks spilled on
+# sm_80 where momentum and DGD together did not). Kernels without USE_DGD run with DGD only.
+FLAGS = (("mom-dgd", True, True), ("mom", True, False), ("dgd", False, True), ("plain", False, False))
 # Spills of the fp32-operand variant that no candidate of `benchmarks/linear_memory_spill_sweep.py
-# --operands fp32` avoids (K = 256 holds the state as two 128-row fp32 tiles; configs.py). Under
-# Triton 3.6 (the GPU machine's, where these rows are what runs) two more spill a little: fwd_h
-# D256-BT64 96 B, bwd_dh D256-BT32 8 B.
-KNOWN_SPILLS = {90: {"linear_memory_bwd_dh-D256-BT64-fp32qkv-mom-dgd"}}
+# --operands fp32` avoids: the reverse recurrence at K = 256 with 64-token chunks, with any flags
+# (README.md, "The remaining spill"). Under Triton 3.6 (the GPU machine's, where these rows are
+# what runs) three more spill a little: fwd_h D256-BT64 96 B and bwd_dh D256-BT32 8 B with momentum
+# and DGD, and bwd_dk_dgd D64-BT32 with converted loads, DGD without momentum, 20 B (with 64-row key
+# tiles no candidate is clean for both momentum settings there; 32-row ones would be, at twice the
+# reads of dO, R, W and the states).
+KNOWN_SPILLS = {90: {f"linear_memory_bwd_dh-D256-BT64-fp32qkv-{flags}" for flags, *_ in FLAGS}}
 if triton_version() < (3, 7):
-    KNOWN_SPILLS[90] |= {"linear_memory_fwd_h-D256-BT64-fp32qkv-mom-dgd", "linear_memory_bwd_dh-D256-BT32-fp32qkv-mom-dgd"}
+    KNOWN_SPILLS[90] |= {"linear_memory_fwd_h-D256-BT64-fp32qkv-mom-dgd", "linear_memory_bwd_dh-D256-BT32-fp32qkv-mom-dgd",
+                         "linear_memory_bwd_dk_dgd-D64-BT32-bf16-fp32ops-dgd"}
 
 
 def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
@@ -54,19 +62,21 @@ def _specs():
     for (variant, qkv, archs, fp32_operands), (part, kernel) in itertools.product(VARIANTS, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
         states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and not fp32_operands else (False,)
-        for D, BT, h16 in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16):
+        for D, BT, h16, (flag_name, momentum, dgd) in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16, FLAGS):
             if variant == CONVERTED_VARIANT[0] and not converts_loads(D, BT):
                 continue                                                      # fp32 copies there
+            if not dgd and "USE_DGD" not in flags:
+                continue                                                      # a DGD-only kernel
             by_config = {}                                                    # one spec per distinct config
             for arch in archs:
                 cfg = launch_config(part, D, D, BT, fp32_operands=fp32_operands, arch=arch)
                 by_config.setdefault(cfg, []).append(arch)
             for cfg, cfg_archs in by_config.items():
-                constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=True, USE_DGD=True,
+                constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=momentum, USE_DGD=dgd,
                                   DOT_PRECISION="tf32", FP32_OPERANDS=fp32_operands, USE_INITIAL_STATE=True,
                                   STORE_FINAL_STATE=True, STORE_RES=True, USE_FINAL_STATE_GRADIENT=True)
                 yield AotSpec(
-                    name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-mom-dgd{'-states16' * h16}", kernel=kernel,
+                    name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-{flag_name}{'-states16' * h16}", kernel=kernel,
                     signature=signature(runtime, qkv, h16),
                     constexprs={n: value for n, value in constexprs.items() if n in flags},
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, archs=tuple(cfg_archs),
