@@ -42,7 +42,7 @@ def main(argv=None):
     for part in a.kernels.split(","):
         kernel = aot.KERNELS[part]
         runtime, flags = kernel_params(kernel)
-        flag_sets = [f for f in aot.FLAGS if f[0] in a.flags.split(",") and (f[2] or "USE_DGD" in flags)]
+        flag_sets = [f for f in aot.flag_combinations(flags) if f[0] in a.flags.split(",")]
         for D, BT, BK, BV, w, st, arch, (flag_name, momentum, dgd) in itertools.product(
                 ints(a.D), ints(a.BT), ints(a.BK), ints(a.BV), ints(a.warps), ints(a.stages), ints(a.arch), flag_sets):
             BK = BK or D

@@ -34,6 +34,13 @@ CHUNK_SIZES = (16, 32, 64)
 # most registers everywhere (without momentum, bwd_dh at K = 256 with 32-token chunks spilled on
 # sm_80 where momentum and DGD together did not). Kernels without USE_DGD run with DGD only.
 FLAGS = (("mom-dgd", True, True), ("mom", True, False), ("dgd", False, True), ("plain", False, False))
+
+
+def flag_combinations(flags: set) -> list:
+    """The FLAGS entries a kernel with constexprs `flags` runs with."""
+    return [entry for entry in FLAGS if entry[2] or "USE_DGD" in flags]
+
+
 # Spills of the fp32-operand variant that no candidate of `benchmarks/linear_memory_spill_sweep.py
 # --operands fp32` avoids: the reverse recurrence at K = 256 with 64-token chunks, with any flags
 # (README.md, "The remaining spill"). Under Triton 3.6 (the GPU machine's, where these rows are
@@ -62,11 +69,10 @@ def _specs():
     for (variant, qkv, archs, fp32_operands), (part, kernel) in itertools.product(VARIANTS, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
         states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and not fp32_operands else (False,)
-        for D, BT, h16, (flag_name, momentum, dgd) in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16, FLAGS):
+        for D, BT, h16, (flag_name, momentum, dgd) in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16,
+                                                                       flag_combinations(flags)):
             if variant == CONVERTED_VARIANT[0] and not converts_loads(D, BT):
                 continue                                                      # fp32 copies there
-            if not dgd and "USE_DGD" not in flags:
-                continue                                                      # a DGD-only kernel
             by_config = {}                                                    # one spec per distinct config
             for arch in archs:
                 cfg = launch_config(part, D, D, BT, fp32_operands=fp32_operands, arch=arch)
