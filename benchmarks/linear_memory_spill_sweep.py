@@ -37,6 +37,9 @@ def main(argv=None):
                    help="momentum and DGD combinations (aot.FLAGS names); DGD-only kernels skip those without DGD")
     p.add_argument("--jobs", type=int, default=2, help="compile processes at once")
     a = p.parse_args(argv)
+    unknown = set(a.flags.split(",")) - {name for name, *_ in aot.FLAGS}
+    if unknown:
+        p.error(f"--flags: unknown {sorted(unknown)}; expected names of {[name for name, *_ in aot.FLAGS]}")
     ints = lambda s: [int(x) for x in s.split(",")]
     jobs = []
     for part in a.kernels.split(","):
@@ -55,7 +58,8 @@ def main(argv=None):
                            {n: v for n, v in c.items() if n in flags}, w, st, gemm_heavy=BT == 64)
             jobs.append((spec, arch))
     t = time.time()
-    results = compile_specs(jobs, workers=a.jobs)
+    # fresh processes even where Triton is not interpreted (a GPU machine), so that --jobs applies
+    results = compile_specs(jobs, fresh_process=True, workers=a.jobs)
     for r in sorted(results, key=lambda r: (r.spec.name, r.arch)):
         print(f"{r.spec.name:50s} sm_{r.arch} regs={r.registers} spills={r.spill_stores}/{r.spill_loads} "
               f"smem={r.total_shared_bytes} {r.matrix_unit:5s} {r.status}")

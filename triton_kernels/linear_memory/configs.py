@@ -10,9 +10,11 @@ K in tiles of BK rows; the backward's parallel kernels (`bwd_dq`, `bwd_dk`, `bwd
 `bwd_dgd_inv`) run one program per key tile of BK rows, loop over V in tiles of BV columns and
 share BK (their partial sums over key tiles share buffers); the recurrent ones (`fwd_h`,
 `bwd_dh`) hold the state as at most two tiles (K ≤ 2·BK). num_stages
-is per entry (it was fixed at 2): 1 wherever pipelining the loads only added registers, and for
-`bwd_dh` with 64-token chunks and K ≥ 128, whose two stages of four BT × BT fp32 blocks and the
-Q and K tiles needed more shared memory than a block may have.
+is per entry (it was fixed at 2): 1 wherever pipelining the loads only added registers (`bwd_dh` at
+K = 256 with 32-token chunks spilled 48 B on sm_80 at 2, with DGD and no momentum), 2 where it took
+some away (`bwd_dk` at K = 256 with 16-token chunks spilled 4 B there at 1), and 1 for `bwd_dh` with
+64-token chunks and K ≥ 128, whose two stages of four BT × BT fp32 blocks and the Q and K tiles
+needed more shared memory than a block may have.
 
 `FP32_OPERANDS` replaces entries for fp32 operands (16-bit q, k, v loads converted to fp32 on Hopper
 with Triton < 3.7.1, `utils/operand_precision.py`; fp32 inputs too), whose tiles take twice the

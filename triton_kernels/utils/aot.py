@@ -13,8 +13,8 @@ hardware would see:
   maximum of the architecture (`SHARED_MEMORY_LIMIT`): a block over it does not launch;
 * the matrix units: `wgmma.mma_async` (Hopper) or `mma.sync.aligned` (Ampere) in the PTX.
 
-Kernels decorated under TRITON_INTERPRET=1 (the CPU default of this package) are compiled in a
-fresh Python process with the interpreter off (`compile_specs`). Works with Triton 3.6 through
+Kernels decorated under TRITON_INTERPRET=1 (the CPU default of this package) are compiled in
+fresh Python processes with the interpreter off, several at once (`compile_specs`). Works with Triton 3.6 through
 3.8; Triton is imported only when a kernel is compiled.
 """
 import dataclasses
@@ -35,6 +35,9 @@ ARCHS = (90, 80)
 # Most shared memory one block may use (dynamic + static), in bytes: the opt-in maximum
 # (cudaDevAttrMaxSharedMemoryPerBlockOptin) of H100/H200 (227 KiB) and A100 (163 KiB).
 SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
+# Default bound on the fresh compile processes at once (`compile_specs`): each imports torch and
+# this package (about half a GiB).
+MAX_WORKERS = 8
 
 
 # What the memory ops' kernels get as q, k, v: (variant name, Triton dtype, architectures). bf16
@@ -317,9 +320,12 @@ def compile_specs(jobs: Sequence[Tuple[AotSpec, int]], fresh_process: Optional[b
     Kernels decorated under TRITON_INTERPRET=1 (this package turns the interpreter on when it is
     imported on a machine without a GPU) are not compilable in this process; they are compiled in
     fresh Python processes with the interpreter off, which import each kernel again by module and
-    name: `workers` of them at once (default: one per CPU this process may use), each taking every
-    `workers`-th job. `fresh_process` forces (True) or forbids (False) that; None decides per job.
+    name: `workers` of them at once (default: one per CPU this process may use, at most
+    MAX_WORKERS, since each imports torch), each taking every `workers`-th job. `fresh_process`
+    forces (True) or forbids (False) that; None decides per job.
     """
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"compile_specs: workers must be a positive int or None, got {workers!r}")
     results: List[Optional[CompileResult]] = [None] * len(jobs)
     away = []
     for i, (spec, arch) in enumerate(jobs):
@@ -411,7 +417,7 @@ def _compile_in_fresh_process(jobs: Sequence[Tuple[AotSpec, int]], workers: Opti
             wire.append(entry)
         except Exception as exc:
             results[i] = CompileResult(spec, arch, error=_short(exc))
-    n = min(workers or _cpus(), len(wire))
+    n = min(workers if workers is not None else min(_cpus(), MAX_WORKERS), len(wire))
     if n:
         with ThreadPoolExecutor(n) as pool:                                 # each thread waits on one process
             for share, fields in enumerate(pool.map(_run_share, [wire[w::n] for w in range(n)])):
