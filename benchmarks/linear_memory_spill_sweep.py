@@ -1,7 +1,8 @@
 """Compile candidate launch configurations of the `linear_memory` Triton kernels ahead of time (no
 GPU) and print registers, spills, shared memory (dynamic + static) and the matrix unit of each:
-how `triton_kernels/linear_memory/configs.py` was chosen. Every combination of momentum and DGD
-(`--flags`, as in the compile report, `aot.FLAGS`), bf16 inputs unless `--operands` says otherwise.
+how `triton_kernels/linear_memory/configs.py` was chosen. Every combination of momentum and DGD,
+and for bwd_dh with and without the final state's gradient (`--flags`, as in the compile report,
+`aot.flag_combinations`), bf16 inputs unless `--operands` says otherwise.
 
     PYTHONPATH=. python benchmarks/linear_memory_spill_sweep.py --kernels fwd_h,bwd_dh --D 256 \
         --BT 32,64 --BK 128 --BV 16,32 --warps 4,8 --stages 1,2 [--arch 90,80] [--flags mom-dgd,plain] [--jobs 2]
@@ -33,27 +34,28 @@ def main(argv=None):
     p.add_argument("--operands", default="bf16", choices=("bf16", "fp32", "bf16-fp32ops"),
                    help="q, k, v: bf16; fp32 (fp32 inputs, tf32 products); bf16-fp32ops (bf16 loads converted "
                         "to fp32 in the kernels: Hopper with Triton < 3.7.1)")
-    p.add_argument("--flags", default=",".join(name for name, *_ in aot.FLAGS),
-                   help="momentum and DGD combinations (aot.FLAGS names); DGD-only kernels skip those without DGD")
+    p.add_argument("--flags", default=None,
+                   help="flag combinations by name (aot.flag_combinations: mom-dgd, mom, dgd, plain, and for bwd_dh "
+                        "each with -nodht); default all a kernel runs with")
     p.add_argument("--jobs", type=int, default=2, help="compile processes at once")
     a = p.parse_args(argv)
-    unknown = set(a.flags.split(",")) - {name for name, *_ in aot.FLAGS}
+    known = {name for kernel in aot.KERNELS.values() for name, _ in aot.flag_combinations(kernel_params(kernel)[1])}
+    unknown = set(a.flags.split(",")) - known if a.flags else set()
     if unknown:
-        p.error(f"--flags: unknown {sorted(unknown)}; expected names of {[name for name, *_ in aot.FLAGS]}")
+        p.error(f"--flags: unknown {sorted(unknown)}; expected some of {sorted(known)}")
     ints = lambda s: [int(x) for x in s.split(",")]
     jobs = []
     for part in a.kernels.split(","):
         kernel = aot.KERNELS[part]
         runtime, flags = kernel_params(kernel)
-        flag_sets = [f for f in aot.flag_combinations(flags) if f[0] in a.flags.split(",")]
-        for D, BT, BK, BV, w, st, arch, (flag_name, momentum, dgd) in itertools.product(
+        flag_sets = [f for f in aot.flag_combinations(flags) if not a.flags or f[0] in a.flags.split(",")]
+        for D, BT, BK, BV, w, st, arch, (flag_name, flag_values) in itertools.product(
                 ints(a.D), ints(a.BT), ints(a.BK), ints(a.BV), ints(a.warps), ints(a.stages), ints(a.arch), flag_sets):
             BK = BK or D
             if BV > D or BK > D:
                 continue
-            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, USE_MOMENTUM=momentum, USE_DGD=dgd, DOT_PRECISION="tf32", STORE_RES=True,
-                     FP32_OPERANDS=a.operands != "bf16", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
-                     USE_FINAL_STATE_GRADIENT=True)
+            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, DOT_PRECISION="tf32", STORE_RES=True,
+                     FP32_OPERANDS=a.operands != "bf16", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, **flag_values)
             spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}-{flag_name}", kernel, aot.signature(runtime, a.operands.split("-")[0]),
                            {n: v for n, v in c.items() if n in flags}, w, st, gemm_heavy=BT == 64)
             jobs.append((spec, arch))

@@ -134,11 +134,14 @@ def test_triton_chunk_sm90_entries(monkeypatch):
     assert len(parallel) == 4 and all(grid[1] == 1 and BK == 64 for _, grid, BK in parallel), parallel
 
 
-def test_triton_chunk_k256():
+def test_triton_chunk_k256(monkeypatch):
     """The shipped K = V = 256 launch entries themselves (fp32 operands: the table of the fp32 copies
-    on Hopper), at the 64-token chunks whose bf16 run faulted once on an H200
+    on Hopper, `configs.SM90` included), at the 64-token chunks whose bf16 run faulted once on an H200
     (benchmarks/results/h200-2026-11-26.md); under the interpreter's memcheck every access stays in
     bounds."""
+    from nested_kernels.triton_kernels.utils import launch
+
+    monkeypatch.setattr(launch, "device_arch", lambda device: 90)
     check(1, 63, 1, 256, 256, 64, True, True, True)
     check(2, 1, 1, 256, 256, 64, False, False, True)                           # the faulting call's case
 

@@ -34,11 +34,18 @@ CHUNK_SIZES = (16, 32, 64)
 # most registers everywhere (without momentum, bwd_dh at K = 256 with 32-token chunks spilled on
 # sm_80 where momentum and DGD together did not). Kernels without USE_DGD run with DGD only.
 FLAGS = (("mom-dgd", True, True), ("mom", True, False), ("dgd", False, True), ("plain", False, False))
+# The reverse recurrence also without the final state's gradient (`-nodht`: the usual training
+# call, whose loss does not read the final state): there it starts from zeros, and two fp32 rows
+# spilled that did not with the gradient.
+FINAL_STATE_GRADIENT = (("", True), ("-nodht", False))
 
 
 def flag_combinations(flags: set) -> list:
-    """The FLAGS entries a kernel with constexprs `flags` runs with."""
-    return [entry for entry in FLAGS if entry[2] or "USE_DGD" in flags]
+    """(name suffix, constexprs) of each combination of FLAGS (and FINAL_STATE_GRADIENT) a kernel
+    with constexprs `flags` runs with."""
+    with_dht = FINAL_STATE_GRADIENT if "USE_FINAL_STATE_GRADIENT" in flags else (("", True),)
+    return [(name + dht_name, dict(USE_MOMENTUM=momentum, USE_DGD=dgd, USE_FINAL_STATE_GRADIENT=dht))
+            for name, momentum, dgd in FLAGS if dgd or "USE_DGD" in flags for dht_name, dht in with_dht]
 
 
 # Spills of the fp32-operand variant that no candidate of `benchmarks/linear_memory_spill_sweep.py
@@ -48,7 +55,11 @@ def flag_combinations(flags: set) -> list:
 # and DGD, and bwd_dk_dgd D64-BT32 with converted loads, DGD without momentum, 20 B (with 64-row key
 # tiles no candidate is clean for both momentum settings there; 32-row ones would be, at twice the
 # reads of dO, R, W and the states).
-KNOWN_SPILLS = {90: {f"linear_memory_bwd_dh-D256-BT64-fp32qkv-{flags}" for flags, *_ in FLAGS}}
+# Without the final state's gradient, bwd_dh at K = 256 with 32-token chunks spills 16 B there too,
+# with momentum and DGD (no candidate clean for every combination; 8 B with the gradient under 3.6).
+KNOWN_SPILLS = {90: {f"linear_memory_bwd_dh-D256-BT64-fp32qkv-{name}"
+                     for name, _ in flag_combinations(kernel_params(linear_memory_bwd_kernel_dh)[1])}
+                | {"linear_memory_bwd_dh-D256-BT32-fp32qkv-mom-dgd-nodht"}}
 if triton_version() < (3, 7):
     KNOWN_SPILLS[90] |= {"linear_memory_fwd_h-D256-BT64-fp32qkv-mom-dgd", "linear_memory_bwd_dh-D256-BT32-fp32qkv-mom-dgd",
                          "linear_memory_bwd_dk_dgd-D64-BT32-bf16-fp32ops-dgd"}
@@ -69,8 +80,8 @@ def _specs():
     for (variant, qkv, archs, fp32_operands), (part, kernel) in itertools.product(VARIANTS, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
         states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and not fp32_operands else (False,)
-        for D, BT, h16, (flag_name, momentum, dgd) in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16,
-                                                                       flag_combinations(flags)):
+        for D, BT, h16, (flag_name, flag_values) in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16,
+                                                                     flag_combinations(flags)):
             if variant == CONVERTED_VARIANT[0] and not converts_loads(D, BT):
                 continue                                                      # fp32 copies there
             by_config = {}                                                    # one spec per distinct config
@@ -78,9 +89,9 @@ def _specs():
                 cfg = launch_config(part, D, D, BT, fp32_operands=fp32_operands, arch=arch)
                 by_config.setdefault(cfg, []).append(arch)
             for cfg, cfg_archs in by_config.items():
-                constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, USE_MOMENTUM=momentum, USE_DGD=dgd,
-                                  DOT_PRECISION="tf32", FP32_OPERANDS=fp32_operands, USE_INITIAL_STATE=True,
-                                  STORE_FINAL_STATE=True, STORE_RES=True, USE_FINAL_STATE_GRADIENT=True)
+                constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, DOT_PRECISION="tf32",
+                                  FP32_OPERANDS=fp32_operands, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
+                                  STORE_RES=True, **flag_values)
                 yield AotSpec(
                     name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-{flag_name}{'-states16' * h16}", kernel=kernel,
                     signature=signature(runtime, qkv, h16),

@@ -22,7 +22,9 @@ registers; chosen for sm_90 with the same sweep (`--operands fp32`, tf32 product
 the reverse recurrence with 64-token chunks still spills there (`aot.py` KNOWN_SPILLS): no
 candidate of the sweep is clean. On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
 configurations spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with
-64-token chunks is clean on both architectures.
+64-token chunks is clean on both architectures. `bwd_dh` at K = 128 with 32-token chunks holds the
+state as two 64-row tiles: one 128-row tile spilled 24 B without the final state's gradient; at
+K = 256 with 16-token chunks it pipelines two stages (one spilled 16 B there under Triton 3.6).
 
 `SM90` replaces entries on Hopper alone. `fwd_o` at K = 128 with 64-token chunks keeps 64-column
 value tiles there (clean at 133–154 registers), where sm_80's mma.sync spills them (12–64 B with
@@ -32,7 +34,9 @@ wgmma there, whose operands sit in shared memory, and take key tiles of 64 rows 
 (sm_80's mma.sync holds them in registers and spills at 64, which is why TABLE has 32). Fewer key
 tiles mean fewer partial sums of the gate and DGD-inverse gradients to write and add up (none at
 K = 64), and fewer reads of dO, R, W and the chunk states, which every key tile's program reads in
-full. Chosen with the same sweep on sm_90 (bf16 and fp32 operands, Triton 3.8 and 3.6).
+full. `bwd_dh` at K = 256 with 64-token chunks holds the state as two 128-row tiles on Hopper and as
+one 256-row tile on sm_80, where two tiles spilled 8 B without the final state's gradient and one
+tile spills on sm_90. Chosen with the same sweep on sm_90 (bf16 and fp32 operands, Triton 3.8 and 3.6).
 """
 from typing import NamedTuple, Optional
 
@@ -57,7 +61,7 @@ TABLE = {
               (256, 16): (32, 4, 1, 64), (256, 32): (32, 8, 1, 64), (256, 64): (32, 8, 1, 64)},
     "bwd_dh": {(64, 16): (32, 8, 2, 256), (64, 32): (16, 4, 2, 256), (64, 64): (16, 4, 2, 256),
                (128, 16): (32, 8, 2, 256), (128, 32): (16, 8, 2, 256), (128, 64): (16, 4, 1, 256),
-               (256, 16): (16, 8, 1, 128), (256, 32): (16, 4, 1, 128), (256, 64): (16, 8, 1, 128)},
+               (256, 16): (16, 8, 1, 128), (256, 32): (16, 4, 1, 128), (256, 64): (16, 8, 1, 256)},
     # the parallel kernels of the backward share their key tiling (one program per key tile; their
     # partial sums over key tiles share buffers)
     "bwd_dq": {(64, 16): (32, 8, 1, 64), (64, 32): (16, 8, 1, 64), (64, 64): (32, 8, 1, 32),
@@ -78,7 +82,8 @@ TABLE = {
 # the entries that differ for fp32 operands
 FP32_OPERANDS = {
     "fwd_h": {(256, 64): (16, 8, 1, 128)},
-    "bwd_dh": {(64, 64): (16, 4, 1, 256), (128, 64): (16, 4, 1, 64), (256, 32): (16, 8, 2, 128)},
+    "bwd_dh": {(64, 64): (16, 4, 1, 256), (128, 32): (16, 8, 2, 64), (128, 64): (16, 4, 1, 64),
+               (256, 16): (16, 8, 2, 128), (256, 32): (16, 8, 2, 128)},
     "bwd_dk_dgd": {(64, 32): (16, 8, 1, 64), (128, 16): (16, 8, 1, 128), (128, 32): (16, 8, 1, 64),
                    (256, 16): (16, 8, 1, 128), (256, 32): (16, 8, 1, 64)},
 }
@@ -88,6 +93,7 @@ FP32_OPERANDS = {
 SM90 = {part: {(D, 64): (32, 8, 1, 64) for D in (64, 128, 256)}
         for part in ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")}
 SM90["fwd_o"] = {(128, 64): (64, 8, 1, 32)}
+SM90["bwd_dh"] = {(256, 64): (16, 8, 1, 128)}
 
 
 def _pow2(n: int) -> int:
