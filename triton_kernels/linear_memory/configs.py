@@ -2,7 +2,8 @@
 the compile report (`aot.py`), so what is reported is what runs.
 
 Chosen by compiling candidate (value tile, warps, stages, key tile) for sm_90 and sm_80 with
-every combination of momentum and DGD (`aot.FLAGS`) with `benchmarks/linear_memory_spill_sweep.py`:
+every combination of momentum and DGD, and for `bwd_dh` with and without the final state's gradient
+(`aot.flag_combinations`), with `benchmarks/linear_memory_spill_sweep.py`:
 every entry is free of spills on sm_90 and on sm_80 (which compiles the same table) and fits the
 shared memory of one block on both (232448 B on sm_90, 166912 B on sm_80). The key
 tile BK bounds how many rows of K (and of the states) a kernel holds at once: `fwd_o` loops over
