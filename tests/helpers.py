@@ -1,5 +1,7 @@
 """Input factories and comparisons shared by the op tests (SPEC §7)."""
+import importlib.util
 import itertools
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -122,3 +124,14 @@ def cuda_fault(nodeid: str, cuda=torch.cuda) -> Optional[str]:
     except Exception as e:  # noqa: BLE001 (AcceleratorError on recent torch, RuntimeError before)
         return f"CUDA context poisoned during {nodeid}: {str(e).splitlines()[0] if str(e) else repr(e)}"
     return None
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_script(name: str):
+    """`benchmarks/<name>.py` loaded as a module of that name (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

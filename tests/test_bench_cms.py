@@ -1,20 +1,15 @@
 """`benchmarks/bench_cms.py`: its CPU mode runs end to end and writes its table, and its FLOP /
 byte formulas give the hand-computed counts of a tiny case."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cms.py"
+from tests.helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_cms", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("bench_cms")
 
 
 def test_bench_cms_cpu_mode(bench, tmp_path):

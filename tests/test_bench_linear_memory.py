@@ -1,22 +1,18 @@
 """`benchmarks/bench_linear_memory.py`: its CPU mode runs end to end and writes its table, and its
 FLOP / byte / roofline formulas give the hand-computed counts of tiny cases."""
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_linear_memory.py"
+from tests.helpers import BENCHMARKS, benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_linear_memory", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("bench_linear_memory")
 
 
 def test_bench_cpu_mode(bench, tmp_path):
@@ -58,7 +54,7 @@ def test_bench_variants(bench, tmp_path):
 def test_isolate_triton_cpu(tmp_path):
     """benchmarks/isolate_triton.py runs its first configurations (interpreted here) and writes both files."""
     pytest.importorskip("triton")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "isolate_triton.py"
+    script = BENCHMARKS / "isolate_triton.py"
     proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--limit", "2", "--workers", "2",
                            "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -70,7 +66,7 @@ def test_isolate_triton_cpu(tmp_path):
 
 def test_profile_cpu(tmp_path):
     """benchmarks/profile_linear_memory.py runs on a CPU (operators, not kernels) and writes its table."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_linear_memory.py"
+    script = BENCHMARKS / "profile_linear_memory.py"
     proc = subprocess.run([sys.executable, str(script), "--out-dir", str(tmp_path), "--backends", "torch",
                            "--calls", "1", "--shapes", "B1-T128-H2-D16,B1-T64-H1-D32", "--chunks", "16,32"], capture_output=True, text=True,
                           timeout=300)

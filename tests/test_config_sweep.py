@@ -1,21 +1,17 @@
 """benchmarks/config_sweep.py: the candidates around a shipped configuration, the grid of a new
 value tile, and a dry run on the CPU that records every kernel of a forward and backward."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import benchmark_script
+
 pytest.importorskip("triton")
-SWEEP = Path(__file__).resolve().parents[1] / "benchmarks" / "config_sweep.py"
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("config_sweep", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("config_sweep")
 
 
 def _fake_kernel(name):
