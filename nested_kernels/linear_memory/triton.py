@@ -120,6 +120,7 @@ def _setup_context(ctx, inputs, output):
     *tensors, scale, dgd, out_dtype, _ = inputs
     kept = output[3:]                                                          # empty unless keep_states
     ctx.mark_non_differentiable(*kept)
+    ctx.set_materialize_grads(False)        # a loss without the final state: dht None, not zeros to read
     ctx.save_for_backward(*tensors, *kept)
     ctx.scale, ctx.dgd, ctx.out_dtype = scale, dgd, out_dtype
 
@@ -129,8 +130,11 @@ def _backward(ctx, do, dht, dst, *_kept):
     q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows = saved
     kept = (None,) * 4 if h.numel() == 0 else [_none_if_empty(x) for x in (h, s, res, pseudo)]
     do = torch.zeros_like(v, dtype=ctx.out_dtype) if do is None else do
+    dst = None if carry is None else dst
+    if (dht is None) != (dst is None) and carry is not None:                 # the kernel reads both or neither
+        dht, dst = (torch.zeros_like(dst) if dht is None else dht), (torch.zeros_like(dht) if dst is None else dst)
     grads = _triton_bwd(
-        do, dht, None if carry is None else dst, q, k, v, decay, carry, write,
+        do, dht, dst, q, k, v, decay, carry, write,
         dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows, ctx.scale, ctx.dgd, *kept)
     *grads, dh0, ds0 = [_none_if_empty(g) for g in grads]
     return (*grads, None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None, None)

@@ -20,14 +20,16 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.usefixtures("interpreter_memcheck")   # tests/conftest.py
 
 
-def run(backend, inputs, h0, dtype, **kw):
-    """Forward and backward of one backend; q, k, v in `dtype`, gates and states as given."""
+def run(backend, inputs, h0, dtype, final_state=True, **kw):
+    """Forward and backward of one backend; q, k, v in `dtype`, gates and states as given; the loss
+    reads the final state when `final_state` (its memory alone when "memory")."""
     q, k, v, *gate_tensors = inputs
     leaves = [x.to(DEVICE, dtype).requires_grad_() for x in (q, k, v)]
     gate_leaves = [None if x is None else x.to(DEVICE).requires_grad_() for x in gate_tensors]
     state = None if h0 is None else LinearMemoryState(*(None if x is None else x.to(DEVICE).requires_grad_() for x in h0))
-    o, final = linear_memory(*leaves, *gate_leaves, initial_state=state, output_final_state=True, backend=backend, **kw)
-    outputs = [o, *final]
+    o, final = linear_memory(*leaves, *gate_leaves, initial_state=state, output_final_state=bool(final_state),
+                             backend=backend, **kw)
+    outputs = [o, final.memory] if final_state == "memory" else [o, *final] if final_state else [o]
     gen = torch.Generator().manual_seed(1)
     cotangents = [None if x is None else torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in outputs]
     loss = sum((x * c.to(x)).sum() for x, c in zip(outputs, cotangents) if x is not None)
@@ -37,17 +39,17 @@ def run(backend, inputs, h0, dtype, **kw):
     return outputs, [None if x is None else next(it) for x in wrt]
 
 
-def check(B, T, H, K, V, C, use_mom, dgd, use_h0, cu_seqlens=None, dtype=torch.float32):
+def check(B, T, H, K, V, C, use_mom, dgd, use_h0, cu_seqlens=None, dtype=torch.float32, final_state=True):
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     q, k, v = (x.to(dtype).double() for x in qkv(B, T, H, K, V))             # the kernel's rounded inputs
     inputs = (q, k, v, *gates(B, T, H, momentum=use_mom))
     h0 = linear_state(N, H, K, V, momentum=use_mom) if use_h0 else None
     kw = dict(dgd=dgd, chunk_size=C, scale=K**-0.5)
     cu = None if cu_seqlens is None else cu_seqlens.to(DEVICE)
-    ref_out, ref_grads = run("reference", inputs, h0, torch.float64, cu_seqlens=cu, **kw)
+    ref_out, ref_grads = run("reference", inputs, h0, torch.float64, final_state, cu_seqlens=cu, **kw)
     f32 = lambda xs: [None if x is None else x.float() for x in xs]
     h0_32 = None if h0 is None else LinearMemoryState(*f32(h0))
-    out, out_grads = run("triton", (*f32(inputs[:3]), *f32(inputs[3:])), h0_32, dtype, cu_seqlens=cu, **kw)
+    out, out_grads = run("triton", (*f32(inputs[:3]), *f32(inputs[3:])), h0_32, dtype, final_state, cu_seqlens=cu, **kw)
     assert out[0].dtype == dtype and all(s.dtype == torch.float32 for s in out[1:] if s is not None)
     fwd_bound, bwd_bound = (1e-5, 1e-5) if dtype == torch.float32 else (5e-3, 1e-2)
     for names, refs, outs, bound in ((NAMES, ref_out, out, fwd_bound), (GRAD_NAMES, ref_grads, out_grads, bwd_bound)):
@@ -118,6 +120,17 @@ def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
     their adjoints held as two row tiles."""
     key_tiles(monkeypatch, BK, BK_state)
     check(1, 70, 1, K, 24, C, full, full, full)  # full: momentum, DGD, initial state
+
+
+@pytest.mark.parametrize("final_state", [False, "memory"], ids=["output-only", "memory-only"])
+def test_triton_chunk_loss_without_final_state(monkeypatch, final_state):
+    """A loss that reads the output alone (the reverse recurrence starts from zeros, not from a zero
+    tensor read: `USE_FINAL_STATE_GRADIENT` off), or the final memory but not the momentum (whose
+    adjoint the op then passes as zeros: the kernel reads both or neither)."""
+    calls = record_launches(monkeypatch)
+    check(1, 40, 2, 16, 16, 16, True, True, True, final_state=final_state)
+    (kw,) = [kw for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"]
+    assert kw["USE_FINAL_STATE_GRADIENT"] == bool(final_state)
 
 
 def test_triton_chunk_sm90_entries(monkeypatch):
