@@ -7,6 +7,9 @@ and for bwd_dh with and without the final state's gradient (`--flags`, as in the
     PYTHONPATH=. python benchmarks/linear_memory_spill_sweep.py --kernels fwd_h,bwd_dh --D 256 \
         --BT 32,64 --BK 128 --BV 16,32 --warps 4,8 --stages 1,2 [--arch 90,80] [--flags mom-dgd,plain] [--jobs 2]
 
+`--transposed 0,1`: bwd_dh with its adjoints held as they are and transposed (`TRANSPOSED`,
+`configs.transposed_adjoints`).
+
 BK 0 means the whole K. Each job is a few seconds of one core (ptxas); `--jobs` compile processes.
 """
 import argparse
@@ -37,6 +40,7 @@ def main(argv=None):
     p.add_argument("--flags", default=None,
                    help="flag combinations by name (aot.flag_combinations: mom-dgd, mom, dgd, plain, and for bwd_dh "
                         "each with -nodht); default all a kernel runs with")
+    p.add_argument("--transposed", default="0", help="bwd_dh's TRANSPOSED: 0, 1 or both (0,1)")
     p.add_argument("--jobs", type=int, default=2, help="compile processes at once")
     a = p.parse_args(argv)
     known = {name for kernel in aot.KERNELS.values() for name, _ in aot.flag_combinations(kernel_params(kernel)[1])}
@@ -49,15 +53,18 @@ def main(argv=None):
         kernel = aot.KERNELS[part]
         runtime, flags = kernel_params(kernel)
         flag_sets = [f for f in aot.flag_combinations(flags) if not a.flags or f[0] in a.flags.split(",")]
-        for D, BT, BK, BV, w, st, arch, (flag_name, flag_values) in itertools.product(
-                ints(a.D), ints(a.BT), ints(a.BK), ints(a.BV), ints(a.warps), ints(a.stages), ints(a.arch), flag_sets):
+        transposed = [bool(t) for t in ints(a.transposed)] if "TRANSPOSED" in flags else [False]
+        for D, BT, BK, BV, w, st, arch, (flag_name, flag_values), tr in itertools.product(
+                ints(a.D), ints(a.BT), ints(a.BK), ints(a.BV), ints(a.warps), ints(a.stages), ints(a.arch), flag_sets,
+                transposed):
             BK = BK or D
             if BV > D or BK > D:
                 continue
-            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, DOT_PRECISION="tf32", STORE_RES=True,
+            c = dict(H=16, K=D, V=D, BT=BT, BK=BK, BV=BV, DOT_PRECISION="tf32", STORE_RES=True, TRANSPOSED=tr,
                      FP32_OPERANDS=a.operands != "bf16", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, **flag_values)
-            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}-{flag_name}", kernel, aot.signature(runtime, a.operands.split("-")[0]),
-                           {n: v for n, v in c.items() if n in flags}, w, st, gemm_heavy=BT == 64)
+            spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}{'-T' * tr}-{flag_name}", kernel,
+                           aot.signature(runtime, a.operands.split("-")[0]), {n: v for n, v in c.items() if n in flags},
+                           w, st, gemm_heavy=BT == 64 and not tr)
             jobs.append((spec, arch))
     t = time.time()
     # fresh processes even where Triton is not interpreted (a GPU machine), so that --jobs applies

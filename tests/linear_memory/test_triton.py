@@ -122,6 +122,26 @@ def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
     check(1, 70, 1, K, 24, C, full, full, full)  # full: momentum, DGD, initial state
 
 
+@pytest.mark.parametrize("final_state", [True, False], ids=["final-state", "output-only"])
+@pytest.mark.parametrize("K,BK_state,C,use_mom,dgd",
+                         [(32, 32, 16, True, True), (40, 32, 32, True, False), (24, 16, 64, False, True),
+                          (16, 16, 64, False, False)],
+                         ids=["K32-C16-mom-dgd", "K40-BK32-C32-mom", "K24-BK16-C64-dgd", "K16-C64-plain"])
+def test_triton_chunk_transposed_adjoints(monkeypatch, K, BK_state, C, use_mom, dgd, final_state):
+    """The reverse recurrence with its adjoints held transposed (`configs.transposed_adjoints`: sm_90,
+    fp32 operands, K = 256), on shapes the interpreter runs fast: one and two state tiles (the second
+    partial), every chunk size, each combination of momentum and DGD, with and without the final
+    state in the loss (which starts the recurrence from dM, dS or from zeros)."""
+    from nested_kernels.triton_kernels.linear_memory import configs
+
+    key_tiles(monkeypatch, 16, BK_state)
+    monkeypatch.setattr(configs, "transposed_adjoints", lambda K, BT, fp32_operands, arch: True)
+    calls = record_launches(monkeypatch)
+    check(1, 70, 2, K, 24, C, use_mom, dgd, True, final_state=final_state)
+    (kw,) = [kw for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"]
+    assert kw["TRANSPOSED"] and kw["USE_FINAL_STATE_GRADIENT"] == final_state and kw["BK"] == BK_state
+
+
 @pytest.mark.parametrize("final_state", [False, "memory"], ids=["output-only", "memory-only"])
 def test_triton_chunk_loss_without_final_state(monkeypatch, final_state):
     """A loss that reads the output alone (the reverse recurrence starts from zeros, not from a zero
@@ -155,8 +175,11 @@ def test_triton_chunk_k256(monkeypatch):
     from nested_kernels.triton_kernels.utils import launch
 
     monkeypatch.setattr(launch, "device_arch", lambda device: 90)
+    calls = record_launches(monkeypatch)
     check(1, 63, 1, 256, 256, 64, True, True, True)
     check(2, 1, 1, 256, 256, 64, False, False, True)                           # the faulting call's case
+    # the reverse recurrence holds its adjoints transposed there (`configs.transposed_adjoints`)
+    assert [kw["TRANSPOSED"] for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"] == [True, True]
 
 
 def test_triton_unsupported_chunk_size():

@@ -8,7 +8,7 @@ from .chunk_bwd import (
     linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
 )
 from .chunk_fwd import linear_memory_fwd_kernel_h, linear_memory_fwd_kernel_o
-from .configs import converts_loads, launch_config
+from .configs import converts_loads, launch_config, transposed_adjoints
 
 KERNELS = {
     "fwd_h": linear_memory_fwd_kernel_h,
@@ -48,21 +48,13 @@ def flag_combinations(flags: set) -> list:
             for name, momentum, dgd in FLAGS if dgd or "USE_DGD" in flags for dht_name, dht in with_dht]
 
 
-# Spills of the fp32-operand variant that no candidate of `benchmarks/linear_memory_spill_sweep.py
-# --operands fp32` avoids: the reverse recurrence at K = 256 with 64-token chunks, with any flags
-# (README.md, "The remaining spill"). Under Triton 3.6 (the GPU machine's, where these rows are
-# what runs) three more spill a little: fwd_h D256-BT64 96 B and bwd_dh D256-BT32 8 B with momentum
-# and DGD, and bwd_dk_dgd D64-BT32 with converted loads, DGD without momentum, 20 B (with 64-row key
-# tiles no candidate is clean for both momentum settings there; 32-row ones would be, at twice the
-# reads of dO, R, W and the states).
-# Without the final state's gradient, bwd_dh at K = 256 with 32-token chunks spills 16 B there too,
-# with momentum and DGD (no candidate clean for every combination; 8 B with the gradient under 3.6).
-KNOWN_SPILLS = {90: {f"linear_memory_bwd_dh-D256-BT64-fp32qkv-{name}"
-                     for name, _ in flag_combinations(kernel_params(linear_memory_bwd_kernel_dh)[1])}
-                | {"linear_memory_bwd_dh-D256-BT32-fp32qkv-mom-dgd-nodht"}}
-if triton_version() < (3, 7):
-    KNOWN_SPILLS[90] |= {"linear_memory_fwd_h-D256-BT64-fp32qkv-mom-dgd", "linear_memory_bwd_dh-D256-BT32-fp32qkv-mom-dgd",
-                         "linear_memory_bwd_dk_dgd-D64-BT32-bf16-fp32ops-dgd"}
+# Spills no candidate of `benchmarks/linear_memory_spill_sweep.py` avoids, all under Triton 3.6 (the
+# GPU machine's) on sm_90: fwd_h D256-BT64 with fp32 operands, momentum and DGD, 96 B; bwd_dk_dgd
+# D64-BT32 with converted loads, DGD without momentum, 20 B (with 64-row key tiles no candidate is
+# clean for both momentum settings there; 32-row ones would be, at twice the reads of dO, R, W and
+# the states).
+KNOWN_SPILLS = {90: {"linear_memory_fwd_h-D256-BT64-fp32qkv-mom-dgd", "linear_memory_bwd_dk_dgd-D64-BT32-bf16-fp32ops-dgd"}
+                if triton_version() < (3, 7) else set()}
 
 
 def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
@@ -87,17 +79,20 @@ def _specs():
             by_config = {}                                                    # one spec per distinct config
             for arch in archs:
                 cfg = launch_config(part, D, D, BT, fp32_operands=fp32_operands, arch=arch)
-                by_config.setdefault(cfg, []).append(arch)
-            for cfg, cfg_archs in by_config.items():
+                transposed = part == "bwd_dh" and transposed_adjoints(D, BT, fp32_operands, arch)
+                by_config.setdefault((cfg, transposed), []).append(arch)
+            for (cfg, transposed), cfg_archs in by_config.items():
                 constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, DOT_PRECISION="tf32",
                                   FP32_OPERANDS=fp32_operands, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
-                                  STORE_RES=True, **flag_values)
+                                  STORE_RES=True, TRANSPOSED=transposed, **flag_values)
                 yield AotSpec(
                     name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-{flag_name}{'-states16' * h16}", kernel=kernel,
                     signature=signature(runtime, qkv, h16),
                     constexprs={n: value for n, value in constexprs.items() if n in flags},
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, archs=tuple(cfg_archs),
-                    gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync
+                    # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync, as do the transposed
+                    # adjoints' products (BV rows)
+                    gemm_heavy=BT == 64 and not transposed,
                 )
 
 
