@@ -31,11 +31,9 @@ without timing them. Writes config-sweep.md and config-sweep.json.
 """
 import argparse
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -44,6 +42,13 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:                # loaded by path (the tests), not run as a script
+    sys.path.append(HERE)
+
+from linear_memory_bench import settings  # noqa: E402
+from linear_memory_bench.callables import linear_memory_callable, make_inputs  # noqa: E402
+from linear_memory_bench.settings import SHAPES, BenchShape  # noqa: E402
+
 # kernels whose grid axis 1 counts the value tiles of BV columns (the others loop over V inside)
 V_TILE_AXIS = {"linear_memory_fwd_kernel_h": 1, "linear_memory_fwd_kernel_o": 1, "linear_memory_bwd_kernel_dh": 1}
 
@@ -172,13 +177,6 @@ def run_compile_workers(argv: List[str], workers: int, timeout_s: float) -> None
             proc.kill()
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_linear_memory", os.path.join(HERE, "bench_linear_memory.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _config_text(config: Dict[str, int]) -> str:
     return ", ".join(f"{k}={config[k]}" for k in ("BV", "num_warps", "num_stages") if k in config)
 
@@ -200,12 +198,11 @@ def report(title: str, sweeps: Dict[str, List[Candidate]], notes: List[str]) -> 
 
 
 def main(argv=None) -> int:
-    bench = _bench_module()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--shape", default=None, help="B<b>-T<t>-H<h>-D<d> (default: the first benchmark shape; "
                                                   "B1-T64-H2-D32 with --dry-run on a CPU)")
-    p.add_argument("--chunk", type=int, default=bench.settings.CHUNK)
+    p.add_argument("--chunk", type=int, default=settings.CHUNK)
     p.add_argument("--dgd", type=int, choices=(0, 1), default=1, help="1: every kernel of the backward runs")
     p.add_argument("--budget-s", type=float, default=150.0)
     p.add_argument("--rep-ms", type=int, default=25, help="do_bench's rep per candidate")
@@ -218,15 +215,15 @@ def main(argv=None) -> int:
         print("config_sweep: no GPU; nothing measured (use --dry-run to list the candidates)", file=sys.stderr)
         return 2
     if args.shape:
-        match = re.fullmatch(r"B(\d+)-T(\d+)-H(\d+)-D(\d+)", args.shape)
-        if match is None:
-            p.error(f"--shape: expected B<b>-T<t>-H<h>-D<d>, got {args.shape!r}")
-        shape = bench.BenchShape(*map(int, match.groups()))
+        try:
+            shape = BenchShape.parse(args.shape)
+        except ValueError as e:
+            p.error(f"--shape: {e}")
     else:
-        shape = bench.SHAPES[0] if cuda else bench.BenchShape(1, 64, 2, 32)
-    bench.settings.CHUNK = args.chunk
-    x = bench.make_inputs(shape, device="cuda" if cuda else "cpu", dtype=torch.bfloat16)
-    fn, _ = bench.linear_memory_callable(x, "triton", bool(args.dgd), "fwdbwd")
+        shape = SHAPES[0] if cuda else BenchShape(1, 64, 2, 32)
+    settings.CHUNK = args.chunk
+    x = make_inputs(shape, device="cuda" if cuda else "cpu", dtype=torch.bfloat16)
+    fn, _ = linear_memory_callable(x, "triton", bool(args.dgd), "fwdbwd")
     fn()                                                                      # compile the shipped configurations
     launches = record_launches(fn)
     if args.compile_share:

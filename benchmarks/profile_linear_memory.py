@@ -10,10 +10,8 @@ On a CPU it profiles CPU operators instead (a smoke run; the interpreter's numbe
 Writes profile-linear_memory.md.
 """
 import argparse
-import importlib.util
 import itertools
 import os
-import re
 import sys
 import time
 from typing import List
@@ -22,24 +20,21 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:                # loaded by path (the tests), not run as a script
+    sys.path.append(HERE)
+
+from linear_memory_bench import settings  # noqa: E402
+from linear_memory_bench.callables import linear_memory_callable, make_inputs  # noqa: E402
+from linear_memory_bench.settings import SHAPES, BenchShape  # noqa: E402
+
 OWN_KERNEL_PREFIX = "linear_memory_"
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_linear_memory", os.path.join(HERE, "bench_linear_memory.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def parse_shapes(bench, text: str):
-    shapes = []
-    for name in text.split(","):
-        match = re.fullmatch(r"B(\d+)-T(\d+)-H(\d+)-D(\d+)", name)
-        if match is None:
-            raise argparse.ArgumentTypeError(f"--shapes: expected B<b>-T<t>-H<h>-D<d>[,...], got {name!r}")
-        shapes.append(bench.BenchShape(*map(int, match.groups())))
-    return shapes
+def parse_shapes(text: str) -> List[BenchShape]:
+    try:
+        return [BenchShape.parse(name) for name in text.split(",")]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _host_and_wall_ms(fn, leaves, calls: int, cuda: bool):
@@ -59,10 +54,10 @@ def _host_and_wall_ms(fn, leaves, calls: int, cuda: bool):
     return 1e3 * host / calls, 1e3 * wall / calls
 
 
-def profile_case(bench, shape, backend: str, dgd: bool, mode: str, calls: int, cuda: bool, top: int) -> List[str]:
+def profile_case(shape, backend: str, dgd: bool, mode: str, calls: int, cuda: bool, top: int) -> List[str]:
     device = "cuda" if cuda else "cpu"
-    x = bench.make_inputs(shape, device=device, dtype=torch.bfloat16)
-    fn, leaves = bench.linear_memory_callable(x, backend, dgd, mode)
+    x = make_inputs(shape, device=device, dtype=torch.bfloat16)
+    fn, leaves = linear_memory_callable(x, backend, dgd, mode)
     fn()                                                                      # compile and warm up
     host_ms, wall_ms = _host_and_wall_ms(fn, leaves, calls, cuda)
     activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
@@ -93,10 +88,9 @@ def profile_case(bench, shape, backend: str, dgd: bool, mode: str, calls: int, c
 
 
 def main(argv=None) -> int:
-    bench = _bench_module()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
-    p.add_argument("--shapes", default=None, help="comma-separated B<b>-T<t>-H<h>-D<d> (default: the first "
+    p.add_argument("--shapes", type=parse_shapes, default=None, help="comma-separated B<b>-T<t>-H<h>-D<d> (default: the first "
                                                    "benchmark shape; B1-T256-H2-D32 on a CPU)")
     p.add_argument("--backends", default="triton,torch")
     p.add_argument("--chunks", default=None,
@@ -104,10 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)
-    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else [bench.settings.CHUNK]
+    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else [settings.CHUNK]
     cuda = torch.cuda.is_available()
-    shapes = parse_shapes(bench, args.shapes) if args.shapes else [bench.SHAPES[0] if cuda else
-                                                                    bench.BenchShape(1, 256, 2, 32)]
+    shapes = args.shapes or [SHAPES[0] if cuda else BenchShape(1, 256, 2, 32)]
     lines = ["# Profile of linear_memory", "",
              f"* device: {torch.cuda.get_device_name() if cuda else 'CPU (smoke run: CPU operators)'}; "
              f"torch {torch.__version__}", f"* {args.calls} calls after one warm-up call; self time per call", ""]
@@ -115,13 +108,13 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "profile-linear_memory.md")
     for shape, chunk in itertools.product(shapes, chunks):
-        bench.settings.CHUNK = chunk                                          # read by linear_memory_callable
+        settings.CHUNK = chunk                                          # read by linear_memory_callable
         for backend in args.backends.split(","):
             for dgd in (False, True):
                 for mode in ("fwd", "fwdbwd"):
                     title = f"### {shape.name} chunk {chunk} {backend} {'dgd' if dgd else 'nodgd'} {mode}"
                     try:
-                        lines += [title] + profile_case(bench, shape, backend, dgd, mode, args.calls, cuda, args.top)
+                        lines += [title] + profile_case(shape, backend, dgd, mode, args.calls, cuda, args.top)
                     except Exception as e:  # noqa: BLE001 (one failing case is a line, the rest still run)
                         lines += [title, "", f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", ""]
                         status = 1

@@ -4,6 +4,7 @@
 `profile_linear_memory.py`) set them here, and the other modules read them as `settings.CHUNK` /
 `settings.VARIANTS` when they are called.
 """
+import re
 from dataclasses import dataclass
 
 
@@ -19,6 +20,14 @@ class BenchShape:
     @property
     def name(self) -> str:
         return f"B{self.B}-T{self.T}-H{self.H}-D{self.D}"
+
+    @classmethod
+    def parse(cls, text: str) -> "BenchShape":
+        """The shape whose `name` is `text`; ValueError for any other text."""
+        match = re.fullmatch(r"B(\d+)-T(\d+)-H(\d+)-D(\d+)", text.strip())
+        if match is None:
+            raise ValueError(f"expected B<b>-T<t>-H<h>-D<d>, got {text!r}")
+        return cls(*map(int, match.groups()))
 
     @property
     def tokens(self) -> int:
