@@ -58,9 +58,5 @@ AOT_SPECS = [
     for K in (32, 64, 128, 256)             # mlp_memory's K from 32, linear_memory's to 256
     for C in (16, 32, 64)
 ]
-# the DGD backward for fp32 inputs at 64-token chunks on sm_80: three-pass tf32 products of two
-# 64 × 64 blocks whose operands are in registers (mma.sync) spill 360 B; exact fp32 spilled more
-KNOWN_SPILLS = {80: {f"dgd_inverse_bwd-K{K}-C64-fp32-tf32x3" for K in (64, 128, 256)}}
 # Triton 3.6 (the GPU machine's) spills 8 B in one product kernel of converted loads
-if triton_version() < (3, 7):
-    KNOWN_SPILLS[90] = {"chunk_products-K32-C16-bf16-fp32ops-reads-dgd"}
+KNOWN_SPILLS = {90: {"chunk_products-K32-C16-bf16-fp32ops-reads-dgd"}} if triton_version() < (3, 7) else {}

@@ -17,8 +17,9 @@ Replaces fp32 copies of K, three batched products, a mask and a zero-filled dE i
 is recomputed in exact fp32 as in the forward; the three other products run on the matrix units
 at the op's input precision (`dot_precision`: tf32 for 16-bit inputs, whose fp32 copies
 included), except that exact fp32 ("ieee", fp32 inputs) becomes three-pass tf32 ("tf32x3", close
-to fp32): exact fp32 FMA products of C × C blocks spilled kilobytes. tf32x3 still spills at
-C = 64 on sm_80 (`aot.py` KNOWN_SPILLS)."""
+to fp32): exact fp32 FMA products of C × C blocks spilled kilobytes. dA is summed over blocks of
+32 columns at C = 64: two 64 × 64 tf32x3 products with their operands in registers (sm_80's
+mma.sync holds each split in high and low parts) spilled 360 B there."""
 import triton
 import triton.language as tl
 
@@ -120,9 +121,19 @@ def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H: tl.
     rows, cols = o[:, None], o[None, :]
     o_tok = i_c * C + o
     o_chunk = i_h * NC + i_c
-    b_inv_t = tl.load(inv + (o_chunk * C + cols) * C + rows)                 # invᵀ, read transposed by address
-    b_d_inv = tl.load(d_inv + (o_chunk * C + rows) * C + cols)
-    b_da = tl.dot(b_inv_t, tl.dot(b_d_inv, b_inv_t, input_precision=DOT_PRECISION), input_precision=DOT_PRECISION)
+    # dA = invᵀ d(inv) invᵀ = Σ_b (Σ_a invᵀ[:, a] d(inv)[a, b]) invᵀ[b, :] over column blocks a, b of BB,
+    # each block read by address (invᵀ transposed): no C × C right operand is live
+    BB: tl.constexpr = C // 2 if C > 32 else C
+    o_b = tl.arange(0, BB)
+    b_da = tl.zeros([C, C], dtype=tl.float32)
+    for b in tl.static_range(0, C, BB):
+        b_z = tl.zeros([C, BB], dtype=tl.float32)
+        for a in tl.static_range(0, C, BB):
+            b_inv_t = tl.load(inv + (o_chunk * C + a + o_b[None, :]) * C + rows)
+            b_d_inv = tl.load(d_inv + (o_chunk * C + a + o_b[:, None]) * C + b + o_b[None, :])
+            b_z = tl.dot(b_inv_t, b_d_inv, b_z, input_precision=DOT_PRECISION)
+        b_inv_t = tl.load(inv + (o_chunk * C + cols) * C + b + o_b[:, None])
+        b_da = tl.dot(b_z, b_inv_t, b_da, input_precision=DOT_PRECISION)
     b_dl = tl.where(rows > cols, -b_da, 0.0)                                  # dL = strictly lower part of dA
     o_e = (o_chunk * (C + 1) + rows) * C + cols                               # E rows 0..C−1: E_prev
     tl.store(d_dgd_write + o_e, b_dl * _kk_block(k, o_tok, o_tok, i_h, H, K, C, C, BK))
