@@ -7,8 +7,8 @@ and for bwd_dh with and without the final state's gradient (`--flags`, as in the
     PYTHONPATH=. python benchmarks/linear_memory_spill_sweep.py --kernels fwd_h,bwd_dh --D 256 \
         --BT 32,64 --BK 128 --BV 16,32 --warps 4,8 --stages 1,2 [--arch 90,80] [--flags mom-dgd,plain] [--jobs 2]
 
-`--transposed 0,1`: bwd_dh with its adjoints held as they are and transposed (`TRANSPOSED`,
-`configs.transposed_adjoints`).
+`--transposed 0,1`: the recurrences (fwd_h, bwd_dh) with their states held as they are and
+transposed (`TRANSPOSED`, `configs.transposed_states`).
 
 BK 0 means the whole K. Each job is a few seconds of one core (ptxas); `--jobs` compile processes.
 """
@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument("--flags", default=None,
                    help="flag combinations by name (aot.flag_combinations: mom-dgd, mom, dgd, plain, and for bwd_dh "
                         "each with -nodht); default all a kernel runs with")
-    p.add_argument("--transposed", default="0", help="bwd_dh's TRANSPOSED: 0, 1 or both (0,1)")
+    p.add_argument("--transposed", default="0", help="the recurrences' TRANSPOSED: 0, 1 or both (0,1)")
     p.add_argument("--jobs", type=int, default=2, help="compile processes at once")
     a = p.parse_args(argv)
     known = {name for kernel in aot.KERNELS.values() for name, _ in aot.flag_combinations(kernel_params(kernel)[1])}

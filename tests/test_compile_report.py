@@ -218,7 +218,8 @@ def test_specs_by_arch():
                        if s.name == "linear_memory_bwd_dq-D64-BT64-bf16-mom-dgd"] for arch in (90, 80)}
     assert key_tile == {90: [64], 80: [32]}                                   # configs.SM90
     transposed = {arch: {s.name for s in aot_registry.aot_specs(arch) if s.constexprs.get("TRANSPOSED")}
-                  for arch in (90, 80)}                                       # configs.transposed_adjoints
+                  for arch in (90, 80)}                                       # configs.transposed_states
     assert transposed == {90: {n for n in sm90 if n.startswith(("linear_memory_bwd_dh-D256-BT32-fp32qkv-",
-                                                                "linear_memory_bwd_dh-D256-BT64-fp32qkv-"))}, 80: set()}
-    assert len(transposed[90]) == 16                                          # every flag combination
+                                                                "linear_memory_bwd_dh-D256-BT64-fp32qkv-",
+                                                                "linear_memory_fwd_h-D256-BT64-fp32qkv-"))}, 80: set()}
+    assert len(transposed[90]) == 16 + 4                                      # every flag combination

@@ -127,19 +127,21 @@ def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
                          [(32, 32, 16, True, True), (40, 32, 32, True, False), (24, 16, 64, False, True),
                           (16, 16, 64, False, False)],
                          ids=["K32-C16-mom-dgd", "K40-BK32-C32-mom", "K24-BK16-C64-dgd", "K16-C64-plain"])
-def test_triton_chunk_transposed_adjoints(monkeypatch, K, BK_state, C, use_mom, dgd, final_state):
-    """The reverse recurrence with its adjoints held transposed (`configs.transposed_adjoints`: sm_90,
-    fp32 operands, K = 256), on shapes the interpreter runs fast: one and two state tiles (the second
+def test_triton_chunk_transposed_states(monkeypatch, K, BK_state, C, use_mom, dgd, final_state):
+    """Both recurrences with their states held transposed (`configs.transposed_states`: sm_90, fp32
+    operands, K = 256), on shapes the interpreter runs fast: one and two state tiles (the second
     partial), every chunk size, each combination of momentum and DGD, with and without the final
-    state in the loss (which starts the recurrence from dM, dS or from zeros)."""
+    state in the loss (which starts the reverse recurrence from dM, dS or from zeros)."""
     from nested_kernels.triton_kernels.linear_memory import configs
 
     key_tiles(monkeypatch, 16, BK_state)
-    monkeypatch.setattr(configs, "transposed_adjoints", lambda K, BT, fp32_operands, arch: True)
+    monkeypatch.setattr(configs, "transposed_states", lambda kernel, K, BT, fp32_operands, arch: True)
     calls = record_launches(monkeypatch)
     check(1, 70, 2, K, 24, C, use_mom, dgd, True, final_state=final_state)
+    recurrences = [kw for name, _, kw in calls if name in ("linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh")]
+    assert len(recurrences) == 3 and all(kw["TRANSPOSED"] and kw["BK"] == BK_state for kw in recurrences)
     (kw,) = [kw for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"]
-    assert kw["TRANSPOSED"] and kw["USE_FINAL_STATE_GRADIENT"] == final_state and kw["BK"] == BK_state
+    assert kw["USE_FINAL_STATE_GRADIENT"] == final_state
 
 
 @pytest.mark.parametrize("final_state", [False, "memory"], ids=["output-only", "memory-only"])
@@ -178,8 +180,12 @@ def test_triton_chunk_k256(monkeypatch):
     calls = record_launches(monkeypatch)
     check(1, 63, 1, 256, 256, 64, True, True, True)
     check(2, 1, 1, 256, 256, 64, False, False, True)                           # the faulting call's case
-    # the reverse recurrence holds its adjoints transposed there (`configs.transposed_adjoints`)
-    assert [kw["TRANSPOSED"] for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"] == [True, True]
+    # both recurrences hold their states transposed there (`configs.transposed_states`); the
+    # backward runs the forward one again
+    transposed = [(name, kw["TRANSPOSED"]) for name, _, kw in calls
+                  if name in ("linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh")]
+    assert transposed == [("linear_memory_fwd_kernel_h", True), ("linear_memory_fwd_kernel_h", True),
+                          ("linear_memory_bwd_kernel_dh", True)] * 2, transposed
 
 
 def test_triton_unsupported_chunk_size():

@@ -8,7 +8,7 @@ from .chunk_bwd import (
     linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
 )
 from .chunk_fwd import linear_memory_fwd_kernel_h, linear_memory_fwd_kernel_o
-from .configs import converts_loads, launch_config, transposed_adjoints
+from .configs import converts_loads, launch_config, transposed_states
 
 KERNELS = {
     "fwd_h": linear_memory_fwd_kernel_h,
@@ -48,13 +48,11 @@ def flag_combinations(flags: set) -> list:
             for name, momentum, dgd in FLAGS if dgd or "USE_DGD" in flags for dht_name, dht in with_dht]
 
 
-# Spills no candidate of `benchmarks/linear_memory_spill_sweep.py` avoids, all under Triton 3.6 (the
-# GPU machine's) on sm_90: fwd_h D256-BT64 with fp32 operands, momentum and DGD, 96 B; bwd_dk_dgd
-# D64-BT32 with converted loads, DGD without momentum, 20 B (with 64-row key tiles no candidate is
-# clean for both momentum settings there; 32-row ones would be, at twice the reads of dO, R, W and
-# the states).
-KNOWN_SPILLS = {90: {"linear_memory_fwd_h-D256-BT64-fp32qkv-mom-dgd", "linear_memory_bwd_dk_dgd-D64-BT32-bf16-fp32ops-dgd"}
-                if triton_version() < (3, 7) else set()}
+# The spill no candidate of `benchmarks/linear_memory_spill_sweep.py` avoids, under Triton 3.6 (the
+# GPU machine's) on sm_90: bwd_dk_dgd D64-BT32 with converted loads, DGD without momentum, 20 B
+# (with 64-row key tiles no candidate is clean for both momentum settings there; 32-row ones would
+# be, at twice the reads of dO, R, W and the states).
+KNOWN_SPILLS = {90: {"linear_memory_bwd_dk_dgd-D64-BT32-bf16-fp32ops-dgd"} if triton_version() < (3, 7) else set()}
 
 
 def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
@@ -79,7 +77,7 @@ def _specs():
             by_config = {}                                                    # one spec per distinct config
             for arch in archs:
                 cfg = launch_config(part, D, D, BT, fp32_operands=fp32_operands, arch=arch)
-                transposed = part == "bwd_dh" and transposed_adjoints(D, BT, fp32_operands, arch)
+                transposed = transposed_states(part, D, BT, fp32_operands, arch)
                 by_config.setdefault((cfg, transposed), []).append(arch)
             for (cfg, transposed), cfg_archs in by_config.items():
                 constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, DOT_PRECISION="tf32",
@@ -91,7 +89,7 @@ def _specs():
                     constexprs={n: value for n, value in constexprs.items() if n in flags},
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, archs=tuple(cfg_archs),
                     # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync, as do the transposed
-                    # adjoints' products (BV rows)
+                    # states' products (BV rows)
                     gemm_heavy=BT == 64 and not transposed,
                 )
 

@@ -13,57 +13,7 @@ import triton
 import triton.language as tl
 
 from ..common.tiles import load_operand
-
-
-@triton.jit
-def _rows(x, TRANSPOSED: tl.constexpr):
-    """Vector `x` along the rows of a tile as `linear_memory_bwd_kernel_dh` holds it (its columns
-    with TRANSPOSED): tokens of a token × value tile, keys of a state tile."""
-    if TRANSPOSED:
-        y = x[None, :]
-    else:
-        y = x[:, None]
-    return y
-
-
-@triton.jit
-def _cols(x, TRANSPOSED: tl.constexpr):
-    """Vector `x` along the columns of a held tile (its rows with TRANSPOSED): the values."""
-    if TRANSPOSED:
-        y = x[:, None]
-    else:
-        y = x[None, :]
-    return y
-
-
-@triton.jit
-def _held(x, TRANSPOSED: tl.constexpr):
-    """A tile as loaded, as held: transposed with TRANSPOSED."""
-    if TRANSPOSED:
-        y = tl.trans(x)
-    else:
-        y = x
-    return y
-
-
-@triton.jit
-def _held_trans(x, TRANSPOSED: tl.constexpr):
-    """The transpose of a tile as loaded, as held: the tile itself with TRANSPOSED."""
-    if TRANSPOSED:
-        y = x
-    else:
-        y = tl.trans(x)
-    return y
-
-
-@triton.jit
-def _dot(a, b, acc, TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """acc + a b of held tiles; with TRANSPOSED each is held transposed, and (a b)ᵀ = bᵀ aᵀ."""
-    if TRANSPOSED:
-        y = tl.dot(b, a, acc, input_precision=DOT_PRECISION)
-    else:
-        y = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-    return y
+from .held_tiles import along_cols, along_rows, held, held_dot, held_trans, initial_state, state_tiles
 
 
 @triton.jit
@@ -76,15 +26,15 @@ def _dh_tile_step(q, k, o_tk, m_k, b_dx, b_ds, b_do_decay, b_k_rhs, b_decay_last
     if USE_MOMENTUM:
         b_ds = b_carry_last * b_dx + b_mom_decay * b_ds
     b_dx = b_decay_last * b_dx
-    b_qt = _held_trans(load_operand(q + o_tk, m_k[None, :], FP32_OPERANDS), TRANSPOSED)
+    b_qt = held_trans(load_operand(q + o_tk, m_k[None, :], FP32_OPERANDS), TRANSPOSED)
     # dM's Q product before dS's: the other way, transposed at K = 256, momentum alone spilled 8–36 B
-    b_dx = _dot(b_qt, b_do_decay, b_dx, TRANSPOSED, DOT_PRECISION)
+    b_dx = held_dot(b_qt, b_do_decay, b_dx, TRANSPOSED, DOT_PRECISION)
     if USE_MOMENTUM:
-        b_ds = _dot(b_qt, b_do_carry, b_ds, TRANSPOSED, DOT_PRECISION)
-    b_kt = _held_trans(load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS), TRANSPOSED)
+        b_ds = held_dot(b_qt, b_do_carry, b_ds, TRANSPOSED, DOT_PRECISION)
+    b_kt = held_trans(load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS), TRANSPOSED)
     if USE_MOMENTUM and USE_DGD:
-        b_ds = _dot(b_kt, b_dp_carry, b_ds, TRANSPOSED, DOT_PRECISION)
-    b_dx = _dot(b_kt, b_k_rhs, b_dx, TRANSPOSED, DOT_PRECISION)               # R = K M^c − V
+        b_ds = held_dot(b_kt, b_dp_carry, b_ds, TRANSPOSED, DOT_PRECISION)
+    b_dx = held_dot(b_kt, b_k_rhs, b_dx, TRANSPOSED, DOT_PRECISION)               # R = K M^c − V
     return b_dx, b_ds
 
 
@@ -102,97 +52,77 @@ def linear_memory_bwd_kernel_dh(
     the two, and each tile is updated with its own rows of Qᵀ and Kᵀ. The state-free BT × BT
     products come computed ([H, NC, BT, BT]): `qk_write` = tril(Q Kᵀ) ⊙ G and `qk_dgd_write` =
     tril(Q Kᵀ) ⊙ E (rows after each token), `kk_write` = (K Kᵀ) ⊙ G (rows before each token).
-    TRANSPOSED holds every state and token × value tile transposed (`configs.transposed_adjoints`),
-    so that each product has BV rows: below wgmma's 64, they run mma.sync, whose operands are
-    loaded into registers, not addressed by the shared-memory descriptors that spill with tf32
-    operands at K = 256 (README.md, "The transposed adjoints")."""
+    TRANSPOSED holds every state and token × value tile transposed (held_tiles.py)."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)                           # sequence × head on the uncapped axis
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
     c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
     o_t = tl.arange(0, BT)
-    o_k0 = tl.arange(0, BK)
-    o_k1 = BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k0, m_k1, m_v = o_k0 < K, o_k1 < K, o_v < V
-    m_kv0 = _rows(m_k0, TRANSPOSED) & _cols(m_v, TRANSPOSED)
-    m_kv1 = _rows(m_k1, TRANSPOSED) & _cols(m_v, TRANSPOSED)
-    m_tv = _cols(m_v, TRANSPOSED)
-    o_state0 = (i_nh.to(tl.int64) * K + _rows(o_k0, TRANSPOSED)) * V + _cols(o_v, TRANSPOSED)
-    o_state1 = (i_nh.to(tl.int64) * K + _rows(o_k1, TRANSPOSED)) * V + _cols(o_v, TRANSPOSED)
+    o_k0, o_k1, o_v, m_k0, m_k1, m_v, m_kv0, m_kv1, m_tv, o_state0, o_state1 = state_tiles(
+        i_nh, i_v, K, V, BK, BV, TRANSPOSED)
 
-    b_dx0 = tl.zeros([BV, BK] if TRANSPOSED else [BK, BV], dtype=tl.float32)
-    b_ds0 = tl.zeros([BV, BK] if TRANSPOSED else [BK, BV], dtype=tl.float32)
-    b_dx1 = tl.zeros([BV, BK] if TRANSPOSED else [BK, BV], dtype=tl.float32)
-    b_ds1 = tl.zeros([BV, BK] if TRANSPOSED else [BK, BV], dtype=tl.float32)
-    if USE_FINAL_STATE_GRADIENT:
-        b_dx0 += tl.load(dht + o_state0, mask=m_kv0, other=0.0)
-        if USE_MOMENTUM:
-            b_ds0 += tl.load(dst + o_state0, mask=m_kv0, other=0.0)
-        if K > BK:
-            b_dx1 += tl.load(dht + o_state1, mask=m_kv1, other=0.0)
-            if USE_MOMENTUM:
-                b_ds1 += tl.load(dst + o_state1, mask=m_kv1, other=0.0)
+    b_dx0, b_ds0, b_dx1, b_ds1 = initial_state(dht, dst, o_state0, o_state1, m_kv0, m_kv1, K, BK, BV,
+                                               USE_FINAL_STATE_GRADIENT, USE_MOMENTUM, TRANSPOSED)
 
     for i_r in range(c_start, c_end):
         i_c = c_start + c_end - 1 - i_r                                       # chunks in reverse
         o_tok = i_c * BT + o_t
         o_chunk = i_h * NC + i_c
-        o_tv = (_rows(o_tok, TRANSPOSED) * H + i_h) * V + _cols(o_v, TRANSPOSED)
+        o_tv = (along_rows(o_tok, TRANSPOSED) * H + i_h) * V + along_cols(o_v, TRANSPOSED)
         b_k0 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], m_k0[None, :], FP32_OPERANDS)
-        o_hc0 = (o_chunk * K + _rows(o_k0, TRANSPOSED)) * V + _cols(o_v, TRANSPOSED)
+        o_hc0 = (o_chunk * K + along_rows(o_k0, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
         tl.store(dh + o_hc0, b_dx0, mask=m_kv0)                               # ∂L/∂M at the chunk end
-        b_kdx = _dot(_held(b_k0, TRANSPOSED), b_dx0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
+        b_kdx = held_dot(held(b_k0, TRANSPOSED), b_dx0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
         if USE_MOMENTUM:
             tl.store(ds + o_hc0, b_ds0, mask=m_kv0)
-            b_kds = _dot(_held(b_k0, TRANSPOSED), b_ds0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
+            b_kds = held_dot(held(b_k0, TRANSPOSED), b_ds0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
         if K > BK:
             b_k1 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], m_k1[None, :], FP32_OPERANDS)
-            o_hc1 = (o_chunk * K + _rows(o_k1, TRANSPOSED)) * V + _cols(o_v, TRANSPOSED)
+            o_hc1 = (o_chunk * K + along_rows(o_k1, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
             tl.store(dh + o_hc1, b_dx1, mask=m_kv1)
-            b_kdx = _dot(_held(b_k1, TRANSPOSED), b_dx1.to(b_k1.dtype), b_kdx, TRANSPOSED, DOT_PRECISION)
+            b_kdx = held_dot(held(b_k1, TRANSPOSED), b_dx1.to(b_k1.dtype), b_kdx, TRANSPOSED, DOT_PRECISION)
             if USE_MOMENTUM:
                 tl.store(ds + o_hc1, b_ds1, mask=m_kv1)
-                b_kds = _dot(_held(b_k1, TRANSPOSED), b_ds1.to(b_k1.dtype), b_kds, TRANSPOSED, DOT_PRECISION)
+                b_kds = held_dot(held(b_k1, TRANSPOSED), b_ds1.to(b_k1.dtype), b_kds, TRANSPOSED, DOT_PRECISION)
         b_do = scale * tl.load(do + o_tv, mask=m_tv, other=0.0).to(tl.float32)
 
         i_last = tl.load(last_rows + i_c)
         o_gate = o_chunk * (BT + 1)
         # BT × BT blocks, read transposed (as the transposes of the transposes with TRANSPOSED)
-        o_mat_t = (o_chunk * BT + _cols(o_t, TRANSPOSED)) * BT + _rows(o_t, TRANSPOSED)
+        o_mat_t = (o_chunk * BT + along_cols(o_t, TRANSPOSED)) * BT + along_rows(o_t, TRANSPOSED)
         # dR = −G[last] ⊙ K dM − N[last] ⊙ K dS − ((Q Kᵀ) ⊙ G)ᵀ dO; the products accumulate into
         # what they are added to (no second BT × BV tile live)
         b_neg_do = -b_do
-        b_dr = -_rows(tl.load(write + (o_gate + i_last) * BT + o_t), TRANSPOSED) * b_kdx
+        b_dr = -along_rows(tl.load(write + (o_gate + i_last) * BT + o_t), TRANSPOSED) * b_kdx
         if USE_MOMENTUM:
-            b_dr -= _rows(tl.load(mom_write_last + o_chunk * BT + o_t), TRANSPOSED) * b_kds
-        b_dr = _dot(tl.load(qk_write + o_mat_t), b_neg_do, b_dr, TRANSPOSED, DOT_PRECISION)
+            b_dr -= along_rows(tl.load(mom_write_last + o_chunk * BT + o_t), TRANSPOSED) * b_kds
+        b_dr = held_dot(tl.load(qk_write + o_mat_t), b_neg_do, b_dr, TRANSPOSED, DOT_PRECISION)
         if USE_DGD:
             # dW = −E[last] ⊙ K dM − ((Q Kᵀ) ⊙ E)ᵀ dO;  dP = (I + L)^{-T} dW
-            b_dw = _dot(tl.load(qk_dgd_write + o_mat_t), b_neg_do,
-                        -_rows(tl.load(dgd_write + (o_gate + i_last) * BT + o_t), TRANSPOSED) * b_kdx,
+            b_dw = held_dot(tl.load(qk_dgd_write + o_mat_t), b_neg_do,
+                        -along_rows(tl.load(dgd_write + (o_gate + i_last) * BT + o_t), TRANSPOSED) * b_kdx,
                         TRANSPOSED, DOT_PRECISION)
             tl.store(dpseudo + o_tv, b_dw, mask=m_tv)
-            b_dp = _dot(tl.load(dgd_inv + o_mat_t), b_dw, None, TRANSPOSED, DOT_PRECISION)
+            b_dp = held_dot(tl.load(dgd_inv + o_mat_t), b_dw, None, TRANSPOSED, DOT_PRECISION)
             tl.store(drhs + o_tv, b_dp, mask=m_tv)
-            b_dr = _dot(tl.load(kk_write + o_mat_t), -b_dp, b_dr, TRANSPOSED, DOT_PRECISION)
+            b_dr = held_dot(tl.load(kk_write + o_mat_t), -b_dp, b_dr, TRANSPOSED, DOT_PRECISION)
         tl.store(dres + o_tv, b_dr, mask=m_tv)
         b_k_rhs = b_dr                                                        # what Kᵀ(·) adds to dM
         b_dp_carry = None                                                     # with momentum and DGD only
         if USE_DGD:
-            b_k_rhs += _rows(tl.load(decay + o_gate + o_t), TRANSPOSED) * b_dp
+            b_k_rhs += along_rows(tl.load(decay + o_gate + o_t), TRANSPOSED) * b_dp
             if USE_MOMENTUM:
-                b_dp_carry = (_rows(tl.load(carry + o_gate + o_t), TRANSPOSED) * b_dp).to(b_k0.dtype)
+                b_dp_carry = (along_rows(tl.load(carry + o_gate + o_t), TRANSPOSED) * b_dp).to(b_k0.dtype)
 
         # dM = β[last] dM + Qᵀ(β ⊙ dO) + Kᵀ(dR + β ⊙ dP),  dS = f[last] dM + m dS + Qᵀ(f ⊙ dO) + Kᵀ(f ⊙ dP)
         if BT >= 32:  # read dO again rather than keep it live (keeps 32- and 64-token chunks of K = 256 clean)
             b_do = scale * tl.load(do + o_tv, mask=m_tv, other=0.0).to(tl.float32)
-        b_do_decay = (_rows(tl.load(decay + o_gate + 1 + o_t), TRANSPOSED) * b_do).to(b_k0.dtype)
+        b_do_decay = (along_rows(tl.load(decay + o_gate + 1 + o_t), TRANSPOSED) * b_do).to(b_k0.dtype)
         b_k_rhs = b_k_rhs.to(b_k0.dtype)
         b_decay_last = tl.load(decay + o_gate + i_last)
         b_do_carry, b_carry_last, b_mom_decay = None, None, None              # with momentum only
         if USE_MOMENTUM:
-            b_do_carry = (_rows(tl.load(carry + o_gate + 1 + o_t), TRANSPOSED) * b_do).to(b_k0.dtype)
+            b_do_carry = (along_rows(tl.load(carry + o_gate + 1 + o_t), TRANSPOSED) * b_do).to(b_k0.dtype)
             b_carry_last = tl.load(carry + o_gate + i_last)
             b_mom_decay = tl.load(mom_decay_last + o_chunk)
         o_tk = (o_tok[:, None] * H + i_h) * K
@@ -205,8 +135,8 @@ def linear_memory_bwd_kernel_dh(
                                          USE_MOMENTUM, USE_DGD, DOT_PRECISION, FP32_OPERANDS, TRANSPOSED)
 
     # the state's offsets again, from its scalar base: kept from before the loop, they spilled
-    o_kv0 = _rows(o_k0, TRANSPOSED) * V + _cols(o_v, TRANSPOSED)
-    o_kv1 = _rows(o_k1, TRANSPOSED) * V + _cols(o_v, TRANSPOSED)
+    o_kv0 = along_rows(o_k0, TRANSPOSED) * V + along_cols(o_v, TRANSPOSED)
+    o_kv1 = along_rows(o_k1, TRANSPOSED) * V + along_cols(o_v, TRANSPOSED)
     o_state = i_nh.to(tl.int64) * K * V
     tl.store(dh0 + o_state + o_kv0, b_dx0, mask=m_kv0)
     if USE_MOMENTUM:
@@ -468,7 +398,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     from ..utils.operand_precision import dot_precision
     from ..common.chunk_products import chunk_products
     from .chunk_fwd import linear_memory_fwd
-    from .configs import launch_config, operands_in_fp32, transposed_adjoints
+    from .configs import launch_config, operands_in_fp32, transposed_states
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
@@ -502,7 +432,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
         qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write,
         dht=dht, dst=dst, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs, dh0=dh0, ds0=ds0, scale=scale,
-        USE_FINAL_STATE_GRADIENT=dht is not None, TRANSPOSED=transposed_adjoints(K, BT, fp32_operands, arch),
+        USE_FINAL_STATE_GRADIENT=dht is not None, TRANSPOSED=transposed_states("bwd_dh", K, BT, fp32_operands, arch),
         **common, **cfg._asdict(),
     )
     # The parallel kernels: one program per (key tile, chunk, head), looping over the value tiles, so

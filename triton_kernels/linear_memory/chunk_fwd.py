@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ..common.tiles import load_operand
+from .held_tiles import along_cols, along_rows, held, held_dot, held_trans, initial_state, state_tiles
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -21,80 +22,67 @@ def linear_memory_fwd_kernel_h(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, USE_DGD: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr, STORE_RES: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    FP32_OPERANDS: tl.constexpr,
+    FP32_OPERANDS: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):
     """The chunk recurrence of one value tile. The states are held as two row tiles of BK rows
     (rows BK..2·BK−1 only when K > BK; K ≤ 2·BK): K M^c and K S^c are summed over the two, and
     each tile is updated with its own rows of Kᵀ, which keeps K = 256 free of spills. With DGD,
     `kk_write` [H, NC, BT, BT] holds (K Kᵀ) ⊙ G (rows 0..BT−1), which does not depend on the
     state: computed before the launch, it leaves the recurrence with fewer live tiles. STORE_RES:
-    store R for the backward (the output kernel forms it again from K, M^c and V)."""
+    store R for the backward (the output kernel forms it again from K, M^c and V). TRANSPOSED
+    holds the states and every token × value tile transposed (held_tiles.py)."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)                           # sequence × head on the uncapped axis
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
     c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
     o_t = tl.arange(0, BT)
-    o_k0 = tl.arange(0, BK)
-    o_k1 = BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k0, m_k1, m_v = o_k0 < K, o_k1 < K, o_v < V
-    m_kv0 = m_k0[:, None] & m_v[None, :]
-    m_kv1 = m_k1[:, None] & m_v[None, :]
-    o_state0 = (i_nh.to(tl.int64) * K + o_k0[:, None]) * V + o_v[None, :]
-    o_state1 = (i_nh.to(tl.int64) * K + o_k1[:, None]) * V + o_v[None, :]
+    o_k0, o_k1, o_v, m_k0, m_k1, m_v, m_kv0, m_kv1, m_tv, o_state0, o_state1 = state_tiles(
+        i_nh, i_v, K, V, BK, BV, TRANSPOSED)
 
-    b_x0 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_s0 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_x1 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_s1 = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_INITIAL_STATE:
-        b_x0 += tl.load(h0 + o_state0, mask=m_kv0, other=0.0)
-        if USE_MOMENTUM:
-            b_s0 += tl.load(s0 + o_state0, mask=m_kv0, other=0.0)
-        if K > BK:
-            b_x1 += tl.load(h0 + o_state1, mask=m_kv1, other=0.0)
-            if USE_MOMENTUM:
-                b_s1 += tl.load(s0 + o_state1, mask=m_kv1, other=0.0)
+    b_x0, b_s0, b_x1, b_s1 = initial_state(h0, s0, o_state0, o_state1, m_kv0, m_kv1, K, BK, BV,
+                                           USE_INITIAL_STATE, USE_MOMENTUM, TRANSPOSED)
 
     for i_c in range(c_start, c_end):
         o_tok = i_c * BT + o_t                                                # rows of the flat layout
         o_chunk = i_h * NC + i_c                                              # gate matrices [H, NC, ...]
         b_k0 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], m_k0[None, :], FP32_OPERANDS)
-        o_hc0 = (o_chunk * K + o_k0[:, None]) * V + o_v[None, :]
+        o_hc0 = (o_chunk * K + along_rows(o_k0, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
         tl.store(h + o_hc0, b_x0, mask=m_kv0)                                 # M^c
-        b_kx = tl.dot(b_k0, b_x0.to(b_k0.dtype), input_precision=DOT_PRECISION)
+        b_kx = held_dot(held(b_k0, TRANSPOSED), b_x0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
         if USE_MOMENTUM:
             tl.store(s + o_hc0, b_s0, mask=m_kv0)                             # S^c
         if USE_DGD and USE_MOMENTUM:
-            b_ks = tl.dot(b_k0, b_s0.to(b_k0.dtype), input_precision=DOT_PRECISION)
+            b_ks = held_dot(held(b_k0, TRANSPOSED), b_s0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
         if K > BK:
             b_k1 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], m_k1[None, :], FP32_OPERANDS)
-            o_hc1 = (o_chunk * K + o_k1[:, None]) * V + o_v[None, :]
+            o_hc1 = (o_chunk * K + along_rows(o_k1, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
             tl.store(h + o_hc1, b_x1, mask=m_kv1)
-            b_kx += tl.dot(b_k1, b_x1.to(b_k1.dtype), input_precision=DOT_PRECISION)
+            b_kx = held_dot(held(b_k1, TRANSPOSED), b_x1.to(b_k1.dtype), b_kx, TRANSPOSED, DOT_PRECISION)
             if USE_MOMENTUM:
                 tl.store(s + o_hc1, b_s1, mask=m_kv1)
             if USE_DGD and USE_MOMENTUM:
-                b_ks += tl.dot(b_k1, b_s1.to(b_k1.dtype), input_precision=DOT_PRECISION)
-        b_v = tl.load(v + (o_tok[:, None] * H + i_h) * V + o_v[None, :], mask=m_v[None, :], other=0.0)
+                b_ks = held_dot(held(b_k1, TRANSPOSED), b_s1.to(b_k1.dtype), b_ks, TRANSPOSED, DOT_PRECISION)
+        o_tv = (along_rows(o_tok, TRANSPOSED) * H + i_h) * V + along_cols(o_v, TRANSPOSED)
+        b_v = tl.load(v + o_tv, mask=m_tv, other=0.0)
         b_r = b_kx - b_v.to(tl.float32)                                       # R = K M^c − V
-        o_tv = (o_tok[:, None] * H + i_h) * V + o_v[None, :]
         if STORE_RES:
-            tl.store(res + o_tv, b_r, mask=m_v[None, :])
+            tl.store(res + o_tv, b_r, mask=m_tv)
 
         i_last = tl.load(last_rows + i_c)
         o_gate = o_chunk * (BT + 1)
-        b_upd = tl.load(write + (o_gate + i_last) * BT + o_t)[:, None] * b_r  # G[last, :]
+        b_upd = along_rows(tl.load(write + (o_gate + i_last) * BT + o_t), TRANSPOSED) * b_r   # G[last, :]
         if USE_DGD:
-            b_kk_write = tl.load(kk_write + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])   # (K Kᵀ) ⊙ G
-            b_p = tl.load(decay + o_gate + o_t)[:, None] * b_kx
+            # BT × BT blocks, as held (transposed with TRANSPOSED)
+            o_mat = (o_chunk * BT + along_rows(o_t, TRANSPOSED)) * BT + along_cols(o_t, TRANSPOSED)
+            b_kk_write = tl.load(kk_write + o_mat)                            # (K Kᵀ) ⊙ G
+            b_p = along_rows(tl.load(decay + o_gate + o_t), TRANSPOSED) * b_kx
             if USE_MOMENTUM:
-                b_p += tl.load(carry + o_gate + o_t)[:, None] * b_ks
-            b_p = tl.dot(b_kk_write, -b_r, b_p, input_precision=DOT_PRECISION)
-            b_inv = tl.load(dgd_inv + (o_chunk * BT + o_t[:, None]) * BT + o_t[None, :])
-            b_w = tl.dot(b_inv, b_p, input_precision=DOT_PRECISION)          # W = (I + L)^{-1} P
-            tl.store(pseudo + o_tv, b_w, mask=m_v[None, :])
-            b_upd += tl.load(dgd_write + (o_gate + i_last) * BT + o_t)[:, None] * b_w
+                b_p += along_rows(tl.load(carry + o_gate + o_t), TRANSPOSED) * b_ks
+            b_p = held_dot(b_kk_write, -b_r, b_p, TRANSPOSED, DOT_PRECISION)
+            b_inv = tl.load(dgd_inv + o_mat)
+            b_w = held_dot(b_inv, b_p, None, TRANSPOSED, DOT_PRECISION)      # W = (I + L)^{-1} P
+            tl.store(pseudo + o_tv, b_w, mask=m_tv)
+            b_upd += along_rows(tl.load(dgd_write + (o_gate + i_last) * BT + o_t), TRANSPOSED) * b_w
 
         # M = β[last] M^c + f[last] S^c − Kᵀ(upd),  S = m S^c − Kᵀ(N ⊙ R), one row tile at a time, each
         # product accumulating into the state it updates (no second state-sized tile live)
@@ -103,18 +91,20 @@ def linear_memory_fwd_kernel_h(
         if USE_MOMENTUM:
             b_carry_last = tl.load(carry + o_gate + i_last)
             b_mom_decay = tl.load(mom_decay_last + o_chunk)
-            b_neg_mom_upd = (-tl.load(mom_write_last + o_chunk * BT + o_t)[:, None] * b_r).to(b_k0.dtype)
-            b_x0 = tl.dot(tl.trans(b_k0), b_neg_upd, b_decay_last * b_x0 + b_carry_last * b_s0,
-                          input_precision=DOT_PRECISION)
-            b_s0 = tl.dot(tl.trans(b_k0), b_neg_mom_upd, b_mom_decay * b_s0, input_precision=DOT_PRECISION)
+            b_neg_mom_upd = (-along_rows(tl.load(mom_write_last + o_chunk * BT + o_t), TRANSPOSED) * b_r).to(b_k0.dtype)
+            b_x0 = held_dot(held_trans(b_k0, TRANSPOSED), b_neg_upd, b_decay_last * b_x0 + b_carry_last * b_s0,
+                            TRANSPOSED, DOT_PRECISION)
+            b_s0 = held_dot(held_trans(b_k0, TRANSPOSED), b_neg_mom_upd, b_mom_decay * b_s0, TRANSPOSED, DOT_PRECISION)
             if K > BK:
-                b_x1 = tl.dot(tl.trans(b_k1), b_neg_upd, b_decay_last * b_x1 + b_carry_last * b_s1,
-                              input_precision=DOT_PRECISION)
-                b_s1 = tl.dot(tl.trans(b_k1), b_neg_mom_upd, b_mom_decay * b_s1, input_precision=DOT_PRECISION)
+                b_x1 = held_dot(held_trans(b_k1, TRANSPOSED), b_neg_upd, b_decay_last * b_x1 + b_carry_last * b_s1,
+                                TRANSPOSED, DOT_PRECISION)
+                b_s1 = held_dot(held_trans(b_k1, TRANSPOSED), b_neg_mom_upd, b_mom_decay * b_s1, TRANSPOSED,
+                                DOT_PRECISION)
         else:
-            b_x0 = tl.dot(tl.trans(b_k0), b_neg_upd, b_decay_last * b_x0, input_precision=DOT_PRECISION)
+            b_x0 = held_dot(held_trans(b_k0, TRANSPOSED), b_neg_upd, b_decay_last * b_x0, TRANSPOSED, DOT_PRECISION)
             if K > BK:
-                b_x1 = tl.dot(tl.trans(b_k1), b_neg_upd, b_decay_last * b_x1, input_precision=DOT_PRECISION)
+                b_x1 = held_dot(held_trans(b_k1, TRANSPOSED), b_neg_upd, b_decay_last * b_x1, TRANSPOSED,
+                                DOT_PRECISION)
 
     if STORE_FINAL_STATE:
         tl.store(ht + o_state0, b_x0, mask=m_kv0)
@@ -198,7 +188,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     from ..common.chunk_products import chunk_products
     from ..utils.launch import device_arch, launch
     from ..utils.operand_precision import dot_precision
-    from .configs import launch_config, operands_in_fp32
+    from .configs import launch_config, operands_in_fp32, transposed_states
 
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
@@ -232,8 +222,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
                                                                       precision=precision)[2],
         chunk_offsets=chunk_offsets,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
-        USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, STORE_RES=res is not None, **common,
-        **cfg._asdict(),
+        USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, STORE_RES=res is not None,
+        TRANSPOSED=transposed_states("fwd_h", K, BT, fp32_operands, arch), **common, **cfg._asdict(),
     )
     if not output:
         return None, h, s, res, pseudo, ht, st

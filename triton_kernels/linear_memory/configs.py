@@ -20,9 +20,10 @@ needed more shared memory than a block may have.
 `FP32_OPERANDS` replaces entries for fp32 operands (16-bit q, k, v loads converted to fp32 on Hopper
 with Triton < 3.7.1, `utils/operand_precision.py`; fp32 inputs too), whose tiles take twice the
 registers; chosen for sm_90 with the same sweep (`--operands fp32`, tf32 products). At K = 256
-the reverse recurrence with 32- and 64-token chunks holds its adjoints transposed on sm_90
-(`transposed_adjoints`, `--transposed 1`), where with wgmma no candidate of the sweep was clean;
-with 64-token chunks as one 256-row tile (the (256, 64) entry, over SM90's two). On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
+the recurrences hold their states transposed on sm_90 (`transposed_states`, `--transposed 1`),
+where with wgmma no candidate of the sweep was clean: the reverse one with 32- and 64-token
+chunks, with 64-token chunks as one 256-row tile (the (256, 64) entry, over SM90's two), and
+the forward one with 64-token chunks (clean under Triton 3.8 with wgmma, 96 B under 3.6). On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
 configurations spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with
 64-token chunks is clean on both architectures. `bwd_dh` at K = 128 with 32-token chunks holds the
 state as two 64-row tiles: one 128-row tile spilled 24 B without the final state's gradient; at
@@ -98,9 +99,9 @@ SM90["fwd_o"] = {(128, 64): (64, 8, 1, 32)}
 SM90["bwd_dh"] = {(256, 64): (16, 8, 1, 128)}
 
 
-# bwd_dh entries (K bucket, BT) whose kernel holds its adjoints transposed with fp32 operands on sm_90
-# (`transposed_adjoints`)
-TRANSPOSED_ADJOINTS = {(256, 32), (256, 64)}
+# the entries (K bucket, BT) of the recurrent kernels that hold their states transposed with fp32
+# operands on sm_90 (`transposed_states`)
+TRANSPOSED_STATES = {"fwd_h": {(256, 64)}, "bwd_dh": {(256, 32), (256, 64)}}
 
 
 def _pow2(n: int) -> int:
@@ -147,8 +148,8 @@ def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = Fa
     return LaunchConfig(min(BK, K_pow2), min(BV, _pow2(V)), num_warps, num_stages)
 
 
-def transposed_adjoints(K: int, BT: int, fp32_operands: bool, arch: Optional[int]) -> bool:
-    """Whether `linear_memory_bwd_kernel_dh` runs with TRANSPOSED (chunk_bwd.py): its products then
-    have BV rows and run mma.sync, not wgmma. On sm_90 with fp32 operands at K = 256 and 32- or
-    64-token chunks, where wgmma's tf32 steps spilled (README.md, "The transposed adjoints")."""
-    return arch == 90 and fp32_operands and (max(_pow2(K), 64), BT) in TRANSPOSED_ADJOINTS
+def transposed_states(kernel: str, K: int, BT: int, fp32_operands: bool, arch: Optional[int]) -> bool:
+    """Whether recurrent `kernel` ("fwd_h", "bwd_dh") runs with TRANSPOSED (held_tiles.py): its
+    products then have BV rows and run mma.sync, not wgmma. On sm_90 with fp32 operands at K = 256
+    (TRANSPOSED_STATES), where wgmma's tf32 steps spilled (README.md, "The transposed states")."""
+    return arch == 90 and fp32_operands and (max(_pow2(K), 64), BT) in TRANSPOSED_STATES.get(kernel, ())
