@@ -5,7 +5,6 @@ the chunk products also with bf16 loads converted to fp32, `CONVERTED_VARIANT`),
 import itertools
 
 from ..utils.aot import ARCHS, CONVERTED_VARIANT, OPERAND_VARIANTS, AotSpec, kernel_params
-from ..utils.versions import triton_version
 from . import chunk_products
 from .dgd_inverse import dgd_inverse_bwd_kernel, dgd_inverse_kernel, launch_params
 from .chunk_gates import CHUNK_SIZES, NUM_WARPS, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel
@@ -58,5 +57,3 @@ AOT_SPECS = [
     for K in (32, 64, 128, 256)             # mlp_memory's K from 32, linear_memory's to 256
     for C in (16, 32, 64)
 ]
-# Triton 3.6 (the GPU machine's) spills 8 B in one product kernel of converted loads
-KNOWN_SPILLS = {90: {"chunk_products-K32-C16-bf16-fp32ops-reads-dgd"}} if triton_version() < (3, 7) else {}
