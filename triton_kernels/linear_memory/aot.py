@@ -2,7 +2,6 @@
 import itertools
 
 from ..utils.aot import CONVERTED_VARIANT, OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
-from ..utils.versions import triton_version
 from .chunk_bwd import (
     linear_memory_bwd_kernel_dgd_inv, linear_memory_bwd_kernel_dh, linear_memory_bwd_kernel_dk,
     linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
@@ -46,13 +45,6 @@ def flag_combinations(flags: set) -> list:
     with_dht = FINAL_STATE_GRADIENT if "USE_FINAL_STATE_GRADIENT" in flags else (("", True),)
     return [(name + dht_name, dict(USE_MOMENTUM=momentum, USE_DGD=dgd, USE_FINAL_STATE_GRADIENT=dht))
             for name, momentum, dgd in FLAGS if dgd or "USE_DGD" in flags for dht_name, dht in with_dht]
-
-
-# The spill no candidate of `benchmarks/linear_memory_spill_sweep.py` avoids, under Triton 3.6 (the
-# GPU machine's) on sm_90: bwd_dk_dgd D64-BT32 with converted loads, DGD without momentum, 20 B
-# (with 64-row key tiles no candidate is clean for both momentum settings there; 32-row ones would
-# be, at twice the reads of dO, R, W and the states).
-KNOWN_SPILLS = {90: {"linear_memory_bwd_dk_dgd-D64-BT32-bf16-fp32ops-dgd"} if triton_version() < (3, 7) else set()}
 
 
 def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:

@@ -323,7 +323,6 @@ def linear_memory_bwd_kernel_dk_dgd(
     o_gate = o_chunk * (BT + 1)
     o_mat = o_t[:, None] * BT + o_t[None, :]
 
-    b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
     b_decay = tl.load(decay + o_gate + o_t)
     b_carry = tl.load(carry + o_gate + o_t) if USE_MOMENTUM else b_decay
     b_dpr = tl.zeros([BT, BT], dtype=tl.float32)
@@ -336,12 +335,15 @@ def linear_memory_bwd_kernel_dk_dgd(
         b_dpr += tl.dot(b_dp, tl.trans(tl.load(res + o_tv, mask=m_tv, other=0.0)),
                         input_precision=DOT_PRECISION)
         b_x = tl.load(h + o_hc, mask=m_kv, other=0.0)
+        b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)           # read per value tile, not kept live
         b_d_decay += tl.sum(b_dp * tl.dot(b_k, b_x.to(b_k.dtype), input_precision=DOT_PRECISION), 1)
-        b_dk += b_decay[:, None] * tl.dot(b_dp, tl.trans(b_x), input_precision=DOT_PRECISION)
+        # diag(β) (dP Mᵀ) = (β ⊙ dP) Mᵀ, accumulated into dK (no second [BT, BK] tile live)
+        b_dk = tl.dot(b_decay[:, None] * b_dp, tl.trans(b_x), b_dk, input_precision=DOT_PRECISION)
         if USE_MOMENTUM:
             b_s = tl.load(s + o_hc, mask=m_kv, other=0.0)
             b_d_carry += tl.sum(b_dp * tl.dot(b_k, b_s.to(b_k.dtype), input_precision=DOT_PRECISION), 1)
-            b_dk += b_carry[:, None] * tl.dot(b_dp, tl.trans(b_s), input_precision=DOT_PRECISION)
+            b_dk = tl.dot(b_carry[:, None] * b_dp, tl.trans(b_s), b_dk, input_precision=DOT_PRECISION)
+    b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
     b_dkk = -b_dpr * tl.load(write + o_gate * BT + o_mat)                     # dÂ, Â = (K Kᵀ) ⊙ G
     b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
     b_dk += tl.load(dk + o_tk, mask=m_k[None, :], other=0.0)                 # the writes' side

@@ -23,11 +23,14 @@ registers; chosen for sm_90 with the same sweep (`--operands fp32`, tf32 product
 the recurrences hold their states transposed on sm_90 (`transposed_states`, `--transposed 1`),
 where with wgmma no candidate of the sweep was clean: the reverse one with 32- and 64-token
 chunks, with 64-token chunks as one 256-row tile (the (256, 64) entry, over SM90's two), and
-the forward one with 64-token chunks (clean under Triton 3.8 with wgmma, 96 B under 3.6). On sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
-configurations spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with
-64-token chunks is clean on both architectures. `bwd_dh` at K = 128 with 32-token chunks holds the
-state as two 64-row tiles: one 128-row tile spilled 24 B without the final state's gradient; at
-K = 256 with 16-token chunks it pipelines two stages (one spilled 16 B there under Triton 3.6).
+the forward one with 64-token chunks (clean under Triton 3.8 with wgmma, 96 B under 3.6). On
+sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these configurations
+spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with 64-token chunks is
+clean on both architectures. `bwd_dh` at K = 128 with 32-token chunks holds the state as two
+64-row tiles: one 128-row tile spilled 24 B without the final state's gradient; at K = 256 with
+16-token chunks it pipelines two stages (one spilled 16 B there under Triton 3.6). So does
+`bwd_dk_dgd` at K = 64 with 32-token chunks (with one, DGD without momentum spilled 8 B with
+converted loads under Triton 3.6, and 20 B before the kernel read K per value tile).
 
 `SM90` replaces entries on Hopper alone. `fwd_o` at K = 128 with 64-token chunks keeps 64-column
 value tiles there (clean at 133–154 registers), where sm_80's mma.sync spills them (12–64 B with
@@ -87,7 +90,7 @@ FP32_OPERANDS = {
     "fwd_h": {(256, 64): (16, 8, 1, 128)},
     "bwd_dh": {(64, 64): (16, 4, 1, 256), (128, 32): (16, 8, 2, 64), (128, 64): (16, 4, 1, 64),
                (256, 16): (16, 8, 2, 128), (256, 32): (16, 8, 2, 128), (256, 64): (16, 8, 1, 256)},
-    "bwd_dk_dgd": {(64, 32): (16, 8, 1, 64), (128, 16): (16, 8, 1, 128), (128, 32): (16, 8, 1, 64),
+    "bwd_dk_dgd": {(64, 32): (16, 8, 2, 64), (128, 16): (16, 8, 1, 128), (128, 32): (16, 8, 1, 64),
                    (256, 16): (16, 8, 1, 128), (256, 32): (16, 8, 1, 64)},
 }
 
