@@ -5,7 +5,6 @@ self-target, the residual, `read="current"`)."""
 import itertools
 
 from ..utils.aot import OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
-from ..utils.versions import triton_version
 from .chunk_fwd import mlp_memory_fwd_kernel_h, mlp_memory_fwd_kernel_o
 from .configs import launch_config
 
@@ -36,6 +35,3 @@ def _specs():
 
 
 AOT_SPECS = list(_specs())
-# Triton 3.6 (the GPU machine's) spills 8 B here, at 72 registers (a stack slot, not register
-# pressure); 3.8 does not
-KNOWN_SPILLS = {90: {"mlp_memory_fwd_o-K32-Dh64-BT8-bf16-mom-dgd-self"}} if triton_version() < (3, 7) else {}

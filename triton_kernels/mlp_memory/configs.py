@@ -11,7 +11,9 @@ the read kernel 216 B at K = 64); 4 warps spill on sm_80 at K = 32, Dh = 128, 8-
 unless BD = 32; the recurrent kernel's BD = 32 at V = 128 spilled up to 36 B on sm_80. With fp32
 q, k, v (fp32 inputs, or the fp32 copies of 16-bit ones on Hopper with Triton < 3.7.1,
 `utils/operand_precision.py`) the recurrent kernel at V = 128 and 64-token chunks reads keys in tiles
-of 16 (32 spilled 124 B on sm_90).
+of 16 (32 spilled 124 B on sm_90). The read kernel pipelines two stages below 64-token chunks:
+with one, K = 32, Dh = 64 with 8-token chunks spilled 8 B on sm_90 under Triton 3.6 (a stack
+slot at 72 registers).
 """
 from typing import NamedTuple
 
@@ -38,4 +40,4 @@ def launch_config(kernel: str, K: int, V: int, DH: int, BT: int, fp32_operands: 
         return LaunchConfig(BK, BD, V2, 8 if BC == 64 or BC * V2 > 32 * 64 else 4, 1)
     if BC == 64:
         return LaunchConfig(min(K2, 32), 16, min(V2, 64), 8, 1)
-    return LaunchConfig(min(K2, 64), min(D2, 32), min(V2, 64), 4, 1)
+    return LaunchConfig(min(K2, 64), min(D2, 32), min(V2, 64), 4, 2)
