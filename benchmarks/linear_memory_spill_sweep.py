@@ -64,7 +64,7 @@ def main(argv=None):
                      FP32_OPERANDS=a.operands != "bf16", USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, **flag_values)
             spec = AotSpec(f"{part}-D{D}-BT{BT}-BK{BK}-BV{BV}-w{w}-s{st}{'-T' * tr}-{flag_name}", kernel,
                            aot.signature(runtime, a.operands.split("-")[0]), {n: v for n, v in c.items() if n in flags},
-                           w, st, gemm_heavy=BT == 64 and not tr)
+                           w, st, gemm_heavy=BT == 64, mma_sync_on_hopper=tr)
             jobs.append((spec, arch))
     t = time.time()
     # fresh processes even where Triton is not interpreted (a GPU machine), so that --jobs applies

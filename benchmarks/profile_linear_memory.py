@@ -5,7 +5,7 @@
     python benchmarks/profile_linear_memory.py --out-dir DIR [--shapes B8-T2048-H16-D64,B4-T4096-H16-D128]
         [--backends triton] [--chunks 64] [--calls 5]
 
-Inputs and calls are the benchmark's (`bench_linear_memory.py`: bf16 q/k/v, momentum; chunk 64 unless `--chunks`).
+Inputs and calls are the benchmark's (`linear_memory_bench`: bf16 q/k/v, momentum; chunk 64 unless `--chunks`).
 On a CPU it profiles CPU operators instead (a smoke run; the interpreter's numbers mean nothing).
 Writes profile-linear_memory.md.
 """

@@ -119,6 +119,15 @@ def test_gemm_heavy_without_wgmma_fails(report):
     assert not r.ok and "wgmma" in r.status
 
 
+def test_mma_sync_on_hopper_by_design():
+    """A GEMM-heavy kernel whose products have fewer rows than wgmma's 64 by design passes on sm_90
+    with mma.sync, and still fails without a matrix unit."""
+    by_design = dataclasses.replace(GEMM, mma_sync_on_hopper=True)
+    assert CompileResult(by_design, 90, registers=128, matrix_unit="mma").ok
+    assert CompileResult(by_design, 90, registers=128, matrix_unit="none").status == "GEMM-heavy kernel without mma"
+    assert CompileResult(GEMM, 90, registers=128, matrix_unit="mma").status == "GEMM-heavy kernel without wgmma (mma)"
+
+
 def test_compile_error_is_a_result(report):
     r = report["bad-block-90"]
     assert r.error and not r.ok and r.status.startswith("error")

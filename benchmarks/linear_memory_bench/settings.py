@@ -1,7 +1,7 @@
 """Problem sizes and constants of the benchmark.
 
 `CHUNK` and `VARIANTS` are the settings of one run: `bench_linear_memory.main` (and
-`profile_linear_memory.py`) set them here, and the other modules read them as `settings.CHUNK` /
+`profile_linear_memory.py`, `config_sweep.py`) set them here, and the other modules read them as `settings.CHUNK` /
 `settings.VARIANTS` when they are called.
 """
 import re

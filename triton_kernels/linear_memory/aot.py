@@ -82,7 +82,7 @@ def _specs():
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, archs=tuple(cfg_archs),
                     # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync, as do the transposed
                     # states' products (BV rows)
-                    gemm_heavy=BT == 64 and not transposed,
+                    gemm_heavy=BT == 64, mma_sync_on_hopper=transposed,
                 )
 
 

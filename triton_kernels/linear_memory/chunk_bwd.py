@@ -88,7 +88,7 @@ def linear_memory_bwd_kernel_dh(
 
         i_last = tl.load(last_rows + i_c)
         o_gate = o_chunk * (BT + 1)
-        # BT × BT blocks, read transposed (as the transposes of the transposes with TRANSPOSED)
+        # BT × BT blocks A, read as Aᵀ (as A itself with TRANSPOSED: the held form of Aᵀ)
         o_mat_t = (o_chunk * BT + along_cols(o_t, TRANSPOSED)) * BT + along_rows(o_t, TRANSPOSED)
         # dR = −G[last] ⊙ K dM − N[last] ⊙ K dS − ((Q Kᵀ) ⊙ G)ᵀ dO; the products accumulate into
         # what they are added to (no second BT × BV tile live)

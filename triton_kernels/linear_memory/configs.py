@@ -42,7 +42,8 @@ tiles mean fewer partial sums of the gate and DGD-inverse gradients to write and
 K = 64), and fewer reads of dO, R, W and the chunk states, which every key tile's program reads in
 full. `bwd_dh` at K = 256 with 64-token chunks holds the state as two 128-row tiles on Hopper and as
 one 256-row tile on sm_80, where two tiles spilled 8 B without the final state's gradient and one
-tile spills on sm_90. Chosen with the same sweep on sm_90 (bf16 and fp32 operands, Triton 3.8 and 3.6).
+tile spills on sm_90 (16-bit operands; fp32 ones hold one transposed tile there,
+FP32_OPERANDS). Chosen with the same sweep on sm_90 (bf16 and fp32 operands, Triton 3.8 and 3.6).
 """
 from typing import NamedTuple, Optional
 

@@ -71,7 +71,8 @@ class AotSpec:
     default). `divisible_by_16` names the arguments the launch can promise are multiples of 16
     (pointers: 16-byte aligned), as Triton's JIT specialises them; None means every pointer,
     which is what a launch on fresh torch tensors gets. `gemm_heavy` kernels must use the
-    matrix units (wgmma on sm_90, mma on sm_80). `num_warps`, `num_stages` default to what a launch
+    matrix units (wgmma on sm_90, mma on sm_80); with `mma_sync_on_hopper`, whose products have
+    fewer rows than wgmma's 64 by design, mma on sm_90 too. `num_warps`, `num_stages` default to what a launch
     that does not pass them gets (4, 3). `archs`: the architectures the configuration
     launches on, those the report compiles it for.
     """
@@ -83,6 +84,7 @@ class AotSpec:
     num_warps: int = 4
     num_stages: int = 3                     # Triton's own default at launch (CUDAOptions.num_stages)
     gemm_heavy: bool = False
+    mma_sync_on_hopper: bool = False
     divisible_by_16: Optional[Sequence[str]] = None
     archs: Tuple[int, ...] = ARCHS
 
@@ -125,7 +127,8 @@ class CompileResult:
         limit = SHARED_MEMORY_LIMIT.get(self.arch)
         if limit is not None and self.total_shared_bytes > limit:
             out.append(f"smem {self.total_shared_bytes} B > {limit} B")
-        if self.spec.gemm_heavy and self.arch >= 90 and self.matrix_unit != "wgmma":
+        wgmma_expected = self.arch >= 90 and not self.spec.mma_sync_on_hopper
+        if self.spec.gemm_heavy and wgmma_expected and self.matrix_unit != "wgmma":
             out.append(f"GEMM-heavy kernel without wgmma ({self.matrix_unit})")
         elif self.spec.gemm_heavy and self.arch >= 80 and self.matrix_unit == "none":
             out.append("GEMM-heavy kernel without mma")
