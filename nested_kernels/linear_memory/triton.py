@@ -130,9 +130,12 @@ def _backward(ctx, do, dht, dst, *_kept):
     q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows = saved
     kept = (None,) * 4 if h.numel() == 0 else [_none_if_empty(x) for x in (h, s, res, pseudo)]
     do = torch.zeros_like(v, dtype=ctx.out_dtype) if do is None else do
-    dst = None if carry is None else dst
-    if (dht is None) != (dst is None) and carry is not None:                 # the kernel reads both or neither
-        dht, dst = (torch.zeros_like(dst) if dht is None else dht), (torch.zeros_like(dht) if dst is None else dst)
+    if carry is None:
+        dst = None
+    elif dht is None and dst is not None:                                     # the kernel reads both or neither
+        dht = torch.zeros_like(dst)
+    elif dst is None and dht is not None:
+        dst = torch.zeros_like(dht)
     grads = _triton_bwd(
         do, dht, dst, q, k, v, decay, carry, write,
         dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows, ctx.scale, ctx.dgd, *kept)

@@ -96,6 +96,7 @@ def test_triton_chunk_value_tiles():
 
 
 RECURRENT = ("fwd_h", "bwd_dh")  # hold the state as at most two row tiles of BK
+RECURRENT_KERNELS = ("linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh")
 
 
 def key_tiles(monkeypatch, BK, BK_state):
@@ -138,7 +139,7 @@ def test_triton_chunk_transposed_states(monkeypatch, K, BK_state, C, use_mom, dg
     monkeypatch.setattr(configs, "transposed_states", lambda kernel, K, BT, fp32_operands, arch: True)
     calls = record_launches(monkeypatch)
     check(1, 70, 2, K, 24, C, use_mom, dgd, True, final_state=final_state)
-    recurrences = [kw for name, _, kw in calls if name in ("linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh")]
+    recurrences = [kw for name, _, kw in calls if name in RECURRENT_KERNELS]
     assert len(recurrences) == 3 and all(kw["TRANSPOSED"] and kw["BK"] == BK_state for kw in recurrences)
     (kw,) = [kw for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"]
     assert kw["USE_FINAL_STATE_GRADIENT"] == final_state
@@ -182,8 +183,7 @@ def test_triton_chunk_k256(monkeypatch):
     check(2, 1, 1, 256, 256, 64, False, False, True)                           # the faulting call's case
     # both recurrences hold their states transposed there (`configs.transposed_states`); the
     # backward runs the forward one again
-    transposed = [(name, kw["TRANSPOSED"]) for name, _, kw in calls
-                  if name in ("linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh")]
+    transposed = [(name, kw["TRANSPOSED"]) for name, _, kw in calls if name in RECURRENT_KERNELS]
     assert transposed == [("linear_memory_fwd_kernel_h", True), ("linear_memory_fwd_kernel_h", True),
                           ("linear_memory_bwd_kernel_dh", True)] * 2, transposed
 

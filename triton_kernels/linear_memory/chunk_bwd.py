@@ -100,8 +100,8 @@ def linear_memory_bwd_kernel_dh(
         if USE_DGD:
             # dW = −E[last] ⊙ K dM − ((Q Kᵀ) ⊙ E)ᵀ dO;  dP = (I + L)^{-T} dW
             b_dw = held_dot(tl.load(qk_dgd_write + o_mat_t), b_neg_do,
-                        -along_rows(tl.load(dgd_write + (o_gate + i_last) * BT + o_t), TRANSPOSED) * b_kdx,
-                        TRANSPOSED, DOT_PRECISION)
+                            -along_rows(tl.load(dgd_write + (o_gate + i_last) * BT + o_t), TRANSPOSED) * b_kdx,
+                            TRANSPOSED, DOT_PRECISION)
             tl.store(dpseudo + o_tv, b_dw, mask=m_tv)
             b_dp = held_dot(tl.load(dgd_inv + o_mat_t), b_dw, None, TRANSPOSED, DOT_PRECISION)
             tl.store(drhs + o_tv, b_dp, mask=m_tv)
