@@ -228,7 +228,8 @@ def test_specs_by_arch():
     assert key_tile == {90: [64], 80: [32]}                                   # configs.SM90
     transposed = {arch: {s.name for s in aot_registry.aot_specs(arch) if s.constexprs.get("TRANSPOSED")}
                   for arch in (90, 80)}                                       # configs.transposed_states
-    assert transposed == {90: {n for n in sm90 if n.startswith(("linear_memory_bwd_dh-D256-BT32-fp32qkv-",
-                                                                "linear_memory_bwd_dh-D256-BT64-fp32qkv-",
-                                                                "linear_memory_fwd_h-D256-BT64-fp32qkv-"))}, 80: set()}
-    assert len(transposed[90]) == 16 + 4                                      # every flag combination
+    recurrences = {f"linear_memory_{part}-{shape}-" for part in ("fwd_h", "bwd_dh")
+                   for shape in ("D128-BT64", "D256-BT16", "D256-BT32", "D256-BT64")}
+    assert transposed == {90: {n for n in sm90 if n.startswith(tuple(recurrences)) and "fp32" in n}, 80: set()}
+    # every flag combination, fp32 inputs at all four shapes, converted loads but at D256-BT64 (fp32 copies)
+    assert len(transposed[90]) == (4 + 8) * 4 + (4 + 8) * 3

@@ -124,23 +124,27 @@ def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
 
 
 @pytest.mark.parametrize("final_state", [True, False], ids=["final-state", "output-only"])
-@pytest.mark.parametrize("K,BK_state,C,use_mom,dgd",
-                         [(32, 32, 16, True, True), (40, 32, 32, True, False), (24, 16, 64, False, True),
-                          (16, 16, 64, False, False)],
-                         ids=["K32-C16-mom-dgd", "K40-BK32-C32-mom", "K24-BK16-C64-dgd", "K16-C64-plain"])
-def test_triton_chunk_transposed_states(monkeypatch, K, BK_state, C, use_mom, dgd, final_state):
+@pytest.mark.parametrize("K,BK_state,C,use_mom,dgd,dtype",
+                         [(32, 32, 16, True, True, torch.float32), (40, 32, 32, True, False, torch.float32),
+                          (24, 16, 64, False, True, torch.float32), (16, 16, 64, False, False, torch.float32),
+                          (40, 32, 64, True, True, torch.bfloat16)],
+                         ids=["K32-C16-mom-dgd", "K40-BK32-C32-mom", "K24-BK16-C64-dgd", "K16-C64-plain",
+                              "K40-BK32-C64-mom-dgd-bf16"])
+def test_triton_chunk_transposed_states(monkeypatch, K, BK_state, C, use_mom, dgd, dtype, final_state):
     """Both recurrences with their states held transposed (`configs.transposed_states`: sm_90, fp32
-    operands, K = 256), on shapes the interpreter runs fast: one and two state tiles (the second
-    partial), every chunk size, each combination of momentum and DGD, with and without the final
-    state in the loss (which starts the reverse recurrence from dM, dS or from zeros)."""
+    operands, K ≥ 128), on shapes the interpreter runs fast: one and two state tiles (the second
+    partial), every chunk size, each combination of momentum and DGD, fp32 inputs and bf16 ones
+    whose loads the kernels convert, with and without the final state in the loss (which starts the
+    reverse recurrence from dM, dS or from zeros)."""
     from nested_kernels.triton_kernels.linear_memory import configs
 
     key_tiles(monkeypatch, 16, BK_state)
     monkeypatch.setattr(configs, "transposed_states", lambda kernel, K, BT, fp32_operands, arch: True)
     calls = record_launches(monkeypatch)
-    check(1, 70, 2, K, 24, C, use_mom, dgd, True, final_state=final_state)
+    check(1, 70, 2, K, 24, C, use_mom, dgd, True, dtype=dtype, final_state=final_state)
     recurrences = [kw for name, _, kw in calls if name in RECURRENT_KERNELS]
     assert len(recurrences) == 3 and all(kw["TRANSPOSED"] and kw["BK"] == BK_state for kw in recurrences)
+    assert {(kw["k"].dtype, kw["FP32_OPERANDS"]) for kw in recurrences} == {(dtype, True)}
     (kw,) = [kw for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"]
     assert kw["USE_FINAL_STATE_GRADIENT"] == final_state
 

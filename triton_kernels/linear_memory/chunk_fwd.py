@@ -176,7 +176,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
     dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`; h0, s0 `[N, H, K, V]` or None.
     `out_dtype` is the op's input dtype (q, k, v are in it, or fp32 copies of it where
-    `configs.converts_loads` is False): it sets the products' precision. `state_dtype` (default
+    `configs.converts_loads` is False: K = 256 with 64-token chunks): it sets the products' precision. `state_dtype` (default
     fp32) is that of the stored chunk-start states h, s: the output kernel reads them only as
     operands of products with Q, in the operand dtype (`operand_dtype`: q's, or fp32 where its loads
     are converted), so states stored in it give the same output with half the bytes for 16-bit

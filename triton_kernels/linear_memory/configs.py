@@ -19,14 +19,20 @@ needed more shared memory than a block may have.
 
 `FP32_OPERANDS` replaces entries for fp32 operands (16-bit q, k, v loads converted to fp32 on Hopper
 with Triton < 3.7.1, `utils/operand_precision.py`; fp32 inputs too), whose tiles take twice the
-registers; chosen for sm_90 with the same sweep (`--operands fp32`, tf32 products). At K = 256
-the recurrences hold their states transposed on sm_90 (`transposed_states`, `--transposed 1`),
-where with wgmma no candidate of the sweep was clean: the reverse one with 32- and 64-token
-chunks, with 64-token chunks as one 256-row tile (the (256, 64) entry, over SM90's two), and
-the forward one with 64-token chunks (clean under Triton 3.8 with wgmma, 96 B under 3.6). On
+registers; chosen for sm_90 with the same sweep (`--operands fp32`, tf32 products). At K = 256,
+and at K = 128 with 64-token chunks, the recurrences hold their states transposed on sm_90
+(`transposed_states`, `--transposed 1`). With wgmma no candidate of the sweep was clean for the
+reverse one with fp32 inputs at K = 256 and 32- or 64-token chunks (with 64-token chunks it holds
+one 256-row tile, the (256, 64) entry, over SM90's two), the forward one at K = 256 with 64-token
+chunks spilled 96 B under Triton 3.6, and with converted loads both spilled 332–1328 B at K ≥ 128
+with 64-token chunks. Transposed, every entry but one is clean for fp32 inputs and converted loads
+under Triton 3.8 and 3.6 (the (128, 64) entries: one 128-row tile, 8 warps, one stage); the
+exception is the reverse one at K = 256 with 64-token chunks and converted loads (8–276 B for
+every candidate of the sweep with momentum and DGD), where the op makes fp32 copies instead. On
 sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these configurations
-spill there (K ≥ 128, 64-token chunks), and no `bwd_dh` entry at K = 128 with 64-token chunks is
-clean on both architectures. `bwd_dh` at K = 128 with 32-token chunks holds the state as two
+spilled there (K ≥ 128, 64-token chunks) before the (128, 64) entries of `fwd_h` and `bwd_dh` became
+one 128-row tile at 8 warps, which is clean on sm_80 too (held as it is; `bwd_dh`'s old entry, two
+64-row tiles at 4 warps, spilled up to 328 B there). `bwd_dh` at K = 128 with 32-token chunks holds the state as two
 64-row tiles: one 128-row tile spilled 24 B without the final state's gradient; at K = 256 with
 16-token chunks it pipelines two stages (one spilled 16 B there under Triton 3.6). So does
 `bwd_dk_dgd` at K = 64 with 32-token chunks (with one, DGD without momentum spilled 8 B with
@@ -88,8 +94,8 @@ TABLE = {
 
 # the entries that differ for fp32 operands
 FP32_OPERANDS = {
-    "fwd_h": {(256, 64): (16, 8, 1, 128)},
-    "bwd_dh": {(64, 64): (16, 4, 1, 256), (128, 32): (16, 8, 2, 64), (128, 64): (16, 4, 1, 64),
+    "fwd_h": {(128, 64): (16, 8, 1, 128), (256, 64): (16, 8, 1, 128)},
+    "bwd_dh": {(64, 64): (16, 4, 1, 256), (128, 32): (16, 8, 2, 64), (128, 64): (16, 8, 1, 128),
                (256, 16): (16, 8, 2, 128), (256, 32): (16, 8, 2, 128), (256, 64): (16, 8, 1, 256)},
     "bwd_dk_dgd": {(64, 32): (16, 8, 2, 64), (128, 16): (16, 8, 1, 128), (128, 32): (16, 8, 1, 64),
                    (256, 16): (16, 8, 1, 128), (256, 32): (16, 8, 1, 64)},
@@ -104,8 +110,8 @@ SM90["bwd_dh"] = {(256, 64): (16, 8, 1, 128)}
 
 
 # the entries (K bucket, BT) of the recurrent kernels that hold their states transposed with fp32
-# operands on sm_90 (`transposed_states`)
-TRANSPOSED_STATES = {"fwd_h": {(256, 64)}, "bwd_dh": {(256, 32), (256, 64)}}
+# operands on sm_90 (`transposed_states`): fp32 inputs and converted loads (`converts_loads`)
+TRANSPOSED_STATES = {kernel: {(128, 64), (256, 16), (256, 32), (256, 64)} for kernel in ("fwd_h", "bwd_dh")}
 
 
 def _pow2(n: int) -> int:
@@ -115,12 +121,12 @@ def _pow2(n: int) -> int:
 
 def converts_loads(K: int, BT: int) -> bool:
     """Whether the kernels take 16-bit q, k, v that need fp32 operands as they are and convert their
-    loads (FP32_OPERANDS), rather than as fp32 copies made by the op: at K ≤ 64, and at K = 128 with
-    16- and 32-token chunks. Converted loads spill the recurrent kernels on sm_90 at K ≥ 128 with
-    64-token chunks (fwd_h 332–1128 B, bwd_dh 32–1328 B; no candidate of the sweep with `--operands
-    bf16-fp32ops` is clean), where the copies' entries are clean but for bwd_dh at K = 256, and
-    bwd_dh at K = 256 with 32-token chunks under Triton 3.6 (12 B)."""
-    return _pow2(K) <= 64 or (_pow2(K) <= 128 and BT < 64)
+    loads (FP32_OPERANDS), rather than as fp32 copies made by the op: everywhere but K = 256 with
+    64-token chunks, where bwd_dh spills with converted loads even with its state transposed (8–276
+    B with momentum and DGD for every candidate of `--operands bf16-fp32ops --transposed 1`). At
+    K = 128 with 64-token chunks and at K = 256 the recurrences take converted loads transposed
+    (`transposed_states`): held as they are, they spilled 332–1128 B (fwd_h) and 32–1328 B (bwd_dh)."""
+    return _pow2(K) <= 128 or BT < 64
 
 
 def operands_in_fp32(k, BT: int) -> bool:
@@ -155,5 +161,6 @@ def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = Fa
 def transposed_states(kernel: str, K: int, BT: int, fp32_operands: bool, arch: Optional[int]) -> bool:
     """Whether recurrent `kernel` ("fwd_h", "bwd_dh") runs with TRANSPOSED (held_tiles.py): its
     products then have BV rows and run mma.sync, not wgmma. On sm_90 with fp32 operands at K = 256
-    (TRANSPOSED_STATES), where wgmma's tf32 steps spilled (README.md, "The transposed states")."""
+    and at K = 128 with 64-token chunks (TRANSPOSED_STATES), where wgmma's tf32 steps spilled
+    (README.md, "The transposed states")."""
     return arch == 90 and fp32_operands and (max(_pow2(K), 64), BT) in TRANSPOSED_STATES.get(kernel, ())
