@@ -9,7 +9,7 @@ import torch
 
 from nested_kernels import mlp_memory
 from nested_kernels.mlp_memory import MLPMemoryState
-from tests.helpers import gates, mlp_state, qkv, rms_ratio
+from tests.helpers import gates, mlp_state, qkv, record_launches, rms_ratio
 
 pytest.importorskip("triton")
 
@@ -119,6 +119,24 @@ def test_triton_chunk_tiles(monkeypatch, read):
     """K, Dh and V wider than their tiles, the last tile of each partial (K = V = 40, Dh = 72)."""
     small_tiles(monkeypatch)
     check(1, 20, 1, 40, 72, 40, 16, True, True, True, read, "gelu", False)
+
+
+@pytest.mark.parametrize("read", ["current", "chunk_start"])
+def test_triton_read_launch_config(monkeypatch, read):
+    """The read kernel launches with its read's entry (`configs.launch_config(read_current=)`): below
+    64-token chunks `read="chunk_start"` takes hidden tiles of 16, where 32 spilled on sm_90."""
+    from nested_kernels.triton_kernels.mlp_memory.configs import launch_config
+
+    calls = record_launches(monkeypatch)
+    f32 = lambda xs: [x.float() for x in xs]
+    with torch.no_grad():
+        mlp_memory(*f32(qkv(1, 8, 1, 16, 16)), *f32(gates(1, 8, 1)),
+                   initial_state=MLPMemoryState(*f32(mlp_state(1, 1, 16, 64, 16, momentum=True))),
+                   chunk_size=8, read=read, backend="triton")
+    (kw,) = [kw for name, _, kw in calls if name == "mlp_memory_fwd_kernel_o"]
+    expected = launch_config("fwd_o", 16, 16, 64, 8, read_current=read == "current")
+    assert (kw["BK"], kw["BD"], kw["BV"], kw["num_warps"], kw["num_stages"]) == expected
+    assert kw["BD"] == (32 if read == "current" else 16)
 
 
 def test_triton_split_stream():

@@ -1,7 +1,8 @@
 """The shipped configurations of the `mlp_memory` kernels, for `nested-kernels compile-report`:
 K = V in (32, 64, 128), Dh in (K, 2K, 4K), chunks of 8 to 64 tokens, bf16 inputs (q, k, v as they
 are and as fp32 copies: `OPERAND_VARIANTS`), with every flag that adds registers (momentum, DGD, the
-self-target, the residual, `read="current"`)."""
+self-target, the residual), and the read kernel with both reads: `read="current"` holds more, but
+`read="chunk_start"` spilled where it did not (K = 64, Dh = 128, 8-token chunks on sm_90)."""
 import itertools
 
 from ..utils.aot import OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
@@ -14,20 +15,24 @@ SCALARS = {"NC": "i32"}
 HEAD_DIMS = (32, 64, 128)
 EXPANSIONS = (1, 2, 4)
 CHUNK_SIZES = (8, 16, 32, 64)
+# (name suffix, IS_CURRENT) of the read kernel's reads
+READS = (("", True), ("-chunk-start", False))
 
 
 def _specs():
     for (variant, qkv, archs), (part, kernel) in itertools.product(OPERAND_VARIANTS, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
         signature = pointer_types(runtime, qkv, bf16={"o"}, int32=INT32, scalars=SCALARS)
-        for D, mult, BT in itertools.product(HEAD_DIMS, EXPANSIONS, CHUNK_SIZES):
+        reads = READS if "IS_CURRENT" in flags else READS[:1]
+        for D, mult, BT, (read_name, current) in itertools.product(HEAD_DIMS, EXPANSIONS, CHUNK_SIZES, reads):
             DH = D * mult
-            cfg = launch_config(part, D, D, DH, BT, fp32_operands=qkv == "fp32")
+            cfg = launch_config(part, D, D, DH, BT, fp32_operands=qkv == "fp32", read_current=current)
             constexprs = dict(H=16, K=D, V=D, DH=DH, BT=BT, BC=max(16, BT), BK=cfg.BK, BD=cfg.BD, BV=cfg.BV,
                               ACTIVATION=0, USE_RESIDUAL=True, USE_SELF_TARGET=True, USE_MOMENTUM=True,
-                              USE_DGD=True, IS_SHARED=True, IS_CURRENT=True, DOT_PRECISION="tf32")
+                              USE_DGD=True, IS_SHARED=True, IS_CURRENT=current, DOT_PRECISION="tf32")
             yield AotSpec(
-                name=f"mlp_memory_{part}-K{D}-Dh{DH}-BT{BT}-{variant}-mom-dgd-self", kernel=kernel, signature=signature,
+                name=f"mlp_memory_{part}-K{D}-Dh{DH}-BT{BT}-{variant}-mom-dgd-self{read_name}", kernel=kernel,
+                signature=signature,
                 constexprs={n: value for n, value in constexprs.items() if n in flags},
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                 archs=archs, gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; shorter chunks use mma.sync

@@ -358,7 +358,7 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
         IS_SHARED=w1_0.shape[0] == 1 and N > 1, **common, **cfg._asdict(),
     )
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
-    cfg = launch_config("fwd_o", K, V, DH, BT)
+    cfg = launch_config("fwd_o", K, V, DH, BT, read_current=read == "current")
     if NC:
         launch(
             mlp_memory_fwd_kernel_o, (NC * triton.cdiv(V, cfg.BV), H), k.device,

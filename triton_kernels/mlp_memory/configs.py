@@ -13,7 +13,9 @@ q, k, v (fp32 inputs, or the fp32 copies of 16-bit ones on Hopper with Triton < 
 `utils/operand_precision.py`) the recurrent kernel at V = 128 and 64-token chunks reads keys in tiles
 of 16 (32 spilled 124 B on sm_90). The read kernel pipelines two stages below 64-token chunks:
 with one, K = 32, Dh = 64 with 8-token chunks spilled 8 B on sm_90 under Triton 3.6 (a stack
-slot at 72 registers).
+slot at 72 registers). There `read="chunk_start"` takes hidden tiles of 16: with 32, K = 64,
+Dh = 128 with 8-token chunks spilled 4 B on sm_90 under Triton 3.8 (64 registers), and one stage
+spilled at three shapes.
 """
 from typing import NamedTuple
 
@@ -28,9 +30,11 @@ class LaunchConfig(NamedTuple):
     num_stages: int
 
 
-def launch_config(kernel: str, K: int, V: int, DH: int, BT: int, fp32_operands: bool = False) -> LaunchConfig:
+def launch_config(kernel: str, K: int, V: int, DH: int, BT: int, fp32_operands: bool = False,
+                  read_current: bool = True) -> LaunchConfig:
     """`kernel` in ("fwd_h", "fwd_o") for K, V ≤ 128, Dh ≤ 512 and chunks of BT ≤ 64 tokens;
-    `fp32_operands`: q, k, v are fp32 (see the module docstring)."""
+    `fp32_operands`: q, k, v are fp32; `read_current`: the read kernel's `read="current"` (see the
+    module docstring)."""
     pow2 = lambda x: max(16, triton.next_power_of_2(x))
     K2, V2, D2 = pow2(K), pow2(V), pow2(DH)
     BC = max(16, BT)
@@ -40,4 +44,4 @@ def launch_config(kernel: str, K: int, V: int, DH: int, BT: int, fp32_operands: 
         return LaunchConfig(BK, BD, V2, 8 if BC == 64 or BC * V2 > 32 * 64 else 4, 1)
     if BC == 64:
         return LaunchConfig(min(K2, 32), 16, min(V2, 64), 8, 1)
-    return LaunchConfig(min(K2, 64), min(D2, 32), min(V2, 64), 4, 2)
+    return LaunchConfig(min(K2, 64), min(D2, 32 if read_current else 16), min(V2, 64), 4, 2)
