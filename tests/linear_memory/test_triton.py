@@ -342,3 +342,19 @@ def test_triton_compile_fullgraph(dtype, dgd):
     for e, a in zip(*results):
         assert a.dtype == e.dtype
         torch.testing.assert_close(a, e, **tol)
+
+
+def test_triton_compile_loss_without_final_state(monkeypatch):
+    """Under torch.compile a loss that reads the output alone still reaches the backward without a
+    final-state gradient (None, not zeros: `USE_FINAL_STATE_GRADIENT` off, as in eager mode)."""
+    leaves = [x.to(DEVICE, torch.float32).requires_grad_() for x in qkv(1, 32, 1, 16, 16)]
+    lr, ret, mom = (x.to(DEVICE) for x in gates(1, 32, 1, dtype=torch.float32))
+
+    def fn(q, k, v):
+        o, _ = linear_memory(q, k, v, lr, ret, mom, chunk_size=16, output_final_state=True, backend="triton")
+        return o
+
+    calls = record_launches(monkeypatch)
+    compiled = torch.compile(fn, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
+    torch.autograd.grad(compiled(*leaves).sum(), leaves)
+    assert [kw["USE_FINAL_STATE_GRADIENT"] for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"] == [False]
