@@ -13,7 +13,9 @@ import triton
 import triton.language as tl
 
 from ..common.tiles import load_operand
-from .held_tiles import along_cols, along_rows, held, held_dot, held_trans, initial_state, state_tiles
+from .held_tiles import (
+    along_cols, along_rows, held, held_dot, held_trans, initial_state, state_offsets, state_tiles, token_offsets,
+)
 
 
 @triton.jit
@@ -68,9 +70,9 @@ def linear_memory_bwd_kernel_dh(
         i_c = c_start + c_end - 1 - i_r                                       # chunks in reverse
         o_tok = i_c * BT + o_t
         o_chunk = i_h * NC + i_c
-        o_tv = (along_rows(o_tok, TRANSPOSED) * H + i_h) * V + along_cols(o_v, TRANSPOSED)
+        o_tv = token_offsets(o_tok, i_h, o_v, H, V, TRANSPOSED)
         b_k0 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], m_k0[None, :], FP32_OPERANDS)
-        o_hc0 = (o_chunk * K + along_rows(o_k0, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
+        o_hc0 = state_offsets(o_chunk, o_k0, o_v, K, V, TRANSPOSED)
         tl.store(dh + o_hc0, b_dx0, mask=m_kv0)                               # ∂L/∂M at the chunk end
         b_kdx = held_dot(held(b_k0, TRANSPOSED), b_dx0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
         if USE_MOMENTUM:
@@ -78,7 +80,7 @@ def linear_memory_bwd_kernel_dh(
             b_kds = held_dot(held(b_k0, TRANSPOSED), b_ds0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
         if K > BK:
             b_k1 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], m_k1[None, :], FP32_OPERANDS)
-            o_hc1 = (o_chunk * K + along_rows(o_k1, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
+            o_hc1 = state_offsets(o_chunk, o_k1, o_v, K, V, TRANSPOSED)
             tl.store(dh + o_hc1, b_dx1, mask=m_kv1)
             b_kdx = held_dot(held(b_k1, TRANSPOSED), b_dx1.to(b_k1.dtype), b_kdx, TRANSPOSED, DOT_PRECISION)
             if USE_MOMENTUM:

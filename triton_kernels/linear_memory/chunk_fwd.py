@@ -11,7 +11,9 @@ import triton
 import triton.language as tl
 
 from ..common.tiles import load_operand
-from .held_tiles import along_cols, along_rows, held, held_dot, held_trans, initial_state, state_tiles
+from .held_tiles import (
+    along_cols, along_rows, held, held_dot, held_trans, initial_state, state_offsets, state_tiles, token_offsets,
+)
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -46,7 +48,7 @@ def linear_memory_fwd_kernel_h(
         o_tok = i_c * BT + o_t                                                # rows of the flat layout
         o_chunk = i_h * NC + i_c                                              # gate matrices [H, NC, ...]
         b_k0 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k0[None, :], m_k0[None, :], FP32_OPERANDS)
-        o_hc0 = (o_chunk * K + along_rows(o_k0, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
+        o_hc0 = state_offsets(o_chunk, o_k0, o_v, K, V, TRANSPOSED)
         tl.store(h + o_hc0, b_x0, mask=m_kv0)                                 # M^c
         b_kx = held_dot(held(b_k0, TRANSPOSED), b_x0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
         if USE_MOMENTUM:
@@ -55,14 +57,14 @@ def linear_memory_fwd_kernel_h(
             b_ks = held_dot(held(b_k0, TRANSPOSED), b_s0.to(b_k0.dtype), None, TRANSPOSED, DOT_PRECISION)
         if K > BK:
             b_k1 = load_operand(k + (o_tok[:, None] * H + i_h) * K + o_k1[None, :], m_k1[None, :], FP32_OPERANDS)
-            o_hc1 = (o_chunk * K + along_rows(o_k1, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
+            o_hc1 = state_offsets(o_chunk, o_k1, o_v, K, V, TRANSPOSED)
             tl.store(h + o_hc1, b_x1, mask=m_kv1)
             b_kx = held_dot(held(b_k1, TRANSPOSED), b_x1.to(b_k1.dtype), b_kx, TRANSPOSED, DOT_PRECISION)
             if USE_MOMENTUM:
                 tl.store(s + o_hc1, b_s1, mask=m_kv1)
             if USE_DGD and USE_MOMENTUM:
                 b_ks = held_dot(held(b_k1, TRANSPOSED), b_s1.to(b_k1.dtype), b_ks, TRANSPOSED, DOT_PRECISION)
-        o_tv = (along_rows(o_tok, TRANSPOSED) * H + i_h) * V + along_cols(o_v, TRANSPOSED)
+        o_tv = token_offsets(o_tok, i_h, o_v, H, V, TRANSPOSED)
         b_v = tl.load(v + o_tv, mask=m_tv, other=0.0)
         b_r = b_kx - b_v.to(tl.float32)                                       # R = K M^c − V
         if STORE_RES:

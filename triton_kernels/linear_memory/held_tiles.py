@@ -61,6 +61,19 @@ def held_dot(a, b, acc, TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def state_offsets(i_state, o_k, o_v, K: tl.constexpr, V: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Offsets of the keys `o_k` × values `o_v` of state `i_state` in a [.., K, V] tensor of states,
+    as held."""
+    return (i_state * K + along_rows(o_k, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
+
+
+@triton.jit
+def token_offsets(o_tok, i_h, o_v, H: tl.constexpr, V: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Offsets of the tokens `o_tok` × values `o_v` of head `i_h` in a [T', H, V] tensor, as held."""
+    return (along_rows(o_tok, TRANSPOSED) * H + i_h) * V + along_cols(o_v, TRANSPOSED)
+
+
+@triton.jit
 def state_tiles(i_nh, i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 TRANSPOSED: tl.constexpr):
     """The indexing of a recurrence's state for sequence × head `i_nh` and value tile `i_v`, held
@@ -74,8 +87,8 @@ def state_tiles(i_nh, i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, B
     m_kv0 = along_rows(m_k0, TRANSPOSED) & along_cols(m_v, TRANSPOSED)
     m_kv1 = along_rows(m_k1, TRANSPOSED) & along_cols(m_v, TRANSPOSED)
     m_tv = along_cols(m_v, TRANSPOSED)
-    o_state0 = (i_nh.to(tl.int64) * K + along_rows(o_k0, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
-    o_state1 = (i_nh.to(tl.int64) * K + along_rows(o_k1, TRANSPOSED)) * V + along_cols(o_v, TRANSPOSED)
+    o_state0 = state_offsets(i_nh.to(tl.int64), o_k0, o_v, K, V, TRANSPOSED)
+    o_state1 = state_offsets(i_nh.to(tl.int64), o_k1, o_v, K, V, TRANSPOSED)
     return o_k0, o_k1, o_v, m_k0, m_k1, m_v, m_kv0, m_kv1, m_tv, o_state0, o_state1
 
 
