@@ -146,3 +146,32 @@ def test_roofline_fraction(bench):
 def test_percentiles(bench):
     assert bench._percentiles([4.0, 1.0, 3.0, 2.0, 5.0]) == pytest.approx([3.0, 1.8, 4.2])
     assert bench._percentiles([7.0]) == [7.0, 7.0, 7.0]
+
+
+@pytest.mark.parametrize("hopper,triton_3_4,triton_3_7_1,lifted", [
+    (True, True, False, True), (True, True, True, False), (False, True, False, False), (True, False, False, False)],
+    ids=["hopper-triton3.6", "hopper-triton3.7.1", "ampere", "hopper-triton3.3"])
+def test_lift_fla_hopper_guard(bench, monkeypatch, hopper, triton_3_4, triton_3_7_1, lifted):
+    """fla's refusal of its gated backward (Hopper, Triton 3.4 to 3.7.0) is lifted for timing where
+    it is in force, and only there."""
+    import types
+
+    from linear_memory_bench.callables import lift_fla_hopper_guard
+
+    chunk_o = types.ModuleType("fla.ops.common.chunk_o")
+    chunk_o.IS_NVIDIA_HOPPER, chunk_o.TRITON_ABOVE_3_4_0, chunk_o.TRITON_ABOVE_3_7_1 = hopper, triton_3_4, triton_3_7_1
+    common = types.ModuleType("fla.ops.common")
+    common.chunk_o = chunk_o
+    for name, module in (("fla", types.ModuleType("fla")), ("fla.ops", types.ModuleType("fla.ops")),
+                         ("fla.ops.common", common), ("fla.ops.common.chunk_o", chunk_o)):
+        monkeypatch.setitem(sys.modules, name, module)
+    assert lift_fla_hopper_guard() is lifted
+    assert chunk_o.TRITON_ABOVE_3_7_1 is (triton_3_7_1 or lifted)
+
+
+def test_lift_fla_hopper_guard_without_fla(bench, monkeypatch):
+    """Without fla there is no guard to lift."""
+    monkeypatch.setitem(sys.modules, "fla", None)                             # import fails
+    from linear_memory_bench.callables import lift_fla_hopper_guard
+
+    assert lift_fla_hopper_guard() is False

@@ -66,6 +66,22 @@ def _fla_function():
     return chunk_gated_delta_rule, None
 
 
+def lift_fla_hopper_guard() -> bool:
+    """Let fla's gated backward run on Hopper with Triton 3.4 to 3.7.0, which it refuses there
+    (`fla.ops.common.chunk_o`, fla#640: its results may be wrong), so that the fwd+bwd row can time
+    its kernels on the GPU machine's Triton 3.6. True where the guard was in force and is now lifted;
+    the benchmark's row says so. False where fla is missing or the guard does not apply."""
+    try:
+        from fla.ops.common import chunk_o
+    except Exception:  # noqa: BLE001 (fla missing or broken: its rows say why)
+        return False
+    in_force = (getattr(chunk_o, "IS_NVIDIA_HOPPER", False) and getattr(chunk_o, "TRITON_ABOVE_3_4_0", False)
+                and not getattr(chunk_o, "TRITON_ABOVE_3_7_1", True))
+    if in_force:
+        chunk_o.TRITON_ABOVE_3_7_1 = True
+    return bool(in_force)
+
+
 def _fla_version() -> Optional[str]:
     from importlib import metadata
     for dist in ("fla-core", "flash-linear-attention"):

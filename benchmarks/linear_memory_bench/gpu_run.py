@@ -7,10 +7,12 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 from . import settings
-from .callables import _fla_function, fla_callable, linear_memory_callable, make_inputs, sdpa_callable
+from .callables import (
+    _fla_function, fla_callable, lift_fla_hopper_guard, linear_memory_callable, make_inputs, sdpa_callable,
+)
 from .gate import correctness_gate
 from .rows import Row, Run, _finish, _new_row
-from .settings import GATE_FAILED, KERNEL_TIERS, MODE_LABEL, OUT_OF_BUDGET, BenchShape
+from .settings import FLA_GUARD_LIFTED, GATE_FAILED, KERNEL_TIERS, MODE_LABEL, OUT_OF_BUDGET, BenchShape, _mode
 from .timing import Fn, _first_line, _release, time_cuda
 
 
@@ -44,6 +46,7 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
     device = torch.device(device)
     tiers = _registered_kernel_tiers()
     fla_fn, fla_reason = _fla_function()
+    fla_guard_lifted = fla_fn is not None and not args.keep_fla_hopper_guard and lift_fla_hopper_guard()
     start = time.perf_counter()
     over_budget = lambda: args.budget_s is not None and time.perf_counter() - start > args.budget_s
 
@@ -100,6 +103,8 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
                 _time_row(row, lambda: fla_callable(fla_fn, x, mode), args, max_call_s=60.0)
                 if row.timed:
                     row.note = "chunk_gated_delta_rule (no momentum, decay before the error)"
+                    if fla_guard_lifted and _mode(mode) != "fwd":
+                        row.note += FLA_GUARD_LIFTED
 
             row = _new_row(shape, "-", mode, "sdpa", "cuda")
             run.rows.append(row)
