@@ -192,6 +192,22 @@ def test_triton_chunk_k256(monkeypatch):
                           ("linear_memory_bwd_kernel_dh", True)] * 2, transposed
 
 
+def test_triton_chunk_k128_converted_loads(monkeypatch):
+    """The shipped sm_90 launch entries at K = V = 128 with 64-token chunks for bf16 inputs whose
+    products need fp32 operands (Hopper with Triton < 3.7.1; the interpreter too): their loads are
+    converted in the kernels, not copied, and both recurrences hold their states transposed
+    (`configs.converts_loads`, `configs.transposed_states`), in one 128-row tile."""
+    from nested_kernels.triton_kernels.utils import launch
+
+    monkeypatch.setattr(launch, "device_arch", lambda device: 90)
+    calls = record_launches(monkeypatch)
+    check(1, 63, 1, 128, 128, 64, True, True, True, dtype=torch.bfloat16)
+    recurrences = [(name, kw["TRANSPOSED"], kw["BK"], kw["k"].dtype) for name, _, kw in calls
+                   if name in RECURRENT_KERNELS]
+    assert recurrences == [(name, True, 128, torch.bfloat16) for name in
+                           ("linear_memory_fwd_kernel_h", "linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh")]
+
+
 def test_triton_unsupported_chunk_size():
     q, k, v = qkv(1, 8, 1, 16, 16, dtype=torch.float32)
     with pytest.raises(NotImplementedError, match=r"chunk_size must be one of \(16, 32, 64\), got 8"):
