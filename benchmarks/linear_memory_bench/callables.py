@@ -1,4 +1,5 @@
 """Inputs and timed callables: our tiers (`linear_memory`), fla's gated delta rule, causal SDPA."""
+import importlib
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -72,7 +73,7 @@ def lift_fla_hopper_guard() -> bool:
     its kernels on the GPU machine's Triton 3.6. True where the guard was in force and is now lifted;
     the benchmark's row says so. False where fla is missing or the guard does not apply."""
     try:
-        from fla.ops.common import chunk_o
+        chunk_o = importlib.import_module("fla.ops.common.chunk_o")   # the module, not a backend's of that name
     except Exception:  # noqa: BLE001 (fla missing or broken: its rows say why)
         return False
     in_force = (getattr(chunk_o, "IS_NVIDIA_HOPPER", False) and getattr(chunk_o, "TRITON_ABOVE_3_4_0", False)

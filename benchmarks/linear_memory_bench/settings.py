@@ -60,7 +60,7 @@ NO_CUDA = "not measured (no CUDA device)"
 GATE_FAILED = "not reported: correctness gate failed"
 OUT_OF_BUDGET = "not measured (time budget)"
 FLA_MISSING = "fla not installed"
-FLA_GUARD_LIFTED = ("; fla refuses this backward on Hopper with Triton < 3.7.1 (fla#640: may be wrong), "
+FLA_GUARD_LIFTED = ("; fla refuses this backward on Hopper with Triton 3.4–3.7.0 (fla#640: may be wrong), "
                     "guard lifted to time it")
 
 

@@ -132,10 +132,10 @@ def test_triton_chunk_key_tiles(monkeypatch, K, BK, BK_state, C, full):
                               "K40-BK32-C64-mom-dgd-bf16"])
 def test_triton_chunk_transposed_states(monkeypatch, K, BK_state, C, use_mom, dgd, dtype, final_state):
     """Both recurrences with their states held transposed (`configs.transposed_states`: sm_90, fp32
-    operands, K ≥ 128), on shapes the interpreter runs fast: one and two state tiles (the second
-    partial), every chunk size, each combination of momentum and DGD, fp32 inputs and bf16 ones
-    whose loads the kernels convert, with and without the final state in the loss (which starts the
-    reverse recurrence from dM, dS or from zeros)."""
+    operands, K = 256 or K = 128 with 64-token chunks), on shapes the interpreter runs fast: one
+    and two state tiles (the second partial), every chunk size, each combination of momentum and
+    DGD, fp32 inputs and bf16 ones whose loads the kernels convert, with and without the final
+    state in the loss (which starts the reverse recurrence from dM, dS or from zeros)."""
     from nested_kernels.triton_kernels.linear_memory import configs
 
     key_tiles(monkeypatch, 16, BK_state)

@@ -32,7 +32,9 @@ every candidate of the sweep with momentum and DGD), where the op makes fp32 cop
 sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these configurations
 spilled there (K ≥ 128, 64-token chunks) before the (128, 64) entries of `fwd_h` and `bwd_dh` became
 one 128-row tile at 8 warps, which is clean on sm_80 too (held as it is; `bwd_dh`'s old entry, two
-64-row tiles at 4 warps, spilled up to 328 B there). `bwd_dh` at K = 128 with 32-token chunks holds the state as two
+64-row tiles at 4 warps, spilled up to 328 B there): checked once with the sweep (`--arch 80
+--operands fp32`), since the report's fp32-input rows are sm_90's alone. Every report row compiles
+tf32 products; fp32 inputs without tf32 ("ieee", FMA) run the same entries unreported. `bwd_dh` at K = 128 with 32-token chunks holds the state as two
 64-row tiles: one 128-row tile spilled 24 B without the final state's gradient; at K = 256 with
 16-token chunks it pipelines two stages (one spilled 16 B there under Triton 3.6). So does
 `bwd_dk_dgd` at K = 64 with 32-token chunks (with one, DGD without momentum spilled 8 B with
@@ -125,7 +127,8 @@ def converts_loads(K: int, BT: int) -> bool:
     64-token chunks, where bwd_dh spills with converted loads even with its state transposed (8–276
     B with momentum and DGD for every candidate of `--operands bf16-fp32ops --transposed 1`). At
     K = 128 with 64-token chunks and at K = 256 the recurrences take converted loads transposed
-    (`transposed_states`): held as they are, they spilled 332–1128 B (fwd_h) and 32–1328 B (bwd_dh)."""
+    (`transposed_states`): held as they are, with 64-token chunks they spilled 332–1128 B (fwd_h)
+    and 32–1328 B (bwd_dh), and bwd_dh at K = 256 with 32-token chunks 12 B under Triton 3.6."""
     return _pow2(K) <= 128 or BT < 64
 
 
@@ -161,6 +164,8 @@ def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = Fa
 def transposed_states(kernel: str, K: int, BT: int, fp32_operands: bool, arch: Optional[int]) -> bool:
     """Whether recurrent `kernel` ("fwd_h", "bwd_dh") runs with TRANSPOSED (held_tiles.py): its
     products then have BV rows and run mma.sync, not wgmma. On sm_90 with fp32 operands at K = 256
-    and at K = 128 with 64-token chunks (TRANSPOSED_STATES), where wgmma's tf32 steps spilled
-    (README.md, "The transposed states")."""
+    and at K = 128 with 64-token chunks (TRANSPOSED_STATES; README.md, "The transposed states"):
+    where wgmma's tf32 steps spilled for fp32 inputs or converted loads. One table serves both, so
+    fp32 inputs also run transposed where only converted loads spilled (K = 128 with 64-token
+    chunks, fwd_h at K = 256 below 64-token chunks; their time either way is not measured)."""
     return arch == 90 and fp32_operands and (max(_pow2(K), 64), BT) in TRANSPOSED_STATES.get(kernel, ())
