@@ -137,8 +137,8 @@ def linear_memory_bwd_kernel_dh(
                                          USE_MOMENTUM, USE_DGD, DOT_PRECISION, FP32_OPERANDS, TRANSPOSED)
 
     # the state's offsets again, from its scalar base: kept from before the loop, they spilled
-    o_kv0 = along_rows(o_k0, TRANSPOSED) * V + along_cols(o_v, TRANSPOSED)
-    o_kv1 = along_rows(o_k1, TRANSPOSED) * V + along_cols(o_v, TRANSPOSED)
+    o_kv0 = state_offsets(0, o_k0, o_v, K, V, TRANSPOSED)
+    o_kv1 = state_offsets(0, o_k1, o_v, K, V, TRANSPOSED)
     o_state = i_nh.to(tl.int64) * K * V
     tl.store(dh0 + o_state + o_kv0, b_dx0, mask=m_kv0)
     if USE_MOMENTUM:
