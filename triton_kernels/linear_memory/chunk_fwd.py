@@ -178,11 +178,11 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
     dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`; h0, s0 `[N, H, K, V]` or None.
     `out_dtype` is the op's input dtype (q, k, v are in it, or fp32 copies of it where
-    `configs.converts_loads` is False: K = 256 with 64-token chunks): it sets the products' precision. `state_dtype` (default
-    fp32) is that of the stored chunk-start states h, s: the output kernel reads them only as
-    operands of products with Q, in the operand dtype (`operand_dtype`: q's, or fp32 where its loads
-    are converted), so states stored in it give the same output with half the bytes for 16-bit
-    operands; the backward reads them in fp32. `residuals`: store R = K M^c − V for the caller (the
+    `configs.converts_loads` is False: K = 256 with 64-token chunks): it sets the products'
+    precision. `state_dtype` (default fp32) is that of the stored chunk-start states h, s: the
+    output kernel reads them only as operands of products with Q, in the operand dtype
+    (`operand_dtype`: q's, or fp32 where its loads are converted), so states stored in it give the
+    same output with half the bytes for 16-bit operands; the backward reads them in fp32. `residuals`: store R = K M^c − V for the caller (the
     backward; the output kernel forms its own), always without `output`. Returns o (in `out_dtype`;
     None without `output`), the chunk-start states h, s, R (None when not stored), W and ht, st."""
     import torch
