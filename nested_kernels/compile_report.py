@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="compute capability to compile for (default: 90)")
     parser.add_argument("--kernel", help="only kernels whose name contains this")
     parser.add_argument("--out", help="also write the report to this markdown file")
+    parser.add_argument("--fp32-inputs", action="store_true",
+                        help="also the configurations fp32 inputs run beyond the default rows: tf32 products on "
+                             "sm_80 and exact fp32 products (torch's default: tf32 not allowed) on both; not in CI")
     return parser
 
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from nested_kernels.triton_kernels.utils.aot import compile_specs, format_report
 
     registered = aot_specs()
-    specs = [s for s in aot_specs(args.arch) if not args.kernel or args.kernel in s.name]
+    specs = [s for s in aot_specs(args.arch, args.fp32_inputs) if not args.kernel or args.kernel in s.name]
     if not registered:
         text, code = "no kernels registered yet", 0
     elif not specs:

@@ -188,7 +188,7 @@ def test_cli_empty_registry(monkeypatch, capsys):
 
 def test_cli_fails_on_spills(monkeypatch, capsys, tmp_path, report):
     bad = AotSpec("bad_block", demo_scale_kernel, SCALE_SIG, dict(BLOCK=48))
-    monkeypatch.setattr(aot_registry, "aot_specs", lambda arch=None: [SCALE, GEMM_SPILLING, bad])
+    monkeypatch.setattr(aot_registry, "aot_specs", lambda arch=None, fp32_inputs=False: [SCALE, GEMM_SPILLING, bad])
     out = tmp_path / "report.md"
     assert compile_report.main(["--arch", "80", "--kernel", "scale", "--out", str(out)]) == 0
     assert "demo_scale_kernel" in out.read_text() and "spilling" not in out.read_text()
@@ -196,6 +196,38 @@ def test_cli_fails_on_spills(monkeypatch, capsys, tmp_path, report):
     text = capsys.readouterr().out
     assert "1 ok, 2 failed" in text and "must be a power of 2" in text
     assert compile_report.main(["--kernel", "nothing_matches"]) == 1
+
+
+def test_cli_fp32_inputs(monkeypatch, capsys):
+    """`--fp32-inputs` asks the registry for the fp32-input rows too; without it, not."""
+    asked = []
+    monkeypatch.setattr(aot_registry, "aot_specs", lambda arch=None, fp32_inputs=False: asked.append(fp32_inputs) or [SCALE])
+    assert compile_report.main(["--arch", "80", "--fp32-inputs"]) == 0 and True in asked
+    asked.clear()
+    assert compile_report.main(["--arch", "80"]) == 0 and asked and True not in asked
+
+
+def test_fp32_input_specs():
+    """The rows of `--fp32-inputs` add to the default ones what fp32 inputs run: every kernel with an
+    fp32-input (tf32) row on sm_90 also on sm_80, and with exact fp32 products on both, at the
+    configurations the launchers pick (here: the transposed recurrences of sm_90 alone)."""
+    default = aot_registry.aot_specs()
+    every = aot_registry.aot_specs(fp32_inputs=True)
+    extra = [s for s in every if s not in default]
+    assert len(every) == len(default) + len(extra) and extra
+    rows = lambda specs, precision, arch: {s.name.replace("fp32exact", "fp32qkv") for s in specs
+                                           if s.constexprs.get("DOT_PRECISION") == precision and arch in s.archs}
+    fp32_tf32_hopper = {s.name for s in default if "fp32qkv" in s.name and s.constexprs.get("DOT_PRECISION") == "tf32"}
+    assert fp32_tf32_hopper and fp32_tf32_hopper == rows(default, "tf32", 90) - rows(default, "tf32", 80) - {
+        s.name for s in default if "fp32qkv" not in s.name}
+    assert fp32_tf32_hopper <= rows(extra, "tf32", 80)
+    # exact fp32: every fp32qkv row on both archs (the DGD inverse's backward runs tf32x3 instead: reported)
+    assert {n for n in fp32_tf32_hopper if not n.startswith("dgd_inverse")} == rows(extra, "ieee", 90) == \
+        rows(extra, "ieee", 80)
+    assert not any(s.gemm_heavy for s in extra if s.constexprs.get("DOT_PRECISION") == "ieee")   # the FMA units
+    transposed = {arch: {s.name for s in aot_registry.aot_specs(arch, fp32_inputs=True)
+                         if s.constexprs.get("TRANSPOSED") and "fp32exact" in s.name} for arch in ARCHS}
+    assert "linear_memory_fwd_h-D128-BT64-fp32exact-mom-dgd" in transposed[90] and transposed[80] == set()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -30,14 +30,16 @@ def _signature(names, activations: str) -> dict:
     return {n: "i32" if n in SCALARS else f"*{activations}" if n in INPUTS_BF16 else "*fp32" for n in names}
 
 
-# (input dtype, products, activations): 16-bit inputs run tf32 products on the matrix units
+# (name, input dtype, products, activations): 16-bit inputs run tf32 products on the matrix units
 # (every kernel is a GEMM: wgmma required on sm_90), fp32 inputs exact fp32 ones (FMA, their own
 # table; GELU only, the activation with more registers)
-VARIANTS = (("bf16", "tf32", ("silu", "gelu")), ("fp32", "ieee", ("gelu",)))
+VARIANTS = (("bf16", "bf16", "tf32", ("silu", "gelu")), ("fp32", "fp32", "ieee", ("gelu",)))
+# fp32 inputs with tf32 allowed (`compile-report --fp32-inputs`): the 16-bit inputs' table
+FP32_INPUT_VARIANTS = (("fp32-tf32", "fp32", "tf32", ("gelu",)),)
 
 
-def _specs():
-    for dtype, precision, activations in VARIANTS:
+def _specs(variants):
+    for variant, dtype, precision, activations in variants:
         for part, kernel in KERNELS.items():
             for act in activations:
                 cfg = launch_config(part, D, DH, precision)
@@ -46,10 +48,11 @@ def _specs():
                                   STORE_ERROR=True, DOT_PRECISION=precision)
                 constexprs = {n: value for n, value in constexprs.items() if n in flags}
                 yield AotSpec(
-                    name=f"cms_{part}-{act}-{dtype}", kernel=kernel, signature=_signature(runtime, dtype),
+                    name=f"cms_{part}-{act}-{variant}", kernel=kernel, signature=_signature(runtime, dtype),
                     constexprs=constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                     gemm_heavy=precision == "tf32",
                 )
 
 
-AOT_SPECS = list(_specs())
+AOT_SPECS = list(_specs(VARIANTS))
+FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS))

@@ -4,7 +4,7 @@ inverse (forward and backward) with bf16 q, k as they are and as fp32 copies (`O
 the chunk products also with bf16 loads converted to fp32, `CONVERTED_VARIANT`), H = 16."""
 import itertools
 
-from ..utils.aot import ARCHS, CONVERTED_VARIANT, OPERAND_VARIANTS, AotSpec, kernel_params
+from ..utils.aot import ARCHS, CONVERTED_VARIANT, FP32_INPUT_VARIANTS, OPERAND_VARIANTS, AotSpec, kernel_params
 from . import chunk_products
 from .dgd_inverse import dgd_inverse_bwd_kernel, dgd_inverse_kernel, launch_params
 from .chunk_gates import CHUNK_SIZES, NUM_WARPS, chunk_gates_bwd_kernel, chunk_gates_fwd_kernel
@@ -16,17 +16,23 @@ _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_m
 
 # the backward's products run at the op's input precision: tf32 for bf16 inputs (the fp32 copies
 # included), three-pass tf32 for fp32 inputs (dgd_inverse.py), on both archs
-BWD_FP32_INPUTS = ("fp32-tf32x3", "fp32", "tf32x3", ARCHS)
+BWD_FP32_INPUTS = ("fp32-tf32x3", "fp32", ARCHS, "tf32x3")
 
 
-def _dgd_inverse_specs():
-    """The DGD inverse, forward and backward, bf16 inputs as they are and as fp32 copies; the
-    backward also for fp32 inputs."""
+# (name, q/k dtype, archs, products' precision): bf16 inputs as they are and as fp32 copies, and the
+# DGD inverse's fp32 inputs with tf32 allowed on sm_80 (`FP32_INPUT_VARIANTS`; its exact fp32 ones
+# run the same forward, which has no products of that precision, and the backward's tf32x3 rows)
+VARIANTS = [(*variant, "tf32") for variant in OPERAND_VARIANTS]
+DGD_INVERSE_FP32_INPUTS = [variant for variant in FP32_INPUT_VARIANTS if variant[3] != "ieee"]
+
+
+def _dgd_inverse_specs(variants, fp32_backward=True):
+    """The DGD inverse, forward and backward, for each of `variants`; with `fp32_backward` the
+    backward also for fp32 inputs (three-pass tf32 products)."""
     signature = dict(k=None, dgd_write="*fp32", inv="*fp32", d_inv="*fp32", dk=None, d_dgd_write="*fp32", NC="i32")
-    variants = [(variant, qkv, "tf32", archs) for variant, qkv, archs in OPERAND_VARIANTS]
     fwd, bwd = ("fwd", "", dgd_inverse_kernel), ("bwd", "_bwd", dgd_inverse_bwd_kernel)
-    for (part, suffix, kernel), (variant, qkv, precision, archs) in itertools.chain(
-            itertools.product([fwd, bwd], variants), [(bwd, BWD_FP32_INPUTS)]):
+    for (part, suffix, kernel), (variant, qkv, archs, precision) in itertools.chain(
+            itertools.product([fwd, bwd], variants), [(bwd, BWD_FP32_INPUTS)] if fp32_backward else []):
         runtime, flags = kernel_params(kernel)
         types = {n: signature[n] or f"*{qkv}" for n in runtime}
         for K, C in itertools.product((64, 128, 256), (16, 32, 64)):
@@ -37,6 +43,21 @@ def _dgd_inverse_specs():
                           num_warps=params["num_warps"], archs=archs)
 
 
+def _chunk_products_specs(variants):
+    """The chunk products of (name, q/k dtype, archs, precision) `variants`, both products."""
+    for (variant, qkv, archs, precision), (flags, reads, dgd), K, C in itertools.product(
+            variants, (("reads", True, False), ("dgd", False, True), ("reads-dgd", True, True)),
+            (32, 64, 128, 256),             # mlp_memory's K from 32, linear_memory's to 256
+            (16, 32, 64)):
+        yield AotSpec(name=f"chunk_products-K{K}-C{C}-{variant}-{flags}", kernel=chunk_products.chunk_products_kernel,
+                      signature={"q": f"*{qkv}", "k": f"*{qkv}", "write": "*fp32", "dgd_write": "*fp32",
+                                 "qk_write": "*fp32", "qk_dgd_write": "*fp32", "kk_write": "*fp32", "NC": "i32"},
+                      constexprs={"H": 16, "K": K, "BT": C, "BK": min(chunk_products.BK, K), "USE_QK": reads,
+                                  "USE_DGD": dgd, "DOT_PRECISION": precision, "FP32_OPERANDS": variant != "bf16"},
+                      num_warps=chunk_products.num_warps(C), archs=archs,
+                      gemm_heavy=C == 64 and precision != "ieee")     # exact fp32 products: the FMA units
+
+
 AOT_SPECS = [
     AotSpec(name=f"chunk_gates_{part}-C{C}-mom{'' if e else '-noE-Nlast'}", kernel=kernel,
             signature={n: "*fp32" for n in names},
@@ -45,15 +66,6 @@ AOT_SPECS = [
     for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
     for C in CHUNK_SIZES
     for e in (True, False)      # every gate (mlp_memory), and linear_memory's without DGD: no E, N's last row
-] + list(_dgd_inverse_specs()) + [
-    AotSpec(name=f"chunk_products-K{K}-C{C}-{variant}-{flags}", kernel=chunk_products.chunk_products_kernel,
-            signature={"q": f"*{qkv}", "k": f"*{qkv}", "write": "*fp32", "dgd_write": "*fp32", "qk_write": "*fp32",
-                       "qk_dgd_write": "*fp32", "kk_write": "*fp32", "NC": "i32"},
-            constexprs={"H": 16, "K": K, "BT": C, "BK": min(chunk_products.BK, K), "USE_QK": reads, "USE_DGD": dgd,
-                        "DOT_PRECISION": "tf32", "FP32_OPERANDS": variant != "bf16"},
-            num_warps=chunk_products.num_warps(C), archs=archs, gemm_heavy=C == 64)
-    for variant, qkv, archs in (*OPERAND_VARIANTS, CONVERTED_VARIANT)
-    for flags, reads, dgd in (("reads", True, False), ("dgd", False, True), ("reads-dgd", True, True))
-    for K in (32, 64, 128, 256)             # mlp_memory's K from 32, linear_memory's to 256
-    for C in (16, 32, 64)
-]
+] + list(_dgd_inverse_specs(VARIANTS)) + list(_chunk_products_specs([*VARIANTS, (*CONVERTED_VARIANT, "tf32")]))
+FP32_INPUT_SPECS = list(_dgd_inverse_specs(DGD_INVERSE_FP32_INPUTS, fp32_backward=False)) + list(
+    _chunk_products_specs(FP32_INPUT_VARIANTS))

@@ -1,7 +1,7 @@
 """The shipped configurations of the `linear_memory` kernels, for `nested-kernels compile-report`."""
 import itertools
 
-from ..utils.aot import CONVERTED_VARIANT, OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
+from ..utils.aot import CONVERTED_VARIANT, FP32_INPUT_VARIANTS, OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
 from .chunk_bwd import (
     linear_memory_bwd_kernel_dgd_inv, linear_memory_bwd_kernel_dh, linear_memory_bwd_kernel_dk,
     linear_memory_bwd_kernel_dk_dgd, linear_memory_bwd_kernel_dq,
@@ -52,14 +52,14 @@ def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
     return {n: f"*{qkv}" if n == "dv" else t for n, t in types.items()}     # dV in v's dtype
 
 
-# (name, q/k/v dtype, archs, fp32 operands): 16-bit inputs, their loads converted to fp32 on Hopper
-# with Triton < 3.7.1 (`CONVERTED_VARIANT`), fp32 inputs with tf32 products
-VARIANTS = [(variant, qkv, archs, qkv == "fp32") for variant, qkv, archs in OPERAND_VARIANTS] + [
-    (*CONVERTED_VARIANT, True)]
+# (name, q/k/v dtype, archs, products' precision): 16-bit inputs, their loads converted to fp32 on
+# Hopper with Triton < 3.7.1 (`CONVERTED_VARIANT`), fp32 inputs with tf32 products
+VARIANTS = [(*variant, "tf32") for variant in (*OPERAND_VARIANTS, CONVERTED_VARIANT)]
 
 
-def _specs():
-    for (variant, qkv, archs, fp32_operands), (part, kernel) in itertools.product(VARIANTS, KERNELS.items()):
+def _specs(variants):
+    for (variant, qkv, archs, precision), (part, kernel) in itertools.product(variants, KERNELS.items()):
+        fp32_operands = qkv == "fp32" or variant == CONVERTED_VARIANT[0]
         runtime, flags = kernel_params(kernel)
         states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and not fp32_operands else (False,)
         for D, BT, h16, (flag_name, flag_values) in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16,
@@ -72,7 +72,7 @@ def _specs():
                 transposed = transposed_states(part, D, BT, fp32_operands, arch)
                 by_config.setdefault((cfg, transposed), []).append(arch)
             for (cfg, transposed), cfg_archs in by_config.items():
-                constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, DOT_PRECISION="tf32",
+                constexprs = dict(H=16, K=D, V=D, BT=BT, BK=cfg.BK, BV=cfg.BV, DOT_PRECISION=precision,
                                   FP32_OPERANDS=fp32_operands, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
                                   STORE_RES=True, TRANSPOSED=transposed, **flag_values)
                 yield AotSpec(
@@ -81,9 +81,10 @@ def _specs():
                     constexprs={n: value for n, value in constexprs.items() if n in flags},
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, archs=tuple(cfg_archs),
                     # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync, as do the transposed
-                    # states' products (BV rows)
-                    gemm_heavy=BT == 64, mma_sync_on_hopper=transposed,
+                    # states' products (BV rows); exact fp32 products run on the FMA units
+                    gemm_heavy=BT == 64 and precision != "ieee", mma_sync_on_hopper=transposed,
                 )
 
 
-AOT_SPECS = list(_specs())
+AOT_SPECS = list(_specs(VARIANTS))
+FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS))

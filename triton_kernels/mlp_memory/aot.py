@@ -5,7 +5,7 @@ self-target, the residual), and the read kernel with both reads: `read="current"
 `read="chunk_start"` spilled where it did not (K = 64, Dh = 128, 8-token chunks on sm_90)."""
 import itertools
 
-from ..utils.aot import OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
+from ..utils.aot import FP32_INPUT_VARIANTS, OPERAND_VARIANTS, AotSpec, kernel_params, pointer_types
 from .chunk_fwd import mlp_memory_fwd_kernel_h, mlp_memory_fwd_kernel_o
 from .configs import launch_config
 
@@ -19,8 +19,9 @@ CHUNK_SIZES = (8, 16, 32, 64)
 READS = (("", True), ("-chunk-start", False))
 
 
-def _specs():
-    for (variant, qkv, archs), (part, kernel) in itertools.product(OPERAND_VARIANTS, KERNELS.items()):
+def _specs(variants):
+    """The kernels for (name, q/k/v dtype, archs, products' precision) `variants`."""
+    for (variant, qkv, archs, precision), (part, kernel) in itertools.product(variants, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
         signature = pointer_types(runtime, qkv, bf16={"o"}, int32=INT32, scalars=SCALARS)
         reads = READS if "IS_CURRENT" in flags else READS[:1]
@@ -29,14 +30,16 @@ def _specs():
             cfg = launch_config(part, D, D, DH, BT, fp32_operands=qkv == "fp32", read_current=current)
             constexprs = dict(H=16, K=D, V=D, DH=DH, BT=BT, BC=max(16, BT), BK=cfg.BK, BD=cfg.BD, BV=cfg.BV,
                               ACTIVATION=0, USE_RESIDUAL=True, USE_SELF_TARGET=True, USE_MOMENTUM=True,
-                              USE_DGD=True, IS_SHARED=True, IS_CURRENT=current, DOT_PRECISION="tf32")
+                              USE_DGD=True, IS_SHARED=True, IS_CURRENT=current, DOT_PRECISION=precision)
             yield AotSpec(
                 name=f"mlp_memory_{part}-K{D}-Dh{DH}-BT{BT}-{variant}-mom-dgd-self{read_name}", kernel=kernel,
                 signature=signature,
                 constexprs={n: value for n, value in constexprs.items() if n in flags},
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                archs=archs, gemm_heavy=BT == 64,  # wgmma needs 64-row tiles; shorter chunks use mma.sync
+                # wgmma needs 64-row tiles; shorter chunks use mma.sync; exact fp32 products run on the FMA units
+                archs=archs, gemm_heavy=BT == 64 and precision != "ieee",
             )
 
 
-AOT_SPECS = list(_specs())
+AOT_SPECS = list(_specs([(*variant, "tf32") for variant in OPERAND_VARIANTS]))
+FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS))

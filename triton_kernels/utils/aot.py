@@ -43,13 +43,21 @@ MAX_WORKERS = 8
 # What the memory ops' kernels get as q, k, v: (variant name, Triton dtype, architectures). bf16
 # inputs as they are, and the fp32 copies of them that Hopper gets with Triton < 3.7.1
 # (`operand_precision.py`), reported for sm_90 only: elsewhere fp32 operands come only from fp32
-# inputs, whose products are exact ("ieee", not reported) unless torch allows tf32. tf32 products
-# either way, dO and o in the inputs' dtype (bf16).
+# inputs, whose products are exact ("ieee") unless torch allows tf32 (both in `FP32_INPUT_VARIANTS`).
+# tf32 products either way, dO and o in the inputs' dtype (bf16).
 OPERAND_VARIANTS = (("bf16", "bf16", ARCHS), ("fp32qkv", "fp32", (90,)))
 # What Hopper with Triton < 3.7.1 runs instead of fp32 copies in kernels that convert their q, k, v
 # loads to fp32 (FP32_OPERANDS: linear_memory's, the chunk products): bf16 loads, fp32 operands.
 # Their fp32qkv rows stand for fp32 inputs with tf32 allowed.
 CONVERTED_VARIANT = ("bf16-fp32ops", "bf16", (90,))
+# What fp32 inputs run beyond those rows, reported only on request (`compile-report --fp32-inputs`,
+# not in CI): (variant name, Triton dtype, architectures, products' precision). With tf32 allowed
+# on sm_80 too (the fp32qkv rows are sm_90's), and with exact fp32 products ("ieee": torch's
+# default, `torch.backends.cuda.matmul.allow_tf32` False) on both, the same launch configurations.
+# Many of them spill (benchmarks/results/compile-fp32-inputs-2026-11-26.md: on sm_80 13 tf32 rows
+# by 4–140 B; exact fp32 products, which Triton runs on the FMA units with whole operand rows per
+# thread, 165 rows on sm_80 and 188 on sm_90, by up to 27 KB), so they stay out of CI's clean check.
+FP32_INPUT_VARIANTS = (("fp32qkv", "fp32", (80,), "tf32"), ("fp32exact", "fp32", ARCHS, "ieee"))
 QKV = frozenset({"q", "k", "v"})
 
 
