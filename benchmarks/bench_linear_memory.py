@@ -5,7 +5,8 @@
 
 On a CUDA device, for each shape of fla's registry (SPEC §8: B8-T2048-H16-D64, B4-T4096-H16-D128,
 B2-T16384-H16-D128, B1-T65536-H8-D128; `--shapes small` keeps the first two), bf16 q/k/v, fp32
-gates, momentum on, dgd off and on, chunk 64, and each mode (`fwd`: the forward under no_grad;
+gates, momentum on, dgd off and on (`--variants`: also `nodgd-nomom`, `dgd-nomom`, without the
+momentum state, the peer's amount of state), chunk 64, and each mode (`fwd`: the forward under no_grad;
 `fwdbwd`: the forward on leaves that require grad, then the backward of `(o * do).sum()`), it times
 
 * `linear_memory` with `backend="triton"` (and `"cuda"` once that tier is registered),
@@ -133,20 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-budget-s", type=float, default=0.5, help="CPU mode: seconds per row, at least (default 0.5)")
     p.add_argument("--cpu-max-row-s", type=float, default=3.0,
                    help="CPU mode: start no run after this many seconds of a row (default 3)")
-    p.add_argument("--chunk", type=int, choices=(16, 32, 64), default=settings.CHUNK,
-                   help=f"chunk size of the kernel tiers (default {settings.CHUNK}; 16, 32 and 64 use the Triton gate kernels)")
-    p.add_argument("--variants", type=_parse_variants, default=list(settings.VARIANTS),
-                   help="comma-separated: nodgd,dgd (default both)")
+    p.add_argument("--chunk", type=int, choices=(16, 32, 64), default=settings.DEFAULT_CHUNK,
+                   help=f"chunk size of the kernel tiers (default {settings.DEFAULT_CHUNK}; 16, 32 and 64 use the Triton gate kernels)")
+    p.add_argument("--variants", type=_parse_variants, default=list(settings.DEFAULT_VARIANTS),
+                   help=f"comma-separated, of {','.join(v.name for v in settings.KNOWN_VARIANTS)} (default "
+                        f"{','.join(v.name for v in settings.DEFAULT_VARIANTS)}; -nomom: without the momentum state)")
     return p
 
 
 def _parse_variants(text: str):
-    known = dict(settings.VARIANTS)
+    known = {v.name: v for v in settings.KNOWN_VARIANTS}
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"variants are {', '.join(known)}; got {text!r}")
-    return [(n, known[n]) for n in names]
+    return [known[n] for n in names]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--shape", default=None, help="B<b>-T<t>-H<h>-D<d> (default: the first benchmark shape; "
                                                   "B1-T64-H2-D32 with --dry-run on a CPU)")
-    p.add_argument("--chunk", type=int, default=settings.CHUNK)
+    p.add_argument("--chunk", type=int, default=settings.DEFAULT_CHUNK)
     p.add_argument("--dgd", type=int, choices=(0, 1), default=1, help="1: every kernel of the backward runs")
     p.add_argument("--budget-s", type=float, default=150.0)
     p.add_argument("--rep-ms", type=int, default=25, help="do_bench's rep per candidate")

@@ -42,6 +42,8 @@
 #   PYTHON                interpreter (default: python, else python3)
 #   TOTAL_S               time budget of the whole script in seconds (default 540)
 #   BENCH_SHAPES          auto | small | all (default auto)
+#   BENCH_VARIANTS        the bench's --variants (default its own: nodgd,dgd, with momentum; add
+#                         dgd-nomom for the row that carries no more state than fla's gated delta rule)
 #   STEPS                 the steps to run, by name (default: all of build info check bench bench-cms
 #                         bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu
 #                         pytest-gpu-bigmem); the device tool gives
@@ -241,8 +243,10 @@ esac
 # The roofline's bandwidth: the vendor's 4.8 TB/s on an H200 (the script's default is the H100's).
 PEAK_ARGS=()
 [[ $GPU_LINE == *H200* ]] && PEAK_ARGS=(--peak-tbps 4.8)
+VARIANT_ARGS=()
+[[ -n ${BENCH_VARIANTS:-} ]] && VARIANT_ARGS=(--variants "$BENCH_VARIANTS")
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
-    "${SHAPE_ARGS[@]}" "${PEAK_ARGS[@]}"
+    "${SHAPE_ARGS[@]}" "${PEAK_ARGS[@]}" "${VARIANT_ARGS[@]}"
 if [[ $GUARDED != 1 ]] && want bench-16bit; then
     echo "| bench-16bit | skipped (no fp32 operands here: the bench ran the 16-bit kernels) | 0 | — |" >> "$REPORT"
 else

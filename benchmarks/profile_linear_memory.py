@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)
-    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else [settings.CHUNK]
+    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else [settings.DEFAULT_CHUNK]
     cuda = torch.cuda.is_available()
     shapes = args.shapes or [SHAPES[0] if cuda else BenchShape(1, 256, 2, 32)]
     lines = ["# Profile of linear_memory", "",

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.helpers import BENCHMARKS, benchmark_script
 
@@ -49,6 +50,37 @@ def test_bench_variants(bench, tmp_path):
     assert json.loads((tmp_path / "linear_memory-v.json").read_text())["meta"]["chunk_size"] == 32
     with pytest.raises(SystemExit):
         bench.main(["--variants", "wy"])
+
+
+def test_bench_variants_without_momentum(bench, tmp_path):
+    """--variants dgd-nomom: rows without the momentum state, counted without it, and the call and the
+    correctness gate run without a momentum input."""
+    code = bench.main(["--device", "cpu", "--out-dir", str(tmp_path), "--tag", "nm", "--shapes", "small",
+                       "--modes", "fwd", "--variants", "dgd-nomom", "--cpu-min-runs", "1", "--cpu-budget-s", "0",
+                       "--cpu-max-row-s", "0"])
+    assert code == 0
+    rows = json.loads((tmp_path / "linear_memory-nm.json").read_text())["rows"]
+    assert {r["variant"] for r in rows if r["backend"] in ("triton", "torch", "cpp")} == {"dgd-nomom"}
+    (row,) = [r for r in rows if r["device"] == "cuda" and r["backend"] == "torch" and r["shape"] == "B8-T2048-H16-D64"]
+    counts = dict(chunk_size=64, dgd=True, momentum=False, mode="fwd")
+    assert row["flops"] == bench.linear_memory_flops(8, 2048, 16, 64, 64, **counts) < \
+        bench.linear_memory_flops(8, 2048, 16, 64, 64, **{**counts, "momentum": True})
+    assert row["bytes"] == bench.linear_memory_bytes(8, 2048, 16, 64, 64, momentum=False, mode="fwd")
+
+    from linear_memory_bench.callables import linear_memory_callable, make_inputs
+    from linear_memory_bench.gate import correctness_gate
+    from linear_memory_bench.settings import BenchShape, Variant
+    from nested_kernels import linear_memory
+
+    shape = BenchShape(1, 40, 2, 16)
+    x = make_inputs(shape, device="cpu", dtype=torch.float32)
+    fn, _ = linear_memory_callable(x, "torch", True, "fwd", momentum=False)
+    kw = dict(dgd=True, chunk_size=64, scale=0.25, backend="torch")
+    assert torch.equal(fn(), linear_memory(x.q, x.k, x.v, x.lr, x.retention, None, **kw)[0])
+    assert not torch.equal(fn(), linear_memory(x.q, x.k, x.v, x.lr, x.retention, x.momentum, **kw)[0])
+    gate = correctness_gate(shape, "torch", Variant("dgd-nomom", True, False), ["fwdbwd"], "cpu")
+    assert gate["variant"] == "dgd-nomom" and gate["passed"] == {"fwdbwd": True}
+    assert "dmomentum" not in gate["ratios"]["fwdbwd"] and "dlr" in gate["ratios"]["fwdbwd"]
 
 
 def test_isolate_triton_cpu(tmp_path):

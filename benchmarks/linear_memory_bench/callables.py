@@ -40,15 +40,18 @@ def make_inputs(shape: BenchShape, *, device, dtype, seed: int = 0) -> Inputs:
     return Inputs(q, k, v, lr, retention, momentum, do)
 
 
-def linear_memory_callable(x: Inputs, backend: str, dgd: bool, mode: str) -> Tuple[Fn, List[torch.Tensor]]:
-    """(the timed call, the leaves whose .grad is reset between calls)."""
+def linear_memory_callable(x: Inputs, backend: str, dgd: bool, mode: str, momentum: bool = True
+                           ) -> Tuple[Fn, List[torch.Tensor]]:
+    """(the timed call, the leaves whose .grad is reset between calls); without `momentum` the call
+    has no momentum state (`x.momentum` unused)."""
     kw = dict(dgd=dgd, chunk_size=settings.CHUNK, scale=x.q.shape[-1] ** -0.5, output_final_state=True, backend=backend)
+    inputs = (x.q, x.k, x.v, x.lr, x.retention) + ((x.momentum,) if momentum else ())
     if _mode(mode) == "fwd":
         def fwd():
             with torch.no_grad():
-                return linear_memory(x.q, x.k, x.v, x.lr, x.retention, x.momentum, **kw)[0]
+                return linear_memory(*inputs, **kw)[0]
         return fwd, []
-    leaves = [t.detach().clone().requires_grad_() for t in (x.q, x.k, x.v, x.lr, x.retention, x.momentum)]
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
 
     def fwd_bwd():
         o, _ = linear_memory(*leaves, **kw)

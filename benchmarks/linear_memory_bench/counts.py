@@ -1,6 +1,6 @@
 """FLOP and byte counts of `linear_memory` and SDPA, and the roofline fraction."""
 from . import settings
-from .settings import MOMENTUM, PEAK_TBPS, PEAK_TFLOPS, SDPA_FWDBWD_FACTOR, _mode
+from .settings import PEAK_TBPS, PEAK_TFLOPS, SDPA_FWDBWD_FACTOR, _mode
 
 # linear_memory, chunked algorithm (triton_kernels/linear_memory/README.md), per chunk of c tokens
 # per head, K = key dim, V = value dim. Only matrix products are counted, in three units:
@@ -51,7 +51,7 @@ def linear_memory_chunk_flops(c: int, K: int, V: int, *, momentum: bool, dgd: bo
 
 
 def linear_memory_flops(B: int, T: int, H: int, K: int, V: int, *, chunk_size: int = settings.CHUNK,
-                        momentum: bool = MOMENTUM, dgd: bool = False, mode: str = "fwd") -> int:
+                        momentum: bool = True, dgd: bool = False, mode: str = "fwd") -> int:
     """FLOPs of one `linear_memory` call (`mode="fwd"`) or forward + backward (`"fwdbwd"`)."""
     mode = _mode(mode)
     full, tail = divmod(T, chunk_size)
@@ -64,7 +64,7 @@ def linear_memory_flops(B: int, T: int, H: int, K: int, V: int, *, chunk_size: i
     return total
 
 
-def linear_memory_bytes(B: int, T: int, H: int, K: int, V: int, *, momentum: bool = MOMENTUM, mode: str = "fwd",
+def linear_memory_bytes(B: int, T: int, H: int, K: int, V: int, *, momentum: bool = True, mode: str = "fwd",
                         io_bytes: int = 2, gate_bytes: int = 4, state_bytes: int = 4,
                         final_state: bool = True) -> int:
     """Minimal HBM bytes of one call (`"fwd"`) or forward + backward (`"fwdbwd"`)."""

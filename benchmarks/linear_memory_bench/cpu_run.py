@@ -17,11 +17,11 @@ def run_cpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args) 
     registry = importlib.import_module("nested_kernels.linear_memory").BACKENDS
     shape = CPU_SHAPE
     x = make_inputs(shape, device="cpu", dtype=torch.float32)
-    for variant, dgd in settings.VARIANTS:
+    for variant in settings.VARIANTS:
         outputs: Dict[str, torch.Tensor] = {}
         for mode in modes:
             for backend in ("torch", "cpp"):
-                row = _new_row(shape, variant, mode, backend, "cpu", dgd)
+                row = _new_row(shape, variant, mode, backend, "cpu")
                 call = {"device": torch.device("cpu"), "dtype": torch.float32, "K": shape.D, "V": shape.D,
                         "chunk_size": settings.CHUNK, "requires_grad": mode == "fwdbwd"}
                 try:
@@ -37,7 +37,7 @@ def run_cpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args) 
                     continue
                 run.rows.append(row)
                 try:
-                    fn, leaves = linear_memory_callable(x, backend, dgd, mode)
+                    fn, leaves = linear_memory_callable(x, backend, variant.dgd, mode, variant.momentum)
                     ms = time_cpu(fn, leaves, min_runs=args.cpu_min_runs, budget_s=args.cpu_budget_s,
                                   max_row_s=args.cpu_max_row_s)
                     _finish(row, ms, "perf_counter", None, args)
@@ -48,15 +48,15 @@ def run_cpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args) 
         if "torch" in outputs and "cpp" in outputs:
             ratio = rms_ratio(outputs["torch"], outputs["cpp"])
             for row in run.rows:
-                if row.backend == "cpp" and row.variant == variant and row.timed:
+                if row.backend == "cpp" and row.variant == variant.name and row.timed:
                     row.note = f"rms(torch − cpp) / rms(torch) = {ratio:.1e}"
     # The GPU rows, listed with their counts.
     tiers = _registered_kernel_tiers() or ["triton"]
     for s in shapes:
         for mode in modes:
-            for variant, dgd in settings.VARIANTS:
+            for variant in settings.VARIANTS:
                 for backend in (*tiers, "torch"):
-                    row = _new_row(s, variant, mode, backend, "cuda", dgd)
+                    row = _new_row(s, variant, mode, backend, "cuda")
                     row.status = NO_CUDA
                     run.rows.append(row)
             for backend in ("fla", "sdpa"):

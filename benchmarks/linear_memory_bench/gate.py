@@ -22,10 +22,11 @@ def rms_ratio(ref: torch.Tensor, out: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
-def _gate_run(x: Inputs, backend: str, dgd: bool, *, grads: bool) -> List[Tuple[str, torch.Tensor]]:
-    kw = dict(dgd=dgd, chunk_size=settings.CHUNK, scale=x.q.shape[-1] ** -0.5, output_final_state=True, backend=backend)
-    names = ("q", "k", "v", "lr", "retention", "momentum")
-    tensors = (x.q, x.k, x.v, x.lr, x.retention, x.momentum)
+def _gate_run(x: Inputs, backend: str, variant: settings.Variant, *, grads: bool) -> List[Tuple[str, torch.Tensor]]:
+    kw = dict(dgd=variant.dgd, chunk_size=settings.CHUNK, scale=x.q.shape[-1] ** -0.5, output_final_state=True,
+              backend=backend)
+    names = ("q", "k", "v", "lr", "retention", "momentum")[:6 if variant.momentum else 5]
+    tensors = (x.q, x.k, x.v, x.lr, x.retention, x.momentum)[:len(names)]
     if not grads:
         with torch.no_grad():
             o, _ = linear_memory(*tensors, **kw)
@@ -36,18 +37,19 @@ def _gate_run(x: Inputs, backend: str, dgd: bool, *, grads: bool) -> List[Tuple[
     return [("o", o.detach())] + [(f"d{n}", g) for n, g in zip(names, gs)]
 
 
-def correctness_gate(shape: BenchShape, backend: str, dgd: bool, modes: Sequence[str], device) -> Dict[str, object]:
+def correctness_gate(shape: BenchShape, backend: str, variant: settings.Variant, modes: Sequence[str],
+                     device) -> Dict[str, object]:
     """The tier at T = GATE_T on bf16 inputs against the torch tier in fp32 on the same rounded inputs."""
     small = BenchShape(shape.B, min(GATE_T, shape.T), shape.H, shape.D)
     x = make_inputs(small, device=device, dtype=torch.bfloat16, seed=1)
     x32 = Inputs(*(t.float() for t in (x.q, x.k, x.v)), x.lr, x.retention, x.momentum, x.do.float())
     result: Dict[str, object] = {"shape": shape.name, "gate_shape": small.name, "backend": backend,
-                                 "variant": "dgd" if dgd else "nodgd", "ratios": {}, "passed": {}, "errors": {}}
+                                 "variant": variant.name, "ratios": {}, "passed": {}, "errors": {}}
     for mode in modes:                          # a mode the tier cannot run (e.g. a forward-only tier's
         grads = mode == "fwdbwd"                # backward) fails that mode's gate only
         try:
-            ref = dict(_gate_run(x32, "torch", dgd, grads=grads))
-            out = dict(_gate_run(x, backend, dgd, grads=grads))
+            ref = dict(_gate_run(x32, "torch", variant, grads=grads))
+            out = dict(_gate_run(x, backend, variant, grads=grads))
             ratios = {name: rms_ratio(ref[name], out[name]) for name in ref}
             result["ratios"][mode] = ratios
             result["passed"][mode] = all(

@@ -58,14 +58,14 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
         gate_error: Dict[Tuple[str, str, str], str] = {}
         if not over_budget():
             for tier in tiers:
-                for variant, dgd in settings.VARIANTS:
-                    log(f"correctness gate {tier} {variant}")
-                    g = correctness_gate(shape, tier, dgd, modes, device)
+                for variant in settings.VARIANTS:
+                    log(f"correctness gate {tier} {variant.name}")
+                    g = correctness_gate(shape, tier, variant, modes, device)
                     run.gates.append(g)
                     for mode in modes:
-                        gate_ok[(tier, variant, mode)] = bool(g["passed"].get(mode))
+                        gate_ok[(tier, variant.name, mode)] = bool(g["passed"].get(mode))
                         if mode in g["errors"]:
-                            gate_error[(tier, variant, mode)] = g["errors"][mode]
+                            gate_error[(tier, variant.name, mode)] = g["errors"][mode]
 
         x, no_inputs = None, None              # the inputs, or why there are none
         if over_budget():
@@ -77,20 +77,21 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
                 no_inputs = "OOM (inputs)"
         not_run = lambda: OUT_OF_BUDGET if over_budget() else no_inputs
         for mode in modes:
-            for variant, dgd in settings.VARIANTS:
+            for variant in settings.VARIANTS:
                 for backend in (*tiers, "torch"):
-                    row = _new_row(shape, variant, mode, backend, "cuda", dgd)
+                    row = _new_row(shape, variant, mode, backend, "cuda")
                     run.rows.append(row)
                     if not_run() is not None:
                         row.status = not_run()
                         continue
-                    if backend != "torch" and not gate_ok.get((backend, variant, mode), False):
-                        error = gate_error.get((backend, variant, mode))
+                    if backend != "torch" and not gate_ok.get((backend, variant.name, mode), False):
+                        error = gate_error.get((backend, variant.name, mode))
                         row.status = GATE_FAILED if error is None else f"not run: {error}"
                         continue
-                    log(f"{MODE_LABEL[mode]} {variant} {backend}")
+                    log(f"{MODE_LABEL[mode]} {variant.name} {backend}")
                     max_call_s = args.torch_max_call_s if backend == "torch" else 60.0
-                    _time_row(row, lambda: linear_memory_callable(x, backend, dgd, mode), args, max_call_s=max_call_s)
+                    _time_row(row, lambda: linear_memory_callable(x, backend, variant.dgd, mode, variant.momentum), args,
+                              max_call_s=max_call_s)
 
             row = _new_row(shape, "-", mode, "fla", "cuda")
             run.rows.append(row)

@@ -116,7 +116,7 @@ def to_markdown(run: Run) -> str:
         f"* torch {m['torch']}, triton {m['triton'] or 'not installed'}, fla {m['fla'] or 'not installed'}, "
         f"python {m['python']}",
         f"* date {m['date']}, git {m['git'] or 'unknown'}",
-        f"* inputs: {m['dtype']}; momentum on; chunk {m['chunk_size']}; modes: fwd (no_grad), "
+        f"* inputs: {m['dtype']}; momentum on, but in `-nomom` rows; chunk {m['chunk_size']}; modes: fwd (no_grad), "
         "fwd+bwd (forward + backward of (o·do).sum())",
         *([f"* the triton tier's operands: {m['triton_operands']}"] if m.get("triton_operands") else []),
         f"* roofline peaks: {m['peak_tflops']:g} TFLOP/s, {m['peak_tbps']:g} TB/s; roofline = "

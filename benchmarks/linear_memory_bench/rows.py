@@ -1,6 +1,6 @@
 """The rows of a run: one timed (or not timed) call per row, with its counts."""
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from . import settings
 from .counts import linear_memory_bytes, linear_memory_flops, roofline_fraction, sdpa_bytes, sdpa_flops
@@ -10,7 +10,7 @@ from .settings import BenchShape
 @dataclass
 class Row:
     shape: str
-    variant: str                    # "nodgd" / "dgd" for linear_memory rows, "-" for peers
+    variant: str                    # settings.Variant.name for linear_memory rows, "-" for peers
     mode: str                       # "fwd" / "fwdbwd"
     backend: str                    # triton, cuda, torch, cpp, fla, sdpa
     device: str                     # "cuda" / "cpu"
@@ -40,18 +40,23 @@ class Run:
     complete: bool = False
 
 
-def _problem_counts(shape: BenchShape, backend: str, mode: str, dgd: bool) -> Tuple[Optional[int], Optional[int]]:
+def _problem_counts(shape: BenchShape, backend: str, mode: str, dgd: bool,
+                    momentum: bool) -> Tuple[Optional[int], Optional[int]]:
     if backend == "sdpa":
         return sdpa_flops(shape.B, shape.T, shape.H, shape.D, mode=mode), sdpa_bytes(shape.B, shape.T, shape.H, shape.D, mode=mode)
     if backend == "fla":
         return None, None           # a different recurrence; its roofline is not modelled here
-    return (linear_memory_flops(shape.B, shape.T, shape.H, shape.D, shape.D, chunk_size=settings.CHUNK, dgd=dgd, mode=mode),
-            linear_memory_bytes(shape.B, shape.T, shape.H, shape.D, shape.D, mode=mode))
+    return (linear_memory_flops(shape.B, shape.T, shape.H, shape.D, shape.D, chunk_size=settings.CHUNK, dgd=dgd,
+                                momentum=momentum, mode=mode),
+            linear_memory_bytes(shape.B, shape.T, shape.H, shape.D, shape.D, momentum=momentum, mode=mode))
 
 
-def _new_row(shape: BenchShape, variant: str, mode: str, backend: str, device: str, dgd: bool = False) -> Row:
-    flops, nbytes = _problem_counts(shape, backend, mode, dgd)
-    return Row(shape.name, variant, mode, backend, device, shape.tokens, flops=flops, bytes=nbytes)
+def _new_row(shape: BenchShape, variant: Union[settings.Variant, str], mode: str, backend: str, device: str) -> Row:
+    """A row of `variant` (a peer's: "-")."""
+    dgd, momentum = (variant.dgd, variant.momentum) if isinstance(variant, settings.Variant) else (False, True)
+    flops, nbytes = _problem_counts(shape, backend, mode, dgd, momentum)
+    name = getattr(variant, "name", variant)
+    return Row(shape.name, name, mode, backend, device, shape.tokens, flops=flops, bytes=nbytes)
 
 
 def _finish(row: Row, ms: Sequence[float], method: str, peak_bytes: Optional[int], args) -> Row:

@@ -6,6 +6,7 @@
 """
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,20 @@ SHAPES = (                          # SPEC §8, fla's registry; the first two ar
 )
 SMALL_SHAPES = SHAPES[:2]
 CPU_SHAPE = BenchShape(1, 512, 4, 64)
-CHUNK = 64
-MOMENTUM = True                     # every timed variant carries the momentum state
-VARIANTS = (("nodgd", False), ("dgd", True))
+CHUNK = DEFAULT_CHUNK = 64
+class Variant(NamedTuple):
+    """A timed configuration of `linear_memory`: the row's name, DGD, and whether the call carries
+    the momentum state."""
+
+    name: str
+    dgd: bool
+    momentum: bool
+
+
+# the default rows carry the momentum state (HOPE's memories do); the momentum-free ones (on request,
+# `--variants`) do the work of the peer's recurrence: fla's gated delta rule has no momentum
+VARIANTS = DEFAULT_VARIANTS = (Variant("nodgd", False, True), Variant("dgd", True, True))
+KNOWN_VARIANTS = DEFAULT_VARIANTS + (Variant("nodgd-nomom", False, False), Variant("dgd-nomom", True, False))
 MODES = ("fwd", "fwdbwd")
 MODE_LABEL = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 KERNEL_TIERS = ("triton", "cuda")   # the fused tiers; rows only for those registered
