@@ -201,7 +201,8 @@ def test_cli_fails_on_spills(monkeypatch, capsys, tmp_path, report):
 def test_cli_fp32_inputs(monkeypatch, capsys):
     """`--fp32-inputs` asks the registry for the fp32-input rows too; without it, not."""
     asked = []
-    monkeypatch.setattr(aot_registry, "aot_specs", lambda arch=None, fp32_inputs=False: asked.append(fp32_inputs) or [SCALE])
+    monkeypatch.setattr(aot_registry, "aot_specs",
+                        lambda arch=None, fp32_inputs=False: asked.append(fp32_inputs) or [SCALE])
     assert compile_report.main(["--arch", "80", "--fp32-inputs"]) == 0 and True in asked
     asked.clear()
     assert compile_report.main(["--arch", "80"]) == 0 and asked and True not in asked

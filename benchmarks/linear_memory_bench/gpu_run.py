@@ -90,8 +90,8 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
                         continue
                     log(f"{MODE_LABEL[mode]} {variant.name} {backend}")
                     max_call_s = args.torch_max_call_s if backend == "torch" else 60.0
-                    _time_row(row, lambda: linear_memory_callable(x, backend, variant.dgd, mode, variant.momentum), args,
-                              max_call_s=max_call_s)
+                    call = lambda: linear_memory_callable(x, backend, variant.dgd, mode, variant.momentum)
+                    _time_row(row, call, args, max_call_s=max_call_s)
 
             row = _new_row(shape, "-", mode, "fla", "cuda")
             run.rows.append(row)
