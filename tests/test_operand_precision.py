@@ -147,14 +147,21 @@ def test_fp32_operands_take_their_launch_configs(monkeypatch):
                          ids=["K64-C64-converted", "K128-C64-converted", "K256-C32-converted", "K256-C64-copied"])
 def test_linear_memory_copies_where_converted_loads_spill(monkeypatch, K, C, copied):
     """bf16 inputs whose products need fp32 operands reach linear_memory's kernels as they are, their
-    loads converted in the kernels, but at K = 256 with 64-token chunks, where converted loads spill
-    the reverse recurrence (`configs.converts_loads`), as fp32 copies."""
+    loads converted in the kernels, but for the backward at K = 256 with 64-token chunks, where
+    converted loads spill the reverse recurrence (`configs.converts_loads`): its kernels (the chunk
+    states' recomputation included) get fp32 copies; the forward's still convert."""
     from nested_kernels import linear_memory
     from tests.helpers import gates, qkv
 
     calls = record_launches(monkeypatch)
-    q, k, v = (x.to(torch.bfloat16) for x in qkv(1, 4, 1, K, K))
+    q, k, v = (x.to(torch.bfloat16).requires_grad_() for x in qkv(1, 4, 1, K, K))
     lr, retention, momentum = (x.float() for x in gates(1, 4, 1))
-    linear_memory(q, k, v, lr, retention, momentum, chunk_size=C, backend="triton")
-    operands = {(kw["k"].dtype, kw["FP32_OPERANDS"]) for name, _, kw in calls if name.startswith("linear_memory")}
-    assert operands == {(torch.float32 if copied else torch.bfloat16, True)}, operands
+    o, _ = linear_memory(q, k, v, lr, retention, momentum, chunk_size=C, backend="triton")
+    forward = len(calls)
+    o.float().sum().backward()
+    operands = lambda launches: {(kw["k"].dtype, kw["FP32_OPERANDS"]) for name, _, kw in launches
+                                 if name.startswith("linear_memory")}
+    assert operands(calls[:forward]) == {(torch.bfloat16, True)}
+    assert operands(calls[forward:]) == {(torch.float32 if copied else torch.bfloat16, True)}, operands(calls[forward:])
+    assert {"linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh"} <= {name for name, _, _ in calls[forward:]}
+    assert (q.grad.dtype, k.grad.dtype, v.grad.dtype) == (torch.bfloat16,) * 3

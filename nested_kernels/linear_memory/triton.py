@@ -94,14 +94,19 @@ def _triton_bwd(
     pseudo: Optional[torch.Tensor],
 ) -> List[torch.Tensor]:
     from ..triton_kernels.linear_memory.chunk_bwd import linear_memory_bwd
+    from ..triton_kernels.linear_memory.configs import converts_loads
+    from ..triton_kernels.utils.operand_precision import operand_dtype
 
     gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
     kept = None if h is None else (h, s, res, pseudo)                         # None: the backward recomputes them
     contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
+    dtypes = q.dtype, k.dtype, v.dtype
+    if operand_dtype(q.device, q.dtype) == torch.float32 and not converts_loads(k.shape[-1], write.shape[-1]):
+        q, k, v = q.float(), k.float(), v.float()                             # the backward's kernels copy here
     dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
         q, k, v, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
         kept, scale=scale, dgd=dgd)
-    grads = [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *d_gates, d_inv, dh0, ds0]
+    grads = [g.to(dtype) for g, dtype in zip((dq, dk, dv), dtypes)] + [*d_gates, d_inv, dh0, ds0]
     return [_empty_if_none(g, dq) for g in grads]
 
 
@@ -148,12 +153,10 @@ _triton_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, initial_state, cu_seqlens):
     """The layout and the arguments of `nested_kernels::linear_memory_triton_fwd` for one call."""
-    from ..triton_kernels.linear_memory.configs import converts_loads
-
     B, T, H, K = q.shape
     f32 = torch.float32
     layout = flat_chunks(B, T, chunk_size, cu_seqlens, q.device)
-    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory", fp32_copies=not converts_loads(K, chunk_size))
+    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory", fp32_copies=False)      # the forward converts
 
     def gate(x, pad):
         return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))

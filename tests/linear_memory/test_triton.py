@@ -208,6 +208,22 @@ def test_triton_chunk_k128_converted_loads(monkeypatch):
                            ("linear_memory_fwd_kernel_h", "linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh")]
 
 
+def test_triton_chunk_k256_backward_copies(monkeypatch):
+    """bf16 inputs at K = V = 256 with 64-token chunks whose products need fp32 operands (Hopper with
+    Triton < 3.7.1; the interpreter too): the forward converts its loads, the backward (its
+    recomputation of the chunk states included) takes fp32 copies, where converted loads spill its
+    recurrence (`configs.converts_loads`); both recurrences hold their states transposed."""
+    from nested_kernels.triton_kernels.utils import launch
+
+    monkeypatch.setattr(launch, "device_arch", lambda device: 90)
+    calls = record_launches(monkeypatch)
+    check(1, 63, 1, 256, 256, 64, True, True, True, dtype=torch.bfloat16)
+    recurrences = [(name, kw["TRANSPOSED"], kw["k"].dtype) for name, _, kw in calls if name in RECURRENT_KERNELS]
+    assert recurrences == [("linear_memory_fwd_kernel_h", True, torch.bfloat16),
+                           ("linear_memory_fwd_kernel_h", True, torch.float32),
+                           ("linear_memory_bwd_kernel_dh", True, torch.float32)], recurrences
+
+
 def test_triton_unsupported_chunk_size():
     q, k, v = qkv(1, 8, 1, 16, 16, dtype=torch.float32)
     with pytest.raises(NotImplementedError, match=r"chunk_size must be one of \(16, 32, 64\), got 8"):

@@ -64,7 +64,7 @@ def _specs(variants):
         states16 = (False, True) if part in STATES_IN_OPERAND_DTYPE and not fp32_operands else (False,)
         for D, BT, h16, (flag_name, flag_values) in itertools.product(HEAD_DIMS, CHUNK_SIZES, states16,
                                                                      flag_combinations(flags)):
-            if variant == CONVERTED_VARIANT[0] and not converts_loads(D, BT):
+            if variant == CONVERTED_VARIANT[0] and not converts_loads(D, BT, backward=part.startswith("bwd")):
                 continue                                                      # fp32 copies there
             by_config = {}                                                    # one spec per distinct config
             for arch in archs:

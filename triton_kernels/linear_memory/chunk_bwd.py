@@ -412,7 +412,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     N = chunk_offsets.numel() - 1
     use_momentum = carry is not None
     precision = dot_precision(do.dtype)                                      # dO has the op's input dtype
-    fp32_operands = operands_in_fp32(k, BT)
+    fp32_operands = operands_in_fp32(k, BT, backward=True)
     arch = device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     dh, dres = torch.empty(H, NC, K, V, **f32), torch.empty(Tp, H, V, **f32)

@@ -177,9 +177,10 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     needs the states alone, and passes the DGD product `kk_write` it has; computed here otherwise).
     q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
     dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`; h0, s0 `[N, H, K, V]` or None.
-    `out_dtype` is the op's input dtype (q, k, v are in it, or fp32 copies of it where
-    `configs.converts_loads` is False: K = 256 with 64-token chunks): it sets the products'
-    precision. `state_dtype` (default fp32) is that of the stored chunk-start states h, s: the
+    `out_dtype` is the op's input dtype (q, k, v are in it, or, in the backward's recomputation, fp32
+    copies of it where `configs.converts_loads` is False for the backward: K = 256 with 64-token
+    chunks): it sets the products' precision. `state_dtype` (default fp32) is that of the stored
+    chunk-start states h, s: the
     output kernel reads them only as operands of products with Q, in the operand dtype
     (`operand_dtype`: q's, or fp32 where its loads are converted), so states stored in it give the
     same output with half the bytes for 16-bit operands; the backward reads them in fp32. `residuals`: store R = K M^c − V for the caller (the
@@ -202,7 +203,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     assert BT in (16, 32, 64), f"linear_memory triton: chunk_size in (16, 32, 64), got {BT}"
     use_momentum = carry is not None
     precision = dot_precision(out_dtype)
-    fp32_operands = operands_in_fp32(k, BT)
+    fp32_operands = operands_in_fp32(k, BT, backward=False)
     arch = device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     states = dict(dtype=state_dtype or torch.float32, device=k.device)

@@ -28,7 +28,8 @@ chunks spilled 96 B under Triton 3.6, and with converted loads both spilled 332�
 with 64-token chunks. Transposed, every entry but one is clean for fp32 inputs and converted loads
 under Triton 3.8 and 3.6 (the (128, 64) entries: one 128-row tile, 8 warps, one stage); the
 exception is the reverse one at K = 256 with 64-token chunks and converted loads (8–276 B for
-every candidate of the sweep with momentum and DGD), where the op makes fp32 copies instead. On
+every candidate of the sweep with momentum and DGD), where the backward makes fp32 copies instead
+(`converts_loads`: the forward converts there too). On
 sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these configurations
 spilled there (K ≥ 128, 64-token chunks) before the (128, 64) entries of `fwd_h` and `bwd_dh` became
 one 128-row tile at 8 warps, which is clean on sm_80 too (held as it is; `bwd_dh`'s old entry, two
@@ -123,27 +124,31 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def converts_loads(K: int, BT: int) -> bool:
-    """Whether the kernels take 16-bit q, k, v that need fp32 operands as they are and convert their
-    loads (FP32_OPERANDS), rather than as fp32 copies made by the op: everywhere but K = 256 with
-    64-token chunks, where bwd_dh spills with converted loads even with its state transposed (8–276
-    B with momentum and DGD for every candidate of `--operands bf16-fp32ops --transposed 1`). At
+def converts_loads(K: int, BT: int, backward: bool = True) -> bool:
+    """Whether the kernels of the forward (or of the `backward`, its recomputation of the chunk states
+    included) take 16-bit q, k, v that need fp32 operands as they are and convert their loads
+    (FP32_OPERANDS), rather than as fp32 copies made by the op. The forward's everywhere; the
+    backward's everywhere but K = 256 with 64-token chunks, where bwd_dh spills with converted loads
+    even with its state transposed (8–276 B with momentum and DGD for every candidate of
+    `--operands bf16-fp32ops --transposed 1`): only the backward copies there (fwd_h, transposed,
+    and fwd_o compile clean with converted loads at that shape, under Triton 3.8 and 3.6). At
     K = 128 with 64-token chunks and at K = 256 the recurrences take converted loads transposed
     (`transposed_states`): held as they are, with 64-token chunks they spilled 332–1128 B (fwd_h)
     and 32–1328 B (bwd_dh), and bwd_dh at K = 256 with 32-token chunks 12 B under Triton 3.6."""
-    return _pow2(K) <= 128 or BT < 64
+    return not backward or _pow2(K) <= 128 or BT < 64
 
 
-def operands_in_fp32(k, BT: int) -> bool:
+def operands_in_fp32(k, BT: int, backward: bool) -> bool:
     """Whether the kernels' products take fp32 operands for keys `k` (`utils/operand_precision.py`
     `operand_dtype`): fp32 inputs, their fp32 copies, or 16-bit loads the kernels convert, which
-    only `converts_loads` shapes may get."""
+    only `converts_loads` shapes may get (of the forward, or of the `backward`)."""
     import torch
 
     from ..utils.operand_precision import operand_dtype
 
     fp32 = operand_dtype(k.device, k.dtype) == torch.float32
-    assert not fp32 or k.dtype == torch.float32 or converts_loads(k.shape[-1], BT), "fp32 copies expected here"
+    assert not fp32 or k.dtype == torch.float32 or converts_loads(k.shape[-1], BT, backward), \
+        "fp32 copies expected here"
     return fp32
 
 

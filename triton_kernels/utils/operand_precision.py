@@ -63,5 +63,5 @@ def operand_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     """The dtype of the kernels' product operands for q, k, v of `dtype` on `device`: fp32 where
     16-bit products are unsafe (`fp32_operands_reason`), whether the kernels convert their loads
     (FP32_OPERANDS: linear_memory where `configs.converts_loads`) or the op hands them fp32 copies
-    (mlp_memory, and linear_memory elsewhere); else `dtype`."""
+    (mlp_memory, and linear_memory's backward elsewhere); else `dtype`."""
     return torch.float32 if fp32_operands_reason(device, dtype) is not None else dtype
