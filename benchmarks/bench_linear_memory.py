@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-max-row-s", type=float, default=3.0,
                    help="CPU mode: start no run after this many seconds of a row (default 3)")
     p.add_argument("--chunk", type=int, choices=(16, 32, 64), default=settings.DEFAULT_CHUNK,
-                   help=f"chunk size of the kernel tiers (default {settings.DEFAULT_CHUNK}; 16, 32 and 64 use the Triton gate kernels)")
+                   help=f"chunk size of the kernel tiers (default {settings.DEFAULT_CHUNK}; 16, 32 and 64 use the "
+                        "Triton gate kernels)")
     p.add_argument("--variants", type=_parse_variants, default=list(settings.DEFAULT_VARIANTS),
                    help=f"comma-separated, of {','.join(v.name for v in settings.KNOWN_VARIANTS)} (default "
                         f"{','.join(v.name for v in settings.DEFAULT_VARIANTS)}; -nomom: without the momentum state)")

@@ -42,8 +42,9 @@
 #   PYTHON                interpreter (default: python, else python3)
 #   TOTAL_S               time budget of the whole script in seconds (default 540)
 #   BENCH_SHAPES          auto | small | all (default auto)
-#   BENCH_VARIANTS        the bench's --variants (default its own: nodgd,dgd, with momentum; add
-#                         dgd-nomom for the row that carries no more state than fla's gated delta rule)
+#   BENCH_VARIANTS        the bench's --variants, which replace its default nodgd,dgd (both with
+#                         momentum): e.g. nodgd,dgd,dgd-nomom for a row that carries no more state
+#                         than fla's gated delta rule
 #   STEPS                 the steps to run, by name (default: all of build info check bench bench-cms
 #                         bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu
 #                         pytest-gpu-bigmem); the device tool gives

@@ -53,10 +53,10 @@ def _problem_counts(shape: BenchShape, backend: str, mode: str, dgd: bool,
 
 def _new_row(shape: BenchShape, variant: Union[settings.Variant, str], mode: str, backend: str, device: str) -> Row:
     """A row of `variant` (a peer's: "-")."""
-    dgd, momentum = (variant.dgd, variant.momentum) if isinstance(variant, settings.Variant) else (False, True)
-    flops, nbytes = _problem_counts(shape, backend, mode, dgd, momentum)
-    name = getattr(variant, "name", variant)
-    return Row(shape.name, name, mode, backend, device, shape.tokens, flops=flops, bytes=nbytes)
+    if isinstance(variant, str):
+        variant = settings.Variant(variant, dgd=False, momentum=True)
+    flops, nbytes = _problem_counts(shape, backend, mode, variant.dgd, variant.momentum)
+    return Row(shape.name, variant.name, mode, backend, device, shape.tokens, flops=flops, bytes=nbytes)
 
 
 def _finish(row: Row, ms: Sequence[float], method: str, peak_bytes: Optional[int], args) -> Row:

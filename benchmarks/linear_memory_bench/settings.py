@@ -9,6 +9,15 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 
+class Variant(NamedTuple):
+    """A timed configuration of `linear_memory`: the row's name, DGD, and whether the call carries
+    the momentum state."""
+
+    name: str
+    dgd: bool
+    momentum: bool
+
+
 @dataclass(frozen=True)
 class BenchShape:
     """One problem size: q, k `[B, T, H, D]`, v `[B, T, H, D]` (K = V = D)."""
@@ -44,15 +53,6 @@ SHAPES = (                          # SPEC §8, fla's registry; the first two ar
 SMALL_SHAPES = SHAPES[:2]
 CPU_SHAPE = BenchShape(1, 512, 4, 64)
 CHUNK = DEFAULT_CHUNK = 64
-class Variant(NamedTuple):
-    """A timed configuration of `linear_memory`: the row's name, DGD, and whether the call carries
-    the momentum state."""
-
-    name: str
-    dgd: bool
-    momentum: bool
-
-
 # the default rows carry the momentum state (HOPE's memories do); the momentum-free ones (on request,
 # `--variants`) do the work of the peer's recurrence: fla's gated delta rule has no momentum
 VARIANTS = DEFAULT_VARIANTS = (Variant("nodgd", False, True), Variant("dgd", True, True))

@@ -94,15 +94,14 @@ def _triton_bwd(
     pseudo: Optional[torch.Tensor],
 ) -> List[torch.Tensor]:
     from ..triton_kernels.linear_memory.chunk_bwd import linear_memory_bwd
-    from ..triton_kernels.linear_memory.configs import converts_loads
-    from ..triton_kernels.utils.operand_precision import operand_dtype
+    from ..triton_kernels.linear_memory.configs import needs_fp32_copies
 
     gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
     kept = None if h is None else (h, s, res, pseudo)                         # None: the backward recomputes them
     contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
     dtypes = q.dtype, k.dtype, v.dtype
-    if operand_dtype(q.device, q.dtype) == torch.float32 and not converts_loads(k.shape[-1], write.shape[-1]):
-        q, k, v = q.float(), k.float(), v.float()                             # the backward's kernels copy here
+    if needs_fp32_copies(k, write.shape[-1], backward=True):                  # the forward converted its loads
+        q, k, v = q.float(), k.float(), v.float()
     dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
         q, k, v, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
         kept, scale=scale, dgd=dgd)

@@ -47,8 +47,11 @@ def flag_combinations(flags: set) -> list:
             for name, momentum, dgd in FLAGS if dgd or "USE_DGD" in flags for dht_name, dht in with_dht]
 
 
-def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
-    types = pointer_types(names, qkv, bf16=INPUT_DTYPE | (STATES if states16 else set()), int32=INT32, scalars=SCALARS)
+def signature(names, qkv: str = "bf16", states16: bool = False, fp32_inputs: bool = False) -> dict:
+    """The argument types; dO and o in bf16, the inputs' dtype, but with `fp32_inputs` (in fp32 as q,
+    k, v are)."""
+    bf16 = (set() if fp32_inputs else INPUT_DTYPE) | (STATES if states16 else set())
+    types = pointer_types(names, qkv, bf16=bf16, int32=INT32, scalars=SCALARS)
     return {n: f"*{qkv}" if n == "dv" else t for n, t in types.items()}     # dV in v's dtype
 
 
@@ -57,7 +60,9 @@ def signature(names, qkv: str = "bf16", states16: bool = False) -> dict:
 VARIANTS = [(*variant, "tf32") for variant in (*OPERAND_VARIANTS, CONVERTED_VARIANT)]
 
 
-def _specs(variants):
+def _specs(variants, fp32_inputs: bool = False):
+    """The kernels for (name, q/k/v dtype, archs, products' precision) `variants`; `fp32_inputs`: of
+    fp32 inputs (dO, o in fp32 too), not only fp32 q, k, v."""
     for (variant, qkv, archs, precision), (part, kernel) in itertools.product(variants, KERNELS.items()):
         fp32_operands = qkv == "fp32" or variant == CONVERTED_VARIANT[0]
         runtime, flags = kernel_params(kernel)
@@ -77,7 +82,7 @@ def _specs(variants):
                                   STORE_RES=True, TRANSPOSED=transposed, **flag_values)
                 yield AotSpec(
                     name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-{flag_name}{'-states16' * h16}", kernel=kernel,
-                    signature=signature(runtime, qkv, h16),
+                    signature=signature(runtime, qkv, h16, fp32_inputs),
                     constexprs={n: value for n, value in constexprs.items() if n in flags},
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, archs=tuple(cfg_archs),
                     # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync, as do the transposed
@@ -87,4 +92,4 @@ def _specs(variants):
 
 
 AOT_SPECS = list(_specs(VARIANTS))
-FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS))
+FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS, fp32_inputs=True))

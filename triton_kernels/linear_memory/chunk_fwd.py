@@ -180,10 +180,10 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     `out_dtype` is the op's input dtype (q, k, v are in it, or, in the backward's recomputation, fp32
     copies of it where `configs.converts_loads` is False for the backward: K = 256 with 64-token
     chunks): it sets the products' precision. `state_dtype` (default fp32) is that of the stored
-    chunk-start states h, s: the
-    output kernel reads them only as operands of products with Q, in the operand dtype
-    (`operand_dtype`: q's, or fp32 where its loads are converted), so states stored in it give the
-    same output with half the bytes for 16-bit operands; the backward reads them in fp32. `residuals`: store R = K M^c − V for the caller (the
+    chunk-start states h, s: the output kernel reads them only as operands of products with Q, in
+    the operand dtype (`operand_dtype`: q's, or fp32 where its loads are converted), so states
+    stored in it give the same output with half the bytes for 16-bit operands; the backward reads
+    them in fp32. `residuals`: store R = K M^c − V for the caller (the
     backward; the output kernel forms its own), always without `output`. Returns o (in `out_dtype`;
     None without `output`), the chunk-start states h, s, R (None when not stored), W and ht, st."""
     import torch

@@ -124,7 +124,7 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def converts_loads(K: int, BT: int, backward: bool = True) -> bool:
+def converts_loads(K: int, BT: int, *, backward: bool) -> bool:
     """Whether the kernels of the forward (or of the `backward`, its recomputation of the chunk states
     included) take 16-bit q, k, v that need fp32 operands as they are and convert their loads
     (FP32_OPERANDS), rather than as fp32 copies made by the op. The forward's everywhere; the
@@ -138,18 +138,28 @@ def converts_loads(K: int, BT: int, backward: bool = True) -> bool:
     return not backward or _pow2(K) <= 128 or BT < 64
 
 
-def operands_in_fp32(k, BT: int, backward: bool) -> bool:
-    """Whether the kernels' products take fp32 operands for keys `k` (`utils/operand_precision.py`
-    `operand_dtype`): fp32 inputs, their fp32 copies, or 16-bit loads the kernels convert, which
-    only `converts_loads` shapes may get (of the forward, or of the `backward`)."""
+def needs_fp32_copies(k, BT: int, *, backward: bool) -> bool:
+    """Whether the kernels of the forward (or of the `backward`) need fp32 copies of 16-bit keys `k`
+    (and of q, v) from the op: where their products take fp32 operands (`utils/operand_precision.py`
+    `operand_dtype`) and they do not convert their loads (`converts_loads`)."""
     import torch
 
     from ..utils.operand_precision import operand_dtype
 
-    fp32 = operand_dtype(k.device, k.dtype) == torch.float32
-    assert not fp32 or k.dtype == torch.float32 or converts_loads(k.shape[-1], BT, backward), \
-        "fp32 copies expected here"
-    return fp32
+    return (k.dtype != torch.float32 and operand_dtype(k.device, k.dtype) == torch.float32
+            and not converts_loads(k.shape[-1], BT, backward=backward))
+
+
+def operands_in_fp32(k, BT: int, *, backward: bool) -> bool:
+    """Whether the kernels' products take fp32 operands for keys `k`: fp32 inputs, their fp32 copies,
+    or 16-bit loads the kernels convert, which only `converts_loads` shapes may get (of the forward,
+    or of the `backward`)."""
+    import torch
+
+    from ..utils.operand_precision import operand_dtype
+
+    assert not needs_fp32_copies(k, BT, backward=backward), "fp32 copies expected here"
+    return operand_dtype(k.device, k.dtype) == torch.float32
 
 
 def launch_config(kernel: str, K: int, V: int, BT: int, fp32_operands: bool = False,

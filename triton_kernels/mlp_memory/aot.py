@@ -19,11 +19,12 @@ CHUNK_SIZES = (8, 16, 32, 64)
 READS = (("", True), ("-chunk-start", False))
 
 
-def _specs(variants):
-    """The kernels for (name, q/k/v dtype, archs, products' precision) `variants`."""
+def _specs(variants, fp32_inputs: bool = False):
+    """The kernels for (name, q/k/v dtype, archs, products' precision) `variants`; `fp32_inputs`: of
+    fp32 inputs (o in fp32 too), not only fp32 q, k, v."""
     for (variant, qkv, archs, precision), (part, kernel) in itertools.product(variants, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
-        signature = pointer_types(runtime, qkv, bf16={"o"}, int32=INT32, scalars=SCALARS)
+        signature = pointer_types(runtime, qkv, bf16=set() if fp32_inputs else {"o"}, int32=INT32, scalars=SCALARS)
         reads = READS if "IS_CURRENT" in flags else READS[:1]
         for D, mult, BT, (read_name, current) in itertools.product(HEAD_DIMS, EXPANSIONS, CHUNK_SIZES, reads):
             DH = D * mult
@@ -42,4 +43,4 @@ def _specs(variants):
 
 
 AOT_SPECS = list(_specs([(*variant, "tf32") for variant in OPERAND_VARIANTS]))
-FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS))
+FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS, fp32_inputs=True))

@@ -24,11 +24,12 @@ SCALARS = {"C": "i32"}
 SHAPES = ((128, 512),)                      # (K = V, Dh)
 
 
-def _specs(variants):
-    """The kernels for (name, q/k/v dtype, archs, products' precision) `variants`."""
+def _specs(variants, fp32_inputs: bool = False):
+    """The kernels for (name, q/k/v dtype, archs, products' precision) `variants`; `fp32_inputs`: of
+    fp32 inputs (do in fp32 too), not only fp32 q, k, v."""
     for (variant, qkv, archs, precision), (part, kernel) in itertools.product(variants, KERNELS.items()):
         runtime, flags = kernel_params(kernel)
-        signature = pointer_types(runtime, qkv, bf16={"do"}, scalars=SCALARS)
+        signature = pointer_types(runtime, qkv, bf16=set() if fp32_inputs else {"do"}, scalars=SCALARS)
         for (D, Dh), dgd, BT in itertools.product(SHAPES, (False, True), CHUNK_TILES):
             if dgd and "USE_DGD" not in flags:
                 continue                                                      # the same kernel as without DGD
@@ -46,6 +47,6 @@ def _specs(variants):
 
 
 AOT_SPECS = list(_specs([(*variant, "tf32") for variant in OPERAND_VARIANTS]))
-FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS))
+FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS, fp32_inputs=True))
 # No KNOWN_SPILLS: every configuration is free of spills on sm_90 and sm_80 (triton 3.8), since the
 # DGD system's forward (`inner`) and backward (`dd`) run in separate kernels (one spilled on sm_80).
