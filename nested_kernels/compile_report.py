@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="also write the report to this markdown file")
     parser.add_argument("--fp32-inputs", action="store_true",
                         help="also the configurations fp32 inputs run beyond the default rows: tf32 products on "
-                             "sm_80 and exact fp32 products (torch's default: tf32 not allowed) on both; not in CI")
+                             "sm_80 (cms: on both) and exact fp32 products (torch's default: tf32 not allowed) on "
+                             "both; not in CI")
     return parser
 
 

@@ -27,7 +27,8 @@ def _op_modules():
 def aot_specs(arch: Optional[int] = None, fp32_inputs: bool = False) -> List[AotSpec]:
     """Every registered spec, or those that launch on sm_`arch` (`AotSpec.archs`). With
     `fp32_inputs`, also what fp32 inputs run beyond them (an op's `FP32_INPUT_SPECS`: tf32 products
-    on sm_80, exact fp32 products on both; `utils/aot.py` `FP32_INPUT_VARIANTS`), which CI does not compile."""
+    on sm_80, exact fp32 products on both; `utils/aot.py` `FP32_INPUT_VARIANTS`), which CI does not
+    compile."""
     lists = ("AOT_SPECS", "FP32_INPUT_SPECS") if fp32_inputs else ("AOT_SPECS",)
     return [spec for module in _op_modules() for name in lists for spec in getattr(module, name, ())
             if arch is None or arch in spec.archs]

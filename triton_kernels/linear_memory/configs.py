@@ -34,10 +34,11 @@ sm_80 fp32 operands come only from fp32 inputs; with tf32 allowed, five of these
 spilled there (K ≥ 128, 64-token chunks) before the (128, 64) entries of `fwd_h` and `bwd_dh` became
 one 128-row tile at 8 warps, which is clean on sm_80 too (held as it is; `bwd_dh`'s old entry, two
 64-row tiles at 4 warps, spilled up to 328 B there): checked once with the sweep (`--arch 80
---operands fp32`), since the report's fp32-input rows are sm_90's alone. Every report row compiles
-tf32 products; fp32 inputs without tf32 ("ieee", FMA) run the same entries, reported only by
-`compile-report --fp32-inputs` (most of them spill there, as do three tf32 rows of fwd_o and three of
-bwd_dh on sm_80: benchmarks/results/compile-fp32-inputs-2026-11-26.md). `bwd_dh` at
+--operands fp32`), since CI's report has fp32-input rows for sm_90 alone. Every row of CI's report
+compiles tf32 products; fp32 inputs without tf32 ("ieee", FMA) run the same entries, reported only
+by `compile-report --fp32-inputs`, with sm_80's tf32 rows: many spill (exact fp32 products in all
+seven kernels; with tf32 on sm_80, fwd_o and bwd_dh at K = 256 and bwd_dq at K ≥ 128, all with
+64-token chunks, by 12–64 B: benchmarks/results/compile-fp32-inputs-2026-11-26.md). `bwd_dh` at
 K = 128 with 32-token chunks holds the state as two 64-row tiles: one 128-row tile spilled 24 B without the final state's gradient; at K = 256 with
 16-token chunks it pipelines two stages (one spilled 16 B there under Triton 3.6). So does
 `bwd_dk_dgd` at K = 64 with 32-token chunks (with one, DGD without momentum spilled 8 B with

@@ -54,9 +54,10 @@ CONVERTED_VARIANT = ("bf16-fp32ops", "bf16", (90,))
 # not in CI): (variant name, Triton dtype, architectures, products' precision). With tf32 allowed
 # on sm_80 too (the fp32qkv rows are sm_90's), and with exact fp32 products ("ieee": torch's
 # default, `torch.backends.cuda.matmul.allow_tf32` False) on both, the same launch configurations.
-# Many of them spill (benchmarks/results/compile-fp32-inputs-2026-11-26.md: on sm_80 13 tf32 rows
-# by 4–140 B; exact fp32 products, which Triton runs on the FMA units with whole operand rows per
-# thread, 165 rows on sm_80 and 188 on sm_90, by up to 27 KB), so they stay out of CI's clean check.
+# (cms lists its own: fp32 inputs with tf32 allowed, on both.) Many of them spill
+# (benchmarks/results/compile-fp32-inputs-2026-11-26.md: 19 tf32 rows on sm_80, by 4–64 B; of the
+# 429 exact fp32 rows, which Triton runs on the FMA units with whole operand rows per thread, 161 on
+# sm_80 and 187 on sm_90, by up to 27 KB), so they stay out of CI's clean check.
 FP32_INPUT_VARIANTS = (("fp32qkv", "fp32", (80,), "tf32"), ("fp32exact", "fp32", ARCHS, "ieee"))
 QKV = frozenset({"q", "k", "v"})
 
