@@ -19,11 +19,11 @@ _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_m
 BWD_FP32_INPUTS = ("fp32-tf32x3", "fp32", ARCHS, "tf32x3")
 
 
-# (name, q/k dtype, archs, products' precision): bf16 inputs as they are and as fp32 copies, and the
-# DGD inverse's fp32 inputs with tf32 allowed on sm_80 (`FP32_INPUT_VARIANTS`; its exact fp32 ones
-# run the same forward, which has no products of that precision, and the backward's tf32x3 rows)
-VARIANTS = [(*variant, "tf32") for variant in OPERAND_VARIANTS]
-DGD_INVERSE_FP32_INPUTS = [variant for variant in FP32_INPUT_VARIANTS if variant[3] != "ieee"]
+# the DGD inverse's fp32 inputs beyond its default rows: tf32 allowed on sm_80 (`FP32_INPUT_VARIANTS`;
+# its exact fp32 ones run the same forward, which has no products of that precision, and the
+# backward's tf32x3 rows)
+DGD_INVERSE_FP32_INPUTS = [(name, qkv, archs, precision) for name, qkv, archs, precision in FP32_INPUT_VARIANTS
+                           if precision != "ieee"]
 
 
 def _dgd_inverse_specs(variants, fp32_backward=True):
@@ -66,6 +66,6 @@ AOT_SPECS = [
     for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
     for C in CHUNK_SIZES
     for e in (True, False)      # every gate (mlp_memory), and linear_memory's without DGD: no E, N's last row
-] + list(_dgd_inverse_specs(VARIANTS)) + list(_chunk_products_specs([*VARIANTS, (*CONVERTED_VARIANT, "tf32")]))
+] + list(_dgd_inverse_specs(OPERAND_VARIANTS)) + list(_chunk_products_specs((*OPERAND_VARIANTS, CONVERTED_VARIANT)))
 FP32_INPUT_SPECS = list(_dgd_inverse_specs(DGD_INVERSE_FP32_INPUTS, fp32_backward=False)) + list(
     _chunk_products_specs(FP32_INPUT_VARIANTS))

@@ -55,9 +55,9 @@ def signature(names, qkv: str = "bf16", states16: bool = False, fp32_inputs: boo
     return {n: f"*{qkv}" if n == "dv" else t for n, t in types.items()}     # dV in v's dtype
 
 
-# (name, q/k/v dtype, archs, products' precision): 16-bit inputs, their loads converted to fp32 on
-# Hopper with Triton < 3.7.1 (`CONVERTED_VARIANT`), fp32 inputs with tf32 products
-VARIANTS = [(*variant, "tf32") for variant in (*OPERAND_VARIANTS, CONVERTED_VARIANT)]
+# 16-bit inputs, their loads converted to fp32 on Hopper with Triton < 3.7.1 (`CONVERTED_VARIANT`),
+# fp32 inputs with tf32 products
+VARIANTS = (*OPERAND_VARIANTS, CONVERTED_VARIANT)
 
 
 def _specs(variants, fp32_inputs: bool = False):

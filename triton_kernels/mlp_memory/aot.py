@@ -42,5 +42,5 @@ def _specs(variants, fp32_inputs: bool = False):
             )
 
 
-AOT_SPECS = list(_specs([(*variant, "tf32") for variant in OPERAND_VARIANTS]))
+AOT_SPECS = list(_specs(OPERAND_VARIANTS))
 FP32_INPUT_SPECS = list(_specs(FP32_INPUT_VARIANTS, fp32_inputs=True))

@@ -40,20 +40,21 @@ SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
 MAX_WORKERS = 8
 
 
-# What the memory ops' kernels get as q, k, v: (variant name, Triton dtype, architectures). bf16
+# What the memory ops' kernels get as q, k, v: (variant name, Triton dtype of q/k/v, architectures,
+# products' precision), as every variant below. bf16
 # inputs as they are, and the fp32 copies of them that Hopper gets with Triton < 3.7.1
 # (`operand_precision.py`), reported for sm_90 only: elsewhere fp32 operands come only from fp32
 # inputs, whose products are exact ("ieee") unless torch allows tf32 (both in `FP32_INPUT_VARIANTS`).
 # tf32 products either way, dO and o in the inputs' dtype (bf16).
-OPERAND_VARIANTS = (("bf16", "bf16", ARCHS), ("fp32qkv", "fp32", (90,)))
+OPERAND_VARIANTS = (("bf16", "bf16", ARCHS, "tf32"), ("fp32qkv", "fp32", (90,), "tf32"))
 # What Hopper with Triton < 3.7.1 runs instead of fp32 copies in kernels that convert their q, k, v
 # loads to fp32 (FP32_OPERANDS: linear_memory's, the chunk products): bf16 loads, fp32 operands.
 # Their fp32qkv rows stand for fp32 inputs with tf32 allowed.
-CONVERTED_VARIANT = ("bf16-fp32ops", "bf16", (90,))
+CONVERTED_VARIANT = ("bf16-fp32ops", "bf16", (90,), "tf32")
 # What fp32 inputs run beyond those rows, reported only on request (`compile-report --fp32-inputs`,
-# not in CI): (variant name, Triton dtype, architectures, products' precision). With tf32 allowed
-# on sm_80 too (the fp32qkv rows are sm_90's), and with exact fp32 products ("ieee": torch's
-# default, `torch.backends.cuda.matmul.allow_tf32` False) on both, the same launch configurations.
+# not in CI). With tf32 allowed on sm_80 too (the fp32qkv rows are sm_90's), and with exact fp32
+# products ("ieee": torch's default, `torch.backends.cuda.matmul.allow_tf32` False) on both, the
+# same launch configurations.
 # (cms lists its own: fp32 inputs with tf32 allowed, on both.) Many of them spill
 # (benchmarks/results/compile-fp32-inputs-2026-11-26.md: 19 tf32 rows on sm_80, by 4–64 B; of the
 # 429 exact fp32 rows, which Triton runs on the FMA units with whole operand rows per thread, 161 on
