@@ -14,10 +14,6 @@ def _flat(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if x is None else x.reshape(-1, x.shape[-1]).float().contiguous()
 
 
-def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
-    return None if x.numel() == 0 else x
-
-
 @torch.library.custom_op("nested_kernels::chunk_gates_triton_fwd", mutates_args=())
 def _fwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], dgd_write: bool,
          mom_write_last_row: bool) -> List[torch.Tensor]:
@@ -63,6 +59,7 @@ def _check_chunk_size(name: str, C: int) -> None:
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*(x if x is not None else inputs[0].new_empty(0) for x in inputs[:3]))
+    ctx.use_momentum = inputs[2] is not None                                  # not numel: no chunks is empty too
 
 
 def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor],
@@ -79,12 +76,12 @@ def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optiona
     grads = [g.contiguous() if present(g) else lr.new_zeros(s) for g, s in zip(grads, shapes)] + [
         grads[5].contiguous() if present(grads[5]) else None]
     d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *grads)
-    return d_lr, d_ret, _none_if_empty(d_mom)
+    return d_lr, d_ret, None if momentum is None else d_mom
 
 
 def _backward(ctx, grads):
     lr, retention, momentum = ctx.saved_tensors
-    return (*chunk_gates_vjp(lr, retention, _none_if_empty(momentum), grads), None, None)
+    return (*chunk_gates_vjp(lr, retention, momentum if ctx.use_momentum else None, grads), None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -98,14 +95,16 @@ def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Opti
     last token when the padding tokens after it have η = 0 and μ = 1, as `padded_chunk_gates`'s)."""
     lead, C = lr.shape[:-1], lr.shape[-1]
     _check_chunk_size("triton_chunk_gates", C)
-    decay, carry, write, mom_decay, mom_write, dgd_write = (
-        _none_if_empty(x) for x in _fwd(_flat(lr), _flat(retention), _flat(momentum), dgd_write, mom_write_last_row))
-    vec = lambda x: None if x is None else x.view(*lead, C + 1)
-    mat = lambda x: None if x is None else x.view(*lead, C + 1, C)
+    decay, carry, write, mom_decay, mom_write, e_matrix = _fwd(_flat(lr), _flat(retention), _flat(momentum),
+                                                               dgd_write, mom_write_last_row)
+    vec = lambda x: x.view(*lead, C + 1)
+    mat = lambda x: x.view(*lead, C + 1, C)
+    # absent outputs are known from the flags (their empty placeholders are not: no chunks is empty too)
     if momentum is None:
-        return ChunkGates(vec(decay), None, mat(dgd_write), None, None, mat(dgd_write))
+        return ChunkGates(vec(decay), None, mat(e_matrix), None, None, mat(e_matrix))
     mom_write = mom_write.view(*lead, C) if mom_write_last_row else mat(mom_write)
-    return ChunkGates(vec(decay), vec(carry), mat(write), vec(mom_decay), mom_write, mat(dgd_write))
+    e_gates = mat(e_matrix) if dgd_write else None
+    return ChunkGates(vec(decay), vec(carry), mat(write), vec(mom_decay), mom_write, e_gates)
 
 
 def chunk_gates_for(chunk_size: int) -> Callable[..., ChunkGates]:

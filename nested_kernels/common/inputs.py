@@ -36,6 +36,12 @@ def sequence_bounds(B: int, T: int, cu_seqlens: Optional[torch.Tensor]) -> List[
     return [(0, offsets[n], offsets[n + 1]) for n in range(len(offsets) - 1)]
 
 
+def stack_sequences(per_sequence: List[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    """The per-sequence tensors stacked on a new leading axis; `empty` (leading size 0) when a call has
+    no sequence (B = 0), which torch.stack cannot give."""
+    return torch.stack(per_sequence, 0) if per_sequence else empty
+
+
 def needs_grad(*xs) -> bool:
     """Whether autograd will record a call on these inputs (decides which backends can run it)."""
     if not torch.is_grad_enabled():

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..common.inputs import memory_inputs, sequence_bounds
+from ..common.inputs import memory_inputs, sequence_bounds, stack_sequences
 from .state import LinearMemoryState
 
 
@@ -62,14 +62,14 @@ def linear_memory_reference(
         momenta.append(S)
 
     if cu_seqlens is None:
-        o = torch.stack(outputs, 0)
+        o = stack_sequences(outputs, v.new_zeros(0, T, H, V))
     else:
         o = torch.cat(outputs, 0)[None]
     o = o.to(out_dtype)
     final_state = None
     if output_final_state:
         final_state = LinearMemoryState(
-            torch.stack(memories, 0),
-            None if mu is None else torch.stack(momenta, 0),
+            stack_sequences(memories, q.new_zeros(0, H, K, V, dtype=dtype)),
+            None if mu is None else stack_sequences(momenta, q.new_zeros(0, H, K, V, dtype=dtype)),
         )
     return o, final_state

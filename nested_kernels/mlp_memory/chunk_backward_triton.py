@@ -189,7 +189,8 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
            ACT=act, USE_MOMENTUM=use_mom, IS_READ_CURRENT=current, IS_SELF_TARGET=self_target, USE_DGD=dgd,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    tokens = lambda part: part.sum(0).view(B, H, BT, -1)[:, :, :C].transpose(1, 2)   # [ND, BH, BT, ·] -> [B, C, H, ·]
+    # [ND, BH, BT, ·] -> [B, C, H, ·] (the last size named: -1 is ambiguous at H = 0)
+    tokens = lambda part: part.sum(0).view(B, H, BT, part.shape[-1])[:, :, :C].transpose(1, 2)
     dk = dk + tokens(dk_part)
     if self_target:
         dv = dv + tokens(dv_part)

@@ -8,7 +8,7 @@ included. fp64 for fp64 inputs, fp32 otherwise.
 import torch
 
 from ..common.activations import get_activation
-from ..common.inputs import memory_inputs, sequence_bounds
+from ..common.inputs import memory_inputs, sequence_bounds, stack_sequences
 from .state import MLPMemoryState
 from .token_step import MLPWeights, mlp_token_step
 
@@ -44,12 +44,18 @@ def mlp_memory_reference(
         outputs.append(torch.stack(seq_out, 0) if seq_out else v.new_zeros(0, H, V))
         finals.append(w)
 
-    o = torch.stack(outputs, 0) if cu_seqlens is None else torch.cat(outputs, 0)[None]
+    if cu_seqlens is None:
+        o = stack_sequences(outputs, v.new_zeros(0, T, H, v.shape[-1]))
+    else:
+        o = torch.cat(outputs, 0)[None]
     final_state = None
     if output_final_state:
-        w1s, w2s, s1s, s2s = zip(*finals)
+        w1s, w2s, s1s, s2s = zip(*finals) if finals else ([], [], [], [])
+        empty = [initial_state.w1.new_zeros(0, *initial_state.w1.shape[1:], dtype=dtype),
+                 initial_state.w2.new_zeros(0, *initial_state.w2.shape[1:], dtype=dtype)]
         final_state = MLPMemoryState(
-            torch.stack(w1s, 0), torch.stack(w2s, 0),
-            None if mu is None else torch.stack(s1s, 0), None if mu is None else torch.stack(s2s, 0),
+            stack_sequences(list(w1s), empty[0]), stack_sequences(list(w2s), empty[1]),
+            None if mu is None else stack_sequences(list(s1s), empty[0]),
+            None if mu is None else stack_sequences(list(s2s), empty[1]),
         )
     return o.to(out_dtype), final_state
