@@ -117,7 +117,7 @@ def _(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom
     grads = [q.new_empty(0, dtype=torch.float32) if x is None else torch.empty_like(x)   # E has none without DGD
              for x in like]
     state = q.new_empty(N, H, K, V, dtype=torch.float32)
-    return grads + [state, torch.empty_like(state) if carry is not None else q.new_empty(0)]
+    return grads + [state, torch.empty_like(state) if carry is not None else state.new_empty(0)]
 
 
 def _setup_context(ctx, inputs, output):
