@@ -80,9 +80,11 @@ def test_triton_chunk(B, T, H, K, V, C, use_mom, dgd, use_h0):
 
 
 @pytest.mark.parametrize("dgd", [False, True], ids=["plain", "dgd"])
-def test_triton_chunk_varlen(dgd):
-    """Packed sequences: one shorter than a chunk, one empty, one spanning chunks with a partial tail."""
-    check(1, 60, 2, 16, 16, 16, True, dgd, True, cu_seqlens=torch.tensor([0, 5, 5, 60]))
+@pytest.mark.parametrize("C", [16, 32, 64], ids=lambda c: f"C{c}")
+def test_triton_chunk_varlen(C, dgd):
+    """Packed sequences: one shorter than a chunk, one empty, one spanning chunks with a partial tail
+    (at 32- and 64-token chunks, one shorter than a chunk but past the first 16 tokens too)."""
+    check(1, 150, 2, 16, 16, C, True, dgd, True, cu_seqlens=torch.tensor([0, 5, 5, 45, 150]))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -241,6 +243,29 @@ GPU_MATRIX = list(itertools.product((1, 63, 1000), ((64, 64), (128, 128), (100, 
                                                 for c in GPU_MATRIX])
 def test_triton_chunk_gpu(T, KV, C, use_mom, dgd, dtype):
     check(2, T, 4, *KV, C, use_mom, dgd, True, dtype=dtype)
+
+
+# packed sequences at full size (K = V, chunk, DGD; momentum on), in the three input dtypes
+GPU_VARLEN = list(itertools.product(((64, 64), (128, 128), (100, 60)), (16, 32, 64), (False, True)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("KV,C,dgd", [pytest.param(*c, id="KV{}-C{}-dgd{}".format(*c)) for c in GPU_VARLEN])
+def test_triton_chunk_varlen_gpu(KV, C, dgd, dtype):
+    check(1, 300, 4, *KV, C, True, dgd, True, cu_seqlens=torch.tensor([0, 1, 63, 63, 200, 300]), dtype=dtype)
+
+
+# fp16 at full size (T, K = V, chunk, DGD; momentum on): the dense matrix runs fp32 and bf16
+GPU_FP16 = list(itertools.product((63, 1000), ((64, 64), (256, 256)), (16, 64), (False, True)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("T,KV,C,dgd", [pytest.param(*c, id="T{}-KV{}-C{}-dgd{}".format(*c)) for c in GPU_FP16])
+def test_triton_chunk_fp16_gpu(T, KV, C, dgd):
+    check(2, T, 4, *KV, C, True, dgd, True, dtype=torch.float16)
 
 
 @pytest.mark.gpu
