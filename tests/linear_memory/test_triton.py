@@ -22,19 +22,24 @@ pytestmark = pytest.mark.usefixtures("interpreter_memcheck")   # tests/conftest.
 
 def run(backend, inputs, h0, dtype, final_state=True, **kw):
     """Forward and backward of one backend; q, k, v in `dtype`, gates and states as given; the loss
-    reads the final state when `final_state` (its memory alone when "memory")."""
+    reads the final state when `final_state` (its memory alone when "memory", its momentum alone
+    when "momentum", the state without the output when "state")."""
     q, k, v, *gate_tensors = inputs
     leaves = [x.to(DEVICE, dtype).requires_grad_() for x in (q, k, v)]
     gate_leaves = [None if x is None else x.to(DEVICE).requires_grad_() for x in gate_tensors]
     state = None if h0 is None else LinearMemoryState(*(None if x is None else x.to(DEVICE).requires_grad_() for x in h0))
     o, final = linear_memory(*leaves, *gate_leaves, initial_state=state, output_final_state=bool(final_state),
                              backend=backend, **kw)
-    outputs = [o, final.memory] if final_state == "memory" else [o, *final] if final_state else [o]
+    if not final_state:
+        outputs = [o]
+    else:
+        loss_reads = {"memory": [o, final.memory], "momentum": [o, final.momentum], "state": list(final)}
+        outputs = loss_reads.get(final_state, [o, *final])
     gen = torch.Generator().manual_seed(1)
     cotangents = [None if x is None else torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in outputs]
     loss = sum((x * c.to(x)).sum() for x, c in zip(outputs, cotangents) if x is not None)
     wrt = leaves + gate_leaves + ([None, None] if state is None else list(state))
-    grads = torch.autograd.grad(loss, [x for x in wrt if x is not None])
+    grads = torch.autograd.grad(loss, [x for x in wrt if x is not None], materialize_grads=True)   # q: zero
     it = iter(grads)
     return outputs, [None if x is None else next(it) for x in wrt]
 
@@ -77,6 +82,23 @@ SMALL = [
                          [pytest.param(*c, id="B{}-T{}-H{}-K{}-V{}-C{}-mom{}-dgd{}-h0{}".format(*c)) for c in SMALL])
 def test_triton_chunk(B, T, H, K, V, C, use_mom, dgd, use_h0):
     check(B, T, H, K, V, C, use_mom, dgd, use_h0)
+
+
+def test_triton_chunk_initial_memory_without_momentum_state():
+    """An initial state with a memory and no momentum state, with a momentum gate: the momentum
+    starts from zeros (as in the reference), and the memory gets its gradient."""
+    B, T, H, K, V = 1, 40, 2, 16, 16
+    inputs = (*qkv(B, T, H, K, V), *gates(B, T, H))
+    h0 = LinearMemoryState(linear_state(B, H, K, V).memory, None)
+    kw = dict(dgd=True, chunk_size=16)
+    ref_out, ref_grads = run("reference", inputs, h0, torch.float64, **kw)
+    f32 = [x.float() for x in inputs]
+    out, out_grads = run("triton", f32, LinearMemoryState(h0.memory.float(), None), torch.float32, **kw)
+    for names, refs, outs in ((NAMES, ref_out, out), (GRAD_NAMES, ref_grads, out_grads)):
+        for name, r, o in zip(names, refs, outs):
+            assert (r is None) == (o is None), name
+            if r is not None:
+                assert rms_ratio(r, o) <= 1e-5, (name, rms_ratio(r, o))
 
 
 @pytest.mark.parametrize("dgd", [False, True], ids=["plain", "dgd"])
@@ -151,11 +173,13 @@ def test_triton_chunk_transposed_states(monkeypatch, K, BK_state, C, use_mom, dg
     assert kw["USE_FINAL_STATE_GRADIENT"] == final_state
 
 
-@pytest.mark.parametrize("final_state", [False, "memory"], ids=["output-only", "memory-only"])
+@pytest.mark.parametrize("final_state", [False, "memory", "momentum", "state"],
+                         ids=["output-only", "memory-only", "momentum-only", "state-only"])
 def test_triton_chunk_loss_without_final_state(monkeypatch, final_state):
     """A loss that reads the output alone (the reverse recurrence starts from zeros, not from a zero
-    tensor read: `USE_FINAL_STATE_GRADIENT` off), or the final memory but not the momentum (whose
-    adjoint the op then passes as zeros: the kernel reads both or neither)."""
+    tensor read: `USE_FINAL_STATE_GRADIENT` off), the final memory but not the momentum or the
+    momentum but not the memory (the adjoint not in the loss passed as zeros: the kernel reads both
+    or neither), or the final state but not the output (dO passed as zeros)."""
     calls = record_launches(monkeypatch)
     check(1, 40, 2, 16, 16, 16, True, True, True, final_state=final_state)
     (kw,) = [kw for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"]
