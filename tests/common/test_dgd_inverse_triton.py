@@ -40,7 +40,8 @@ def _check(C, K, input_dtype):
     cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for r, o in zip(torch.autograd.grad((ref * cot).sum(), [k_ref, e_ref]),
                     torch.autograd.grad((out * cot.to(out)).sum(), [k_out, e_out])):
-        if input_dtype == torch.float32:
+        # the interpreter's products ignore input_precision: there the tf32 ones run in fp32 too
+        if input_dtype == torch.float32 or not torch.cuda.is_available():
             assert ((o.cpu().double() - r).abs().max() / r.abs().max()).item() < 1e-5
         else:
             assert rms_ratio(r, o.cpu()) < 5e-3

@@ -1,5 +1,6 @@
-"""Calls without a single token of any head (T = 0, B = 0, H = 0, or `cu_seqlens` [0, 0]) on every
-backend that runs on this machine: an empty output of the right shape and dtype, the initial state
+"""Calls without a single token of any head (T = 0, B = 0, H = 0, or `cu_seqlens` [0, 0]) on the
+reference, torch and triton backends, forward and backward (cpp is forward-only, cuda needs a GPU
+for its backward; neither is covered here): an empty output of the right shape and dtype, the initial state
 returned as the final state, and gradients that pass the final state's cotangent to the initial
 state. The triton backends launched their kernels on no chunks and took the gate kernel's empty
 outputs for absent ones (an AttributeError) until 2026-11-27."""

@@ -10,7 +10,8 @@ import torch
 
 from nested_kernels import linear_memory
 from nested_kernels._extension import build_info, has_cpp_op
-from nested_kernels.linear_memory import LinearMemoryState
+from nested_kernels.linear_memory import BACKENDS, LinearMemoryState
+from nested_kernels.linear_memory.cuda import linear_memory_cuda
 from nested_kernels.linear_memory.chunked import linear_memory_chunked
 from nested_kernels.linear_memory.reference import linear_memory_reference
 from tests.helpers import F64, gates, linear_state, qkv, rms_ratio
@@ -323,6 +324,10 @@ def test_cuda_backend_says_why_it_cannot_run():
         linear_memory(q, k, v, lr, ret, mom, backend="cuda")
     o, _ = linear_memory(q, k, v, lr, ret, mom, backend="auto")  # never the untested CUDA kernel
     torch.testing.assert_close(o, linear_memory(q, k, v, lr, ret, mom, backend="torch")[0])
+    for requires_grad in (False, True):                                      # auto on a card: never cuda
+        call = {"device": torch.device("cuda"), "dtype": torch.bfloat16, "K": 64, "V": 64, "chunk_size": 64,
+                "requires_grad": requires_grad}
+        assert BACKENDS.resolve("auto", call) is not linear_memory_cuda
 
 
 # ---- the CUDA kernel (SPEC §7: run against the torch tier whenever a GPU is present) ----
