@@ -82,10 +82,12 @@ CASES = [("linear_memory", True, True), ("linear_memory", False, False), ("linea
          ("cms_level", False, False)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("op,use_momentum,dgd", CASES,
-                         ids=[f"{op}-{'mom' if m else 'nomom'}-{'dgd' if d else 'nodgd'}" for op, m, d in CASES])
-def test_custom_ops_opcheck(op, use_momentum, dgd, dtype):
+DTYPE = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+CASE = pytest.mark.parametrize("op,use_momentum,dgd", CASES,
+                               ids=[f"{op}-{'mom' if m else 'nomom'}-{'dgd' if d else 'nodgd'}" for op, m, d in CASES])
+
+
+def check_custom_ops(op, use_momentum, dgd, dtype):
     with RecordCustomOps() as record:
         RUNS[op](dtype, use_momentum, dgd).backward()
     names = {func.name() for func, _, _ in record.calls}
@@ -97,3 +99,17 @@ def test_custom_ops_opcheck(op, use_momentum, dgd, dtype):
         args = tuple(leaf_of(x, with_grad) for x in args)
         kwargs = {name: leaf_of(x, with_grad) for name, x in kwargs.items()}
         torch.library.opcheck(func, args, kwargs)
+
+
+@DTYPE
+@CASE
+def test_custom_ops_opcheck(op, use_momentum, dgd, dtype):
+    check_custom_ops(op, use_momentum, dgd, dtype)
+
+
+@pytest.mark.gpu
+@DTYPE
+@CASE
+def test_custom_ops_opcheck_gpu(op, use_momentum, dgd, dtype):
+    """The same on the card, where bf16 runs the 16-bit (or converted) operands of the compiled kernels."""
+    check_custom_ops(op, use_momentum, dgd, dtype)

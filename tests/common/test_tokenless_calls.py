@@ -1,8 +1,8 @@
 """Calls without a single token of any head (T = 0, B = 0, H = 0, or `cu_seqlens` [0, 0]) on the
-reference, torch and triton backends, forward and backward (cpp is forward-only, cuda needs a GPU
-for its backward; neither is covered here): an empty output of the right shape and dtype, the initial state
-returned as the final state, and gradients that pass the final state's cotangent to the initial
-state. The triton backends launched their kernels on no chunks and took the gate kernel's empty
+reference, torch and triton backends, forward and backward, on the CPU in CI and on a card with
+`-m gpu`, where linear_memory's cuda tier joins them (cpp is forward-only: not covered): an empty
+output of the right shape and dtype, the initial state returned as the final state, and gradients
+that pass the final state's cotangent to the initial state. The triton backends launched their kernels on no chunks and took the gate kernel's empty
 outputs for absent ones (an AttributeError) until 2026-11-27."""
 import pytest
 import torch
@@ -55,11 +55,13 @@ def check_tokenless(op, state_type, state, B, T, H, cu_seqlens, use_momentum, **
             torch.testing.assert_close(g, c, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dgd", [False, True], ids=["nodgd", "dgd"])
-@pytest.mark.parametrize("use_momentum", [True, False], ids=["mom", "nomom"])
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_linear_memory_tokenless(backend, case, use_momentum, dgd):
+DGD = pytest.mark.parametrize("dgd", [False, True], ids=["nodgd", "dgd"])
+MOMENTUM = pytest.mark.parametrize("use_momentum", [True, False], ids=["mom", "nomom"])
+CASE = pytest.mark.parametrize("case", list(CASES))
+BACKEND = pytest.mark.parametrize("backend", BACKENDS)
+
+
+def check_linear_memory(backend, case, use_momentum, dgd):
     B, T, H, cu_seqlens = CASES[case]
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     state = linear_state(N, H, K, V, momentum=use_momentum)
@@ -67,11 +69,41 @@ def test_linear_memory_tokenless(backend, case, use_momentum, dgd):
                     backend=backend)
 
 
-@pytest.mark.parametrize("use_momentum", [True, False], ids=["mom", "nomom"])
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_mlp_memory_tokenless(backend, case, use_momentum):
+def check_mlp_memory(backend, case, use_momentum):
     B, T, H, cu_seqlens = CASES[case]
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     state = mlp_state(N, H, K, DH, V, momentum=use_momentum)
     check_tokenless(mlp_memory, MLPMemoryState, state, B, T, H, cu_seqlens, use_momentum, backend=backend)
+
+
+@DGD
+@MOMENTUM
+@CASE
+@BACKEND
+def test_linear_memory_tokenless(backend, case, use_momentum, dgd):
+    check_linear_memory(backend, case, use_momentum, dgd)
+
+
+@pytest.mark.gpu
+@DGD
+@MOMENTUM
+@CASE
+@pytest.mark.parametrize("backend", BACKENDS + ("cuda",))
+def test_linear_memory_tokenless_gpu(backend, case, use_momentum, dgd):
+    """The same on the card (the launchers' zero grids, empty CUDA tensors), the cuda tier included."""
+    check_linear_memory(backend, case, use_momentum, dgd)
+
+
+@MOMENTUM
+@CASE
+@BACKEND
+def test_mlp_memory_tokenless(backend, case, use_momentum):
+    check_mlp_memory(backend, case, use_momentum)
+
+
+@pytest.mark.gpu
+@MOMENTUM
+@CASE
+@BACKEND
+def test_mlp_memory_tokenless_gpu(backend, case, use_momentum):
+    check_mlp_memory(backend, case, use_momentum)
