@@ -2,8 +2,9 @@
 reference, torch and triton backends, forward and backward, on the CPU in CI and on a card with
 `-m gpu`, where linear_memory's cuda tier joins them (cpp is forward-only: not covered): an empty
 output of the right shape and dtype, the initial state returned as the final state, and gradients
-that pass the final state's cotangent to the initial state. The triton backends launched their kernels on no chunks and took the gate kernel's empty
-outputs for absent ones (an AttributeError) until 2026-11-27."""
+that pass the final state's cotangent to the initial state. The triton backends launched their
+kernels on no chunks and took the gate kernel's empty outputs for absent ones (an AttributeError)
+until 2026-11-27."""
 import pytest
 import torch
 
