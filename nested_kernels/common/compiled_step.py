@@ -1,10 +1,19 @@
 """Why a compiled decode step (`torch.ops.nested_kernels.*_step`, forward only, state updated in
 place) cannot run a call: the `cpp` and `cuda` backends of every `*_step` op judge alike."""
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
 
 from .._extension import build_info, has_cpp_op
 
 Reason = Callable[[dict], Optional[str]]
+
+
+def decode_state_facts(state_tensors: Sequence[Optional[torch.Tensor]]) -> dict:
+    """What the compiled steps decide on about a decode state's tensors (None: absent): their dtype
+    ("state_dtype") and whether all are contiguous ("state_contiguous"), as they update them in place."""
+    present = [t for t in state_tensors if t is not None]
+    return {"state_dtype": present[0].dtype, "state_contiguous": all(t.is_contiguous() for t in present)}
 
 
 def compiled_step_reasons(op_name: str) -> Tuple[Reason, Reason]:
@@ -17,6 +26,11 @@ def compiled_step_reasons(op_name: str) -> Tuple[Reason, Reason]:
             return f"it runs on {device_type} tensors, the inputs are on {call['device']}"
         if call["requires_grad"]:
             return "it is forward-only (decoding); use backend='torch' for training"
+        state_dtype = torch.float64 if call["dtype"] == torch.float64 else torch.float32
+        if call["state_dtype"] != state_dtype:
+            return f"it keeps a {state_dtype} state for {call['dtype']} inputs, got a {call['state_dtype']} state"
+        if not call["state_contiguous"]:
+            return "it updates the state in place and needs contiguous state tensors"
         return None
 
     def cuda(call: dict) -> Optional[str]:

@@ -1,10 +1,18 @@
 """Argument checks shared by every public op: each error names the argument, what was
 expected and what was given (TypeError for types and dtypes, ValueError for the rest)."""
-from typing import Optional, Sequence
+import numbers
+from typing import Optional, Sequence, Tuple
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT64_MAX = 2**63 - 1
+
+
+def type_name(x) -> str:
+    """The type of `x` as an error message names it: `float`, `numpy.bool` (not a bare `bool`)."""
+    t = type(x)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
 def _fmt_shape(shape) -> str:
@@ -23,7 +31,7 @@ def check_tensor(
 ) -> torch.Tensor:
     """Check type, dtype, rank, shape (None entries are free) and device of `t`."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type_name(t)}")
     if t.dtype not in dtypes:
         raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
     if shape is not None:
@@ -51,18 +59,29 @@ def check_gate(name: str, gate, B: int, T: int, H: int, device: torch.device, *,
     if gate is None and optional:
         return None
     if isinstance(gate, bool) or not isinstance(gate, (int, float, torch.Tensor)):
-        raise TypeError(f"{name}: expected a float or a tensor [B, T, H], got {type(gate).__name__}")
+        raise TypeError(f"{name}: expected a float or a tensor [B, T, H], got {type_name(gate)}")
     if isinstance(gate, torch.Tensor):
         check_tensor(name, gate, shape=(B, T, H), dims="[B, T, H]", device=device)
     return gate
 
 
 def check_chunk_size(chunk_size, name: str = "chunk_size") -> int:
+    """An int in [1, 2^63 − 1] (the compiled ops take an int64; a chunk longer than a sequence is the
+    whole sequence)."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"{name}: expected an int >= 1, got {type(chunk_size).__name__}")
+        raise TypeError(f"{name}: expected an int >= 1, got {type_name(chunk_size)}")
     if chunk_size < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {chunk_size}")
+    if chunk_size > INT64_MAX:
+        raise ValueError(f"{name}: expected an int <= 2^63 - 1 (an int64), got {chunk_size}")
     return chunk_size
+
+
+def check_scale(scale) -> float:
+    """The read's factor: a real number (Python or NumPy), returned as a Python float."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):               # numpy.bool is not Real
+        raise TypeError(f"scale: expected a float, got {type_name(scale)}")
+    return float(scale)
 
 
 def check_choice(name: str, value, choices: Sequence) -> None:
@@ -109,7 +128,7 @@ def check_memory_gates(lr, retention, momentum, B: int, T: int, H: int, device: 
 
 def check_flag(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+        raise TypeError(f"{name}: expected a bool, got {type_name(value)}")
     return value
 
 
@@ -123,6 +142,47 @@ def check_momentum_state(name: str, state, momentum, shape: Sequence[int], dims:
 
 
 def check_decode_position(state, N: int, device: torch.device) -> None:
-    """`state.position [N]` int64 and `state.chunk_size` of a decode state (`*_step` ops)."""
-    check_tensor("state.position", state.position, shape=(N,), dims="[N]", dtypes=(torch.int64,), device=device)
-    check_chunk_size(state.chunk_size, "state.chunk_size")
+    """`state.position [N]` int64 in [0, chunk_size) and `state.chunk_size` of a decode state (`*_step`
+    ops). The values are read on a CPU alone: on a GPU that would wait for the device on every call."""
+    position = check_tensor("state.position", state.position, shape=(N,), dims="[N]", dtypes=(torch.int64,),
+                            device=device)
+    chunk_size = check_chunk_size(state.chunk_size, "state.chunk_size")
+    if position.device.type == "cpu":
+        outside = ((position < 0) | (position >= chunk_size)).nonzero()
+        if outside.numel():
+            n = outside[0, 0].item()
+            raise ValueError(f"state.position: expected values in [0, state.chunk_size = {chunk_size}), got "
+                             f"position[{n}] = {position[n].item()} ({outside.shape[0]} of {N} outside)")
+
+
+def _byte_range(t: torch.Tensor) -> Tuple[int, int]:
+    """The first and last byte a (non-empty) tensor's elements occupy."""
+    span = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (span + 1) * t.element_size() - 1
+
+
+def _may_overlap_itself(t: torch.Tensor) -> bool:
+    """Whether two elements of `t` may share memory (an expanded tensor): False whenever each stride,
+    from the smallest, is past the extent of the dimensions of smaller strides (every dense layout)."""
+    extent = 0
+    for stride, n in sorted((s, n) for n, s in zip(t.shape, t.stride()) if n > 1):
+        if stride <= extent:
+            return True
+        extent += (n - 1) * stride
+    return False
+
+
+def check_state_memory(fields: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> None:
+    """The tensors of a decode state (name, tensor or None), which a step updates in place: no element
+    stored twice within one, no memory shared by two (e.g. a state built with chunk_memory = memory)."""
+    present = [(name, t) for name, t in fields if t is not None and t.numel() > 0 and t.device.type != "meta"]
+    for name, t in present:
+        if _may_overlap_itself(t):
+            raise ValueError(f"{name}: expected a tensor whose elements do not share memory (it is updated in "
+                             f"place), got shape {_fmt_shape(t.shape)} with strides {_fmt_shape(t.stride())}")
+    for i, (name_a, a) in enumerate(present):
+        for name_b, b in present[i + 1:]:
+            (a0, a1), (b0, b1) = _byte_range(a), _byte_range(b)
+            if a.device == b.device and a0 <= b1 and b0 <= a1:
+                raise ValueError(f"{name_b}: expected memory of its own (the step updates it in place), got a "
+                                 f"tensor overlapping {name_a}")

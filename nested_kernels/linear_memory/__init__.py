@@ -7,7 +7,7 @@ from ..backends import OpBackends
 from ..common.inputs import needs_grad
 from ..common.validation import (
     check_chunk_size, check_cu_seqlens, check_flag, check_memory_gates, check_momentum_state, check_qkv,
-    check_state_tensor,
+    check_scale, check_state_tensor,
 )
 from .chunked import linear_memory_chunked
 from .decode import LinearMemoryDecodeState, linear_memory_step
@@ -34,8 +34,7 @@ def _check(q, k, v, lr, retention, momentum, dgd, chunk_size, scale, initial_sta
     check_flag("dgd", dgd)
     check_flag("output_final_state", output_final_state)
     check_chunk_size(chunk_size)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale: expected a float, got {type(scale).__name__}")
+    check_scale(scale)
     N = check_cu_seqlens(cu_seqlens, B, T, q.device)
     if initial_state is not None:
         if not isinstance(initial_state, LinearMemoryState):
@@ -96,6 +95,11 @@ def linear_memory(
         o (torch.Tensor): `[B, T, H, V]` in the dtype of `v`.
         final_state (LinearMemoryState): fp32 `[N, H, K, V]` tensors if `output_final_state`, else `None`.
 
+    A NaN or inf in the inputs of token t stays in the outputs it reaches (t's own, and later ones
+    through the memory) and never reaches another sequence. In the torch and triton tiers it can
+    also reach the outputs of earlier tokens of its chunk, whose masked products multiply it by zero
+    (triton_kernels/linear_memory/README.md, "Precision").
+
     Examples::
         >>> B, T, H, K, V = 2, 100, 4, 64, 64
         >>> q, k, v = torch.randn(B, T, H, K), F.normalize(torch.randn(B, T, H, K), dim=-1), torch.randn(B, T, H, V)
@@ -108,6 +112,7 @@ def linear_memory(
         ...     output_final_state=True, cu_seqlens=cu_seqlens)
     """
     _check(q, k, v, lr, retention, momentum, dgd, chunk_size, scale, initial_state, output_final_state, cu_seqlens)
+    scale = float(scale)                                                      # a NumPy scalar too
     call = {
         "device": q.device, "dtype": q.dtype, "K": q.shape[-1], "V": v.shape[-1], "chunk_size": chunk_size,
         "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *(initial_state or ())),

@@ -19,6 +19,7 @@ def _linear_memory_dense(q, k, v, eta, alpha, mu, memory, mom, *, dgd, chunk_siz
     T = q.shape[1]
     if T == 0:                                                                # nothing to read or write
         return v.new_zeros(v.shape), memory, mom
+    chunk_size = min(chunk_size, T)                                           # longer: the same one chunk
     Q, Kc, Vc = (to_chunks(x, chunk_size) for x in (q, k, v))                # [B, H, NT, C, ·]
     gates = padded_chunk_gates(eta, alpha, mu, lambda g, pad: to_chunks(g, chunk_size, pad))
     kk = Kc @ Kc.transpose(-1, -2)

@@ -2,9 +2,11 @@
 import torch
 
 from ..backends import OpBackends
+from ..common.compiled_step import decode_state_facts
 from ..common.inputs import needs_grad
 from ..common.validation import (
-    check_decode_position, check_flag, check_memory_gates, check_qkv, check_state_tensor,
+    check_decode_position, check_flag, check_memory_gates, check_qkv, check_scale, check_state_memory,
+    check_state_tensor,
 )
 from .decode_compiled import cpp_unsupported_reason, cuda_unsupported_reason, linear_memory_step_compiled
 from .decode_state import LinearMemoryDecodeState
@@ -22,8 +24,7 @@ def _check(q, k, v, lr, retention, momentum, state, dgd, scale):
     B, T, H, K, V = check_qkv(q, k, v)
     check_memory_gates(lr, retention, momentum, B, T, H, q.device)
     check_flag("dgd", dgd)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale: expected a float, got {type(scale).__name__}")
+    check_scale(scale)
     if not isinstance(state, LinearMemoryDecodeState):
         raise TypeError(f"state: expected a LinearMemoryDecodeState, got {type(state).__name__}")
     dims = "[N, H, K, V] (N = B)"
@@ -41,6 +42,8 @@ def _check(q, k, v, lr, retention, momentum, state, dgd, scale):
             f"{'None' if state.momentum is None else 'a tensor'} (build the state with momentum=...)"
         )
     check_decode_position(state, B, q.device)
+    check_state_memory([(f"state.{name}", getattr(state, name)) for name in ("memory", "chunk_memory", "momentum",
+                                                                             "position")])
 
 
 def linear_memory_step(q, k, v, lr, retention, momentum, state: LinearMemoryDecodeState, *,
@@ -76,10 +79,12 @@ def linear_memory_step(q, k, v, lr, retention, momentum, state: LinearMemoryDeco
         >>> final = state.to_state()  # at a chunk boundary: a LinearMemoryState
     """
     _check(q, k, v, lr, retention, momentum, state, dgd, scale)
+    scale = float(scale)                                                      # a NumPy scalar too
     call = {
         "device": q.device, "dtype": q.dtype, "K": q.shape[-1], "V": v.shape[-1], "chunk_size": state.chunk_size,
         "requires_grad": needs_grad(q, k, v, lr, retention, momentum, state.memory, state.chunk_memory,
                                     state.momentum),
+        **decode_state_facts((state.memory, state.chunk_memory, state.momentum, state.position)),
     }
     impl = STEP_BACKENDS.resolve(backend, call)
     return impl(q, k, v, lr, retention, momentum, state, dgd=dgd, scale=scale)

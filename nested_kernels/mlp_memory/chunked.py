@@ -22,6 +22,7 @@ def _mlp_memory_dense(q, k, v, eta, alpha, mu, w1, w2, s1, s2, *, phi, residual,
     w1, w2 = w1.expand(B, *w1.shape[1:]), w2.expand(B, *w2.shape[1:])        # shared weights broadcast
     if T == 0:                                                                # nothing to read or write
         return v.new_zeros(v.shape), (w1, w2, s1, s2)
+    chunk_size = min(chunk_size, T)                                           # longer: the same one chunk
     Q, Kc, Vc = (to_chunks(x, chunk_size) for x in (q, k, v))                # [B, H, NT, C, ·]
     gates = padded_chunk_gates(eta, alpha, mu, lambda g, pad: to_chunks(g, chunk_size, pad))
     kk = Kc @ Kc.transpose(-1, -2)

@@ -2,8 +2,11 @@
 import torch
 
 from ..backends import OpBackends
+from ..common.compiled_step import decode_state_facts
 from ..common.inputs import needs_grad
-from ..common.validation import check_decode_position, check_memory_gates, check_qkv, check_state_tensor
+from ..common.validation import (
+    check_decode_position, check_memory_gates, check_qkv, check_state_memory, check_state_tensor,
+)
 from .decode_compiled import cpp_unsupported_reason, cuda_unsupported_reason, mlp_memory_step_compiled
 from .decode_state import MLPMemoryDecodeState
 from .decode_torch import mlp_memory_step_torch
@@ -41,6 +44,8 @@ def _check(q, k, v, lr, retention, momentum, state, activation, residual, dgd, s
         if t.dtype != w1.dtype:
             raise TypeError(f"state.{name}: expected the dtype of state.w1 ({w1.dtype}), got {t.dtype}")
     check_decode_position(state, B, q.device)
+    check_state_memory([(f"state.{name}", getattr(state, name))
+                        for name in ("w1", "w2", "chunk_w1", "chunk_w2", "s1", "s2", "position")])
 
 
 def mlp_memory_step(q, k, v, lr, retention, momentum, state: MLPMemoryDecodeState, *, activation: str = "silu",
@@ -85,6 +90,7 @@ def mlp_memory_step(q, k, v, lr, retention, momentum, state: MLPMemoryDecodeStat
     call = {
         "device": q.device, "dtype": q.dtype, "chunk_size": state.chunk_size,
         "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *state[:4], state.s1, state.s2),
+        **decode_state_facts((*state[:4], state.s1, state.s2, state.position)),
     }
     impl = STEP_BACKENDS.resolve(backend, call)
     return impl(q, k, v, lr, retention, momentum, state, activation=activation, residual=residual, dgd=dgd,

@@ -169,6 +169,16 @@ def test_step_opcheck(has_mom):
     torch.library.opcheck(torch.ops.nested_kernels.linear_memory_step.default, args)
 
 
+def _overlapping_momentum(state):
+    """`state` with memory and momentum as views of one buffer, the momentum one row past the memory."""
+    n, row = state.memory.numel(), state.memory.shape[-1]
+    buffer = torch.zeros(n + row, dtype=state.memory.dtype)
+    memory, momentum = buffer[:n].view_as(state.memory), buffer[row:].view_as(state.memory)
+    memory.copy_(state.memory)
+    momentum.copy_(state.momentum)
+    return state._replace(memory=memory, momentum=momentum)
+
+
 BAD = {
     "state type": (lambda a, s: (a, s.to_state()), TypeError, "state: expected a LinearMemoryDecodeState"),
     "missing momentum state": (lambda a, s: (a, s._replace(momentum=None)), ValueError, "state.momentum"),
@@ -179,6 +189,19 @@ BAD = {
     "position dtype": (lambda a, s: (a, s._replace(position=s.position.int())), TypeError, "state.position"),
     "position shape": (lambda a, s: (a, s._replace(position=s.position[:1])), ValueError, "state.position"),
     "chunk_size": (lambda a, s: (a, s._replace(chunk_size=0)), ValueError, "state.chunk_size"),
+    "chunk_size beyond int64": (lambda a, s: (a, s._replace(chunk_size=2**63)), ValueError,
+                                r"state.chunk_size: expected an int <= 2\^63 - 1"),
+    "position beyond the chunk": (lambda a, s: (a, s._replace(position=s.position + 4)), ValueError,
+                                  r"state.position: expected values in \[0, state.chunk_size = 4\), "
+                                  r"got position\[0\] = 4 \(2 of 2 outside\)"),
+    "position negative": (lambda a, s: (a, s._replace(position=s.position - 1)), ValueError,
+                          r"state.position: expected values in \[0, state.chunk_size = 4\)"),
+    "memory expanded": (lambda a, s: (a, s._replace(memory=s.memory[:1].expand_as(s.memory))), ValueError,
+                        "state.memory: expected a tensor whose elements do not share memory"),
+    "chunk_memory is memory": (lambda a, s: (a, s._replace(chunk_memory=s.memory)), ValueError,
+                               "state.chunk_memory: expected memory of its own .* overlapping state.memory"),
+    "momentum overlaps memory": (lambda a, s: (a, _overlapping_momentum(s)), ValueError,
+                                 "state.momentum: expected memory of its own .* overlapping state.memory"),
     "v shape": (lambda a, s: ([a[0], a[1], a[2][:, :, :1]] + a[3:], s), ValueError, "v: expected shape"),
     "lr shape": (lambda a, s: (a[:3] + [a[3][:, :1]] + a[4:], s), ValueError, "lr: expected shape"),
 }
@@ -222,6 +245,34 @@ def test_step_cpp_checks():
         op(q, k, v, lr, ret, mom, s.memory.mT.contiguous().mT, s.chunk_memory, s.momentum, s.position, 4, 1.0, False)
     with pytest.raises(RuntimeError, match="linear_memory_step: memory must be float32"):
         op(q, k, v, lr, ret, mom, s.memory.double(), s.chunk_memory, s.momentum, s.position, 4, 1.0, False)
+
+
+STATES_THE_OP_CANNOT_UPDATE = {
+    "fp64 state, fp32 inputs": (torch.float32, lambda s: s._replace(memory=s.memory.double(),
+                                                                    chunk_memory=s.chunk_memory.double(),
+                                                                    momentum=s.momentum.double()),
+                                "it keeps a torch.float32 state for torch.float32 inputs, got a torch.float64 state"),
+    "fp32 state, fp64 inputs": (F64, lambda s: s,
+                                "it keeps a torch.float64 state for torch.float64 inputs, got a torch.float32 state"),
+    "transposed memory": (torch.float32, lambda s: s._replace(memory=s.memory.mT.contiguous().mT),
+                          "it updates the state in place and needs contiguous state tensors"),
+}
+
+
+@needs_op
+@pytest.mark.parametrize("case", list(STATES_THE_OP_CANNOT_UPDATE))
+def test_step_cpp_refuses_states_it_cannot_update(case):
+    """cpp says why (NotImplementedError, not the op's RuntimeError) and auto falls back to torch, whose
+    numbers it then gives."""
+    dtype, change, reason = STATES_THE_OP_CANNOT_UPDATE[case]
+    inputs, h0 = make_case(2, 3, 2, 4, 6, True, True, dtype)
+    fresh = lambda: change(LinearMemoryDecodeState.from_state(LinearMemoryState(*(x.float() for x in h0)), 4))
+    with pytest.raises(NotImplementedError, match=reason):
+        linear_memory_step(*inputs, fresh(), backend="cpp")
+    auto, torch_state = fresh(), fresh()
+    torch.testing.assert_close(linear_memory_step(*inputs, auto, backend="auto"),
+                               linear_memory_step(*inputs, torch_state, backend="torch"), rtol=0, atol=0)
+    torch.testing.assert_close(auto.memory, torch_state.memory, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -1,4 +1,5 @@
 """Every bad argument of `linear_memory` raises an error naming it (DEVELOPERS.md, issue 2 §7)."""
+import numpy as np
 import pytest
 import torch
 
@@ -41,8 +42,11 @@ CASES = {
     "momentum-shape": (dict(momentum=torch.rand(B, T, H, 1)), ValueError, "momentum: expected a 3-d tensor"),
     "chunk-zero": (dict(chunk_size=0), ValueError, "chunk_size: expected an int >= 1, got 0"),
     "chunk-float": (dict(chunk_size=16.0), TypeError, "chunk_size: expected an int"),
+    "chunk-beyond-int64": (dict(chunk_size=2**63), ValueError, r"chunk_size: expected an int <= 2\^63 - 1"),
     "scale-type": (dict(scale="1"), TypeError, "scale: expected a float"),
+    "scale-numpy-bool": (dict(scale=np.bool_(True)), TypeError, "scale: expected a float, got numpy.bool"),
     "dgd-type": (dict(dgd=1), TypeError, "dgd: expected a bool"),
+    "dgd-numpy-bool": (dict(dgd=np.bool_(True)), TypeError, "dgd: expected a bool, got numpy.bool"),
     "state-type": (dict(initial_state=torch.zeros(B, H, K, V)), TypeError, "initial_state: expected a LinearMemoryState"),
     "state-memory-shape": (dict(initial_state=LinearMemoryState(torch.zeros(B, H, V, K))), ValueError,
                            r"initial_state.memory: expected shape \[2, 2, 4, 6\]"),
@@ -92,6 +96,25 @@ def test_chunk_packed_good_arguments_run():
     """The base cases of the error tables are themselves valid calls."""
     linear_memory(**good())
     linear_memory(**packed())
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_chunk_longer_than_the_sequence(backend):
+    """A chunk longer than the sequence is the whole sequence: the torch tier padded to it (2^31 tokens
+    asked the allocator for 256 GiB)."""
+    args = dict(good(), backend=backend, output_final_state=True)
+    o, final = linear_memory(**args, chunk_size=2**31)
+    o_T, final_T = linear_memory(**args, chunk_size=T)
+    torch.testing.assert_close(o, o_T)
+    torch.testing.assert_close(final.memory, final_T.memory)
+
+
+def test_numpy_scale_is_a_float():
+    """A NumPy scalar scale (np.float32 was refused, np.float64 passed as it is) reads as its float."""
+    args = good()
+    o_np, _ = linear_memory(**args, scale=np.float32(0.5))
+    o, _ = linear_memory(**args, scale=0.5)
+    torch.testing.assert_close(o_np, o, rtol=0, atol=0)
 
 
 def test_auto_picks_a_runnable_fast_backend(monkeypatch):

@@ -187,6 +187,12 @@ BAD = {
     "position dtype": (lambda a, s: (a, s._replace(position=s.position.int())), TypeError, "state.position"),
     "position shape": (lambda a, s: (a, s._replace(position=s.position[:1])), ValueError, "state.position"),
     "chunk_size": (lambda a, s: (a, s._replace(chunk_size=0)), ValueError, "state.chunk_size"),
+    "position beyond the chunk": (lambda a, s: (a, s._replace(position=s.position + 4)), ValueError,
+                                  r"state.position: expected values in \[0, state.chunk_size = 4\)"),
+    "w1 expanded": (lambda a, s: (a, s._replace(w1=s.w1[:1].expand_as(s.w1))), ValueError,
+                    "state.w1: expected a tensor whose elements do not share memory"),
+    "chunk_w2 is w2": (lambda a, s: (a, s._replace(chunk_w2=s.w2)), ValueError,
+                       "state.chunk_w2: expected memory of its own .* overlapping state.w2"),
     "v shape": (lambda a, s: ([a[0], a[1], a[2][:, :1]] + a[3:], s), ValueError, "v: expected shape"),
     "lr shape": (lambda a, s: (a[:3] + [a[3][:, :1]] + a[4:], s), ValueError, "lr: expected shape"),
 }

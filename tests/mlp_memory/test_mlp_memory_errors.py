@@ -64,3 +64,16 @@ def test_chunk_self_target_needs_square_memory():
 
 def test_chunk_good_arguments_run():
     mlp_memory(**good())
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_chunk_longer_than_the_sequence(backend):
+    """A chunk longer than the sequence is the whole sequence, not a padding of 2^31 tokens."""
+    args = good()
+    args["initial_state"] = MLPMemoryState(torch.randn(1, H, K, Dh) / 2, torch.randn(1, H, Dh, K) / 3,
+                                           *args["initial_state"][2:])
+    args.update(backend=backend, output_final_state=True)
+    o, final = mlp_memory(**args, chunk_size=2**31)
+    o_T, final_T = mlp_memory(**args, chunk_size=T)
+    torch.testing.assert_close(o, o_T)
+    torch.testing.assert_close(final.w1, final_T.w1)
