@@ -62,6 +62,8 @@
 #                         configurations: STEPS="config-sweep" SWEEP_CAP=240 TOTAL_S=270
 #   PYTEST_GPU_PATHS      test files or folders for `pytest -m gpu` (default: all of tests/)
 #   PROFILE_CAP, SWEEP_CAP, ISOLATE_CAP  the time limits of those steps (default 120, 150, 180)
+#   ISOLATE_DTYPES        the isolate step's rows (default fp32,bf16,bf16-raw); bf16-raw alone asks in
+#                         its budget whether 16-bit products are safe here, at every shape
 #   SKIP_BUILD=1          compile nothing: the editable install without the extension (the Triton
 #                         and torch tiers; the CUDA tier then reads "not built"), or reusing the
 #                         extension already built (a second run on a warm machine)
@@ -267,7 +269,7 @@ SWEEP_S=$(( CAP[config-sweep] < $(left_s) ? CAP[config-sweep] : $(left_s) ))   #
 run_step config-sweep "$SWEEP_S" "$PYTHON" benchmarks/config_sweep.py --out-dir "$LOG_DIR" \
     --budget-s $(( SWEEP_S > 60 ? SWEEP_S - 30 : SWEEP_S / 2 ))
 run_step isolate "${CAP[isolate]}" "$PYTHON" benchmarks/isolate_triton.py --out-dir "$OUT_DIR" \
-    --budget-s $(( CAP[isolate] - 60 ))
+    --budget-s $(( CAP[isolate] - 60 )) --dtypes "${ISOLATE_DTYPES:-fp32,bf16,bf16-raw}"
 
 # shellcheck disable=SC2317  # (called through `bash -c`)
 sanitizer_cmd() {  # memcheck then racecheck over the tests of the CUDA kernels (not Triton: too slow there)

@@ -1,12 +1,15 @@
 """Each configuration of the `linear_memory` Triton backend in a process of its own, against the
 torch tier on the same GPU: forward and backward, every output and gradient by name.
 
-    python benchmarks/isolate_triton.py --out-dir DIR [--workers 14] [--budget-s 150] [--device cpu --limit 2]
+    python benchmarks/isolate_triton.py --out-dir DIR [--workers 14] [--budget-s 150] [--dtypes bf16-raw]
+                                        [--device cpu --limit 2]
 
 Why a process each: one kernel that faults (an illegal memory access) poisons the CUDA context of
 its process, so in one pytest worker every later test fails too and the culprit is lost. Here a
 crash is one row. Rows `bf16-raw` set NESTED_KERNELS_TRITON_16BIT_DOTS=1, i.e. the kernels on
-16-bit operands even where `triton_kernels/utils/operand_precision.py` would give them fp32 operands.
+16-bit operands even where `triton_kernels/utils/operand_precision.py` would give them fp32 operands;
+`--dtypes bf16-raw` spends a short budget on those alone (whether 16-bit products are safe on this
+card and Triton, every shape).
 Writes isolate-triton.md and isolate-triton.json; exit status 1 when a row fails or crashes.
 """
 import argparse
@@ -60,14 +63,17 @@ print("RESULT " + json.dumps({n: (e if e == e else float("inf")) for n, e in err
 """
 
 
-def configs(device):
+DTYPES = ("fp32", "bf16", "bf16-raw")
+
+
+def configs(device, dtypes=DTYPES):
     dims = ((64, 64), (128, 128), (100, 60), (256, 256))
     rows = [(K, V, C, mom, dgd, 1, dt, 2, 150) for (K, V), C, mom, dgd, dt in
-            itertools.product(dims, (16, 32, 64), (0, 1), (0, 1), ("fp32", "bf16", "bf16-raw"))]
+            itertools.product(dims, (16, 32, 64), (0, 1), (0, 1), dtypes)]
     faulted = [(K, V, C, mom, dgd, st, dt, B, T) for K, V, C, mom, dgd, st, B, T in (
         (64, 64, 64, 1, 1, 0, 8, 256), (64, 64, 64, 1, 1, 1, 8, 256),   # H100 2026-11-25, bf16 (16-bit dots)
         (256, 256, 64, 0, 0, 1, 2, 1),                                  # H200 2026-11-26, bf16 (fp32 copies, tf32)
-        (256, 256, 64, 1, 1, 1, 2, 150)) for dt in ("fp32", "bf16", "bf16-raw")]
+        (256, 256, 64, 1, 1, 1, 2, 150)) for dt in dtypes]
     # on a card the shapes that faulted in bf16 (benchmarks/results/) go first, so a short budget
     # reaches them; the interpreter starts with the small rows
     rows = [r for r in rows if r not in faulted]
@@ -100,7 +106,11 @@ def main():
     p.add_argument("--budget-s", type=float, default=150, help="start no configuration after this (default 150)")
     p.add_argument("--device", default=None, help="cuda (default when there is one) or cpu (interpreted)")
     p.add_argument("--limit", type=int, default=None, help="the first N configurations only")
+    p.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {DTYPES} (default: all)")
     args = p.parse_args()
+    dtypes = tuple(args.dtypes.split(","))
+    if not dtypes or any(dt not in DTYPES for dt in dtypes):
+        p.error(f"--dtypes: expected a comma-separated list of {DTYPES}, got {args.dtypes!r}")
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,7 +123,7 @@ def main():
 
     rows = []
     with ThreadPoolExecutor(args.workers) as pool:
-        for row in pool.map(job, configs(device)[:args.limit]):
+        for row in pool.map(job, configs(device, dtypes)[:args.limit]):
             rows.append(row)
             worst = max(row["errors"].items(), key=lambda kv: kv[1]) if row["errors"] else None
             print(("ok  " if row["passed"] else "BAD ") + json.dumps(row["config"]),

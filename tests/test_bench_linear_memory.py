@@ -96,6 +96,21 @@ def test_isolate_triton_cpu(tmp_path):
     assert "| yes |" in (tmp_path / "isolate-triton.md").read_text()
 
 
+def test_isolate_triton_dtypes(tmp_path):
+    """`--dtypes` keeps the rows of those dtypes alone, in the same order; an unknown one is refused."""
+    pytest.importorskip("triton")
+    script = BENCHMARKS / "isolate_triton.py"
+    run = lambda *extra: subprocess.run([sys.executable, str(script), "--device", "cpu", "--workers", "1",
+                                         "--out-dir", str(tmp_path), *extra], capture_output=True, text=True,
+                                        timeout=300)
+    proc = run("--dtypes", "bf16", "--limit", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "isolate-triton.json").read_text())
+    assert [r["config"]["dtype"] for r in rows] == ["bf16"] and rows[0]["config"]["K"] == 64
+    proc = run("--dtypes", "bf16,fp8")
+    assert proc.returncode == 2 and "--dtypes: expected a comma-separated list" in proc.stderr
+
+
 def test_profile_cpu(tmp_path):
     """benchmarks/profile_linear_memory.py runs on a CPU (operators, not kernels) and writes its table."""
     script = BENCHMARKS / "profile_linear_memory.py"
