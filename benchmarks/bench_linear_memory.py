@@ -1,7 +1,7 @@
 """GPU benchmark of `linear_memory` against its torch tier and its peers (SPEC §8).
 
     python benchmarks/bench_linear_memory.py [--shapes all|small|NAME,...] [--modes fwd,fwdbwd]
-        [--out-dir benchmarks/results] [--tag NAME] [--peak-tflops 800] [--peak-tbps 3.0] [--budget-s S]
+        [--out-dir benchmarks/results] [--tag NAME] [--peak-tflops TF] [--peak-tbps TB] [--budget-s S]
 
 On a CUDA device, for each shape of fla's registry (SPEC §8: B8-T2048-H16-D64, B4-T4096-H16-D128,
 B2-T16384-H16-D128, B1-T65536-H8-D128; `--shapes small` keeps the first two), bf16 q/k/v, fp32
@@ -64,7 +64,7 @@ from linear_memory_bench.gpu_run import run_gpu  # noqa: E402
 from linear_memory_bench.report import machine_meta, to_markdown, write_outputs  # noqa: E402
 from linear_memory_bench.rows import Run  # noqa: E402
 from linear_memory_bench.settings import (  # noqa: E402
-    MODES, PEAK_TBPS, PEAK_TFLOPS, SHAPES, SMALL_SHAPES, BenchShape, _mode)
+    MODES, SHAPES, SMALL_SHAPES, BenchShape, _mode, resolve_peaks)
 from linear_memory_bench.timing import _percentiles  # noqa: E402,F401 (re-exported)
 
 
@@ -119,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="file name tag (default: <device>-<date>)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto: CUDA when available; cpu: the CPU baselines only (default: auto)")
-    p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS, help=f"matmul peak (default {PEAK_TFLOPS:g}, H100 bf16)")
-    p.add_argument("--peak-tbps", type=float, default=PEAK_TBPS, help=f"memory bandwidth (default {PEAK_TBPS:g}, H100)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="dense bf16 matmul peak of the roofline (default: the card's datasheet, settings.CARD_PEAKS)")
+    p.add_argument("--peak-tbps", type=float, default=None,
+                   help="memory bandwidth of the roofline (default: the card's datasheet, settings.CARD_PEAKS)")
     p.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up (default 25)")
     p.add_argument("--rep-ms", type=float, default=100.0, help="do_bench repetition time (default 100)")
     p.add_argument("--torch-max-call-s", type=float, default=10.0,
@@ -160,6 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("--device cuda: no CUDA device here", file=sys.stderr)
         return 2
     tag = args.tag or _default_tag(cuda)
+    args.peaks_source = resolve_peaks(args, torch.cuda.get_device_name(0) if cuda else None)
     run = Run(machine_meta(cuda, args))
     write = lambda: write_outputs(run, args.out_dir, tag)
     if cuda:

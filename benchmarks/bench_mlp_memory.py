@@ -1,7 +1,7 @@
 """Benchmark of `mlp_memory` (SPEC §8): triton vs the torch tier vs the vmap(grad) baseline.
 
     python benchmarks/bench_mlp_memory.py [--shapes small|all] [--chunk 16] [--modes fwd,fwdbwd]
-        [--out-dir benchmarks/results] [--tag NAME] [--peak-tflops 800] [--peak-tbps 3.0] [--device cuda|cpu]
+        [--out-dir benchmarks/results] [--tag NAME] [--peak-tflops TF] [--peak-tbps TB] [--device cuda|cpu]
 
 HOPE's M_memory configuration (residual, Dh = D, momentum, DGD, self-generated targets,
 `read="current"`, chunk 64 — HOPE's C_mem — unless `--chunk`), on the shapes of SPEC §8 (bf16 q/k/v on a GPU; one
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from linear_memory_bench import ROOT
 from linear_memory_bench.report import machine_meta, write_tables
-from linear_memory_bench.settings import PEAK_TBPS, PEAK_TFLOPS, SHAPES, SMALL_SHAPES, BenchShape
+from linear_memory_bench.settings import SHAPES, SMALL_SHAPES, BenchShape, resolve_peaks
 from linear_memory_bench.timing import time_row
 from mlp_memory_vmap import mlp_memory_vmap_grad
 from nested_kernels import MLPMemoryState, linear_memory, mlp_memory
@@ -207,12 +207,13 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=64)
     p.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--tag", default=None)
-    p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
-    p.add_argument("--peak-tbps", type=float, default=PEAK_TBPS)
+    p.add_argument("--peak-tflops", type=float, default=None, help="default: the card's datasheet (CARD_PEAKS)")
+    p.add_argument("--peak-tbps", type=float, default=None, help="default: the card's datasheet (CARD_PEAKS)")
     p.add_argument("--max-call-s", type=float, default=5.0, help="skip a tier whose one call takes longer")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    args.peaks_source = resolve_peaks(args, torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     modes = [m.replace("fwd+bwd", "fwdbwd") for m in args.modes.split(",")]
     if any(m not in MODES for m in modes):
         raise SystemExit(f"--modes: expected a subset of {MODES}, got {args.modes!r}")

@@ -243,18 +243,15 @@ case $BENCH_SHAPES in
     all) SHAPE_ARGS=(--shapes all) ;;
     *) SHAPE_ARGS=(--shapes all --budget-s $(( BENCH_CAP - 45 ))) ;;
 esac
-# The roofline's bandwidth: the vendor's 4.8 TB/s on an H200 (the script's default is the H100's).
-PEAK_ARGS=()
-[[ $GPU_LINE == *H200* ]] && PEAK_ARGS=(--peak-tbps 4.8)
 VARIANT_ARGS=()
 [[ -n ${BENCH_VARIANTS:-} ]] && VARIANT_ARGS=(--variants "$BENCH_VARIANTS")
 run_step bench "$BENCH_CAP" "$PYTHON" benchmarks/bench_linear_memory.py --out-dir "$OUT_DIR" --tag "$BENCH_TAG" \
-    "${SHAPE_ARGS[@]}" "${PEAK_ARGS[@]}" "${VARIANT_ARGS[@]}"
+    "${SHAPE_ARGS[@]}" "${VARIANT_ARGS[@]}"
 if [[ $GUARDED != 1 ]] && want bench-16bit; then
     echo "| bench-16bit | skipped (no fp32 operands here: the bench ran the 16-bit kernels) | 0 | — |" >> "$REPORT"
 else
     run_step bench-16bit "${CAP[bench-16bit]}" env NESTED_KERNELS_TRITON_16BIT_DOTS=1 "$PYTHON" benchmarks/bench_linear_memory.py \
-        --out-dir "$LOG_DIR" --tag "$BENCH_TAG-16bit" --shapes B8-T2048-H16-D64 --budget-s 60 "${PEAK_ARGS[@]}"
+        --out-dir "$LOG_DIR" --tag "$BENCH_TAG-16bit" --shapes B8-T2048-H16-D64 --budget-s 60
 fi
 
 run_step bench-cms "${CAP[bench-cms]}" "$PYTHON" benchmarks/bench_cms.py --out-dir "$LOG_DIR" --tag "$BENCH_TAG" \

@@ -1,5 +1,6 @@
 """`benchmarks/bench_linear_memory.py`: its CPU mode runs end to end and writes its table, and its
 FLOP / byte / roofline formulas give the hand-computed counts of tiny cases."""
+import argparse
 import importlib
 import json
 import subprocess
@@ -23,6 +24,7 @@ def test_bench_cpu_mode(bench, tmp_path):
     md = (tmp_path / "linear_memory-test.md").read_text()
     data = json.loads((tmp_path / "linear_memory-test.json").read_text())
     assert "not measured (no CUDA device)" in md
+    assert "roofline peaks: 989 TFLOP/s, 3.35 TB/s (H100 SXM datasheet: no GPU here)" in md
     assert data["complete"] and data["meta"]["gpu"] is None
     gpu_rows = [r for r in data["rows"] if r["device"] == "cuda"]
     # small = 2 shapes × 2 modes × (2 variants × (kernel tiers + torch) + fla + sdpa)
@@ -125,36 +127,38 @@ def test_profile_cpu(tmp_path):
     assert "| `aten::" in md
 
 
-# Tiny cases by hand. Units per chunk of c tokens: [ckv] = 2·c·K·V, [cck] = 2·c²·K, [ccv] = 2·c²·V.
-# K = 3, V = 5; c = 2: [ckv] = 60, [cck] = 24, [ccv] = 40;  c = 1: [ckv] = 30, [cck] = 6, [ccv] = 10.
+# Tiny cases by hand. Units per chunk of c tokens: [ckv] = 2·c·K·V, [cck] = c²·K, [ccv] = c²·V.
+# K = 3, V = 5; c = 2: [ckv] = 60, [cck] = 12, [ccv] = 20;  c = 1: [ckv] = 30, [cck] = 3, [ccv] = 5.
 
 
 def test_linear_memory_chunk_flops(bench):
     f = bench.linear_memory_chunk_flops
-    # forward, momentum, no dgd: 5 [ckv] + 1 [cck] + 1 [ccv] = 300 + 24 + 40
-    assert f(2, 3, 5, momentum=True, dgd=False, backward=False) == 364
-    # forward, no momentum, no dgd: 3 [ckv] + 1 [cck] + 1 [ccv] = 180 + 24 + 40
-    assert f(2, 3, 5, momentum=False, dgd=False, backward=False) == 244
-    # forward, momentum, dgd: 7 [ckv] + 2 [cck] + 4 [ccv] = 420 + 48 + 160
-    assert f(2, 3, 5, momentum=True, dgd=True, backward=False) == 628
-    # backward, momentum, no dgd: 10 [ckv] + 3 [cck] + 2 [ccv] = 600 + 72 + 80
-    assert f(2, 3, 5, momentum=True, dgd=False, backward=True) == 752
-    # backward, momentum, dgd: 15 [ckv] + 6 [cck] + 8 [ccv] = 900 + 144 + 320
-    assert f(2, 3, 5, momentum=True, dgd=True, backward=True) == 1364
-    # backward, no momentum, dgd: 9 [ckv] + 6 [cck] + 8 [ccv] = 540 + 144 + 320
-    assert f(2, 3, 5, momentum=False, dgd=True, backward=True) == 1004
+    # forward, momentum, no dgd: 5 [ckv] + 1 [cck] + 1 [ccv] = 300 + 12 + 20
+    assert f(2, 3, 5, momentum=True, dgd=False, backward=False) == 332
+    # forward, no momentum, no dgd: 3 [ckv] + 1 [cck] + 1 [ccv] = 180 + 12 + 20
+    assert f(2, 3, 5, momentum=False, dgd=False, backward=False) == 212
+    # forward, momentum, dgd: 6 [ckv] + 2 [cck] + 4 [ccv] = 360 + 24 + 80
+    assert f(2, 3, 5, momentum=True, dgd=True, backward=False) == 464
+    # forward, no momentum, dgd: 3 [ckv] + 2 [cck] + 4 [ccv] = 180 + 24 + 80 (E_r⊙W joins G_r⊙R)
+    assert f(2, 3, 5, momentum=False, dgd=True, backward=False) == 284
+    # backward, momentum, no dgd: 10 [ckv] + 3 [cck] + 2 [ccv] = 600 + 36 + 40
+    assert f(2, 3, 5, momentum=True, dgd=False, backward=True) == 676
+    # backward, momentum, dgd: 12 [ckv] + 5 [cck] + 8 [ccv] = 720 + 60 + 160
+    assert f(2, 3, 5, momentum=True, dgd=True, backward=True) == 940
+    # backward, no momentum, dgd: 6 [ckv] + 5 [cck] + 8 [ccv] = 360 + 60 + 160
+    assert f(2, 3, 5, momentum=False, dgd=True, backward=True) == 580
 
 
 def test_linear_memory_flops_chunks_and_modes(bench):
     f = bench.linear_memory_flops
     # one full chunk, B = H = 1
-    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 364
-    # T = 3, C = 2: a full chunk (364) and a 1-token chunk: 5·30 + 6 + 10 = 166
-    assert f(1, 3, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 530
-    # B = 2, H = 3 scale it by 6; fwd+bwd adds the backward (752)
-    assert f(2, 2, 3, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 6 * 364
-    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwdbwd") == 364 + 752
-    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd+bwd") == 364 + 752
+    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 332
+    # T = 3, C = 2: a full chunk (332) and a 1-token chunk: 5·30 + 3 + 5 = 158
+    assert f(1, 3, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 490
+    # B = 2, H = 3 scale it by 6; fwd+bwd adds the backward (676)
+    assert f(2, 2, 3, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd") == 6 * 332
+    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwdbwd") == 332 + 676
+    assert f(1, 2, 1, 3, 5, chunk_size=2, momentum=True, dgd=False, mode="fwd+bwd") == 332 + 676
     with pytest.raises(ValueError, match="mode"):
         f(1, 2, 1, 3, 5, mode="bwd")
 
@@ -183,11 +187,29 @@ def test_sdpa_counts(bench):
 
 def test_roofline_fraction(bench):
     # compute-bound: 800 GFLOP at 800 TFLOP/s is 1 ms; measured 2 ms -> 0.5
-    assert bench.roofline_fraction(800e9, 1e6, 2.0) == pytest.approx(0.5)
+    assert bench.roofline_fraction(800e9, 1e6, 2.0, peak_tflops=800, peak_tbps=3) == pytest.approx(0.5)
     # memory-bound: 3 GB at 3 TB/s is 1 ms; measured 4 ms -> 0.25
-    assert bench.roofline_fraction(1e9, 3e9, 4.0) == pytest.approx(0.25)
-    # overridden peaks
-    assert bench.roofline_fraction(400e9, 1e6, 1.0, peak_tflops=400, peak_tbps=1) == pytest.approx(1.0)
+    assert bench.roofline_fraction(1e9, 3e9, 4.0, peak_tflops=800, peak_tbps=3) == pytest.approx(0.25)
+    # the defaults: H100 SXM's datasheet, 989 TFLOP/s and 3.35 TB/s
+    assert bench.roofline_fraction(989e9, 1e6, 1.0) == pytest.approx(1.0)
+    assert bench.roofline_fraction(1e6, 3.35e9, 2.0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name,tflops,tbps", [
+    ("NVIDIA H200", 989, 4.8), ("NVIDIA H100 80GB HBM3", 989, 3.35), ("NVIDIA H100 PCIe", 756, 2.0),
+    ("NVIDIA A100-SXM4-80GB", 312, 2.0), ("NVIDIA L4", 989, 3.35), (None, 989, 3.35)],
+    ids=["h200", "h100-sxm", "h100-pcie", "a100", "unknown", "cpu"])
+def test_peaks_by_card(name, tflops, tbps):
+    """The roofline's peaks follow the card (gpu_check passed the H200's bandwidth by hand, nothing else
+    did); given ones win, each on its own."""
+    from linear_memory_bench.settings import card_peaks, resolve_peaks
+
+    assert card_peaks(name)[:2] == (tflops, tbps)
+    args = argparse.Namespace(peak_tflops=None, peak_tbps=None)
+    assert resolve_peaks(args, name) == card_peaks(name)[2] and (args.peak_tflops, args.peak_tbps) == (tflops, tbps)
+    args = argparse.Namespace(peak_tflops=500.0, peak_tbps=None)
+    assert resolve_peaks(args, name).startswith("given, the rest from") and (args.peak_tflops, args.peak_tbps) == (
+        500.0, tbps)
 
 
 def test_percentiles(bench):

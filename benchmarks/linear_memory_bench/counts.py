@@ -3,25 +3,28 @@ from . import settings
 from .settings import PEAK_TBPS, PEAK_TFLOPS, SDPA_FWDBWD_FACTOR, _mode
 
 # linear_memory, chunked algorithm (triton_kernels/linear_memory/README.md), per chunk of c tokens
-# per head, K = key dim, V = value dim. Only matrix products are counted, in three units:
-#   [ckv] = 2·c·K·V (a c×K by K×V product or its transposes), [cck] = 2·c²·K, [ccv] = 2·c²·V.
+# per head, K = key dim, V = value dim. Only matrix products are counted, the fewest the formulas
+# need (products with a shared operand that add into one result count once), in three units:
+#   [ckv] = 2·c·K·V (a c×K by K×V product or its transposes), [cck] = c²·K, [ccv] = c²·V: every c×c
+#   product is triangular (a masked Q Kᵀ, K Kᵀ, a lower-triangular matrix times R, W, Ō, dP, or a
+#   product of which only the lower triangle is used) and counts half a dense one, as SDPA's causal
+#   count below does.
 # Forward:
-#   always    K·X (R = K X − V), Q·X (read), Kᵀ·(G_r⊙R) (X')                       3 [ckv]
+#   always    K·X (R = K X − V), Q·X (read), Kᵀ·(G_r⊙R [+ E_r⊙W]) (X')                 3 [ckv]
 #             Q·Kᵀ                                                                  1 [cck]
 #             (QKᵀ⊙G)·R                                                             1 [ccv]
 #   momentum  Q·S (read), Kᵀ·(N_r⊙R) (S')                                          +2 [ckv]
-#   dgd       Kᵀ·(E_r⊙W) (X')                                                      +1 [ckv]
-#             + K·S in P, with momentum                                            +1 [ckv]
+#   dgd       K·S in P, with momentum                                              +1 [ckv]
 #             K·Kᵀ                                                                 +1 [cck]
 #             (KKᵀ⊙G)·R (P), (I+L)⁻¹·P (W), (QKᵀ⊙E)·W (read)                       +3 [ccv]
 # Backward (given the chunk states; their recomputation is not counted):
-#   always    K·dX', Qᵀ·(β⊙Ō), Kᵀ·dR (dX), Ō·Xᵀ (dQ), dR·Xᵀ, (G_r⊙R)·dX'ᵀ (dK)     6 [ckv]
+#   always    K·dX', Qᵀ·(β⊙Ō), Kᵀ·(dR [+ β⊙dP]) (dX), Ō·Xᵀ (dQ), (dR [+ β⊙dP])·Xᵀ,
+#             (G_r⊙R [+ E_r⊙W])·dX'ᵀ (dK)                                            6 [ckv]
 #             Q·Kᵀ, dQ̃·K (dQ), dQ̃ᵀ·Q (dK)                                         3 [cck]
 #             (QKᵀ⊙G)ᵀ·Ō (dR), Ō·Rᵀ (dQ̃, dG)                                       2 [ccv]
 #   momentum  K·dS', Qᵀ·(f⊙Ō) (dS), Ō·Sᵀ (dQ), (N_r⊙R)·dS'ᵀ (dK)                  +4 [ckv]
-#   dgd       Kᵀ·(β⊙dP) (dX), (E_r⊙W)·dX'ᵀ, dP·Xᵀ (dK)                            +3 [ckv]
-#             + Kᵀ·(f⊙dP) (dS), dP·Sᵀ (dK), with momentum                          +2 [ckv]
-#             K·Kᵀ, dÂ·K, dÂᵀ·K (dK)                                               +3 [cck]
+#   dgd       Kᵀ·(f⊙dP) (dS), dP·Sᵀ (dK), with momentum                            +2 [ckv]
+#             K·Kᵀ, (dÂ + dÂᵀ)·K (dK)                                               +2 [cck]
 #             (KKᵀ⊙G)ᵀ·dP (dR), (QKᵀ⊙E)ᵀ·Ō (dW), (I+L)⁻ᵀ·dW (dP), Ō·Wᵀ (dQ̃, dE),
 #             dP·Rᵀ (dÂ), dW·Pᵀ (d(I+L)⁻¹)                                         +6 [ccv]
 # Not counted: the gate algebra (per-chunk c×c products of gates and the O(c³) triangular inverse
@@ -44,10 +47,10 @@ def linear_memory_chunk_flops(c: int, K: int, V: int, *, momentum: bool, dgd: bo
     """Matrix-product FLOPs of one chunk of `c` tokens of one head (the table above)."""
     m, d = int(momentum), int(dgd)
     if not backward:
-        ckv, cck, ccv = 3 + 2 * m + d * (1 + m), 1 + d, 1 + 3 * d
+        ckv, cck, ccv = 3 + 2 * m + d * m, 1 + d, 1 + 3 * d
     else:
-        ckv, cck, ccv = 6 + 4 * m + d * (3 + 2 * m), 3 + 3 * d, 2 + 6 * d
-    return 2 * c * K * V * ckv + 2 * c * c * K * cck + 2 * c * c * V * ccv
+        ckv, cck, ccv = 6 + 4 * m + 2 * d * m, 3 + 2 * d, 2 + 6 * d
+    return 2 * c * K * V * ckv + c * c * K * cck + c * c * V * ccv
 
 
 def linear_memory_flops(B: int, T: int, H: int, K: int, V: int, *, chunk_size: int = settings.CHUNK,

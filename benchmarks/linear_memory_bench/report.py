@@ -61,6 +61,7 @@ def machine_meta(cuda: bool, args) -> Dict[str, object]:
         "git": _git_commit(),
         "peak_tflops": args.peak_tflops,
         "peak_tbps": args.peak_tbps,
+        "peaks_source": getattr(args, "peaks_source", "given"),
         "chunk_size": settings.CHUNK,
         "dtype": "bf16 q/k/v, fp32 gates" if cuda else "fp32 (CPU)",
         "triton_operands": _triton_operands(cuda),
@@ -119,7 +120,7 @@ def to_markdown(run: Run) -> str:
         f"* inputs: {m['dtype']}; momentum on, but in `-nomom` rows; chunk {m['chunk_size']}; modes: fwd (no_grad), "
         "fwd+bwd (forward + backward of (o·do).sum())",
         *([f"* the triton tier's operands: {m['triton_operands']}"] if m.get("triton_operands") else []),
-        f"* roofline peaks: {m['peak_tflops']:g} TFLOP/s, {m['peak_tbps']:g} TB/s; roofline = "
+        f"* roofline peaks: {m['peak_tflops']:g} TFLOP/s, {m['peak_tbps']:g} TB/s ({m['peaks_source']}); roofline = "
         "max(FLOPs / peak, bytes / bandwidth) / measured (formulas in linear_memory_bench/counts.py)",
         "* timing: triton.testing.do_bench median (p20, p80) on CUDA; time.perf_counter median on the CPU",
     ]

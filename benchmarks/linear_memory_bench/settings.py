@@ -6,7 +6,7 @@
 """
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 
 class Variant(NamedTuple):
@@ -60,8 +60,13 @@ KNOWN_VARIANTS = DEFAULT_VARIANTS + (Variant("nodgd-nomom", False, False), Varia
 MODES = ("fwd", "fwdbwd")
 MODE_LABEL = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 KERNEL_TIERS = ("triton", "cuda")   # the fused tiers; rows only for those registered
-PEAK_TFLOPS = 800.0                 # H100 bf16 dense matmul, measured (BACKGROUND.md §5)
-PEAK_TBPS = 3.0                     # H100 HBM copy, read + write (BACKGROUND.md §5)
+# Roofline peaks, the vendors' datasheet figures (dense bf16 matmul TFLOP/s, HBM TB/s), so that a
+# fraction reads as FlashAttention's papers report theirs; the first name the device's name contains
+# wins. (BACKGROUND.md §5 measured about 800 TFLOP/s and 3.0 TB/s on an H100 here: against those
+# the fractions would be up to 1.24× higher.)
+CARD_PEAKS = (("H200", 989.0, 4.8), ("H100 PCIe", 756.0, 2.0), ("H100 NVL", 835.0, 3.9), ("H100", 989.0, 3.35),
+              ("A100", 312.0, 2.0))
+PEAK_TFLOPS, PEAK_TBPS = 989.0, 3.35   # H100 SXM, for a device not in the table (and on a CPU)
 GATE_T = 256
 GATE_TOL_OUT = 5e-3                 # SPEC §7, bf16 outputs against an fp32 reference
 GATE_TOL_GRAD = 1e-2                # SPEC §7, bf16 gradients
@@ -74,6 +79,26 @@ OUT_OF_BUDGET = "not measured (time budget)"
 FLA_MISSING = "fla not installed"
 FLA_GUARD_LIFTED = ("; fla refuses this backward on Hopper with Triton 3.4–3.7.0 (fla#640: may be wrong), "
                     "guard lifted to time it")
+
+
+def card_peaks(device_name: Optional[str]) -> Tuple[float, float, str]:
+    """(TFLOP/s, TB/s, where they come from) of the roofline for the device named `device_name`."""
+    for name, tflops, tbps in CARD_PEAKS:
+        if device_name and name in device_name:
+            return tflops, tbps, f"{name} datasheet"
+    why = f"{device_name} is not in settings.CARD_PEAKS" if device_name else "no GPU here"
+    return PEAK_TFLOPS, PEAK_TBPS, f"H100 SXM datasheet: {why}"
+
+
+def resolve_peaks(args, device_name: Optional[str]) -> str:
+    """Fill `args.peak_tflops` / `args.peak_tbps` left None from the card's datasheet; returns where
+    the peaks come from, for the report."""
+    tflops, tbps, source = card_peaks(device_name)
+    if args.peak_tflops is not None or args.peak_tbps is not None:
+        source = "given" if None not in (args.peak_tflops, args.peak_tbps) else f"given, the rest from the {source}"
+    args.peak_tflops = tflops if args.peak_tflops is None else args.peak_tflops
+    args.peak_tbps = tbps if args.peak_tbps is None else args.peak_tbps
+    return source
 
 
 def _mode(mode: str) -> str:
