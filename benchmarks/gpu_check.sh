@@ -23,7 +23,7 @@
 #  10. isolate   python benchmarks/isolate_triton.py: each triton configuration in a process of its
 #                own against the torch tier (a kernel fault stays one row; errors by tensor)
 #  11. sanitizer compute-sanitizer memcheck, then racecheck, over the CUDA-kernel GPU tests (-k cuda)
-#  12. compile   python -m nested_kernels compile-report --arch 90 --out ...
+#  12. compile-report python -m nested_kernels compile-report --arch 90 --out ...
 #  13. pytest    python -m pytest -m "gpu and not bigmem" -q (xdist), then
 #      pytest-gpu-bigmem: the bigmem tests (most of the card's memory each) alone
 # The benchmark runs before pytest: `pytest -m gpu` is the long, open-ended step (a few hundred
@@ -45,9 +45,9 @@
 #   BENCH_VARIANTS        the bench's --variants, which replace its default nodgd,dgd (both with
 #                         momentum): e.g. nodgd,dgd,dgd-nomom for a row that carries no more state
 #                         than fla's gated delta rule
-#   STEPS                 the steps to run, by name (default: all of build info check bench bench-cms
-#                         bench-mlp decode hope-layer profile isolate sanitizer compile-report pytest-gpu
-#                         pytest-gpu-bigmem); the device tool gives
+#   STEPS                 the steps to run, by name (default: all of build info check bench bench-16bit
+#                         bench-cms bench-mlp decode hope-layer profile config-sweep isolate sanitizer
+#                         compile-report pytest-gpu pytest-gpu-bigmem); the device tool gives
 #                         10 minutes a call, so a session can split them over calls, e.g.
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile";
 #                         with 15 minutes of device time in all (machine start included), one call:

@@ -93,7 +93,8 @@ def linear_memory(
 
     Returns:
         o (torch.Tensor): `[B, T, H, V]` in the dtype of `v`.
-        final_state (LinearMemoryState): fp32 `[N, H, K, V]` tensors if `output_final_state`, else `None`.
+        final_state (LinearMemoryState): `[N, H, K, V]` tensors, fp32 (fp64 for fp64 inputs), if
+            `output_final_state`, else `None`.
 
     A NaN or inf in the inputs of token t stays in the outputs it reaches (t's own, and later ones
     through the memory) and never reaches another sequence. In the torch and triton tiers it can

@@ -72,11 +72,15 @@ def linear_memory_step(q, k, v, lr, retention, momentum, state: LinearMemoryDeco
         o (torch.Tensor): `[N, T, H, V]` in the dtype of `v`, read after each token's write.
 
     Examples::
+        >>> N, T, H, K, V = 2, 128, 4, 64, 64
+        >>> q, k, v = torch.randn(N, T, H, K), F.normalize(torch.randn(N, T, H, K), dim=-1), torch.randn(N, T, H, V)
+        >>> lr, retention, mom = 0.1 * torch.ones(N, T, H), 0.99 * torch.ones(N, T, H), 0.9 * torch.ones(N, T, H)
         >>> state = LinearMemoryDecodeState.zeros(N, H, K, V, chunk_size=64, momentum=True)
         >>> for t in range(T):
         ...     o_t = linear_memory_step(q[:, t:t+1], k[:, t:t+1], v[:, t:t+1], lr[:, t:t+1],
         ...                              retention[:, t:t+1], mom[:, t:t+1], state)
-        >>> final = state.to_state()  # at a chunk boundary: a LinearMemoryState
+        >>> if state.at_chunk_boundary():  # T = 128 is: a LinearMemoryState
+        ...     final = state.to_state()
     """
     _check(q, k, v, lr, retention, momentum, state, dgd, scale)
     scale = float(scale)                                                      # a NumPy scalar too
