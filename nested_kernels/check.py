@@ -12,7 +12,6 @@ from .mlp_memory import BACKENDS as MLP_BACKENDS, MLPMemoryState, mlp_memory
 from .mlp_memory.decode import STEP_BACKENDS as MLP_STEP_BACKENDS, MLPMemoryDecodeState, mlp_memory_step
 
 TOLERANCE = 1e-4    # max |out − ref| / max |ref| per tensor, backend in fp32 vs reference in fp64
-STEP_STATE = dict(state_dtype=torch.float32, state_contiguous=True)   # the decode states the step cases build
 
 
 class Case(NamedTuple):
@@ -69,8 +68,7 @@ def _linear_step_case():
         o = _decode_in_steps(linear_memory_step, (q, k, v, lr, ret, mom), state, backend=backend, **options)
         return o, LinearMemoryState(state.memory, state.momentum)
 
-    return Case("linear_memory_step", "mom+dgd", STEP_BACKENDS, make, call,
-                dict(K=K, V=V, chunk_size=C, **STEP_STATE))
+    return Case("linear_memory_step", "mom+dgd", STEP_BACKENDS, make, call, dict(K=K, V=V, chunk_size=C))
 
 
 def _mlp_step_case():
@@ -93,7 +91,7 @@ def _mlp_step_case():
         return o, MLPMemoryState(decode_state.w1, decode_state.w2, decode_state.s1, decode_state.s2)
 
     return Case("mlp_memory_step", "mom+dgd+self_target", MLP_STEP_BACKENDS, make, call,
-                dict(K=D, V=D, chunk_size=C, **STEP_STATE))
+                dict(K=D, V=D, chunk_size=C))
 
 
 def _decode_in_steps(step, inputs, state, **options):

@@ -26,10 +26,11 @@ def compiled_step_reasons(op_name: str) -> Tuple[Reason, Reason]:
             return f"it runs on {device_type} tensors, the inputs are on {call['device']}"
         if call["requires_grad"]:
             return "it is forward-only (decoding); use backend='torch' for training"
+        # a call without the state's facts (a capability query) means the state the constructors build
         state_dtype = torch.float64 if call["dtype"] == torch.float64 else torch.float32
-        if call["state_dtype"] != state_dtype:
+        if call.get("state_dtype", state_dtype) != state_dtype:
             return f"it keeps a {state_dtype} state for {call['dtype']} inputs, got a {call['state_dtype']} state"
-        if not call["state_contiguous"]:
+        if not call.get("state_contiguous", True):
             return "it updates the state in place and needs contiguous state tensors"
         return None
 
