@@ -1,19 +1,21 @@
 """Why a compiled decode step (`torch.ops.nested_kernels.*_step`, forward only, state updated in
 place) cannot run a call: the `cpp` and `cuda` backends of every `*_step` op judge alike."""
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
 from .._extension import build_info, has_cpp_op
+from .validation import decode_state_tensors
 
 Reason = Callable[[dict], Optional[str]]
 
 
-def decode_state_facts(state_tensors: Sequence[Optional[torch.Tensor]]) -> dict:
-    """What the compiled steps decide on about a decode state's tensors (None: absent): their dtype
-    ("state_dtype") and whether all are contiguous ("state_contiguous"), as they update them in place."""
-    present = [t for t in state_tensors if t is not None]
-    return {"state_dtype": present[0].dtype, "state_contiguous": all(t.is_contiguous() for t in present)}
+def decode_state_facts(state) -> dict:
+    """What the compiled steps decide on about a decode state: the dtype of its first field, the
+    running weights ("state_dtype"), and whether its tensors are all contiguous ("state_contiguous"),
+    as they update them in place."""
+    tensors = [t for _, t in decode_state_tensors(state)]
+    return {"state_dtype": state[0].dtype, "state_contiguous": all(t.is_contiguous() for t in tensors)}
 
 
 def compiled_step_reasons(op_name: str) -> Tuple[Reason, Reason]:

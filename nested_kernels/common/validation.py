@@ -1,7 +1,7 @@
 """Argument checks shared by every public op: each error names the argument, what was
 expected and what was given (TypeError for types and dtypes, ValueError for the rest)."""
 import numbers
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -77,11 +77,10 @@ def check_chunk_size(chunk_size, name: str = "chunk_size") -> int:
     return chunk_size
 
 
-def check_scale(scale) -> float:
-    """The read's factor: a real number (Python or NumPy), returned as a Python float."""
+def check_scale(scale) -> None:
+    """The read's factor: a real number, Python's or NumPy's (the ops read it as `float(scale)`)."""
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):               # numpy.bool is not Real
         raise TypeError(f"scale: expected a float, got {type_name(scale)}")
-    return float(scale)
 
 
 def check_choice(name: str, value, choices: Sequence) -> None:
@@ -172,10 +171,17 @@ def _may_overlap_itself(t: torch.Tensor) -> bool:
     return False
 
 
-def check_state_memory(fields: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> None:
-    """The tensors of a decode state (name, tensor or None), which a step updates in place: no element
-    stored twice within one, no memory shared by two (e.g. a state built with chunk_memory = memory)."""
-    present = [(name, t) for name, t in fields if t is not None and t.numel() > 0 and t.device.type != "meta"]
+def decode_state_tensors(state) -> List[Tuple[str, torch.Tensor]]:
+    """(field, tensor) of every tensor field of a decode state (a NamedTuple; absent ones are None),
+    in field order: what a step updates in place."""
+    return [(name, t) for name, t in zip(state._fields, state) if isinstance(t, torch.Tensor)]
+
+
+def check_state_memory(state) -> None:
+    """The tensors of a decode state, which a step updates in place: no element stored twice within
+    one, no memory shared by two (e.g. a state built with chunk_memory = memory)."""
+    present = [(f"state.{name}", t) for name, t in decode_state_tensors(state)
+               if t.numel() > 0 and t.device.type != "meta"]
     for name, t in present:
         if _may_overlap_itself(t):
             raise ValueError(f"{name}: expected a tensor whose elements do not share memory (it is updated in "

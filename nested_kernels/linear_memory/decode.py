@@ -42,8 +42,7 @@ def _check(q, k, v, lr, retention, momentum, state, dgd, scale):
             f"{'None' if state.momentum is None else 'a tensor'} (build the state with momentum=...)"
         )
     check_decode_position(state, B, q.device)
-    check_state_memory([(f"state.{name}", getattr(state, name)) for name in ("memory", "chunk_memory", "momentum",
-                                                                             "position")])
+    check_state_memory(state)
 
 
 def linear_memory_step(q, k, v, lr, retention, momentum, state: LinearMemoryDecodeState, *,
@@ -88,7 +87,7 @@ def linear_memory_step(q, k, v, lr, retention, momentum, state: LinearMemoryDeco
         "device": q.device, "dtype": q.dtype, "K": q.shape[-1], "V": v.shape[-1], "chunk_size": state.chunk_size,
         "requires_grad": needs_grad(q, k, v, lr, retention, momentum, state.memory, state.chunk_memory,
                                     state.momentum),
-        **decode_state_facts((state.memory, state.chunk_memory, state.momentum, state.position)),
+        **decode_state_facts(state),
     }
     impl = STEP_BACKENDS.resolve(backend, call)
     return impl(q, k, v, lr, retention, momentum, state, dgd=dgd, scale=scale)

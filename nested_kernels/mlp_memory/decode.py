@@ -44,8 +44,7 @@ def _check(q, k, v, lr, retention, momentum, state, activation, residual, dgd, s
         if t.dtype != w1.dtype:
             raise TypeError(f"state.{name}: expected the dtype of state.w1 ({w1.dtype}), got {t.dtype}")
     check_decode_position(state, B, q.device)
-    check_state_memory([(f"state.{name}", getattr(state, name))
-                        for name in ("w1", "w2", "chunk_w1", "chunk_w2", "s1", "s2", "position")])
+    check_state_memory(state)
 
 
 def mlp_memory_step(q, k, v, lr, retention, momentum, state: MLPMemoryDecodeState, *, activation: str = "silu",
@@ -90,7 +89,7 @@ def mlp_memory_step(q, k, v, lr, retention, momentum, state: MLPMemoryDecodeStat
     call = {
         "device": q.device, "dtype": q.dtype, "chunk_size": state.chunk_size,
         "requires_grad": needs_grad(q, k, v, lr, retention, momentum, *state[:4], state.s1, state.s2),
-        **decode_state_facts((*state[:4], state.s1, state.s2, state.position)),
+        **decode_state_facts(state),
     }
     impl = STEP_BACKENDS.resolve(backend, call)
     return impl(q, k, v, lr, retention, momentum, state, activation=activation, residual=residual, dgd=dgd,
