@@ -109,7 +109,7 @@ def main():
     p.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {DTYPES} (default: all)")
     args = p.parse_args()
     dtypes = tuple(args.dtypes.split(","))
-    if not dtypes or any(dt not in DTYPES for dt in dtypes):
+    if any(dt not in DTYPES for dt in dtypes):                               # "" splits to [""]
         p.error(f"--dtypes: expected a comma-separated list of {DTYPES}, got {args.dtypes!r}")
     import torch
 
