@@ -50,12 +50,12 @@ def mlp_memory_reference(
         o = torch.cat(outputs, 0)[None]
     final_state = None
     if output_final_state:
-        w1s, w2s, s1s, s2s = zip(*finals) if finals else ([], [], [], [])
-        empty = [initial_state.w1.new_zeros(0, *initial_state.w1.shape[1:], dtype=dtype),
-                 initial_state.w2.new_zeros(0, *initial_state.w2.shape[1:], dtype=dtype)]
+        def stack(field: int, like: torch.Tensor) -> torch.Tensor:             # fields (w1, w2, s1, s2)
+            return stack_sequences([w[field] for w in finals], like.new_zeros(0, *like.shape[1:], dtype=dtype))
+
+        init = initial_state
         final_state = MLPMemoryState(
-            stack_sequences(list(w1s), empty[0]), stack_sequences(list(w2s), empty[1]),
-            None if mu is None else stack_sequences(list(s1s), empty[0]),
-            None if mu is None else stack_sequences(list(s2s), empty[1]),
+            stack(0, init.w1), stack(1, init.w2),
+            None if mu is None else stack(2, init.w1), None if mu is None else stack(3, init.w2),
         )
     return o.to(out_dtype), final_state
