@@ -7,7 +7,8 @@ then the tiles below the diagonal by block forward substitution, two to four til
     X_ij = −X_ii Σ_{m=j}^{i−1} L_im X_mj   (i > j),
 where L_im = (K_i K_mᵀ) ⊙ E_prev[i, m] is formed per tile (exact fp32 products). The row-by-row
 substitution over the whole C × C matrix it replaces took 1.84 ms of the 2.79 ms DGD forward at
-B8 T2048 H16 D64, chunk 64, on an H200 (benchmarks/results/h200-2026-11-26.md). Replaces a batched
+B8 T2048 H16 D64, chunk 64, on an H200 (benchmarks/results/h200-2026-11-26.md); this blocked form
+took 1.43 ms of 2.06 there on an H100 (h100-2026-11-27.md). Replaces a batched
 K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},

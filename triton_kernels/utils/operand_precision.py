@@ -12,6 +12,8 @@ mlp_memory's): the places where Triton's 16-bit matrix products are known to be 
   Hopper wgmma kernels with several products, reported against Triton 3.6+ and still in 3.7.1
   (triton-lang/triton#10573, #11366), may be what the H100 run hit; a GPU session with Triton
   ≥ 3.7.1 should run `benchmarks/isolate_triton.py`'s bf16 rows before trusting the cut-off.
+  An H200 passed every 16-bit row it ran (h200-2026-11-26.md); an H100 again failed 4 of 49
+  (three illegal accesses, one wrong dh0 without a fault: h100-2026-11-27.md).
 
 `NESTED_KERNELS_TRITON_16BIT_DOTS=1` keeps 16-bit operands anyway (to investigate).
 
