@@ -50,6 +50,12 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
     start = time.perf_counter()
     over_budget = lambda: args.budget_s is not None and time.perf_counter() - start > args.budget_s
 
+    def time_row(row: Row, make: Callable[[], Tuple[Fn, List[torch.Tensor]]], max_call_s: float) -> None:
+        """Time one row and rewrite the files: a run stopped mid-shape (a peer's autotuning can take
+        a minute) keeps the rows it timed."""
+        _time_row(row, make, args, max_call_s=max_call_s)
+        write()
+
     for shape in shapes:
         def log(msg):
             print(f"[{time.perf_counter() - start:7.1f} s] {shape.name} {msg}", file=sys.stderr, flush=True)
@@ -91,7 +97,7 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
                     log(f"{MODE_LABEL[mode]} {variant.name} {backend}")
                     max_call_s = args.torch_max_call_s if backend == "torch" else 60.0
                     call = lambda: linear_memory_callable(x, backend, variant.dgd, mode, variant.momentum)
-                    _time_row(row, call, args, max_call_s=max_call_s)
+                    time_row(row, call, max_call_s)
 
             row = _new_row(shape, "-", mode, "fla", "cuda")
             run.rows.append(row)
@@ -101,7 +107,7 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
                 row.status = not_run()
             else:
                 log(f"{MODE_LABEL[mode]} fla")
-                _time_row(row, lambda: fla_callable(fla_fn, x, mode), args, max_call_s=60.0)
+                time_row(row, lambda: fla_callable(fla_fn, x, mode), 60.0)
                 if row.timed:
                     row.note = "chunk_gated_delta_rule (no momentum, decay before the error)"
                     if fla_guard_lifted and _mode(mode) != "fwd":
@@ -119,7 +125,7 @@ def run_gpu(run: Run, shapes: Sequence[BenchShape], modes: Sequence[str], args, 
                     fn, leaves, name = sdpa_callable(x, mode)
                     label.append(name)
                     return fn, leaves
-                _time_row(row, make_sdpa, args, max_call_s=60.0)
+                time_row(row, make_sdpa, 60.0)
                 row.note = f"causal, {label[0] if label else 'flash'} backend"
         x = None
         _release()
