@@ -1,14 +1,16 @@
 """The DGD system of each chunk (nested_kernels/common/chunk_state.py `dgd_inverse`, SPEC §2):
 (I + L)^{-1} with L_tj = (k_t·k_j) E_{t−1, j} strictly lower, one program per (chunk, head),
 blocked in 16 × 16 tiles (NB = C / 16 tile rows; X = (I + L)^{-1}, also block lower triangular):
-each diagonal tile by forward substitution row by row in registers,
+the diagonal tiles by forward substitution in registers, row r of every tile in one step,
     X_ii = (I + L_ii)^{-1}:  X_ii[r, :] = e_r − Σ_{s<r} L_ii[r, s] X_ii[s, :],
 then the tiles below the diagonal by block forward substitution, two to four tile products each,
     X_ij = −X_ii Σ_{m=j}^{i−1} L_im X_mj   (i > j),
 where L_im = (K_i K_mᵀ) ⊙ E_prev[i, m] is formed per tile (exact fp32 products). The row-by-row
 substitution over the whole C × C matrix it replaces took 1.84 ms of the 2.79 ms DGD forward at
-B8 T2048 H16 D64, chunk 64, on an H200 (benchmarks/results/h200-2026-11-26.md); this blocked form
-took 1.43 ms of 2.06 there on an H100 (h100-2026-11-27.md). Replaces a batched
+B8 T2048 H16 D64, chunk 64, on an H200 (benchmarks/results/h200-2026-11-26.md); the blocked form
+with the diagonal tiles one after the other took 1.43 ms of 2.06 there on an H100
+(h100-2026-11-27.md), a chain of 60 rows with two cross-warp reductions each (321 barriers in its
+sm_90 code under Triton 3.6). All tiles per row: 15 rows, 91 barriers; not timed yet. Replaces a batched
 K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
@@ -45,27 +47,48 @@ def _kk_block(k, o_rows, o_cols, i_h, H: tl.constexpr, K: tl.constexpr, R: tl.co
 @triton.jit
 def _l_tile(k, dgd_write, i_c, i_h, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, H: tl.constexpr,
             K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
-    """L_ij: tile (TI, TJ) of L = (K Kᵀ) ⊙ E_prev, strictly lower on the diagonal."""
+    """L_ij: tile (TI, TJ) of L = (K Kᵀ) ⊙ E_prev below the diagonal (TI > TJ)."""
     o = tl.arange(0, TILE)
     rows, cols = o + TI * TILE, o + TJ * TILE
     kk = _kk_block(k, i_c * C + rows, i_c * C + cols, i_h, H, K, TILE, TILE, BK)
-    tile = kk * tl.load(dgd_write + (o_chunk * (C + 1) + rows[:, None]) * C + cols[None, :])   # E rows 0..C−1
-    if TI == TJ:
-        tile = tl.where(o[:, None] > o[None, :], tile, 0.0)
-    return tile
+    return kk * tl.load(dgd_write + (o_chunk * (C + 1) + rows[:, None]) * C + cols[None, :])   # E rows 0..C−1
 
 
 @triton.jit
-def _unit_lower_inverse(lower):
-    """(I + lower)^{-1} of a strictly lower TILE × TILE tile, by forward substitution."""
-    o = tl.arange(0, TILE)
-    rows, cols = o[:, None], o[None, :]
-    x = tl.where(rows == cols, 1.0, 0.0)
+def _diagonal_inverses(k, dgd_write, i_c, i_h, o_chunk, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
+                       BK: tl.constexpr):
+    """X_ii = (I + L_ii)^{-1} of every diagonal tile at once, `[NB, TILE, TILE]` (tile, row, column),
+    by forward substitution, one row of all NB tiles per step:
+        X_ii[r, :] = e_r − Σ_s L_ii[r, s] X_ii[s, :].
+    L_ii is held transposed, lt[i, s, r] = L_ii[r, s], so that row r of every L_ii is a reduction
+    over the last axis (within a warp) in the layout the sum over s needs: one cross-warp reduction
+    per row for all tiles, where the tiles one by one took two per row per tile."""
+    NB: tl.constexpr = C // TILE
+    o_b, o = tl.arange(0, NB), tl.arange(0, TILE)
+    tiles, rows, cols = o_b[:, None, None], o[None, :, None], o[None, None, :]
+    tok_s = i_c * C + tiles * TILE + rows                                   # [NB, TILE, 1]: the token of s
+    tok_r = i_c * C + tiles * TILE + cols                                   # [NB, 1, TILE]: the token of r
+    kk = tl.zeros([NB, TILE, TILE], dtype=tl.float32)                       # k_s·k_r, symmetric
+    for k0 in range(0, K, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + (tok_s * H + i_h) * K + o_k[None, None, :], mask=m_k[None, None, :], other=0.0)
+        b_kt = tl.load(k + (tok_r * H + i_h) * K + o_k[None, :, None], mask=m_k[None, :, None], other=0.0)
+        kk = tl.dot(b_k.to(tl.float32), b_kt.to(tl.float32), kk, input_precision="ieee")
+    e_t = tl.load(dgd_write + (o_chunk * (C + 1) + tiles * TILE + cols) * C + tiles * TILE + rows)   # E[r, s]
+    lt = tl.where(cols > rows, kk * e_t, 0.0)                               # lt[i, s, r] = L_ii[r, s], r > s
+    x = tl.where(rows == cols, 1.0, 0.0) + tl.zeros([NB, TILE, TILE], dtype=tl.float32)
     for r in range(1, TILE):
-        l_row = tl.sum(tl.where(rows == r, lower, 0.0), axis=0)                # lower[r, :]
-        row = tl.where(o == r, 1.0, 0.0) - tl.sum(l_row[:, None] * x, axis=0)
-        x = tl.where(rows == r, row[None, :], x)
+        l_row = tl.sum(tl.where(cols == r, lt, 0.0), axis=2)                # [NB, TILE]: L_ii[r, s]
+        row = tl.where(o[None, :] == r, 1.0, 0.0) - tl.sum(l_row[:, :, None] * x, axis=1)
+        x = tl.where(rows == r, row[:, None, :], x)
     return x
+
+
+@triton.jit
+def _tile_of(x, i: tl.constexpr):
+    """Tile i of `[NB, TILE, TILE]` tiles."""
+    return tl.sum(tl.where(tl.arange(0, x.shape[0])[:, None, None] == i, x, 0.0), axis=0)
 
 
 @triton.jit
@@ -88,23 +111,24 @@ def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, 
     for ti in tl.static_range(C // TILE):                    # above the diagonal: 0
         for tj in tl.static_range(ti + 1, C // TILE):
             _store_tile(inv, o_chunk, ti, tj, C, tl.zeros([TILE, TILE], dtype=tl.float32))
-    x00 = _unit_lower_inverse(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 0, 0, H, K, C, BK))
+    x_diag = _diagonal_inverses(k, dgd_write, i_c, i_h, o_chunk, H, K, C, BK)
+    x00 = _tile_of(x_diag, 0)
     _store_tile(inv, o_chunk, 0, 0, C, x00)
     if C >= 2 * TILE:
-        x11 = _unit_lower_inverse(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 1, 1, H, K, C, BK))
+        x11 = _tile_of(x_diag, 1)
         l10 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 1, 0, H, K, C, BK)
         _store_tile(inv, o_chunk, 1, 1, C, x11)
         x10 = -_dot(x11, _dot(l10, x00))
         _store_tile(inv, o_chunk, 1, 0, C, x10)
     if C == 4 * TILE:                                        # each tile stored once final: short live ranges
-        x22 = _unit_lower_inverse(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 2, 2, H, K, C, BK))
+        x22 = _tile_of(x_diag, 2)
         _store_tile(inv, o_chunk, 2, 2, C, x22)
         l21 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 2, 1, H, K, C, BK)
         x21 = -_dot(x22, _dot(l21, x11))
         _store_tile(inv, o_chunk, 2, 1, C, x21)
         x20 = -_dot(x22, _dot(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 2, 0, H, K, C, BK), x00) + _dot(l21, x10))
         _store_tile(inv, o_chunk, 2, 0, C, x20)
-        x33 = _unit_lower_inverse(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 3, H, K, C, BK))
+        x33 = _tile_of(x_diag, 3)
         _store_tile(inv, o_chunk, 3, 3, C, x33)
         l32 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 2, H, K, C, BK)
         _store_tile(inv, o_chunk, 3, 2, C, -_dot(x33, _dot(l32, x22)))
@@ -151,8 +175,10 @@ def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H: tl.
 def launch_params(part: str, C: int) -> dict:
     """BK (the blocks of K in K Kᵀ) and num_warps of the forward ("fwd": 16 × 16 tiles) and the
     backward ("bwd": C × C blocks; exact fp32 K Kᵀ products are FMA loops, short operands). The
-    forward at C = 64 spilled with 4 warps under Triton 3.6 (sm_90), and with BK = 64 at K = 64."""
-    return dict(BK=32 if part == "fwd" else 16, num_warps={16: 4, 32: 4, 64: 8}[C])
+    forward at C = 64 needs 8 warps: with 4 it held 167–184 registers (Triton 3.6, sm_90), and
+    BK = 32 held 136–142 at 8 warps, BK = 16 128–132 (bf16 keys): at most 128 lets two programs
+    share an SM."""
+    return dict(BK=16, num_warps={16: 4, 32: 4, 64: 8}[C])
 
 
 def dgd_inverse_fwd(k, dgd_write):
