@@ -1,30 +1,29 @@
 """`chunk_gates` (chunk_gates.py) computed by the Triton kernels of
 `triton_kernels/common/chunk_gates.py`, one program per chunk, as a torch.library custom op with a
 fake kernel and a hand-written backward kernel (no PyTorch autograd through cumulative products)
-for chunks of 16, 32 and 64 tokens. `chunk_gates_vjp` is that backward as a function, for
-kernels' backwards that run inside custom ops."""
+for chunks of 16, 32 and 64 tokens, called directly in plain eager mode (`eager_ops.py`).
+`chunk_gates_vjp` is that backward as a function, for kernels' backwards that run inside custom ops."""
 from typing import Callable, List, Optional, Tuple
 
 import torch
 
 from .chunk_gates import ChunkGates, chunk_gates
+from .eager_ops import eager_op
 
 
 def _flat(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if x is None else x.reshape(-1, x.shape[-1]).float().contiguous()
 
 
-@torch.library.custom_op("nested_kernels::chunk_gates_triton_fwd", mutates_args=())
-def _fwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], dgd_write: bool,
-         mom_write_last_row: bool) -> List[torch.Tensor]:
+def _fwd_impl(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], dgd_write: bool,
+              mom_write_last_row: bool) -> List[torch.Tensor]:
     from ..triton_kernels.common.chunk_gates import chunk_gates_fwd
 
     gates = chunk_gates_fwd(lr, retention, momentum, dgd_write, mom_write_last_row)
     return [lr.new_empty(0) if x is None else x for x in gates]
 
 
-@_fwd.register_fake
-def _(lr, retention, momentum, dgd_write, mom_write_last_row):
+def _fwd_fake(lr, retention, momentum, dgd_write, mom_write_last_row):
     n, C = lr.shape
     vec, mat = lr.new_empty(n, C + 1), lr.new_empty(n, C + 1, C)
     if momentum is None:
@@ -33,10 +32,9 @@ def _(lr, retention, momentum, dgd_write, mom_write_last_row):
             lr.new_empty(n, C) if mom_write_last_row else torch.empty_like(mat), mat if dgd_write else lr.new_empty(0)]
 
 
-@torch.library.custom_op("nested_kernels::chunk_gates_triton_bwd", mutates_args=())
-def _bwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], d_decay: torch.Tensor,
-         d_carry: torch.Tensor, d_write: torch.Tensor, d_mom_decay: torch.Tensor, d_mom_write: torch.Tensor,
-         d_dgd_write: Optional[torch.Tensor]) -> List[torch.Tensor]:
+def _bwd_impl(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], d_decay: torch.Tensor,
+              d_carry: torch.Tensor, d_write: torch.Tensor, d_mom_decay: torch.Tensor, d_mom_write: torch.Tensor,
+              d_dgd_write: Optional[torch.Tensor]) -> List[torch.Tensor]:
     from ..triton_kernels.common.chunk_gates import chunk_gates_bwd
 
     d_lr, d_ret, d_mom = chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay,
@@ -44,8 +42,7 @@ def _bwd(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Ten
     return [d_lr, d_ret, lr.new_empty(0) if d_mom is None else d_mom]
 
 
-@_bwd.register_fake
-def _(lr, retention, momentum, *grads):
+def _bwd_fake(lr, retention, momentum, *grads):
     return [torch.empty_like(lr), torch.empty_like(retention),
             lr.new_empty(0) if momentum is None else torch.empty_like(momentum)]
 
@@ -84,7 +81,9 @@ def _backward(ctx, grads):
     return (*chunk_gates_vjp(lr, retention, momentum if ctx.use_momentum else None, grads), None, None)
 
 
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+_bwd, _ = eager_op("nested_kernels::chunk_gates_triton_bwd", _bwd_impl, fake=_bwd_fake)
+_fwd, _ = eager_op("nested_kernels::chunk_gates_triton_fwd", _fwd_impl, fake=_fwd_fake,
+                   setup_context=_setup_context, backward=_backward)
 
 
 def triton_chunk_gates(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor],

@@ -11,6 +11,7 @@ import torch
 from ..common.chunk_gates import padded_chunk_gates
 from ..common.chunk_gates_triton import triton_chunk_gates
 from ..common.dgd_inverse_triton import dgd_inverse_triton
+from ..common.eager_ops import eager_op
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
 from ..common.kept_states import keeping_chunk_states
@@ -41,15 +42,15 @@ def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 # The kernels as torch.library custom ops (opaque to torch.compile, with fake kernels), and the
-# hand-written backward as their autograd formula. Inputs are in the flat chunk layout; the gate
-# matrices and the DGD inverse are inputs too, so autograd carries their gradients on to lr,
-# retention, momentum and k through the torch gate algebra. Absent optional results are empty.
+# hand-written backward as their autograd formula; plain eager calls skip the dispatch
+# (common/eager_ops.py). Inputs are in the flat chunk layout; the gate matrices and the DGD
+# inverse are inputs too, so autograd carries their gradients on to lr, retention, momentum and k
+# through the torch gate algebra. Absent optional results are empty.
 # With `keep_states` the forward also returns the chunk-start states and the residuals (h, s, res,
 # pseudo: non-differentiable, saved for the backward, which then does not recompute them).
 
 
-@torch.library.custom_op("nested_kernels::linear_memory_triton_fwd", mutates_args=())
-def _triton_fwd(
+def _fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor],
     write: torch.Tensor, dgd_write: Optional[torch.Tensor], mom_decay_last: Optional[torch.Tensor],
     mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
@@ -70,9 +71,8 @@ def _triton_fwd(
     return (o, ht, _empty_if_none(st, ht), *kept)
 
 
-@_triton_fwd.register_fake
-def _(q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, chunk_offsets,
-      last_rows, scale, dgd, out_dtype, keep_states):
+def _fwd_fake(q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
+              chunk_offsets, last_rows, scale, dgd, out_dtype, keep_states):
     (Tp, H, K), V, NC = k.shape, v.shape[2], decay.shape[1]
     ht = k.new_empty(chunk_offsets.shape[0] - 1, H, K, V, dtype=torch.float32)
     st = ht.new_empty(ht.shape if carry is not None else (0,))
@@ -83,8 +83,7 @@ def _(q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, d
     return (v.new_empty(v.shape, dtype=out_dtype), ht, st, *states)
 
 
-@torch.library.custom_op("nested_kernels::linear_memory_triton_bwd", mutates_args=())
-def _triton_bwd(
+def _bwd_impl(
     do: torch.Tensor, dht: Optional[torch.Tensor], dst: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor,
     v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor], write: torch.Tensor,
     dgd_write: Optional[torch.Tensor],
@@ -109,8 +108,7 @@ def _triton_bwd(
     return [_empty_if_none(g, dq) for g in grads]
 
 
-@_triton_bwd.register_fake
-def _(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
+def _bwd_fake(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
       chunk_offsets, last_rows, scale, dgd, h, s, res, pseudo):
     N, H, K, V = chunk_offsets.shape[0] - 1, k.shape[1], k.shape[2], v.shape[2]
     like = [q, k, v, decay, carry, write, dgd_write if dgd else None, mom_decay_last, mom_write_last, dgd_inv]
@@ -147,7 +145,9 @@ def _backward(ctx, do, dht, dst, *_kept):
     return (*grads, None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None, None)
 
 
-_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+_triton_bwd, _ = eager_op("nested_kernels::linear_memory_triton_bwd", _bwd_impl, fake=_bwd_fake)
+_triton_fwd, _ = eager_op("nested_kernels::linear_memory_triton_fwd", _fwd_impl, fake=_fwd_fake,
+                          setup_context=_setup_context, backward=_backward)
 
 
 def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, initial_state, cu_seqlens):
