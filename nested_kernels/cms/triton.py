@@ -1,6 +1,7 @@
 """The `triton` backend of `cms_level` (SPEC §4): the chunk kernels of `triton_kernels/cms/`,
 launched chunk by chunk, with the hand-written backward of `chunk_bwd.py` as the autograd
-formula of a `torch.library` custom op. On a CPU the kernels run in Triton's interpreter.
+formula of a `torch.library` custom op (called directly in plain eager mode: `common/eager_ops.py`).
+On a CPU the kernels run in Triton's interpreter.
 
 16-bit x, target and grad_y reach the kernels as they are: every load is converted to fp32 in
 registers before any product (fp32 dots for fp32 inputs, tf32 on the matrix units otherwise),
@@ -12,6 +13,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ..common.eager_ops import eager_op
 from ..common.triton_backend import triton_call_reason
 from .state import CMSState
 
@@ -33,8 +35,7 @@ def _fake_states(x, w1, n: int):
     return x.new_empty(n, B, D, Dh, dtype=torch.float32), x.new_empty(n, B, Dh, D, dtype=torch.float32)
 
 
-@torch.library.custom_op("nested_kernels::cms_level_triton_fwd", mutates_args=())
-def _triton_fwd(
+def _fwd_impl(
     x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, lr: torch.Tensor, retention: torch.Tensor,
     signal: torch.Tensor, period: int, is_grad_y: bool, activation: str, store_states: bool,
     output_final_state: bool, checkpoint_every: int,
@@ -51,9 +52,8 @@ def _triton_fwd(
     return y, w1s, w2s, x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
 
 
-@_triton_fwd.register_fake
-def _(x, w1, w2, lr, retention, signal, period, is_grad_y, activation, store_states, output_final_state,
-      checkpoint_every):
+def _fwd_fake(x, w1, w2, lr, retention, signal, period, is_grad_y, activation, store_states, output_final_state,
+              checkpoint_every):
     from ..triton_kernels.cms.chunk_fwd import num_states
 
     B, T, D = x.shape
@@ -67,8 +67,7 @@ def _(x, w1, w2, lr, retention, signal, period, is_grad_y, activation, store_sta
     return torch.empty_like(x), w1s, w2s, empty(), empty()
 
 
-@torch.library.custom_op("nested_kernels::cms_level_triton_bwd", mutates_args=())
-def _triton_bwd(
+def _bwd_impl(
     dy: torch.Tensor, dw1: Optional[torch.Tensor], dw2: Optional[torch.Tensor], x: torch.Tensor, w1: torch.Tensor,
     w2: torch.Tensor, lr: torch.Tensor, retention: torch.Tensor, signal: torch.Tensor, w1s: torch.Tensor,
     w2s: torch.Tensor, z: torch.Tensor, e: torch.Tensor, period: int, is_grad_y: bool, activation: str,
@@ -85,9 +84,8 @@ def _triton_bwd(
     return [dx, g1, g2, dlr, dret, dsignal]
 
 
-@_triton_bwd.register_fake
-def _(dy, dw1, dw2, x, w1, w2, lr, retention, signal, w1s, w2s, z, e, period, is_grad_y, activation,
-      checkpoint_every):
+def _bwd_fake(dy, dw1, dw2, x, w1, w2, lr, retention, signal, w1s, w2s, z, e, period, is_grad_y, activation,
+              checkpoint_every):
     return [torch.empty_like(x), torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(lr),
             torch.empty_like(retention), torch.empty_like(signal)]
 
@@ -112,7 +110,9 @@ def _backward(ctx, dy, dw1s, dw2s, dz, de):
     return (*grads, None, None, None, None, None, None)
 
 
-_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+_triton_bwd, _ = eager_op("nested_kernels::cms_level_triton_bwd", _bwd_impl, fake=_bwd_fake)
+_triton_fwd, _ = eager_op("nested_kernels::cms_level_triton_fwd", _fwd_impl, fake=_fwd_fake,
+                          setup_context=_setup_context, backward=_backward)
 
 
 def checkpoint_interval(B: int, T: int, D: int, Dh: int, period: int) -> int:

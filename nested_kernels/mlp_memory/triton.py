@@ -1,6 +1,7 @@
 """The `triton` backend of `mlp_memory`: the forward kernels of `triton_kernels/mlp_memory/` on the
 flat chunk layout, and an exact backward that walks the chunks in reverse, each one by the
-hand-written Triton chunk backward from its stored start state (`chunk_backward.py`).
+hand-written Triton chunk backward from its stored start state (`chunk_backward.py`); both as
+`torch.library` custom ops, called directly in plain eager mode (`common/eager_ops.py`).
 
 The op takes the raw gates (flat, padded with η = 0, α = μ = 1) and builds the gate matrices and
 the DGD inverses inside; its backward returns the gradients of the raw gates directly. It returns
@@ -14,6 +15,7 @@ from ..common.chunk_gates import chunk_gates
 from ..common.chunk_gates_triton import chunk_gates_for
 from ..common.chunk_state import dgd_inverse
 from ..common.dgd_inverse_triton import dgd_inverse_triton
+from ..common.eager_ops import eager_op
 from ..common.flat_chunks import flat_chunks
 from ..common.inputs import as_gate
 from ..common.triton_backend import flat_operands, triton_call_reason
@@ -83,8 +85,7 @@ def _forward(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, la
                           out_dtype=out_dtype)
 
 
-@torch.library.custom_op("nested_kernels::mlp_memory_triton_fwd", mutates_args=())
-def _triton_fwd(
+def _fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, retention: torch.Tensor,
     momentum: Optional[torch.Tensor], w1: torch.Tensor, w2: torch.Tensor, s1: Optional[torch.Tensor],
     s2: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor, activation: str, residual: bool,
@@ -96,9 +97,8 @@ def _triton_fwd(
     return o, h1, h2, h1.new_empty(0) if hs1 is None else hs1, h1.new_empty(0) if hs2 is None else hs2
 
 
-@_triton_fwd.register_fake
-def _(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, last_rows, activation, residual, dgd,
-      self_target, read, chunk_size, out_dtype):
+def _fwd_fake(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, last_rows, activation, residual,
+              dgd, self_target, read, chunk_size, out_dtype):
     H, K, V, DH = k.shape[1], k.shape[2], v.shape[2], w1.shape[-1]
     NS = k.shape[0] // chunk_size + chunk_offsets.shape[0] - 1
     h1 = k.new_empty(NS, H, K, DH, dtype=torch.float32)
@@ -109,8 +109,7 @@ def _(q, k, v, lr, retention, momentum, w1, w2, s1, s2, chunk_offsets, last_rows
             torch.empty_like(h2) if use_momentum else h1.new_empty(0))
 
 
-@torch.library.custom_op("nested_kernels::mlp_memory_triton_bwd", mutates_args=())
-def _triton_bwd(
+def _bwd_impl(
     do: torch.Tensor, dh1: torch.Tensor, dh2: torch.Tensor, dhs1: torch.Tensor, dhs2: torch.Tensor,
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, retention: torch.Tensor,
     momentum: Optional[torch.Tensor], h1: torch.Tensor, h2: torch.Tensor, hs1: torch.Tensor, hs2: torch.Tensor,
@@ -160,9 +159,8 @@ def _triton_bwd(
     return [q.new_empty(0) if x is None else x for x in out]
 
 
-@_triton_bwd.register_fake
-def _(do, dh1, dh2, dhs1, dhs2, q, k, v, lr, retention, momentum, h1, h2, hs1, hs2, chunk_offsets, last_rows, shared,
-      activation, residual, dgd, self_target, read, chunk_size):
+def _bwd_fake(do, dh1, dh2, dhs1, dhs2, q, k, v, lr, retention, momentum, h1, h2, hs1, hs2, chunk_offsets,
+              last_rows, shared, activation, residual, dgd, self_target, read, chunk_size):
     N = chunk_offsets.shape[0] - 1
     use_momentum = momentum is not None
     lead = 1 if shared else N
@@ -196,7 +194,9 @@ def _backward(ctx, do, dh1, dh2, dhs1, dhs2):
     return dq, dk, dv, dlr, dret, dmom, dw1, dw2, ds1, ds2, None, None, None, None, None, None, None, None, None
 
 
-_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+_triton_bwd, _ = eager_op("nested_kernels::mlp_memory_triton_bwd", _bwd_impl, fake=_bwd_fake)
+_triton_fwd, _ = eager_op("nested_kernels::mlp_memory_triton_fwd", _fwd_impl, fake=_fwd_fake,
+                          setup_context=_setup_context, backward=_backward)
 
 
 def triton_op_args(q, k, v, lr, retention, momentum, *, initial_state, activation, residual, dgd, self_target, read,
