@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ..common.activations import phi, phi_grad, phi_grad2
 from ..common.tiles import load_tile
+from ..utils.host_math import cdiv
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -211,7 +212,7 @@ def cms_level_bwd(x, w1, w2, lr, retention, signal, dy, dw1, dw2, w1s, w2s, z, e
 
     B, T, D = x.shape
     DH = w1.shape[-1]
-    NC = triton.cdiv(T, period)
+    NC = cdiv(T, period)
     k = checkpoint_every
     stride_w = 0 if w1.dim() == 2 else D * DH
     precision = dot_precision(x.dtype)
@@ -228,11 +229,11 @@ def cms_level_bwd(x, w1, w2, lr, retention, signal, dy, dw1, dw2, w1s, w2s, z, e
     seg1, seg2 = torch.empty(n_seg, B, D, DH, **f32), torch.empty(n_seg, B, DH, D, **f32)
     p = torch.empty(B, T, DH, **f32) if n_seg else None
     meta = {name: _launch_meta(name, D, DH, precision) for name in ("bwd_q", "bwd_de", "bwd_dz", "bwd_dx", "bwd_dw")}
-    ND = triton.cdiv(D, meta["bwd_de"]["BD"])
+    ND = cdiv(D, meta["bwd_de"]["BD"])
     dlr_part = torch.empty(B, T, ND, **f32)
-    dalpha_part = torch.zeros(B, triton.cdiv(DH, meta["bwd_dw"]["BH"]), triton.cdiv(D, meta["bwd_dw"]["BD"]), **f32)
-    grid_rows = lambda name, n_rows: (triton.cdiv(DH, meta[name]["BH"]) if name in ("bwd_q", "bwd_dz")
-                                      else triton.cdiv(D, meta[name]["BD"]), triton.cdiv(n_rows, meta[name]["BT"]), B)
+    dalpha_part = torch.zeros(B, cdiv(DH, meta["bwd_dw"]["BH"]), cdiv(D, meta["bwd_dw"]["BD"]), **f32)
+    grid_rows = lambda name, n_rows: (cdiv(DH, meta[name]["BH"]) if name in ("bwd_q", "bwd_dz")
+                                      else cdiv(D, meta[name]["BD"]), cdiv(n_rows, meta[name]["BT"]), B)
     for c0 in reversed(range(0, NC, k)):
         c1 = min(c0 + k, NC)
         start = (w1, w2, stride_w) if c0 == 0 else (w1s[c0 // k - 1], w2s[c0 // k - 1], D * DH)
@@ -257,7 +258,7 @@ def cms_level_bwd(x, w1, w2, lr, retention, signal, dy, dw1, dw2, w1s, w2s, z, e
                    **meta["bwd_dz"])
             launch(cms_bwd_kernel_dx, grid_rows("bwd_dx", n_rows), x.device,
                    z=z, q=q, dz=dz, dyt=dyt, w1=W1, g1=g1, dx=dx, **common, USE_GELU=use_gelu, **meta["bwd_dx"])
-            launch(cms_bwd_kernel_dw, (triton.cdiv(DH, meta["bwd_dw"]["BH"]), triton.cdiv(D, meta["bwd_dw"]["BD"]), B),
+            launch(cms_bwd_kernel_dw, (cdiv(DH, meta["bwd_dw"]["BH"]), cdiv(D, meta["bwd_dw"]["BD"]), B),
                    x.device, x=x, z=z, dp=dp, e=e, lr=lr, dyt=dyt, dz=dz, w1=W1, w2=W2, retention=retention, g1=g1,
                    g2=g2, dalpha_part=dalpha_part, **common, USE_GELU=use_gelu, **meta["bwd_dw"])
     return dx, g1, g2, dlr_part.sum(-1), dalpha_part.sum(), dsignal

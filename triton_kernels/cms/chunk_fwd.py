@@ -14,6 +14,7 @@ import triton.language as tl
 
 from ..common.activations import phi, phi_grad
 from ..common.tiles import load_tile
+from ..utils.host_math import cdiv
 
 
 @triton.jit(do_not_specialize=["r0", "n_rows"])
@@ -147,7 +148,7 @@ def _launch_meta(name: str, D: int, DH: int, precision: str) -> dict:
 
 def num_states(NC: int, checkpoint_every: int) -> int:
     """How many weights a recording forward keeps: W^{k}, W^{2k}, … below W^NC, then W^NC."""
-    return triton.cdiv(NC, checkpoint_every)
+    return cdiv(NC, checkpoint_every)
 
 
 def cms_fwd_step(x, z, e, lr, p, w1, w2, retention, w1_out, w2_out, *, r0, n_rows, stride_w, use_gelu):
@@ -160,10 +161,10 @@ def cms_fwd_step(x, z, e, lr, p, w1, w2, retention, w1_out, w2_out, *, r0, n_row
     precision = dot_precision(x.dtype)
     common = dict(r0=r0, n_rows=n_rows, T=T, D=D, DH=DH, stride_w=stride_w, USE_GELU=use_gelu)
     meta = _launch_meta("fwd_p", D, DH, precision)
-    launch(cms_fwd_kernel_p, (triton.cdiv(DH, meta["BH"]), triton.cdiv(n_rows, meta["BT"]), B), x.device,
+    launch(cms_fwd_kernel_p, (cdiv(DH, meta["BH"]), cdiv(n_rows, meta["BT"]), B), x.device,
            e=e, lr=lr, w2=w2, z=z, p=p, **common, **meta)
     meta = _launch_meta("fwd_w", D, DH, precision)
-    launch(cms_fwd_kernel_w, (triton.cdiv(DH, meta["BH"]), triton.cdiv(D, meta["BD"]), B), x.device,
+    launch(cms_fwd_kernel_w, (cdiv(DH, meta["BH"]), cdiv(D, meta["BD"]), B), x.device,
            x=x, z=z, e=e, lr=lr, p=p, w1=w1, w2=w2, retention=retention, w1_out=w1_out, w2_out=w2_out, **common,
            **meta)
 
@@ -186,7 +187,7 @@ def cms_level_fwd(x, w1, w2, lr, retention, signal, *, period, is_grad_y, use_ge
 
     B, T, D = x.shape
     DH = w1.shape[-1]
-    NC = triton.cdiv(T, period)
+    NC = cdiv(T, period)
     assert NC > 0, "cms_level triton: T must be positive"
     assert checkpoint_every >= 1, checkpoint_every
     precision = dot_precision(x.dtype)
@@ -215,9 +216,9 @@ def cms_level_fwd(x, w1, w2, lr, retention, signal, *, period, is_grad_y, use_ge
         n_rows = min(period, T - r0)
         common = dict(r0=r0, n_rows=n_rows, T=T, D=D, DH=DH, stride_w=stride)
         out = destination(c)
-        launch(cms_fwd_kernel_z, (triton.cdiv(DH, meta_z["BH"]), triton.cdiv(n_rows, meta_z["BT"]), B), x.device,
+        launch(cms_fwd_kernel_z, (cdiv(DH, meta_z["BH"]), cdiv(n_rows, meta_z["BT"]), B), x.device,
                x=x, w1=W1, z=z, **common, **meta_z)
-        launch(cms_fwd_kernel_y, (triton.cdiv(D, meta_y["BD"]), triton.cdiv(n_rows, meta_y["BT"]), B), x.device,
+        launch(cms_fwd_kernel_y, (cdiv(D, meta_y["BD"]), cdiv(n_rows, meta_y["BT"]), B), x.device,
                x=x, w2=W2, z=z, signal=signal, y=y, e=e, **common, USE_GELU=use_gelu, IS_GRAD_Y=is_grad_y,
                STORE_ERROR=out is not None or store_states, **meta_y)
         if out is None:

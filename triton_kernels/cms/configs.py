@@ -55,8 +55,8 @@ TABLE_FP32 = {
 def launch_config(kernel: str, D: int, Dh: int, precision: str = "tf32") -> LaunchConfig:
     """`kernel` in TABLE (TABLE_FP32 for "ieee" products); the column tiles shrink to D and Dh
     (at least 16, what tl.dot needs)."""
-    import triton
+    from ..utils.host_math import next_power_of_2
 
     BT, BD, BH, num_warps, num_stages = (TABLE_FP32 if precision == "ieee" else TABLE)[kernel]
-    fit = lambda tile, n: min(tile, max(16, triton.next_power_of_2(n)))
+    fit = lambda tile, n: min(tile, max(16, next_power_of_2(n)))
     return LaunchConfig(BT, fit(BD, D), fit(BH, Dh), num_warps, num_stages)

@@ -11,6 +11,7 @@ batched matmul and a multiply in PyTorch."""
 import triton
 import triton.language as tl
 
+from ..utils.host_math import next_power_of_2
 from .tiles import load_operand
 
 
@@ -76,7 +77,7 @@ def chunk_products(q, k, write, dgd_write, *, reads: bool, dgd: bool, precision:
     if reads or dgd:
         launch(chunk_products_kernel, (NC, H), k.device, q=q, k=k, write=write, dgd_write=dgd_write,
                qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write, NC=NC, H=H, K=K, BT=BT,
-               BK=min(BK, max(16, triton.next_power_of_2(K))), USE_QK=reads, USE_DGD=dgd,
+               BK=min(BK, max(16, next_power_of_2(K))), USE_QK=reads, USE_DGD=dgd,
                DOT_PRECISION=precision, FP32_OPERANDS=operand_dtype(k.device, k.dtype) == torch.float32,
                num_warps=num_warps(BT))
     return qk_write, qk_dgd_write, kk_write

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..common.tiles import load_operand
+from ..utils.host_math import cdiv
 from .held_tiles import (
     along_cols, along_rows, held, held_dot, held_trans, initial_state, state_offsets, state_tiles, token_offsets,
 )
@@ -431,7 +432,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     cfg = launch_config("bwd_dh", K, V, BT, fp32_operands, arch)
     assert K <= 2 * cfg.BK, "linear_memory_bwd_kernel_dh holds the adjoints as at most two row tiles of BK"
     launch(
-        linear_memory_bwd_kernel_dh, (N * H, triton.cdiv(V, cfg.BV)), k.device,
+        linear_memory_bwd_kernel_dh, (N * H, cdiv(V, cfg.BV)), k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
         qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write,
@@ -448,7 +449,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     cfgs = {part: launch_config(part, K, V, BT, fp32_operands, arch) for part in parts}
     BK = cfgs["bwd_dq"].BK
     assert all(c.BK == BK for c in cfgs.values()), "the parallel kernels share the key tiling of their partial sums"
-    NK = triton.cdiv(K, BK)
+    NK = cdiv(K, BK)
     partial = lambda *shape: torch.empty(NK, H, NC, *shape, **f32)
     dq, dk = torch.empty(Tp, H, K, **f32), torch.empty(Tp, H, K, **f32)
     dv = torch.empty(Tp, H, V, dtype=v.dtype, device=v.device)

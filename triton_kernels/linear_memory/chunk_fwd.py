@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ..common.tiles import load_operand
+from ..utils.host_math import cdiv
 from .held_tiles import (
     along_cols, along_rows, held, held_dot, held_trans, initial_state, state_offsets, state_tiles, token_offsets,
 )
@@ -218,7 +219,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     cfg = launch_config("fwd_h", K, V, BT, fp32_operands, arch)
     assert K <= 2 * cfg.BK, "linear_memory_fwd_kernel_h holds the state as at most two row tiles of BK"
     launch(
-        linear_memory_fwd_kernel_h, (N * H, triton.cdiv(V, cfg.BV)), k.device,
+        linear_memory_fwd_kernel_h, (N * H, cdiv(V, cfg.BV)), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv,
         kk_write=kk_write if kk_write is not None else chunk_products(q, k, write, dgd_write, reads=False, dgd=dgd,
@@ -233,7 +234,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
     cfg = launch_config("fwd_o", K, V, BT, fp32_operands, arch)
     launch(
-        linear_memory_fwd_kernel_o, (NC, triton.cdiv(V, cfg.BV), H), k.device,            # NC: the uncapped axis
+        linear_memory_fwd_kernel_o, (NC, cdiv(V, cfg.BV), H), k.device,            # NC: the uncapped axis
         q=q, k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, pseudo=pseudo,
         o=o, scale=scale, **common, **cfg._asdict(),
     )

@@ -59,7 +59,7 @@ FP32_OPERANDS). Chosen with the same sweep on sm_90 (bf16 and fp32 operands, Tri
 """
 from typing import NamedTuple, Optional
 
-import triton
+from ..utils.host_math import next_power_of_2
 
 
 class LaunchConfig(NamedTuple):
@@ -122,7 +122,7 @@ TRANSPOSED_STATES = {kernel: {(128, 64), (256, 16), (256, 32), (256, 64)} for ke
 
 def _pow2(n: int) -> int:
     """n rounded up to a power of two, at least 16 (the smallest tile)."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 def converts_loads(K: int, BT: int, *, backward: bool) -> bool:

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ..common.activations import ACT_CODES, phi, phi_grad
+from ..utils.host_math import cdiv
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -361,7 +362,7 @@ def mlp_memory_fwd(q, k, v, gates, dgd_inv, kk_write, chunk_offsets, last_rows, 
     cfg = launch_config("fwd_o", K, V, DH, BT, read_current=read == "current")
     if NC:
         launch(
-            mlp_memory_fwd_kernel_o, (NC * triton.cdiv(V, cfg.BV), H), k.device,
+            mlp_memory_fwd_kernel_o, (NC * cdiv(V, cfg.BV), H), k.device,
             q=q, k=k, decay=decay, carry=carry, write=write, dgd_write=dgd_write,
             state_slots=state_slots(chunk_offsets), h1=h1, h2=h2, hs1=hs1, hs2=hs2, act=act, res=res, delta=delta,
             pseudo=pseudo, o=o, IS_CURRENT=read == "current", **common, **cfg._asdict(),

@@ -19,7 +19,7 @@ spilled at three shapes.
 """
 from typing import NamedTuple
 
-import triton
+from ..utils.host_math import next_power_of_2
 
 
 class LaunchConfig(NamedTuple):
@@ -35,7 +35,7 @@ def launch_config(kernel: str, K: int, V: int, DH: int, BT: int, fp32_operands: 
     """`kernel` in ("fwd_h", "fwd_o") for K, V ≤ 128, Dh ≤ 512 and chunks of BT ≤ 64 tokens;
     `fp32_operands`: q, k, v are fp32; `read_current`: the read kernel's `read="current"` (see the
     module docstring)."""
-    pow2 = lambda x: max(16, triton.next_power_of_2(x))
+    pow2 = lambda x: max(16, next_power_of_2(x))
     K2, V2, D2 = pow2(K), pow2(V), pow2(DH)
     BC = max(16, BT)
     if kernel == "fwd_h":

@@ -18,7 +18,7 @@ BT = 32 reads V in tiles of 64: with (sequence, head) moved to grid axis 0 (no 6
 """
 from typing import NamedTuple
 
-import triton
+from ..utils.host_math import next_power_of_2
 
 
 class LaunchConfig(NamedTuple):
@@ -47,10 +47,10 @@ CHUNK_TILES = tuple(TABLE["res"])          # BT: a chunk of C ≤ 64 tokens is p
 
 def chunk_tile(C: int) -> int:
     """Rows BT of the tile holding a chunk of C tokens (tl.dot needs at least 16)."""
-    return max(16, triton.next_power_of_2(C))
+    return max(16, next_power_of_2(C))
 
 
 def launch_config(kernel: str, K: int, V: int, Dh: int, BT: int, dgd: bool = False) -> LaunchConfig:
     BK, BV, BD, num_warps, num_stages = (TABLE_DGD if dgd else {}).get(kernel, {}).get(BT, TABLE[kernel][BT])
-    cap = lambda tile, n: max(16, min(tile, triton.next_power_of_2(n)))
+    cap = lambda tile, n: max(16, min(tile, next_power_of_2(n)))
     return LaunchConfig(cap(BK, K), cap(BV, V), cap(BD, Dh) if BD else 0, num_warps, num_stages)

@@ -22,6 +22,8 @@ memory-bound minimum), whatever the number of tensors; nothing is copied into a 
 import triton
 import triton.language as tl
 
+from ..utils.host_math import cdiv, next_power_of_2
+
 # dtype code = index here; the kernel's branches follow this order
 GRAD_DTYPE_NAMES = ("float32", "bfloat16", "float16")
 TENSOR_COLUMNS = 6                       # grad offset, acc offset, numel, dtype code, due, divisor
@@ -149,9 +151,9 @@ def multi_frequency_accumulate(grads, accs, due, divisors):
 
     numels = [g.numel() for g, *_ in pairs]
     max_numel = max(numels)
-    BLOCK = min(MAX_BLOCK, triton.next_power_of_2(max_numel))
-    NB = min(MAX_BLOCKS_PER_PROGRAM, triton.cdiv(max_numel, BLOCK))
-    chunks = torch.tensor([triton.cdiv(x, NB * BLOCK) for x in numels], dtype=torch.int64)
+    BLOCK = min(MAX_BLOCK, next_power_of_2(max_numel))
+    NB = min(MAX_BLOCKS_PER_PROGRAM, cdiv(max_numel, BLOCK))
+    chunks = torch.tensor([cdiv(x, NB * BLOCK) for x in numels], dtype=torch.int64)
     prog_tensor = torch.repeat_interleave(torch.arange(len(pairs)), chunks)
     prog_chunk = torch.arange(prog_tensor.numel()) - (torch.cumsum(chunks, 0) - chunks)[prog_tensor]
     n_rows = TENSOR_COLUMNS * len(pairs)
