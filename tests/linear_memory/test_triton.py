@@ -439,3 +439,15 @@ def test_triton_compile_loss_without_final_state(monkeypatch):
     compiled = torch.compile(fn, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
     torch.autograd.grad(compiled(*leaves).sum(), leaves)
     assert [kw["USE_FINAL_STATE_GRADIENT"] for name, _, kw in calls if name == "linear_memory_bwd_kernel_dh"] == [False]
+
+
+def test_double_backward_raises():
+    """The backward is first-order: differentiating the gradients raises (the eager path of
+    common/eager_ops.py as the custom op), instead of treating the kernels as constants."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 32, 2, 16, generator=gen).to(DEVICE).requires_grad_() for _ in range(3))
+    lr, ret = (torch.rand(1, 32, 2, generator=gen).to(DEVICE) for _ in range(2))
+    o, _ = linear_memory(q, k, v, lr, ret, chunk_size=16, backend="triton")
+    (dq,) = torch.autograd.grad(o.sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="first-order"):
+        dq.pow(2).sum().backward()
