@@ -24,7 +24,7 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 def plain_eager(args) -> bool:
     """Whether a call on `args` runs outside every tracing and transform, on plain tensors."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
         return False
     if torch._C._is_torch_function_mode_enabled() or _get_current_dispatch_mode() is not None:
         return False
@@ -48,9 +48,9 @@ def eager_op(name: str, impl: Callable, *, fake: Callable, setup_context: Option
 
 def _eager_call(name: str, op, impl: Callable, setup_context: Optional[Callable],
                 backward: Optional[Callable]) -> Callable:
-    if backward is None:
+    if backward is None:                 # an op without autograd: where a gradient is asked of it, the op raises
         def call(*args):
-            return impl(*args) if plain_eager(args) else op(*args)
+            return impl(*args) if plain_eager(args) and not _needs_grad(args) else op(*args)
         return call
     returns_list = typing.get_origin(typing.get_type_hints(impl)["return"]) in (list, typing.List)
 
@@ -70,11 +70,15 @@ def _eager_call(name: str, op, impl: Callable, setup_context: Optional[Callable]
     def call(*args):
         if not plain_eager(args):
             return op(*args)
-        if not (torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+        if not _needs_grad(args):
             return impl(*args)
         out = Function.apply(*args)
         return list(out) if returns_list else out
     return call
+
+
+def _needs_grad(args) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
 def _raise_if_differentiated(grads: tuple, name: str) -> tuple:

@@ -105,3 +105,16 @@ def test_compiling_takes_the_custom_op(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not plain_eager((x, y))
     assert "eager" not in type(call(x, y, 1.5)[0].grad_fn).__name__
+
+
+def test_op_without_autograd_keeps_raising_where_a_gradient_is_asked():
+    """An op registered without a backward (the kernels' backward ops) runs its implementation in
+    plain eager only where no gradient is asked of it; otherwise the custom op raises, as before,
+    rather than returning results that silently do not require grad."""
+    no_grad_call, _ = eager_op("nested_kernels_test::scaled_no_autograd", _impl, fake=_fake)
+    x, y = _inputs()
+    with torch.no_grad():
+        out = no_grad_call(x, y, 2.0)
+    torch.testing.assert_close(out[0], 2.0 * x.detach(), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="autograd"):
+        no_grad_call(x, y, 2.0)[0].sum().backward()
