@@ -228,7 +228,7 @@ from nested_kernels.triton_kernels.utils.operand_precision import fp32_operands_
 print(int(torch.cuda.is_available() and r(torch.device('cuda'), torch.bfloat16) is not None))" 2>/dev/null)
 
 # The benchmark's limit leaves the later steps that STEPS names their limits (pytest-gpu 60 s at least),
-# but never less than one shape takes: 97 s for B8-T2048-H16-D64 on an H100 (2026-11-27), 35 s and 56 s
+# but never less than one shape takes: 97 s for B8-T2048-H16-D64 on an H100 (2026-11-27), 30 s and 56 s
 # of it fla compiling and autotuning its forward and backward; with 60 s after a 166 s build that run
 # timed nothing.
 BENCH_TAG="gpu-check-$STAMP"
