@@ -52,12 +52,15 @@
 #                         STEPS="build check sanitizer pytest-gpu" then STEPS="build bench decode profile";
 #                         with 15 minutes of device time in all (machine start included), one call:
 #                         SKIP_BUILD=1 STEPS="build bench profile isolate pytest-gpu" PROFILE_CAP=90 ISOLATE_CAP=120
+#                         ISOLATE_DTYPES=fp32,bf16
 #                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common tests/test_operand_precision.py"
 #                         TOTAL_S=560
-#                         (the SPEC §8 table first, then where the time goes, the bf16 diagnosis, the
-#                         Triton tests; building the CUDA extension took 166 s on an H100: leave
-#                         SKIP_BUILD out only where the CUDA tier is what the session checks). On the H200 (2026-11-26) bench took 159 s for three shapes,
-#                         profile 47 s (16 cases at D64; now 8, at D64 and D128), isolate 48 s for 27
+#                         (the SPEC §8 table first, then where the time goes, the Triton tier against
+#                         the torch tier per configuration, the Triton tests; building the CUDA
+#                         extension took 166 s on an H100: leave SKIP_BUILD out only where the CUDA
+#                         tier is what the session checks; 16-bit products, ISOLATE_DTYPES=bf16-raw,
+#                         failed on the H100 of 2026-11-27). On the H200 (2026-11-26) bench took
+#                         159 s for three shapes, profile 47 s (16 cases at D64; now 8, at D64 and D128), isolate 48 s for 27
 #                         rows, those tests 144 s with 8 workers; a machine start about 90 s. With
 #                         device time left, a second call on the warm machine times the launch
 #                         configurations: STEPS="config-sweep" SWEEP_CAP=240 TOTAL_S=270
