@@ -12,7 +12,6 @@ DGD, bf16 inputs, momentum on."""
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")                  # CPU tensors; n
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from linear_memory_bench.report import write_tables  # noqa: E402
+from linear_memory_bench.report import _git_commit, write_tables  # noqa: E402
 
 
 @dataclass
@@ -88,14 +87,6 @@ def to_markdown(rows: Sequence[Row], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200, help="calls per timed run")
@@ -109,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     rows = [measure(mode, dgd, args.calls, args.repeats) for mode in ("fwd", "fwd+bwd") for dgd in (False, True)]
     meta = dict(torch=torch.__version__, triton=triton.__version__, python=sys.version.split()[0], calls=args.calls,
-                repeats=args.repeats, git=_git_revision())
+                repeats=args.repeats, git=_git_commit())
     write_tables(args.out_dir, f"host-time-{args.tag}", to_markdown(rows, meta), meta, rows)
     return 0
 

@@ -111,6 +111,7 @@ def test_gpu_run_writes_after_every_row(bench, monkeypatch):
     # one write per timed row, taken with that row already in the run, and one at the end of the shape
     assert written[:-1] == [run.rows.index(row) + 1 for row in timed] and written[-1] == len(run.rows)
 
+
 def test_isolate_triton_cpu(tmp_path):
     """benchmarks/isolate_triton.py runs its first configurations (interpreted here) and writes both files."""
     pytest.importorskip("triton")
