@@ -55,6 +55,8 @@ def measure(mode: str, dgd: bool, calls: int, repeats: int) -> Row:
             with torch.no_grad():
                 linear_memory(*leaves, dgd=dgd, chunk_size=64, backend="triton")
             return
+        for x in leaves:                                                # as do_bench's grad_to_none: no
+            x.grad = None                                               # accumulation into earlier grads
         o, _ = linear_memory(*leaves, dgd=dgd, chunk_size=64, backend="triton")
         (o * do).sum().backward()
 
