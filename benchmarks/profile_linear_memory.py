@@ -1,6 +1,7 @@
 """Where the time of one `linear_memory` call goes: torch.profiler over a few calls of the triton
 (or torch) tier, kernels ranked by device time per call, and the share of our own Triton kernels
-(`linear_memory_*`) against everything around them (gate algebra, DGD inverse, layout copies).
+(`linear_memory_*`) against everything around them (gate algebra, DGD inverse, layout copies);
+then the host's side (host_profile.py): synchronising operations, Python functions by self time.
 
     python benchmarks/profile_linear_memory.py --out-dir DIR [--shapes B8-T2048-H16-D64,B4-T4096-H16-D128]
         [--backends triton] [--chunks 64] [--calls 5]
@@ -23,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:                # loaded by path (the tests), not run as a script
     sys.path.append(HERE)
 
+from host_profile import host_report  # noqa: E402
 from linear_memory_bench import settings  # noqa: E402
 from linear_memory_bench.callables import linear_memory_callable, make_inputs  # noqa: E402
 from linear_memory_bench.settings import SHAPES, BenchShape  # noqa: E402
@@ -84,7 +86,7 @@ def profile_case(shape, backend: str, dgd: bool, mode: str, calls: int, cuda: bo
         name = e.key if len(e.key) <= 90 else e.key[:87] + "..."
         lines.append(f"| `{name}` | {e.count / calls:g} | {self_time(e) / calls / 1e3:.3f} | "
                      f"{100 * self_time(e) / max(total, 1e-9):.1f} % |")
-    return lines + [""]
+    return lines + [""] + host_report(fn, leaves, calls, top)
 
 
 def main(argv=None) -> int:

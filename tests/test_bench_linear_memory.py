@@ -152,6 +152,8 @@ def test_profile_cpu(tmp_path):
         assert md.count(f"### {shape} chunk 16 torch") == 4 and md.count(f"### {shape} chunk 32 torch") == 4
     assert "failed" not in md
     assert "| `aten::" in md
+    assert md.count("synchronising operations: not checked (no CUDA)") == 16
+    assert md.count("Python self time under cProfile") == 16 and "(nested_kernels/linear_memory/" in md
 
 
 # Tiny cases by hand. Units per chunk of c tokens: [ckv] = 2·c·K·V, [cck] = c²·K, [ccv] = c²·V.
