@@ -103,9 +103,9 @@ def _bwd_impl(
         q, k, v = q.float(), k.float(), v.float()
     dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
         q, k, v, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
-        kept, scale=scale, dgd=dgd)
+        kept, scale=scale, dgd=dgd, grad_dtypes=dtypes)
     grads = [g.to(dtype) for g, dtype in zip((dq, dk, dv), dtypes)] + [*d_gates, d_inv, dh0, ds0]
-    return [_empty_if_none(g, dq) for g in grads]
+    return [_empty_if_none(g, dh0) for g in grads]                              # fp32 placeholders
 
 
 def _bwd_fake(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,

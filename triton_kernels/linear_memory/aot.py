@@ -47,12 +47,14 @@ def flag_combinations(flags: set) -> list:
             for name, momentum, dgd in FLAGS if dgd or "USE_DGD" in flags for dht_name, dht in with_dht]
 
 
-def signature(names, qkv: str = "bf16", states16: bool = False, fp32_inputs: bool = False) -> dict:
+def signature(names, qkv: str = "bf16", states16: bool = False, fp32_inputs: bool = False, dgd: bool = False
+              ) -> dict:
     """The argument types; dO and o in bf16, the inputs' dtype, but with `fp32_inputs` (in fp32 as q,
-    k, v are)."""
+    k, v are). dQ, dK, dV in the inputs' dtype, but dQ and dK in fp32 with DGD (`linear_memory_bwd`)."""
     bf16 = (set() if fp32_inputs else INPUT_DTYPE) | (STATES if states16 else set())
     types = pointer_types(names, qkv, bf16=bf16, int32=INT32, scalars=SCALARS)
-    return {n: f"*{qkv}" if n == "dv" else t for n, t in types.items()}     # dV in v's dtype
+    grads = {"dv"} | (set() if dgd else {"dq", "dk"})
+    return {n: f"*{qkv}" if n in grads else t for n, t in types.items()}
 
 
 # 16-bit inputs, their loads converted to fp32 on Hopper with Triton < 3.7.1 (`CONVERTED_VARIANT`),
@@ -82,7 +84,7 @@ def _specs(variants, fp32_inputs: bool = False):
                                   STORE_RES=True, TRANSPOSED=transposed, **flag_values)
                 yield AotSpec(
                     name=f"linear_memory_{part}-D{D}-BT{BT}-{variant}-{flag_name}{'-states16' * h16}", kernel=kernel,
-                    signature=signature(runtime, qkv, h16, fp32_inputs),
+                    signature=signature(runtime, qkv, h16, fp32_inputs, flag_values["USE_DGD"]),
                     constexprs={n: value for n, value in constexprs.items() if n in flags},
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, archs=tuple(cfg_archs),
                     # wgmma needs 64-row tiles; 16/32-token chunks use mma.sync, as do the transposed

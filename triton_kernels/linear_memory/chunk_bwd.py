@@ -225,7 +225,7 @@ def linear_memory_bwd_kernel_dq(
         tl.store(dqk + o_chunk * BT * BT + o_mat, b_dqk)
     b_k = load_operand(k + o_tk, m_k[None, :], FP32_OPERANDS)
     b_dq += tl.dot(b_dqk, b_k.to(tl.float32), input_precision=DOT_PRECISION)
-    tl.store(dq + o_tk, b_dq, mask=m_k[None, :])
+    tl.store(dq + o_tk, b_dq.to(dq.dtype.element_ty), mask=m_k[None, :])
     b_qk = tl.where(m_causal, tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION), 0.0)
     o_vec = o_part * (BT + 1)                                                 # the gates' rows 0..BT
     zero_row = tl.zeros([BT], dtype=tl.float32)
@@ -299,7 +299,7 @@ def linear_memory_bwd_kernel_dk(
     b_q = load_operand(q + o_tk, m_k[None, :], FP32_OPERANDS)
     b_dk += tl.dot(tl.trans(tl.load(dqk + o_chunk * BT * BT + o_mat)), b_q.to(tl.float32),
                    input_precision=DOT_PRECISION)
-    tl.store(dk + o_tk, b_dk, mask=m_k[None, :])
+    tl.store(dk + o_tk, b_dk.to(dk.dtype.element_ty), mask=m_k[None, :])
     o_last = o_part * (BT + 1) + i_last                                       # the last real row
     tl.store(d_decay + o_last, tl.load(d_decay + o_last) + tl.sum(b_dx_x, 0))
     tl.store(d_write + o_last * BT + o_t, tl.load(d_write + o_last * BT + o_t) + b_d_g_last)
@@ -350,7 +350,7 @@ def linear_memory_bwd_kernel_dk_dgd(
     b_dkk = -b_dpr * tl.load(write + o_gate * BT + o_mat)                     # dÂ, Â = (K Kᵀ) ⊙ G
     b_dk += tl.dot(b_dkk + tl.trans(b_dkk), b_k.to(tl.float32), input_precision=DOT_PRECISION)
     b_dk += tl.load(dk + o_tk, mask=m_k[None, :], other=0.0)                 # the writes' side
-    tl.store(dk + o_tk, b_dk, mask=m_k[None, :])
+    tl.store(dk + o_tk, b_dk.to(dk.dtype.element_ty), mask=m_k[None, :])
     o_vec = o_part * (BT + 1)                                                 # rows 0..BT−1 of the gates
     tl.store(d_decay + o_vec + o_t, tl.load(d_decay + o_vec + o_t) + b_d_decay)
     if USE_MOMENTUM:
@@ -392,11 +392,14 @@ def linear_memory_bwd_kernel_dgd_inv(
     tl.store(d_dgd_inv + o_part * BT * BT + o_mat, b_d_inv)
 
 
-def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, fwd, *, scale, dgd):
+def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, fwd, *, scale, dgd,
+                      grad_dtypes):
     """Launch the backward kernels. `fwd` = (h, s, R, W) kept by `linear_memory_fwd`, or None: then
-    its state recurrence runs again first. Returns dq, dk (fp32), dv (in v's dtype; flat layout), the
-    gradients of `gates` (same order and shapes; None for dgd_write without DGD), of `dgd_inv`, and
-    dh0, ds0."""
+    its state recurrence runs again first. Returns dq, dk, dv (flat layout) in `grad_dtypes` (the
+    kernels store them so: no fp32 copies to cast), but dq and dk in fp32 with DGD (the DGD kernel
+    adds to dk; storing a 16-bit dq spilled 4 B on sm_80 at K = 128 and 256, chunk 64, with momentum),
+    the gradients of `gates` (same order and shapes; None for dgd_write without DGD), of `dgd_inv`,
+    and dh0, ds0."""
     import torch
 
     from ..utils.launch import device_arch, launch
@@ -451,8 +454,9 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     assert all(c.BK == BK for c in cfgs.values()), "the parallel kernels share the key tiling of their partial sums"
     NK = cdiv(K, BK)
     partial = lambda *shape: torch.empty(NK, H, NC, *shape, **f32)
-    dq, dk = torch.empty(Tp, H, K, **f32), torch.empty(Tp, H, K, **f32)
-    dv = torch.empty(Tp, H, V, dtype=v.dtype, device=v.device)
+    dq_dtype, dk_dtype, dv_dtype = (torch.float32, torch.float32, grad_dtypes[2]) if dgd else grad_dtypes
+    dq, dk = (torch.empty(Tp, H, K, dtype=dtype, device=k.device) for dtype in (dq_dtype, dk_dtype))
+    dv = torch.empty(Tp, H, V, dtype=dv_dtype, device=v.device)
     dqk = torch.empty(H, NC, BT, BT, **f32)
     d_decay, d_write = partial(BT + 1), partial(BT + 1, BT)
     d_carry = partial(BT + 1) if use_momentum else None
