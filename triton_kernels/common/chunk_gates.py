@@ -23,8 +23,11 @@ above the diagonal, ones on it) add nothing, NaN or not. One warp per chunk: no 
 shared memory (the C × C form these kernels had until 2026-11-26, cumulative products and scans
 of whole blocks, took 168 to 210 registers at 4 to 8 warps).
 """
+import torch
 import triton
 import triton.language as tl
+
+from ..utils import launch as launcher           # module attributes: tests patch them
 
 
 @triton.jit
@@ -183,10 +186,6 @@ def chunk_gates_fwd(lr, retention, momentum, dgd_write: bool = True, mom_write_l
     decay, carry, write, mom_decay, mom_write `[n, C+1(, C)]` (carry, write, mom_* None without
     momentum: then write is dgd_write) and dgd_write (None with momentum and not `dgd_write`: E
     then serves DGD alone). With `mom_write_last_row`, mom_write is N's last row alone, `[n, C]`."""
-    import torch
-
-    from ..utils.launch import launch
-
     n, C = lr.shape
     use_momentum = momentum is not None
     use_dgd_write = dgd_write or not use_momentum
@@ -196,9 +195,9 @@ def chunk_gates_fwd(lr, retention, momentum, dgd_write: bool = True, mom_write_l
     decay, dgd_write = torch.empty(n, C + 1, **f32), mat(use_dgd_write)
     carry, write, mom_decay = vec(), mat(), vec()
     mom_write = torch.empty(n, C, **f32) if use_momentum and mom_write_last_row else mat()
-    launch(chunk_gates_fwd_kernel, (n,), lr.device, lr, retention, momentum, decay, carry, write, mom_decay,
-           mom_write, dgd_write, C=C, USE_MOMENTUM=use_momentum, USE_DGD_WRITE=use_dgd_write,
-           N_LAST_ROW=mom_write_last_row, num_warps=NUM_WARPS)
+    launcher.launch(chunk_gates_fwd_kernel, (n,), lr.device, lr, retention, momentum, decay, carry, write,
+                    mom_decay, mom_write, dgd_write, C=C, USE_MOMENTUM=use_momentum, USE_DGD_WRITE=use_dgd_write,
+                    N_LAST_ROW=mom_write_last_row, num_warps=NUM_WARPS)
     return decay, carry, write, mom_decay, mom_write, dgd_write
 
 
@@ -206,17 +205,13 @@ def chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_de
     """Gradients of lr, retention, momentum (None without momentum) from those of the six outputs
     of `chunk_gates_fwd` (fp32 contiguous; zeros where unused, but d_dgd_write may be None: zero,
     not read; d_mom_write `[n, C]`: that of N's last row alone)."""
-    import torch
-
-    from ..utils.launch import launch
-
     n, C = lr.shape
     use_momentum = momentum is not None
     d_lr, d_ret = torch.empty_like(lr), torch.empty_like(retention)
     d_mom = torch.empty_like(momentum) if use_momentum else None
     rows_y = lr.new_empty(n, C, C) if use_momentum else None                   # the kernel's scratch
-    launch(chunk_gates_bwd_kernel, (n,), lr.device, lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay,
-           d_mom_write, d_dgd_write, d_lr, d_ret, d_mom, rows_y, C=C, USE_MOMENTUM=use_momentum,
-           USE_DGD_WRITE=d_dgd_write is not None, N_LAST_ROW=use_momentum and d_mom_write.dim() == 2,
-           num_warps=NUM_WARPS)
+    launcher.launch(chunk_gates_bwd_kernel, (n,), lr.device, lr, retention, momentum, d_decay, d_carry, d_write,
+                    d_mom_decay, d_mom_write, d_dgd_write, d_lr, d_ret, d_mom, rows_y, C=C, USE_MOMENTUM=use_momentum,
+                    USE_DGD_WRITE=d_dgd_write is not None, N_LAST_ROW=use_momentum and d_mom_write.dim() == 2,
+                    num_warps=NUM_WARPS)
     return d_lr, d_ret, d_mom

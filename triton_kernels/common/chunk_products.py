@@ -8,10 +8,14 @@ in the flat chunk layout (SPEC §2; `triton_kernels/linear_memory/README.md`):
 One program per (chunk, head) reads its Q and K tiles once, in their dtype, and sums Q Kᵀ and K Kᵀ
 over K in tiles of BK. Replaces, per product, fp32 copies of q and k in a chunk-major layout, a
 batched matmul and a multiply in PyTorch."""
+import torch
 import triton
 import triton.language as tl
 
+from ..utils import launch as launcher           # module attributes: tests patch them
+
 from ..utils.host_math import next_power_of_2
+from ..utils.operand_precision import operand_dtype
 from .tiles import load_operand
 
 
@@ -65,19 +69,14 @@ def chunk_products(q, k, write, dgd_write, *, reads: bool, dgd: bool, precision:
     products with `reads` (qk_dgd_write only with `dgd`), kk_write with `dgd`. q, k `[T', H, K]` in the
     flat chunk layout (q may be None without `reads`), write, dgd_write `[H, NC, BT+1, BT]` fp32
     contiguous; `precision` of the products (`utils/operand_precision.py:dot_precision`)."""
-    import torch
-
-    from ..utils.launch import launch
-    from ..utils.operand_precision import operand_dtype
-
     Tp, H, K = k.shape
     _, NC, _, BT = write.shape
     new = lambda on: torch.empty(H, NC, BT, BT, dtype=torch.float32, device=k.device) if on else None
     qk_write, qk_dgd_write, kk_write = new(reads), new(reads and dgd), new(dgd)
     if reads or dgd:
-        launch(chunk_products_kernel, (NC, H), k.device, q=q, k=k, write=write, dgd_write=dgd_write,
-               qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write, NC=NC, H=H, K=K, BT=BT,
-               BK=min(BK, max(16, next_power_of_2(K))), USE_QK=reads, USE_DGD=dgd,
-               DOT_PRECISION=precision, FP32_OPERANDS=operand_dtype(k.device, k.dtype) == torch.float32,
-               num_warps=num_warps(BT))
+        launcher.launch(chunk_products_kernel, (NC, H), k.device, q=q, k=k, write=write, dgd_write=dgd_write,
+                        qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write, NC=NC, H=H, K=K, BT=BT,
+                        BK=min(BK, max(16, next_power_of_2(K))), USE_QK=reads, USE_DGD=dgd,
+                        DOT_PRECISION=precision, FP32_OPERANDS=operand_dtype(k.device, k.dtype) == torch.float32,
+                        num_warps=num_warps(BT))
     return qk_write, qk_dgd_write, kk_write

@@ -23,8 +23,13 @@ included), except that exact fp32 ("ieee", fp32 inputs) becomes three-pass tf32 
 to fp32): exact fp32 FMA products of C × C blocks spilled kilobytes. dA is summed over blocks of
 32 columns at C = 64: two 64 × 64 tf32x3 products with their operands in registers (sm_80's
 mma.sync holds each split in high and low parts) spilled 360 B there."""
+import torch
 import triton
 import triton.language as tl
+
+from ..utils import launch as launcher           # module attributes: tests patch them
+
+from ..utils.operand_precision import dot_precision
 
 
 TILE = tl.constexpr(16)          # the tiles of the forward's blocked inverse
@@ -184,15 +189,11 @@ def launch_params(part: str, C: int) -> dict:
 def dgd_inverse_fwd(k, dgd_write):
     """k `[T', H, K]` (flat chunk layout, any float dtype), dgd_write `[H, NC, C+1, C]` fp32
     contiguous. Returns (I + L)^{-1} `[H, NC, C, C]` fp32."""
-    import torch
-
-    from ..utils.launch import launch
-
     Tp, H, K = k.shape
     _, NC, _, C = dgd_write.shape
     inv = torch.empty(H, NC, C, C, dtype=torch.float32, device=k.device)
-    launch(dgd_inverse_kernel, (NC, H), k.device, k, dgd_write, inv, NC, H=H, K=K, C=C,
-           **launch_params("fwd", C))
+    launcher.launch(dgd_inverse_kernel, (NC, H), k.device, k, dgd_write, inv, NC, H=H, K=K, C=C,
+                    **launch_params("fwd", C))
     return inv
 
 
@@ -200,15 +201,10 @@ def dgd_inverse_bwd(k, dgd_write, inv, d_inv, *, input_dtype):
     """The gradients of k `[T', H, K]` (in k's dtype) and of dgd_write `[H, NC, C+1, C]` (fp32)
     through inv = `dgd_inverse_fwd(k, dgd_write)`, given d_inv; every tensor contiguous.
     `input_dtype` is the op's (k may be an fp32 copy of 16-bit keys): its products' precision."""
-    import torch
-
-    from ..utils.launch import launch
-    from ..utils.operand_precision import dot_precision
-
     Tp, H, K = k.shape
     _, NC, _, C = dgd_write.shape
     dk, d_dgd_write = torch.empty_like(k), torch.empty_like(dgd_write)
     precision = {"ieee": "tf32x3"}.get(dot_precision(input_dtype), "tf32")   # tf32x3: exact fp32 spilled
-    launch(dgd_inverse_bwd_kernel, (NC, H), k.device, k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H=H, K=K, C=C,
-           DOT_PRECISION=precision, **launch_params("bwd", C))
+    launcher.launch(dgd_inverse_bwd_kernel, (NC, H), k.device, k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H=H,
+                    K=K, C=C, DOT_PRECISION=precision, **launch_params("bwd", C))
     return dk, d_dgd_write

@@ -9,11 +9,16 @@ right-hand side P) then form, in parallel over chunks and key tiles, each loopin
 tiles, dQ and dK (exact) and the gradients of the gate matrices and of the DGD inverse (partial
 sums per key tile).
 """
+import torch
 import triton
 import triton.language as tl
 
+from ..common.chunk_products import chunk_products
 from ..common.tiles import load_operand
+from ..utils import launch as launcher           # module attributes: tests patch them
 from ..utils.host_math import cdiv
+from ..utils.operand_precision import dot_precision
+from . import chunk_fwd, configs
 from .held_tiles import (
     along_cols, along_rows, held, held_dot, held_trans, initial_state, state_offsets, state_tiles, token_offsets,
 )
@@ -400,14 +405,6 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     adds to dk; storing a 16-bit dq spilled 4 B on sm_80 at K = 128 and 256, chunk 64, with momentum),
     the gradients of `gates` (same order and shapes; None for dgd_write without DGD), of `dgd_inv`,
     and dh0, ds0."""
-    import torch
-
-    from ..utils.launch import device_arch, launch
-    from ..utils.operand_precision import dot_precision
-    from ..common.chunk_products import chunk_products
-    from .chunk_fwd import linear_memory_fwd
-    from .configs import launch_config, operands_in_fp32, transposed_states
-
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
     V = do.shape[-1]
@@ -416,8 +413,8 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     N = chunk_offsets.numel() - 1
     use_momentum = carry is not None
     precision = dot_precision(do.dtype)                                      # dO has the op's input dtype
-    fp32_operands = operands_in_fp32(k, BT, backward=True)
-    arch = device_arch(k.device)
+    fp32_operands = configs.operands_in_fp32(k, BT, backward=True)
+    arch = launcher.device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     dh, dres = torch.empty(H, NC, K, V, **f32), torch.empty(Tp, H, V, **f32)
     ds = torch.empty(H, NC, K, V, **f32) if use_momentum else None
@@ -429,18 +426,20 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
                   FP32_OPERANDS=fp32_operands)
     qk_write, qk_dgd_write, kk_write = chunk_products(q, k, write, dgd_write, reads=True, dgd=dgd, precision=precision)
     if fwd is None:                                                           # not kept: the chunk states again
-        fwd = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale, dgd=dgd,
-                                output_final_state=False, out_dtype=do.dtype, output=False, kk_write=kk_write)[1:5]
+        fwd = chunk_fwd.linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
+                                          dgd=dgd, output_final_state=False, out_dtype=do.dtype, output=False,
+                                          kk_write=kk_write)[1:5]
     h, s, res, pseudo = fwd
-    cfg = launch_config("bwd_dh", K, V, BT, fp32_operands, arch)
+    cfg = configs.launch_config("bwd_dh", K, V, BT, fp32_operands, arch)
+    transposed = configs.transposed_states("bwd_dh", K, BT, fp32_operands, arch)
     assert K <= 2 * cfg.BK, "linear_memory_bwd_kernel_dh holds the adjoints as at most two row tiles of BK"
-    launch(
+    launcher.launch(
         linear_memory_bwd_kernel_dh, (N * H, cdiv(V, cfg.BV)), k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv, chunk_offsets=chunk_offsets,
         qk_write=qk_write, qk_dgd_write=qk_dgd_write, kk_write=kk_write,
         dht=dht, dst=dst, dh=dh, ds=ds, dres=dres, dpseudo=dpseudo, drhs=drhs, dh0=dh0, ds0=ds0, scale=scale,
-        USE_FINAL_STATE_GRADIENT=dht is not None, TRANSPOSED=transposed_states("bwd_dh", K, BT, fp32_operands, arch),
+        USE_FINAL_STATE_GRADIENT=dht is not None, TRANSPOSED=transposed,
         **common, **cfg._asdict(),
     )
     # The parallel kernels: one program per (key tile, chunk, head), looping over the value tiles, so
@@ -449,7 +448,7 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     # gradients are laid out as the gates, [.., BT + 1(, BT)]: the dQ kernel writes rows 1..BT (after
     # each token) and zeros row 0, the dK kernel adds the last real row's, the DGD kernel rows 0..BT−1.
     parts = ("bwd_dq", "bwd_dk", "bwd_dk_dgd", "bwd_dgd_inv")
-    cfgs = {part: launch_config(part, K, V, BT, fp32_operands, arch) for part in parts}
+    cfgs = {part: configs.launch_config(part, K, V, BT, fp32_operands, arch) for part in parts}
     BK = cfgs["bwd_dq"].BK
     assert all(c.BK == BK for c in cfgs.values()), "the parallel kernels share the key tiling of their partial sums"
     NK = cdiv(K, BK)
@@ -464,13 +463,13 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     d_dgd_write = partial(BT + 1, BT) if dgd else None
     d_dgd_inv = partial(BT, BT) if dgd else None
     grid = (NC, NK, H)                                                        # NC on the axis without the 65535 cap
-    launch(
+    launcher.launch(
         linear_memory_bwd_kernel_dq, grid, k.device,
         q=q, k=k, do=do, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, res=res,
         pseudo=pseudo, dq=dq, dqk=dqk, d_decay=d_decay, d_carry=d_carry, d_write=d_write, d_dgd_write=d_dgd_write,
         scale=scale, **common, **cfgs["bwd_dq"]._asdict(),
     )
-    launch(
+    launcher.launch(
         linear_memory_bwd_kernel_dk, grid, k.device,
         q=q, k=k, write=write, dgd_write=dgd_write, mom_write_last=mom_write_last, last_rows=last_rows, h=h, s=s,
         res=res, pseudo=pseudo, dh=dh, ds=ds, dres=dres, dqk=dqk, dk=dk, dv=dv, d_decay=d_decay, d_carry=d_carry,
@@ -479,12 +478,12 @@ def linear_memory_bwd(q, k, v, do, dht, dst, gates, dgd_inv, chunk_offsets, last
     if dgd:
         rhs = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, DOT_PRECISION=precision,
                    FP32_OPERANDS=fp32_operands)
-        launch(
+        launcher.launch(
             linear_memory_bwd_kernel_dk_dgd, grid, k.device,
             k=k, decay=decay, carry=carry, write=write, h=h, s=s, res=res, drhs=drhs, dk=dk,
             d_decay=d_decay, d_carry=d_carry, d_write=d_write, **rhs, **cfgs["bwd_dk_dgd"]._asdict(),
         )
-        launch(
+        launcher.launch(
             linear_memory_bwd_kernel_dgd_inv, grid, k.device,
             k=k, decay=decay, carry=carry, write=write, h=h, s=s, res=res, dpseudo=dpseudo, d_dgd_inv=d_dgd_inv,
             **rhs, **cfgs["bwd_dgd_inv"]._asdict(),

@@ -7,11 +7,16 @@ registers (one program per sequence × head and value tile) and stores each chun
 state, the DGD pseudo-values W and, for the backward, the residuals R = K M^c − V.
 `linear_memory_fwd_kernel_o` then reads every chunk in parallel (forming R again itself).
 """
+import torch
 import triton
 import triton.language as tl
 
+from ..common.chunk_products import chunk_products
 from ..common.tiles import load_operand
+from ..utils import launch as launcher           # module attributes: tests patch them
 from ..utils.host_math import cdiv
+from ..utils.operand_precision import dot_precision
+from . import configs
 from .held_tiles import (
     along_cols, along_rows, held, held_dot, held_trans, initial_state, state_offsets, state_tiles, token_offsets,
 )
@@ -187,13 +192,6 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     them in fp32. `residuals`: store R = K M^c − V for the caller (the
     backward; the output kernel forms its own), always without `output`. Returns o (in `out_dtype`;
     None without `output`), the chunk-start states h, s, R (None when not stored), W and ht, st."""
-    import torch
-
-    from ..common.chunk_products import chunk_products
-    from ..utils.launch import device_arch, launch
-    from ..utils.operand_precision import dot_precision
-    from .configs import launch_config, operands_in_fp32, transposed_states
-
     decay, carry, write, dgd_write, mom_decay_last, mom_write_last = gates
     Tp, H, K = k.shape
     V = v.shape[-1]
@@ -204,8 +202,8 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     assert BT in (16, 32, 64), f"linear_memory triton: chunk_size in (16, 32, 64), got {BT}"
     use_momentum = carry is not None
     precision = dot_precision(out_dtype)
-    fp32_operands = operands_in_fp32(k, BT, backward=False)
-    arch = device_arch(k.device)
+    fp32_operands = configs.operands_in_fp32(k, BT, backward=False)
+    arch = launcher.device_arch(k.device)
     f32 = dict(dtype=torch.float32, device=k.device)
     states = dict(dtype=state_dtype or torch.float32, device=k.device)
     h = torch.empty(H, NC, K, V, **states)
@@ -216,9 +214,9 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     st = torch.empty(N, H, K, V, **f32) if output_final_state and use_momentum else None
     common = dict(NC=NC, H=H, K=K, V=V, BT=BT, USE_MOMENTUM=use_momentum, USE_DGD=dgd, DOT_PRECISION=precision,
                   FP32_OPERANDS=fp32_operands)
-    cfg = launch_config("fwd_h", K, V, BT, fp32_operands, arch)
+    cfg = configs.launch_config("fwd_h", K, V, BT, fp32_operands, arch)
     assert K <= 2 * cfg.BK, "linear_memory_fwd_kernel_h holds the state as at most two row tiles of BK"
-    launch(
+    launcher.launch(
         linear_memory_fwd_kernel_h, (N * H, cdiv(V, cfg.BV)), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv,
@@ -227,13 +225,13 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
         chunk_offsets=chunk_offsets,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
         USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, STORE_RES=res is not None,
-        TRANSPOSED=transposed_states("fwd_h", K, BT, fp32_operands, arch), **common, **cfg._asdict(),
+        TRANSPOSED=configs.transposed_states("fwd_h", K, BT, fp32_operands, arch), **common, **cfg._asdict(),
     )
     if not output:
         return None, h, s, res, pseudo, ht, st
     o = torch.empty(v.shape, dtype=out_dtype, device=v.device)
-    cfg = launch_config("fwd_o", K, V, BT, fp32_operands, arch)
-    launch(
+    cfg = configs.launch_config("fwd_o", K, V, BT, fp32_operands, arch)
+    launcher.launch(
         linear_memory_fwd_kernel_o, (NC, cdiv(V, cfg.BV), H), k.device,            # NC: the uncapped axis
         q=q, k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, h=h, s=s, pseudo=pseudo,
         o=o, scale=scale, **common, **cfg._asdict(),

@@ -59,7 +59,10 @@ FP32_OPERANDS). Chosen with the same sweep on sm_90 (bf16 and fp32 operands, Tri
 """
 from typing import NamedTuple, Optional
 
+import torch
+
 from ..utils.host_math import next_power_of_2
+from ..utils.operand_precision import operand_dtype
 
 
 class LaunchConfig(NamedTuple):
@@ -143,10 +146,6 @@ def needs_fp32_copies(k, BT: int, *, backward: bool) -> bool:
     """Whether the kernels of the forward (or of the `backward`) need fp32 copies of 16-bit keys `k`
     (and of q, v) from the op: where their products take fp32 operands (`utils/operand_precision.py`
     `operand_dtype`) and they do not convert their loads (`converts_loads`)."""
-    import torch
-
-    from ..utils.operand_precision import operand_dtype
-
     return (k.dtype != torch.float32 and operand_dtype(k.device, k.dtype) == torch.float32
             and not converts_loads(k.shape[-1], BT, backward=backward))
 
@@ -155,10 +154,6 @@ def operands_in_fp32(k, BT: int, *, backward: bool) -> bool:
     """Whether the kernels' products take fp32 operands for keys `k`: fp32 inputs, their fp32 copies,
     or 16-bit loads the kernels convert, which only `converts_loads` shapes may get (of the forward,
     or of the `backward`)."""
-    import torch
-
-    from ..utils.operand_precision import operand_dtype
-
     assert not needs_fp32_copies(k, BT, backward=backward), "fp32 copies expected here"
     return operand_dtype(k.device, k.dtype) == torch.float32
 
