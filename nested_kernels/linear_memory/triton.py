@@ -1,22 +1,23 @@
 """The `triton` backend of `linear_memory`: the chunk kernels of `triton_kernels/linear_memory/`
-on the flat chunk layout. The gate matrices and the DGD system's inverse are small per-chunk
-tensors built by the shared kernels of `triton_kernels/common/` (custom ops in
-`common/chunk_gates_triton.py`, `common/dgd_inverse_triton.py`); the chunk kernels do the
-state-sized work. On a CPU the kernels run in Triton's interpreter."""
-import functools
-from typing import List, Optional, Tuple
+on the flat chunk layout, as ONE custom op per direction: the forward op cuts q, k, v and the gates
+into the layout, builds the gate matrices and (with DGD) each chunk's inverse with the shared
+kernels of `triton_kernels/common/`, and runs the chunk kernels; the backward op runs their
+backward kernels and those of the gates and of the DGD inverse. One autograd node per call: on the
+H100 the forward + backward at D64 was host-bound (benchmarks/results/h100-2026-11-27.md), and the
+separate gate and DGD-inverse ops with the layout's views between them made 34 autograd nodes per
+call (36 with DGD; 8 now, six of them the inputs' AccumulateGrad). On a CPU the kernels run in
+Triton's interpreter."""
+from typing import List, Optional
 
 import torch
 
-from ..common.chunk_gates import padded_chunk_gates
-from ..common.chunk_gates_triton import triton_chunk_gates
-from ..common.dgd_inverse_triton import dgd_inverse_triton
 from ..common.eager_ops import eager_op
-from ..common.flat_chunks import flat_chunks
+from ..common.flat_chunks import FlatChunks, flat_chunks
 from ..common.inputs import as_gate
 from ..common.kept_states import keeping_chunk_states
 from ..common.triton_backend import flat_operands, triton_call_reason
 from .state import LinearMemoryState
+from .triton_gates import GateRows, StoredGates, gate_matrices, gate_row_grads, gate_rows, kernel_gates
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 256
@@ -37,112 +38,143 @@ def _empty_if_none(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tenso
     return like.new_empty(0) if x is None else x
 
 
-def _none_if_empty(x: torch.Tensor) -> Optional[torch.Tensor]:
-    return None if x.numel() == 0 else x
+def _none_unless(x: torch.Tensor, present: bool) -> Optional[torch.Tensor]:
+    return x if present else None
 
 
-# The kernels as torch.library custom ops (opaque to torch.compile, with fake kernels), and the
-# hand-written backward as their autograd formula; plain eager calls skip the dispatch
-# (common/eager_ops.py). Inputs are in the flat chunk layout; the gate matrices and the DGD
-# inverse are inputs too, so autograd carries their gradients on to lr, retention, momentum and k
-# through the torch gate algebra. Absent optional results are empty.
-# With `keep_states` the forward also returns the chunk-start states and the residuals (h, s, res,
-# pseudo: non-differentiable, saved for the backward, which then does not recompute them).
+# The ops (torch.library custom ops with fake kernels; plain eager calls skip the dispatch,
+# common/eager_ops.py). The forward op takes q, k, v `[B, T, H, ·]`, the gates `[B, T, H]` fp32 and
+# the layout's tensors, and returns o in the flat layout, the final states and the residuals its
+# backward reads (non-differentiable; absent ones empty): the gates' rows and matrices, the DGD
+# inverse and, with `keep_states`, the chunk-start states and R, W (the backward then does not
+# recompute them). The backward op returns dq, dk, dv in the flat layout, the gates' rows' gradients
+# `[H · NC, C]` and dh0, ds0; the autograd formula maps them back to the inputs' layout.
 
 
 def _fwd_impl(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor],
-    write: torch.Tensor, dgd_write: Optional[torch.Tensor], mom_decay_last: Optional[torch.Tensor],
-    mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
-    s0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor, scale: float, dgd: bool,
-    out_dtype: torch.dtype, keep_states: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, retention: torch.Tensor,
+    momentum: Optional[torch.Tensor], h0: Optional[torch.Tensor], s0: Optional[torch.Tensor],
+    index: Optional[torch.Tensor], slots: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
+    last_rows: torch.Tensor, chunk_size: int, scale: float, dgd: bool, keep_states: bool,
+) -> List[torch.Tensor]:
+    from ..triton_kernels.common.dgd_inverse import dgd_inverse_fwd
     from ..triton_kernels.linear_memory.chunk_fwd import linear_memory_fwd
     from ..triton_kernels.utils.operand_precision import operand_dtype
 
-    gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
+    layout = FlatChunks(chunk_size, index, slots, chunk_offsets, last_rows)
+    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory", fp32_copies=False)      # the kernels convert
+    rows = gate_rows(layout, lr, retention, momentum)
+    gates = gate_matrices(rows, q.shape[2], last_rows.shape[0], dgd)
+    dgd_inv = dgd_inverse_fwd(kf, gates.e_matrix) if dgd else None          # one program per chunk and head
     # chunk states read by the output kernel alone are stored in its products' operand dtype (the
     # same output, half the bytes for 16-bit operands); kept for the backward, in fp32
     state_dtype = torch.float32 if keep_states else operand_dtype(q.device, q.dtype)
-    o, *states, ht, st = linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, scale=scale,
-                                           dgd=dgd, output_final_state=True, out_dtype=out_dtype,
+    o, *states, ht, st = linear_memory_fwd(qf, kf, vf, kernel_gates(gates, dgd), dgd_inv, chunk_offsets, last_rows,
+                                           h0, s0, scale=scale, dgd=dgd, output_final_state=True, out_dtype=v.dtype,
                                            state_dtype=state_dtype, residuals=keep_states)
-    kept = [_empty_if_none(x, ht) if keep_states else ht.new_empty(0) for x in states]
-    return (o, ht, _empty_if_none(st, ht), *kept)
+    kept = states if keep_states else (None,) * 4
+    return [o, ht, *(_empty_if_none(x, ht) for x in (st, *rows, *gates, dgd_inv, *kept))]
 
 
-def _fwd_fake(q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
-              chunk_offsets, last_rows, scale, dgd, out_dtype, keep_states):
-    (Tp, H, K), V, NC = k.shape, v.shape[2], decay.shape[1]
-    ht = k.new_empty(chunk_offsets.shape[0] - 1, H, K, V, dtype=torch.float32)
-    st = ht.new_empty(ht.shape if carry is not None else (0,))
+def _fwd_fake(q, k, v, lr, retention, momentum, h0, s0, index, slots, chunk_offsets, last_rows, chunk_size, scale,
+              dgd, keep_states):
+    B, T, H, K = q.shape
+    V, NC, N, C = v.shape[-1], last_rows.shape[0], chunk_offsets.shape[0] - 1, chunk_size
+    mom = momentum is not None
 
-    def kept(shape, present=True):
-        return ht.new_empty(shape if keep_states and present else (0,))
-    states = (kept((H, NC, K, V)), kept((H, NC, K, V), carry is not None), kept((Tp, H, V)), kept((Tp, H, V), dgd))
-    return (v.new_empty(v.shape, dtype=out_dtype), ht, st, *states)
+    def f32(*shape, present=True):
+        return q.new_empty(shape if present else (0,), dtype=torch.float32)
+    rows = [f32(H * NC, C), f32(H * NC, C), f32(H * NC, C, present=mom)]
+    gates = [f32(H, NC, C + 1), f32(H, NC, C + 1, present=mom), f32(H, NC, C + 1, C, present=mom),
+             f32(H, NC, C + 1, C, present=dgd or not mom), f32(H, NC, present=mom), f32(H, NC, C, present=mom)]
+    kept = [f32(H, NC, K, V, present=keep_states), f32(H, NC, K, V, present=keep_states and mom),
+            f32(NC * C, H, V, present=keep_states), f32(NC * C, H, V, present=keep_states and dgd)]
+    return [v.new_empty(NC * C, H, V), f32(N, H, K, V), f32(N, H, K, V, present=mom), *rows, *gates,
+            f32(H, NC, C, C, present=dgd), *kept]
 
 
 def _bwd_impl(
     do: torch.Tensor, dht: Optional[torch.Tensor], dst: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor,
-    v: torch.Tensor, decay: torch.Tensor, carry: Optional[torch.Tensor], write: torch.Tensor,
-    dgd_write: Optional[torch.Tensor],
+    v: torch.Tensor, h0: Optional[torch.Tensor], s0: Optional[torch.Tensor], index: Optional[torch.Tensor],
+    slots: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor, lr_rows: torch.Tensor,
+    retention_rows: torch.Tensor, momentum_rows: Optional[torch.Tensor], decay: torch.Tensor,
+    carry: Optional[torch.Tensor], write: Optional[torch.Tensor], e_matrix: Optional[torch.Tensor],
     mom_decay_last: Optional[torch.Tensor], mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor],
-    h0: Optional[torch.Tensor], s0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor,
-    scale: float, dgd: bool, h: Optional[torch.Tensor], s: Optional[torch.Tensor], res: Optional[torch.Tensor],
-    pseudo: Optional[torch.Tensor],
+    h: Optional[torch.Tensor], s: Optional[torch.Tensor], res: Optional[torch.Tensor], pseudo: Optional[torch.Tensor],
+    chunk_size: int, scale: float, dgd: bool,
 ) -> List[torch.Tensor]:
+    from ..triton_kernels.common.dgd_inverse import dgd_inverse_bwd
     from ..triton_kernels.linear_memory.chunk_bwd import linear_memory_bwd
     from ..triton_kernels.linear_memory.configs import needs_fp32_copies
 
-    gates = (decay, carry, write, dgd_write, mom_decay_last, mom_write_last)
+    layout = FlatChunks(chunk_size, index, slots, chunk_offsets, last_rows)
+    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory", fp32_copies=False)
+    rows = GateRows(lr_rows, retention_rows, momentum_rows)
+    gates = StoredGates(decay, carry, write, e_matrix, mom_decay_last, mom_write_last)
     kept = None if h is None else (h, s, res, pseudo)                         # None: the backward recomputes them
     contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
+    operands = (qf, kf, vf)
+    if needs_fp32_copies(kf, chunk_size, backward=True):                      # the forward converted its loads
+        operands = tuple(x.float() for x in operands)
     dtypes = q.dtype, k.dtype, v.dtype
-    if needs_fp32_copies(k, write.shape[-1], backward=True):                  # the forward converted its loads
-        q, k, v = q.float(), k.float(), v.float()
     dq, dk, dv, d_gates, d_inv, dh0, ds0 = linear_memory_bwd(
-        q, k, v, do.contiguous(), contiguous(dht), contiguous(dst), gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
-        kept, scale=scale, dgd=dgd, grad_dtypes=dtypes)
-    grads = [g.to(dtype) for g, dtype in zip((dq, dk, dv), dtypes)] + [*d_gates, d_inv, dh0, ds0]
-    return [_empty_if_none(g, dh0) for g in grads]                              # fp32 placeholders
+        *operands, do.contiguous(), contiguous(dht), contiguous(dst), kernel_gates(gates, dgd), dgd_inv, chunk_offsets,
+        last_rows, h0, s0, kept, scale=scale, dgd=dgd, grad_dtypes=dtypes)
+    d_e_inverse = None
+    if dgd:                                                                   # through the inverse: dK and dE
+        dk_inverse, d_e_inverse = dgd_inverse_bwd(kf, e_matrix, dgd_inv, d_inv, input_dtype=k.dtype)
+        dk = dk + dk_inverse
+    d_rows = gate_row_grads(rows, d_gates, d_e_inverse)
+    grads = [g.to(dtype) for g, dtype in zip((dq, dk, dv), dtypes)] + [*d_rows, dh0, ds0]
+    return [_empty_if_none(g, dh0) for g in grads]                            # fp32 placeholders
 
 
-def _bwd_fake(do, dht, dst, q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0,
-      chunk_offsets, last_rows, scale, dgd, h, s, res, pseudo):
-    N, H, K, V = chunk_offsets.shape[0] - 1, k.shape[1], k.shape[2], v.shape[2]
-    like = [q, k, v, decay, carry, write, dgd_write if dgd else None, mom_decay_last, mom_write_last, dgd_inv]
-    grads = [q.new_empty(0, dtype=torch.float32) if x is None else torch.empty_like(x)   # E has none without DGD
-             for x in like]
-    state = q.new_empty(N, H, K, V, dtype=torch.float32)
-    return grads + [state, torch.empty_like(state) if carry is not None else state.new_empty(0)]
+def _bwd_fake(do, dht, dst, q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, lr_rows, retention_rows,
+              momentum_rows, decay, carry, write, e_matrix, mom_decay_last, mom_write_last, dgd_inv, h, s, res, pseudo,
+              chunk_size, scale, dgd):
+    N, (Tp, H, V), K = chunk_offsets.shape[0] - 1, do.shape, k.shape[-1]
+    mom = momentum_rows is not None
+    state = lr_rows.new_empty(N, H, K, V)
+    return [q.new_empty(Tp, H, K), k.new_empty(Tp, H, K), v.new_empty(Tp, H, V), torch.empty_like(lr_rows),
+            torch.empty_like(retention_rows), torch.empty_like(momentum_rows) if mom else lr_rows.new_empty(0),
+            state, torch.empty_like(state) if mom else lr_rows.new_empty(0)]
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, scale, dgd, out_dtype, _ = inputs
-    kept = output[3:]                                                          # empty unless keep_states
-    ctx.mark_non_differentiable(*kept)
+    q, k, v, lr, retention, momentum, h0, s0, index, slots, chunk_offsets, last_rows, *flags = inputs
+    ctx.chunk_size, ctx.scale, ctx.dgd, keep_states = flags
+    ctx.use_momentum, ctx.keep_states = momentum is not None, keep_states
+    residuals = output[3:]
+    ctx.mark_non_differentiable(*residuals)
     ctx.set_materialize_grads(False)        # a loss without the final state: dht None, not zeros to read
-    ctx.save_for_backward(*tensors, *kept)
-    ctx.scale, ctx.dgd, ctx.out_dtype = scale, dgd, out_dtype
+    ctx.save_for_backward(q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, *residuals)
 
 
-def _backward(ctx, do, dht, dst, *_kept):
-    *saved, h, s, res, pseudo = ctx.saved_tensors
-    q, k, v, decay, carry, write, dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows = saved
-    kept = (None,) * 4 if h.numel() == 0 else [_none_if_empty(x) for x in (h, s, res, pseudo)]
-    do = torch.zeros_like(v, dtype=ctx.out_dtype) if do is None else do
-    if carry is None:
+def _backward(ctx, grads):
+    do, dht, dst = grads[:3]
+    q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, *residuals = ctx.saved_tensors
+    mom, dgd, keep = ctx.use_momentum, ctx.dgd, ctx.keep_states
+    # rows (η, α, μ), StoredGates, the inverse, the kept states (h, s, R, W): which are there
+    present = (True, True, mom, True, mom, mom, dgd or not mom, mom, mom, dgd, keep, keep and mom, keep, keep and dgd)
+    residuals = [_none_unless(x, p) for x, p in zip(residuals, present)]
+    B, T, H = q.shape[:3]
+    Tp = last_rows.shape[0] * ctx.chunk_size                                  # tokens of the flat layout
+    if do is None:
+        do = v.new_zeros(Tp, H, v.shape[-1])
+    if not mom:
         dst = None
     elif dht is None and dst is not None:                                     # the kernel reads both or neither
         dht = torch.zeros_like(dst)
     elif dst is None and dht is not None:
         dst = torch.zeros_like(dht)
-    grads = _triton_bwd(
-        do, dht, dst, q, k, v, decay, carry, write,
-        dgd_write, mom_decay_last, mom_write_last, dgd_inv, h0, s0, offsets, rows, ctx.scale, ctx.dgd, *kept)
-    *grads, dh0, ds0 = [_none_if_empty(g) for g in grads]
-    return (*grads, None if h0 is None else dh0, None if s0 is None else ds0, None, None, None, None, None, None)
+    dq, dk, dv, d_lr, d_ret, d_mom, dh0, ds0 = _triton_bwd(
+        do, dht, dst, q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, *residuals, ctx.chunk_size, ctx.scale,
+        dgd)
+    layout = FlatChunks(ctx.chunk_size, index, slots, chunk_offsets, last_rows)
+    tokens = lambda x: layout.unflatten(x, B, T)                              # [T', H, ·] -> [B, T, H, ·]
+    gate = lambda x: tokens(x.view(H, Tp).t())                                # rows [H · NC, C] -> [B, T, H]
+    return (tokens(dq), tokens(dk), tokens(dv), gate(d_lr), gate(d_ret), gate(d_mom) if mom else None,
+            dh0 if h0 is not None else None, ds0 if s0 is not None else None) + (None,) * 8
 
 
 _triton_bwd, _ = eager_op("nested_kernels::linear_memory_triton_bwd", _bwd_impl, fake=_bwd_fake)
@@ -152,38 +184,17 @@ _triton_fwd, _ = eager_op("nested_kernels::linear_memory_triton_fwd", _fwd_impl,
 
 def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, initial_state, cu_seqlens):
     """The layout and the arguments of `nested_kernels::linear_memory_triton_fwd` for one call."""
-    B, T, H, K = q.shape
+    B, T = q.shape[:2]
     f32 = torch.float32
     layout = flat_chunks(B, T, chunk_size, cu_seqlens, q.device)
-    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory", fp32_copies=False)      # the forward converts
-
-    def gate(x, pad):
-        return layout.to_chunk_major(layout.flatten(as_gate(x, q, f32), pad))
-
-    # E, the DGD weights, only with DGD (with momentum it is not the write G): no [.., C+1, C] matrix to
-    # write and read, nor a zero gradient to fill, without it. Of m and N the kernels read the last
-    # token's row alone, which is row C: the padding after it has η = 0, μ = 1 (padded_chunk_gates)
-    gates_of = functools.partial(triton_chunk_gates, dgd_write=dgd, mom_write_last_row=True)
-    g = padded_chunk_gates(lr, retention, momentum, gate, gates_of)
-    dgd_inv = None
-    if dgd:
-        dgd_inv = dgd_inverse_triton(kf, g.dgd_write, k.dtype)               # one program per chunk and head
-    use_momentum = momentum is not None
-    gates = (
-        g.decay.contiguous(),
-        g.carry.contiguous() if use_momentum else None,
-        g.write.contiguous(),
-        None if g.dgd_write is None else g.dgd_write.contiguous(),
-        g.mom_decay[..., chunk_size].contiguous() if use_momentum else None,  # m[last] = m[C]
-        g.mom_write if use_momentum else None,                                # N[last, :] = N[C, :]
-    )
+    gates = [None if g is None else as_gate(g, q, f32) for g in (lr, retention, momentum)]
     h0 = s0 = None
     if initial_state is not None:
         h0 = initial_state.memory.to(f32).contiguous()
-        if use_momentum:
+        if momentum is not None:
             s0 = torch.zeros_like(h0) if initial_state.momentum is None else initial_state.momentum.to(f32).contiguous()
-    args = (qf, kf, vf, *gates, dgd_inv, h0, s0, layout.chunk_offsets, layout.last_rows, float(scale), dgd, v.dtype,
-            keeping_chunk_states())
+    args = (q, k, v, *gates, h0, s0, layout.index, layout.slots, layout.chunk_offsets, layout.last_rows, chunk_size,
+            float(scale), dgd, keeping_chunk_states())
     return layout, args
 
 

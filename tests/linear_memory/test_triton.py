@@ -451,3 +451,17 @@ def test_double_backward_raises():
     (dq,) = torch.autograd.grad(o.sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match="first-order"):
         dq.pow(2).sum().backward()
+
+
+@pytest.mark.parametrize("use_mom,dgd", [(False, False), (True, True)], ids=["plain", "mom-dgd"])
+def test_one_autograd_node_per_call(use_mom, dgd):
+    """The call records one autograd node of its own (then the layout's view of o): the gates, the
+    DGD inverse and the layout's copies run inside the op, so its node leads straight to the
+    inputs (host time: the fwd+bwd at D64 was host-bound on an H100)."""
+    q, k, v = (x.to(DEVICE, torch.float32).requires_grad_() for x in qkv(1, 32, 2, 16, 16))
+    lr, retention, momentum = (None if x is None else x.to(DEVICE, torch.float32).requires_grad_()
+                               for x in gates(1, 32, 2, momentum=use_mom))
+    o, _ = linear_memory(q, k, v, lr, retention, momentum, dgd=dgd, chunk_size=16, backend="triton")
+    (op_node,) = [node for node, _ in o.grad_fn.next_functions if node is not None]
+    inputs = [node.variable for node, _ in op_node.next_functions if node is not None]
+    assert [x for x in (q, k, v, lr, retention, momentum) if x is not None] == inputs
