@@ -66,12 +66,12 @@ def flat_chunks(B: int, T: int, chunk_size: int, cu_seqlens: Optional[torch.Tens
 def _batch_chunks(B: int, T: int, chunk_size: int, device) -> FlatChunks:
     """B rows of T tokens, each padded to n whole chunks, from device arithmetic."""
     n = num_chunks(T, chunk_size)
-    offsets = torch.arange(B + 1, dtype=torch.int32, device=device) * n
+    offsets = (torch.arange(0, (B + 1) * n, n, dtype=torch.int32, device=device) if n
+               else torch.zeros(B + 1, dtype=torch.int32, device=device))
     last_rows = torch.full((B, n), chunk_size, dtype=torch.int32, device=device)
-    if n > 0:
-        last_rows[:, -1] = T - (n - 1) * chunk_size
     index = slots = None
-    if T % chunk_size:
+    if T % chunk_size:                                                        # a partial last chunk
+        last_rows[:, -1] = T % chunk_size
         padded = n * chunk_size
         slot = torch.arange(B * padded, device=device)
         row, t = slot // padded, slot % padded
