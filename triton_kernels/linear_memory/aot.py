@@ -50,11 +50,12 @@ def flag_combinations(flags: set) -> list:
 def signature(names, qkv: str = "bf16", states16: bool = False, fp32_inputs: bool = False, dgd: bool = False
               ) -> dict:
     """The argument types; dO and o in bf16, the inputs' dtype, but with `fp32_inputs` (in fp32 as q,
-    k, v are). dQ, dK, dV in the inputs' dtype, but dQ and dK in fp32 with DGD (`linear_memory_bwd`)."""
+    k, v are). dQ, dK, dV in the op's input dtype, dO's (also where q, k, v are fp32 copies: the
+    fp32qkv rows), but dQ and dK in fp32 with DGD (`linear_memory_bwd`)."""
     bf16 = (set() if fp32_inputs else INPUT_DTYPE) | (STATES if states16 else set())
     types = pointer_types(names, qkv, bf16=bf16, int32=INT32, scalars=SCALARS)
     grads = {"dv"} | (set() if dgd else {"dq", "dk"})
-    return {n: f"*{qkv}" if n in grads else t for n, t in types.items()}
+    return {n: ("*fp32" if fp32_inputs else "*bf16") if n in grads else t for n, t in types.items()}
 
 
 # 16-bit inputs, their loads converted to fp32 on Hopper with Triton < 3.7.1 (`CONVERTED_VARIANT`),
