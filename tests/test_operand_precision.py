@@ -165,3 +165,27 @@ def test_linear_memory_copies_where_converted_loads_spill(monkeypatch, K, C, cop
     assert operands(calls[forward:]) == {(torch.float32 if copied else torch.bfloat16, True)}, operands(calls[forward:])
     assert {"linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh"} <= {name for name, _, _ in calls[forward:]}
     assert (q.grad.dtype, k.grad.dtype, v.grad.dtype) == (torch.bfloat16,) * 3
+
+
+def test_warning_names_the_op_at_its_callers_line(compiled, monkeypatch):
+    """The RuntimeWarning of `warn_fp32_operands` names the op and points `stacklevel` frames up from
+    its caller (linear_memory warns once per call, from outside its custom ops)."""
+    import inspect
+    import types
+
+    from nested_kernels.common.triton_backend import warn_fp32_operands
+
+    compiled((9, 0), "3.6.0")
+    monkeypatch.setattr(launch, "interpreted", lambda: False)
+    q = types.SimpleNamespace(device=CUDA, dtype=torch.bfloat16)
+
+    def backend_entry():                                     # stands for linear_memory_triton
+        return warn_fp32_operands(q, "linear_memory", stacklevel=2)
+
+    with pytest.warns(RuntimeWarning, match=r"linear_memory\(backend='triton'\): Triton 3\.6\.0 .*#640") as record:
+        line = inspect.currentframe().f_lineno + 1
+        reason = backend_entry()
+    assert reason is not None and len(record) == 1
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
+    compiled((9, 0), "3.7.1")
+    assert warn_fp32_operands(q, "linear_memory", stacklevel=2) is None

@@ -3,7 +3,8 @@
 A `torch.library.custom_op` call goes through the dispatcher, an autograd wrapper, a
 `torch._dynamo.disable` frame and a pytree pass over its arguments: on the CPU that took about 75 µs
 per call for the chunk-gates op (six outputs, autograd registered) against 11 µs for its launch
-code, and the triton forward + backward of `linear_memory` makes six such calls (without DGD);
+code, and the triton forward + backward of `linear_memory` made six such calls then (without DGD;
+two since its ops took the gates and the DGD inverse inside, `linear_memory/triton.py`);
 its host time went from 974 to 661 µs (B1 T128 H2 D16, bf16, 200 calls on this project's CPU
 machine with the Triton launches stubbed; on an H100 that call was host-bound at D64,
 benchmarks/results/h100-2026-11-27.md).

@@ -25,21 +25,26 @@ def auto_reason(call: dict) -> Optional[str]:
     return None if call["device"].type == "cuda" else "interpreted on the CPU"
 
 
-def flat_operands(layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str, fp32_copies: bool = True
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v in the flat chunk layout (`common/flat_chunks.py`), contiguous. Where 16-bit dot
-    operands are not safe (`triton_kernels/utils/operand_precision.py`), with a warning naming `op`:
-    as fp32 copies with `fp32_copies`, else as they are, for kernels that convert their loads to
-    fp32 (FP32_OPERANDS: no copy, half the bytes read). Either way the products stay tf32, the
-    precision of the op's input dtype."""
+def warn_fp32_operands(q: torch.Tensor, op: str, stacklevel: int) -> Optional[str]:
+    """Why 16-bit dot operands are not safe for q's device and dtype
+    (`triton_kernels/utils/operand_precision.py`), or None where they are; warned as a RuntimeWarning
+    naming `op` (not in the interpreter), `stacklevel` counted from the caller."""
     from ..triton_kernels.utils.launch import interpreted
     from ..triton_kernels.utils.operand_precision import fp32_operands_reason
 
-    qf, kf, vf = (layout.flatten(x).contiguous() for x in (q, k, v))
     reason = fp32_operands_reason(q.device, q.dtype)
-    if reason is not None:                                                    # fp32 holds 16-bit values exactly
-        if not interpreted():
-            warnings.warn(f"{op}(backend='triton'): {reason}", RuntimeWarning, stacklevel=4)
-        if fp32_copies:
-            qf, kf, vf = qf.float(), kf.float(), vf.float()
+    if reason is not None and not interpreted():
+        warnings.warn(f"{op}(backend='triton'): {reason}", RuntimeWarning, stacklevel=stacklevel + 1)
+    return reason
+
+
+def flat_operands(layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v in the flat chunk layout (`common/flat_chunks.py`), contiguous; as fp32 copies where
+    16-bit dot operands are not safe, with a warning naming `op` (`warn_fp32_operands`). The
+    products stay tf32, the precision of the op's input dtype: fp32 holds 16-bit values exactly.
+    (`linear_memory`'s kernels convert their loads instead: no copy, half the bytes read.)"""
+    qf, kf, vf = (layout.flatten(x).contiguous() for x in (q, k, v))
+    if warn_fp32_operands(q, op, stacklevel=4) is not None:
+        qf, kf, vf = qf.float(), kf.float(), vf.float()
     return qf, kf, vf

@@ -5,8 +5,8 @@ kernels of `triton_kernels/common/`, and runs the chunk kernels; the backward op
 backward kernels and those of the gates and of the DGD inverse. One autograd node per call: on the
 H100 the forward + backward at D64 was host-bound (benchmarks/results/h100-2026-11-27.md), and the
 separate gate and DGD-inverse ops with the layout's views between them made 34 autograd nodes per
-call (36 with DGD; 8 now, six of them the inputs' AccumulateGrad). On a CPU the kernels run in
-Triton's interpreter."""
+call (36 with DGD); now 8 with momentum, six of them the inputs' AccumulateGrad. On a CPU the
+kernels run in Triton's interpreter."""
 from typing import List, Optional
 
 import torch
@@ -15,7 +15,7 @@ from ..common.eager_ops import eager_op
 from ..common.flat_chunks import FlatChunks, flat_chunks
 from ..common.inputs import as_gate
 from ..common.kept_states import keeping_chunk_states
-from ..common.triton_backend import flat_operands, triton_call_reason
+from ..common.triton_backend import triton_call_reason, warn_fp32_operands
 from .state import LinearMemoryState
 from .triton_gates import GateRows, StoredGates, gate_matrices, gate_row_grads, gate_rows, kernel_gates
 
@@ -32,6 +32,12 @@ def unsupported_reason(call: dict) -> Optional[str]:
     if max(call["K"], call["V"]) > MAX_DIM:
         return f"K and V up to {MAX_DIM}, got K={call['K']}, V={call['V']}"
     return None
+
+
+def _flat_operands(layout: FlatChunks, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """q, k, v in the flat layout, contiguous, in their dtype: where 16-bit dot operands are not safe
+    the kernels convert their loads (FP32_OPERANDS), and the call has warned (`triton_op_args`)."""
+    return tuple(layout.flatten(x).contiguous() for x in (q, k, v))
 
 
 def _empty_if_none(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -62,7 +68,7 @@ def _fwd_impl(
     from ..triton_kernels.utils.operand_precision import operand_dtype
 
     layout = FlatChunks(chunk_size, index, slots, chunk_offsets, last_rows)
-    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory", fp32_copies=False)      # the kernels convert
+    qf, kf, vf = _flat_operands(layout, q, k, v)
     rows = gate_rows(layout, lr, retention, momentum)
     gates = gate_matrices(rows, q.shape[2], last_rows.shape[0], dgd)
     dgd_inv = dgd_inverse_fwd(kf, gates.e_matrix) if dgd else None          # one program per chunk and head
@@ -108,7 +114,7 @@ def _bwd_impl(
     from ..triton_kernels.linear_memory.configs import needs_fp32_copies
 
     layout = FlatChunks(chunk_size, index, slots, chunk_offsets, last_rows)
-    qf, kf, vf = flat_operands(layout, q, k, v, "linear_memory", fp32_copies=False)
+    qf, kf, vf = _flat_operands(layout, q, k, v)
     rows = GateRows(lr_rows, retention_rows, momentum_rows)
     gates = StoredGates(decay, carry, write, e_matrix, mom_decay_last, mom_write_last)
     kept = None if h is None else (h, s, res, pseudo)                         # None: the backward recomputes them
@@ -186,6 +192,7 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
     """The layout and the arguments of `nested_kernels::linear_memory_triton_fwd` for one call."""
     B, T = q.shape[:2]
     f32 = torch.float32
+    warn_fp32_operands(q, "linear_memory", stacklevel=3)                     # at linear_memory's caller
     layout = flat_chunks(B, T, chunk_size, cu_seqlens, q.device)
     gates = [None if g is None else as_gate(g, q, f32) for g in (lr, retention, momentum)]
     h0 = s0 = None
