@@ -13,11 +13,14 @@ def test_python_hotspots_rank_functions():
     def slow_python():
         return sum(i * i for i in range(20000))
 
-    lines = host_profile.python_hotspots(lambda: (slow_python(), (x @ x).sum().backward()), [x], calls=2, top=3)
+    lines = host_profile.python_hotspots(lambda: (slow_python(), (x @ x).sum().backward()), [x], calls=2, top=5)
     assert lines[0].startswith("Python self time under cProfile")
-    rows = lines[4:]
-    assert len(rows) == 3 and "<genexpr> (tests/test_bench_host_profile.py:" in rows[0]
-    assert rows[0].split("|")[2].strip() == "20001"                     # calls per call: the generator's steps
+    rows = [row.split("|")[1:5] for row in lines[4:]]                 # function, calls, self ms, cumulative ms
+    assert len(rows) == 5
+    self_ms = [float(row[2]) for row in rows]
+    assert self_ms == sorted(self_ms, reverse=True)
+    (generator,) = [row for row in rows if "<genexpr> (tests/test_bench_host_profile.py:" in row[0]]
+    assert generator[1].strip() == "20001"                              # calls per call: the generator's steps
     assert x.grad is not None
 
 
