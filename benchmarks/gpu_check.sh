@@ -53,9 +53,10 @@
 #                         with 15 minutes of device time in all (machine start included), one call:
 #                         SKIP_BUILD=1 STEPS="build bench profile isolate pytest-gpu" PROFILE_CAP=90 ISOLATE_CAP=120
 #                         ISOLATE_DTYPES=fp32,bf16
-#                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common tests/test_operand_precision.py"
-#                         TOTAL_S=560
-#                         (the SPEC §8 table first, then where the time goes, the Triton tier against
+#                         PYTEST_GPU_PATHS="tests/linear_memory/test_triton.py tests/common tests/test_operand_precision.py
+#                         tests/test_bench_host_profile.py" TOTAL_S=560
+#                         (the SPEC §8 table first, then where the time goes (kernels, and the host's
+#                         syncs and Python hotspots: benchmarks/host_profile.py), the Triton tier against
 #                         the torch tier per configuration, the Triton tests; building the CUDA
 #                         extension took 166 s on an H100: leave SKIP_BUILD out only where the CUDA
 #                         tier is what the session checks; 16-bit products, ISOLATE_DTYPES=bf16-raw,
