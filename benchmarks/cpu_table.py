@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
@@ -28,6 +27,7 @@ from typing import Dict, List, Optional
 import torch
 
 import registry
+from linear_memory_bench.report import _git_commit
 from registry import Case
 
 SUMMARY_T = 1024      # the README's numbers: linear_memory fwd, B=2 T=1024 H=4 K=V=64, momentum on
@@ -63,21 +63,9 @@ def _load() -> Dict[str, object]:
     return {"loadavg_1_5_15": [round(x, 2) for x in load] if load else None, "cpu_pressure": _cpu_pressure()}
 
 
-def _git_ref(root: str) -> Optional[str]:
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (head + ("+dirty" if dirty else "")) if head else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def machine_facts() -> Dict[str, object]:
     from nested_kernels import _extension
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = _extension.build_info()
     return {
@@ -87,7 +75,7 @@ def machine_facts() -> Dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git": _git_ref(root),
+        "git": _git_commit(),
         "extension": {k: info.get(k) for k in ("built", "openmp", "error") if k in info},
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_start": _load(),
