@@ -7,7 +7,7 @@ H100 the forward + backward at D64 was host-bound (benchmarks/results/h100-2026-
 separate gate and DGD-inverse ops with the layout's views between them made 34 autograd nodes per
 call (36 with DGD); now 8 with momentum, six of them the inputs' AccumulateGrad. On a CPU the
 kernels run in Triton's interpreter."""
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -44,8 +44,11 @@ def _empty_if_none(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tenso
     return like.new_empty(0) if x is None else x
 
 
-def _none_unless(x: torch.Tensor, present: bool) -> Optional[torch.Tensor]:
-    return x if present else None
+def _residuals_present(mom: bool, dgd: bool, keep: bool) -> Tuple[bool, ...]:
+    """Which of the forward op's residuals exist (the others are empty): the rows η, α, μ, the six
+    StoredGates (E without momentum, as the write, or with DGD), the DGD inverse, and the kept
+    chunk-start states h, s and R, W."""
+    return (True, True, mom, True, mom, mom, dgd or not mom, mom, mom, dgd, keep, keep and mom, keep, keep and dgd)
 
 
 # The ops (torch.library custom ops with fake kernels; plain eager calls skip the dispatch,
@@ -90,13 +93,10 @@ def _fwd_fake(q, k, v, lr, retention, momentum, h0, s0, index, slots, chunk_offs
 
     def f32(*shape, present=True):
         return q.new_empty(shape if present else (0,), dtype=torch.float32)
-    rows = [f32(H * NC, C), f32(H * NC, C), f32(H * NC, C, present=mom)]
-    gates = [f32(H, NC, C + 1), f32(H, NC, C + 1, present=mom), f32(H, NC, C + 1, C, present=mom),
-             f32(H, NC, C + 1, C, present=dgd or not mom), f32(H, NC, present=mom), f32(H, NC, C, present=mom)]
-    kept = [f32(H, NC, K, V, present=keep_states), f32(H, NC, K, V, present=keep_states and mom),
-            f32(NC * C, H, V, present=keep_states), f32(NC * C, H, V, present=keep_states and dgd)]
-    return [v.new_empty(NC * C, H, V), f32(N, H, K, V), f32(N, H, K, V, present=mom), *rows, *gates,
-            f32(H, NC, C, C, present=dgd), *kept]
+    shapes = [(H * NC, C)] * 3 + [(H, NC, C + 1)] * 2 + [(H, NC, C + 1, C)] * 2 + [(H, NC), (H, NC, C), (H, NC, C, C),
+              (H, NC, K, V), (H, NC, K, V), (NC * C, H, V), (NC * C, H, V)]
+    residuals = [f32(*shape, present=p) for shape, p in zip(shapes, _residuals_present(mom, dgd, keep_states))]
+    return [v.new_empty(NC * C, H, V), f32(N, H, K, V), f32(N, H, K, V, present=mom), *residuals]
 
 
 def _bwd_impl(
@@ -160,9 +160,7 @@ def _backward(ctx, grads):
     do, dht, dst = grads[:3]
     q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, *residuals = ctx.saved_tensors
     mom, dgd, keep = ctx.use_momentum, ctx.dgd, ctx.keep_states
-    # rows (η, α, μ), StoredGates, the inverse, the kept states (h, s, R, W): which are there
-    present = (True, True, mom, True, mom, mom, dgd or not mom, mom, mom, dgd, keep, keep and mom, keep, keep and dgd)
-    residuals = [_none_unless(x, p) for x, p in zip(residuals, present)]
+    residuals = [x if present else None for x, present in zip(residuals, _residuals_present(mom, dgd, keep))]
     B, T, H = q.shape[:3]
     Tp = last_rows.shape[0] * ctx.chunk_size                                  # tokens of the flat layout
     if do is None:

@@ -69,7 +69,7 @@ def kernel_gates(gates: StoredGates, dgd: bool) -> Tuple[Optional[torch.Tensor],
 
 def _total(*xs: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     present = [x for x in xs if x is not None]
-    return None if not present else present[0] if len(present) == 1 else sum(present[1:], present[0])
+    return sum(present[1:], present[0]) if present else None
 
 
 def gate_row_grads(rows: GateRows, d_gates, d_e_extra: Optional[torch.Tensor]) -> GateRows:
