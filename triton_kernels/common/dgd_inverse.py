@@ -10,8 +10,13 @@ substitution over the whole C × C matrix it replaces took 1.84 ms of the 2.79 m
 B8 T2048 H16 D64, chunk 64, on an H200 (benchmarks/results/h200-2026-11-26.md); the blocked form
 with the diagonal tiles one after the other took 1.43 ms of 2.06 there on an H100
 (h100-2026-11-27.md), a chain of 60 rows with two cross-warp reductions each (321 barriers in its
-sm_90 code under Triton 3.6). All tiles per row: 15 rows, 91 barriers; not timed yet. Replaces a batched
-K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
+sm_90 code under Triton 3.6). All tiles per row (dc11f88): 15 rows with one cross-warp reduction
+each (three barriers a row in the loop's sm_90 code). Now each row of L_ii is loaded from where it
+was stored (fla's solve_tril reads its rows of A the same way) and X_ii is held transposed, so the
+row's sum is within a warp: at chunks 32 and 64 the loop has no barrier and no shared memory
+(SASS of Triton 3.6 and 3.8, sm_90, every shipped configuration), and at chunk 16, unrolled, the
+kernel has 14 barriers instead of 58. Neither of the last two is timed on a card yet.
+Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
 dA = −invᵀ d(inv) invᵀ, kept strictly lower (dL); L = (K Kᵀ) ⊙ E_prev gives
@@ -60,40 +65,43 @@ def _l_tile(k, dgd_write, i_c, i_h, o_chunk, TI: tl.constexpr, TJ: tl.constexpr,
 
 
 @triton.jit
-def _diagonal_inverses(k, dgd_write, i_c, i_h, o_chunk, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
+def _diagonal_inverses(k, dgd_write, inv, i_c, i_h, o_chunk, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
                        BK: tl.constexpr):
-    """X_ii = (I + L_ii)^{-1} of every diagonal tile at once, `[NB, TILE, TILE]` (tile, row, column),
-    by forward substitution, one row of all NB tiles per step:
-        X_ii[r, :] = e_r − Σ_s L_ii[r, s] X_ii[s, :].
-    L_ii is held transposed, lt[i, s, r] = L_ii[r, s], so that row r of every L_ii is a reduction
-    over the last axis (within a warp) in the layout the sum over s needs: one cross-warp reduction
-    per row for all tiles, where the tiles one by one took two per row per tile."""
+    """X_ii = (I + L_ii)^{-1} of every diagonal tile at once, by forward substitution, one row of all
+    NB tiles per step:  X_ii[r, :] = e_r − Σ_s L_ii[r, s] X_ii[s, :].
+    Returned transposed, `[NB, TILE, TILE]` (tile, column c, row s) = X_ii[s, c], so that the sum over
+    s is a reduction over the last axis, within a warp. Row r of L_ii is loaded at each step from
+    the diagonal tiles of `inv` (their final X_ii is stored over them later), where it was stored
+    first: a load, which no step waits on, in place of a reduction of L's registers."""
     NB: tl.constexpr = C // TILE
     o_b, o = tl.arange(0, NB), tl.arange(0, TILE)
     tiles, rows, cols = o_b[:, None, None], o[None, :, None], o[None, None, :]
-    tok_s = i_c * C + tiles * TILE + rows                                   # [NB, TILE, 1]: the token of s
-    tok_r = i_c * C + tiles * TILE + cols                                   # [NB, 1, TILE]: the token of r
-    kk = tl.zeros([NB, TILE, TILE], dtype=tl.float32)                       # k_s·k_r, symmetric
+    tok_r = i_c * C + tiles * TILE + rows                                   # [NB, TILE, 1]: the token of r
+    tok_s = i_c * C + tiles * TILE + cols                                   # [NB, 1, TILE]: the token of s
+    kk = tl.zeros([NB, TILE, TILE], dtype=tl.float32)                       # k_r·k_s
     for k0 in range(0, K, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < K
-        b_k = tl.load(k + (tok_s * H + i_h) * K + o_k[None, None, :], mask=m_k[None, None, :], other=0.0)
-        b_kt = tl.load(k + (tok_r * H + i_h) * K + o_k[None, :, None], mask=m_k[None, :, None], other=0.0)
+        b_k = tl.load(k + (tok_r * H + i_h) * K + o_k[None, None, :], mask=m_k[None, None, :], other=0.0)
+        b_kt = tl.load(k + (tok_s * H + i_h) * K + o_k[None, :, None], mask=m_k[None, :, None], other=0.0)
         kk = tl.dot(b_k.to(tl.float32), b_kt.to(tl.float32), kk, input_precision="ieee")
-    e_t = tl.load(dgd_write + (o_chunk * (C + 1) + tiles * TILE + cols) * C + tiles * TILE + rows)   # E[r, s]
-    lt = tl.where(cols > rows, kk * e_t, 0.0)                               # lt[i, s, r] = L_ii[r, s], r > s
-    x = tl.where(rows == cols, 1.0, 0.0) + tl.zeros([NB, TILE, TILE], dtype=tl.float32)
+    o_tiles = (o_chunk * C + tiles * TILE + rows) * C + tiles * TILE + cols    # [i, r, s]: the tiles in inv
+    e = tl.load(dgd_write + (o_chunk * (C + 1) + tiles * TILE + rows) * C + tiles * TILE + cols)   # E[r, s]
+    tl.store(inv + o_tiles, tl.where(rows > cols, kk * e, 0.0))             # L_ii, strictly lower
+    tl.debug_barrier()                                                      # stored before any row is read
+    xt = tl.where(rows == cols, 1.0, 0.0) + tl.zeros([NB, TILE, TILE], dtype=tl.float32)
     for r in range(1, TILE):
-        l_row = tl.sum(tl.where(cols == r, lt, 0.0), axis=2)                # [NB, TILE]: L_ii[r, s]
-        row = tl.where(o[None, :] == r, 1.0, 0.0) - tl.sum(l_row[:, :, None] * x, axis=1)
-        x = tl.where(rows == r, row[:, None, :], x)
-    return x
+        l_row = tl.load(inv + (o_chunk * C + tiles * TILE + r) * C + tiles * TILE + cols)   # [NB, 1, TILE]: L_ii[r, s]
+        row = tl.where(o[None, :] == r, 1.0, 0.0) - tl.sum(l_row * xt, axis=2)             # [NB, TILE]: X_ii[r, c]
+        xt = tl.where(cols == r, row[:, :, None], xt)
+    tl.debug_barrier()                                                      # every row read before X_ii is stored
+    return xt
 
 
 @triton.jit
-def _tile_of(x, i: tl.constexpr):
-    """Tile i of `[NB, TILE, TILE]` tiles."""
-    return tl.sum(tl.where(tl.arange(0, x.shape[0])[:, None, None] == i, x, 0.0), axis=0)
+def _tile_of(xt, i: tl.constexpr):
+    """Tile i of `[NB, TILE, TILE]` tiles held transposed (`_diagonal_inverses`), as a tile."""
+    return tl.trans(tl.sum(tl.where(tl.arange(0, xt.shape[0])[:, None, None] == i, xt, 0.0), axis=0))
 
 
 @triton.jit
@@ -116,7 +124,7 @@ def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, 
     for ti in tl.static_range(C // TILE):                    # above the diagonal: 0
         for tj in tl.static_range(ti + 1, C // TILE):
             _store_tile(inv, o_chunk, ti, tj, C, tl.zeros([TILE, TILE], dtype=tl.float32))
-    x_diag = _diagonal_inverses(k, dgd_write, i_c, i_h, o_chunk, H, K, C, BK)
+    x_diag = _diagonal_inverses(k, dgd_write, inv, i_c, i_h, o_chunk, H, K, C, BK)
     x00 = _tile_of(x_diag, 0)
     _store_tile(inv, o_chunk, 0, 0, C, x00)
     if C >= 2 * TILE:
