@@ -1,22 +1,28 @@
 """The DGD system of each chunk (nested_kernels/common/chunk_state.py `dgd_inverse`, SPEC §2):
 (I + L)^{-1} with L_tj = (k_t·k_j) E_{t−1, j} strictly lower, one program per (chunk, head),
-blocked in 16 × 16 tiles (NB = C / 16 tile rows; X = (I + L)^{-1}, also block lower triangular):
-the diagonal tiles by forward substitution in registers, row r of every tile in one step,
+blocked in 16 × 16 tiles (NB = C / 16 tile rows; X = (I + L)^{-1}, also block lower triangular).
+L is formed first, every tile on and below the diagonal in one batched product per block of keys
+(exact fp32), and stored into the output, where the inverse is then formed; the diagonal tiles
+are inverted by forward substitution in registers, row r of every tile in one step,
     X_ii = (I + L_ii)^{-1}:  X_ii[r, :] = e_r − Σ_{s<r} L_ii[r, s] X_ii[s, :],
-then the tiles below the diagonal by block forward substitution, two to four tile products each,
-    X_ij = −X_ii Σ_{m=j}^{i−1} L_im X_mj   (i > j),
-where L_im = (K_i K_mᵀ) ⊙ E_prev[i, m] is formed per tile (exact fp32 products). The row-by-row
-substitution over the whole C × C matrix it replaces took 1.84 ms of the 2.79 ms DGD forward at
-B8 T2048 H16 D64, chunk 64, on an H200 (benchmarks/results/h200-2026-11-26.md); the blocked form
-with the diagonal tiles one after the other took 1.43 ms of 2.06 there on an H100
+each row of L_ii loaded from where it was stored (as fla's solve_tril reads its rows of A), and
+X_ii held transposed, so that the row's sum is within a warp; then the tiles below the diagonal
+by block forward substitution, two to four tile products each, with L_im loaded back,
+    X_ij = −X_ii Σ_{m=j}^{i−1} L_im X_mj   (i > j);
+then, once no warp reads L any more, every tile of X is stored over it.
+
+History, all at B8 T2048 H16 D64, chunk 64: the row-by-row substitution over the whole C × C
+matrix took 1.84 ms of the 2.79 ms DGD forward on an H200 (benchmarks/results/h200-2026-11-26.md);
+the blocked form with the diagonal tiles one after the other 1.43 ms of 2.06 on an H100
 (h100-2026-11-27.md), a chain of 60 rows with two cross-warp reductions each (321 barriers in its
-sm_90 code under Triton 3.6). All tiles per row (dc11f88): 15 rows with one cross-warp reduction
-each (three barriers a row in the loop's sm_90 code). Now each row of L_ii is loaded from where it
-was stored (fla's solve_tril reads its rows of A the same way) and X_ii is held transposed, so the
-row's sum is within a warp: at chunks 32 and 64 the loop has no barrier and no shared memory
-(SASS of Triton 3.6 and 3.8, sm_90, every shipped configuration), and at chunk 16, unrolled, the
-kernel has 14 barriers instead of 58. Neither of the last two is timed on a card yet.
-Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
+sm_90 code under Triton 3.6). All diagonal tiles per row (dc11f88): 15 rows with one cross-warp
+reduction each (three barriers a row in the loop). Then, in sm_90 SASS under Triton 3.6 and 3.8,
+every shipped configuration: the loaded rows leave the substitution loop without barrier or
+shared memory at chunks 32 and 64 (at 16, unrolled, 58 barriers became 14); the batched L, one
+exchange of operands per block of keys instead of one per tile, took chunk 64 with 64 keys from
+100 barriers to 45 and from 2216 instructions to 1568, at 128 registers. None of the last three
+is timed on a card yet. Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on
+[H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
 dA = −invᵀ d(inv) invᵀ, kept strictly lower (dL); L = (K Kᵀ) ⊙ E_prev gives
@@ -55,46 +61,56 @@ def _kk_block(k, o_rows, o_cols, i_h, H: tl.constexpr, K: tl.constexpr, R: tl.co
 
 
 @triton.jit
-def _l_tile(k, dgd_write, i_c, i_h, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, H: tl.constexpr,
-            K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
-    """L_ij: tile (TI, TJ) of L = (K Kᵀ) ⊙ E_prev below the diagonal (TI > TJ)."""
+def _tile_offsets(o_chunk, ti, tj, C: tl.constexpr):
+    """Offsets of tile (ti, tj) of a chunk's C × C matrix in [H, NC, C, C]: [TILE, TILE] for scalar
+    `ti`, `tj`; [P, TILE, TILE] for P tiles at once (`ti`, `tj` [P, 1, 1])."""
     o = tl.arange(0, TILE)
-    rows, cols = o + TI * TILE, o + TJ * TILE
-    kk = _kk_block(k, i_c * C + rows, i_c * C + cols, i_h, H, K, TILE, TILE, BK)
-    return kk * tl.load(dgd_write + (o_chunk * (C + 1) + rows[:, None]) * C + cols[None, :])   # E rows 0..C−1
+    return (o_chunk * C + ti * TILE + o[:, None]) * C + tj * TILE + o[None, :]
 
 
 @triton.jit
-def _diagonal_inverses(k, dgd_write, inv, i_c, i_h, o_chunk, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
+def _store_lower_tiles(k, dgd_write, inv, i_c, i_h, o_chunk, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
                        BK: tl.constexpr):
+    """L = (K Kᵀ) ⊙ E_prev into the tiles of `inv` on and below the diagonal (strictly lower within
+    the diagonal ones), where the inverse is then formed. Every pair of tiles (p = ti·NB + tj) in
+    one batched product per BK keys, exact fp32: one exchange of operands per block of keys, where
+    tile by tile each of the NB (NB + 1) / 2 tiles took its own (two barriers each in sm_90's code);
+    the pairs above the diagonal are masked out of the loads."""
+    NB: tl.constexpr = C // TILE
+    o_p, o = tl.arange(0, NB * NB), tl.arange(0, TILE)
+    ti, tj = (o_p // NB)[:, None, None], (o_p % NB)[:, None, None]            # [P, 1, 1]
+    rows, cols = o[None, :, None], o[None, None, :]
+    lower = tj <= ti
+    tok_r = i_c * C + ti * TILE + rows                                       # [P, TILE, 1]: the token of r
+    tok_s = i_c * C + tj * TILE + cols                                       # [P, 1, TILE]: the token of s
+    kk = tl.zeros([NB * NB, TILE, TILE], dtype=tl.float32)                   # k_r·k_s
+    for k0 in range(0, K, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + (tok_r * H + i_h) * K + o_k[None, None, :], mask=lower & m_k[None, None, :], other=0.0)
+        b_kt = tl.load(k + (tok_s * H + i_h) * K + o_k[None, :, None], mask=lower & m_k[None, :, None], other=0.0)
+        kk = tl.dot(b_k.to(tl.float32), b_kt.to(tl.float32), kk, input_precision="ieee")
+    strictly_lower = (tj < ti) | ((tj == ti) & (rows > cols))
+    e = tl.load(dgd_write + (o_chunk * (C + 1) + ti * TILE + rows) * C + tj * TILE + cols, mask=lower)   # E[r, s]
+    tl.store(inv + _tile_offsets(o_chunk, ti, tj, C), tl.where(strictly_lower, kk * e, 0.0), mask=lower)
+
+
+@triton.jit
+def _diagonal_inverses(inv, o_chunk, C: tl.constexpr):
     """X_ii = (I + L_ii)^{-1} of every diagonal tile at once, by forward substitution, one row of all
     NB tiles per step:  X_ii[r, :] = e_r − Σ_s L_ii[r, s] X_ii[s, :].
     Returned transposed, `[NB, TILE, TILE]` (tile, column c, row s) = X_ii[s, c], so that the sum over
     s is a reduction over the last axis, within a warp. Row r of L_ii is loaded at each step from
-    the diagonal tiles of `inv` (their final X_ii is stored over them later), where it was stored
-    first: a load, which no step waits on, in place of a reduction of L's registers."""
+    the diagonal tiles of `inv` (`_store_lower_tiles`): a load, which no step waits on, in place of
+    a reduction of L's registers."""
     NB: tl.constexpr = C // TILE
     o_b, o = tl.arange(0, NB), tl.arange(0, TILE)
     tiles, rows, cols = o_b[:, None, None], o[None, :, None], o[None, None, :]
-    tok_r = i_c * C + tiles * TILE + rows                                   # [NB, TILE, 1]: the token of r
-    tok_s = i_c * C + tiles * TILE + cols                                   # [NB, 1, TILE]: the token of s
-    kk = tl.zeros([NB, TILE, TILE], dtype=tl.float32)                       # k_r·k_s
-    for k0 in range(0, K, BK):
-        o_k = k0 + tl.arange(0, BK)
-        m_k = o_k < K
-        b_k = tl.load(k + (tok_r * H + i_h) * K + o_k[None, None, :], mask=m_k[None, None, :], other=0.0)
-        b_kt = tl.load(k + (tok_s * H + i_h) * K + o_k[None, :, None], mask=m_k[None, :, None], other=0.0)
-        kk = tl.dot(b_k.to(tl.float32), b_kt.to(tl.float32), kk, input_precision="ieee")
-    o_tiles = (o_chunk * C + tiles * TILE + rows) * C + tiles * TILE + cols    # [i, r, s]: the tiles in inv
-    e = tl.load(dgd_write + (o_chunk * (C + 1) + tiles * TILE + rows) * C + tiles * TILE + cols)   # E[r, s]
-    tl.store(inv + o_tiles, tl.where(rows > cols, kk * e, 0.0))             # L_ii, strictly lower
-    tl.debug_barrier()                                                      # stored before any row is read
     xt = tl.where(rows == cols, 1.0, 0.0) + tl.zeros([NB, TILE, TILE], dtype=tl.float32)
     for r in range(1, TILE):
         l_row = tl.load(inv + (o_chunk * C + tiles * TILE + r) * C + tiles * TILE + cols)   # [NB, 1, TILE]: L_ii[r, s]
         row = tl.where(o[None, :] == r, 1.0, 0.0) - tl.sum(l_row * xt, axis=2)             # [NB, TILE]: X_ii[r, c]
         xt = tl.where(cols == r, row[:, :, None], xt)
-    tl.debug_barrier()                                                      # every row read before X_ii is stored
     return xt
 
 
@@ -110,45 +126,56 @@ def _dot(a, b):
 
 
 @triton.jit
-def _store_tile(inv, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, C: tl.constexpr, x):
-    o = tl.arange(0, TILE)
-    tl.store(inv + (o_chunk * C + o[:, None] + TI * TILE) * C + o[None, :] + TJ * TILE, x)
+def _l(inv, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, C: tl.constexpr):
+    """L_ij (TI > TJ), where `_store_lower_tiles` put it."""
+    return tl.load(inv + _tile_offsets(o_chunk, TI, TJ, C))
+
+
+@triton.jit
+def _store(inv, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, C: tl.constexpr, x):
+    tl.store(inv + _tile_offsets(o_chunk, TI, TJ, C), x)
 
 
 @triton.jit(do_not_specialize=["NC"])
 def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
                        BK: tl.constexpr):
+    """L into inv's lower tiles; the diagonal tiles' inverses from their rows; the tiles below the
+    diagonal by block forward substitution, with L_ij loaded back; then, once no warp reads L, every
+    tile of X stored over it (zeros above the diagonal)."""
     tl.static_assert(C == TILE or C == 2 * TILE or C == 4 * TILE, "chunk sizes 16, 32, 64")
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
     o_chunk = i_h * NC + i_c
-    for ti in tl.static_range(C // TILE):                    # above the diagonal: 0
-        for tj in tl.static_range(ti + 1, C // TILE):
-            _store_tile(inv, o_chunk, ti, tj, C, tl.zeros([TILE, TILE], dtype=tl.float32))
-    x_diag = _diagonal_inverses(k, dgd_write, inv, i_c, i_h, o_chunk, H, K, C, BK)
+    _store_lower_tiles(k, dgd_write, inv, i_c, i_h, o_chunk, H, K, C, BK)
+    tl.debug_barrier()                                       # L stored before any warp reads it
+    x_diag = _diagonal_inverses(inv, o_chunk, C)
     x00 = _tile_of(x_diag, 0)
-    _store_tile(inv, o_chunk, 0, 0, C, x00)
     if C >= 2 * TILE:
         x11 = _tile_of(x_diag, 1)
-        l10 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 1, 0, H, K, C, BK)
-        _store_tile(inv, o_chunk, 1, 1, C, x11)
-        x10 = -_dot(x11, _dot(l10, x00))
-        _store_tile(inv, o_chunk, 1, 0, C, x10)
-    if C == 4 * TILE:                                        # each tile stored once final: short live ranges
-        x22 = _tile_of(x_diag, 2)
-        _store_tile(inv, o_chunk, 2, 2, C, x22)
-        l21 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 2, 1, H, K, C, BK)
+        x10 = -_dot(x11, _dot(_l(inv, o_chunk, 1, 0, C), x00))
+    if C == 4 * TILE:
+        x22, x33 = _tile_of(x_diag, 2), _tile_of(x_diag, 3)
+        l21, l31, l32 = _l(inv, o_chunk, 2, 1, C), _l(inv, o_chunk, 3, 1, C), _l(inv, o_chunk, 3, 2, C)
         x21 = -_dot(x22, _dot(l21, x11))
-        _store_tile(inv, o_chunk, 2, 1, C, x21)
-        x20 = -_dot(x22, _dot(_l_tile(k, dgd_write, i_c, i_h, o_chunk, 2, 0, H, K, C, BK), x00) + _dot(l21, x10))
-        _store_tile(inv, o_chunk, 2, 0, C, x20)
-        x33 = _tile_of(x_diag, 3)
-        _store_tile(inv, o_chunk, 3, 3, C, x33)
-        l32 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 2, H, K, C, BK)
-        _store_tile(inv, o_chunk, 3, 2, C, -_dot(x33, _dot(l32, x22)))
-        l31 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 1, H, K, C, BK)
-        _store_tile(inv, o_chunk, 3, 1, C, -_dot(x33, _dot(l31, x11) + _dot(l32, x21)))
-        l30 = _l_tile(k, dgd_write, i_c, i_h, o_chunk, 3, 0, H, K, C, BK)
-        _store_tile(inv, o_chunk, 3, 0, C, -_dot(x33, _dot(l30, x00) + _dot(l31, x10) + _dot(l32, x20)))
+        x20 = -_dot(x22, _dot(_l(inv, o_chunk, 2, 0, C), x00) + _dot(l21, x10))
+        x32 = -_dot(x33, _dot(l32, x22))
+        x31 = -_dot(x33, _dot(l31, x11) + _dot(l32, x21))
+        x30 = -_dot(x33, _dot(_l(inv, o_chunk, 3, 0, C), x00) + _dot(l31, x10) + _dot(l32, x20))
+    tl.debug_barrier()                                       # every read of L done before X goes over it
+    for ti in tl.static_range(C // TILE):                    # above the diagonal: 0
+        for tj in tl.static_range(ti + 1, C // TILE):
+            _store(inv, o_chunk, ti, tj, C, tl.zeros([TILE, TILE], dtype=tl.float32))
+    _store(inv, o_chunk, 0, 0, C, x00)
+    if C >= 2 * TILE:
+        _store(inv, o_chunk, 1, 0, C, x10)
+        _store(inv, o_chunk, 1, 1, C, x11)
+    if C == 4 * TILE:
+        _store(inv, o_chunk, 2, 0, C, x20)
+        _store(inv, o_chunk, 2, 1, C, x21)
+        _store(inv, o_chunk, 2, 2, C, x22)
+        _store(inv, o_chunk, 3, 0, C, x30)
+        _store(inv, o_chunk, 3, 1, C, x31)
+        _store(inv, o_chunk, 3, 2, C, x32)
+        _store(inv, o_chunk, 3, 3, C, x33)
 
 
 @triton.jit(do_not_specialize=["NC"])
@@ -188,9 +215,8 @@ def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H: tl.
 def launch_params(part: str, C: int) -> dict:
     """BK (the blocks of K in K Kᵀ) and num_warps of the forward ("fwd": 16 × 16 tiles) and the
     backward ("bwd": C × C blocks; exact fp32 K Kᵀ products are FMA loops, short operands). The
-    forward at C = 64 needs 8 warps: with 4 it held 167–184 registers (Triton 3.6, sm_90), and
-    BK = 32 held 136–142 at 8 warps, BK = 16 128–132 (bf16 keys): at most 128 lets two programs
-    share an SM."""
+    forward at C = 64 needs 8 warps: with 4 it holds 230 registers (Triton 3.6, sm_90; 16 warps use a
+    16-byte stack), with 8 and BK = 16, 128: at most 128 lets two programs share an SM."""
     return dict(BK=16, num_warps={16: 4, 32: 4, 64: 8}[C])
 
 
