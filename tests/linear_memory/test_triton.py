@@ -250,6 +250,31 @@ def test_triton_chunk_k256_backward_copies(monkeypatch):
                            ("linear_memory_bwd_kernel_dh", True, torch.float32)], recurrences
 
 
+# the configurations whose bf16 products faulted (or gave a wrong dh0) on the H100 of 2026-11-27
+# with Triton 3.6 (benchmarks/results/isolate-triton-h100-2026-11-27.md): B, T, H, K, V, chunk,
+# momentum, dgd, initial state
+SM90_16BIT_FAULTS = [(2, 1, 1, 256, 256, 64, False, False, True), (2, 150, 1, 64, 64, 64, True, True, True),
+                     (2, 150, 1, 256, 256, 64, True, True, True)]
+
+
+@pytest.mark.parametrize("B,T,H,K,V,C,use_mom,dgd,use_h0", [
+    pytest.param(*c, id="B{}-T{}-H{}-K{}-V{}-C{}-mom{}-dgd{}-h0{}".format(*c)) for c in SM90_16BIT_FAULTS])
+def test_triton_chunk_sm90_16bit_entries(monkeypatch, B, T, H, K, V, C, use_mom, dgd, use_h0):
+    """The sm_90 launch entries of 16-bit operands (what a Hopper runs with Triton >= 3.7.1, or with
+    NESTED_KERNELS_TRITON_16BIT_DOTS=1), in the interpreter on fp16 inputs (whose products it
+    computes right): every access of every kernel in bounds (memcheck) and every output and
+    gradient within the 16-bit bounds, at the configurations that faulted on the H100. Their faults
+    there are then not our kernels' addressing, which is the same on a card."""
+    from nested_kernels.triton_kernels.utils import launch
+
+    monkeypatch.setattr(launch, "device_arch", lambda device: 90)
+    calls = record_launches(monkeypatch)
+    check(B, T, H, K, V, C, use_mom, dgd, use_h0, dtype=torch.float16)
+    chunk_kernels = [(name, kw) for name, _, kw in calls if name.startswith("linear_memory_")]
+    assert chunk_kernels and all(kw["FP32_OPERANDS"] is False and kw["k"].dtype == torch.float16
+                                 and not kw.get("TRANSPOSED", False) for _, kw in chunk_kernels), chunk_kernels
+
+
 def test_triton_unsupported_chunk_size():
     q, k, v = qkv(1, 8, 1, 16, 16, dtype=torch.float32)
     with pytest.raises(NotImplementedError, match=r"chunk_size must be one of \(16, 32, 64\), got 8"):

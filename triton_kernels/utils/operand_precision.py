@@ -13,7 +13,10 @@ mlp_memory's): the places where Triton's 16-bit matrix products are known to be 
   (triton-lang/triton#10573, #11366), may be what the H100 run hit; a GPU session with Triton
   ≥ 3.7.1 should run `benchmarks/isolate_triton.py`'s bf16 rows before trusting the cut-off.
   An H200 passed every 16-bit row it ran (h200-2026-11-26.md); an H100 again failed 4 of 49
-  (three illegal accesses, one wrong dh0 without a fault: h100-2026-11-27.md).
+  (three illegal accesses, one wrong dh0 without a fault: h100-2026-11-27.md), all with 64-token
+  chunks. Those configurations, with sm_90's 16-bit launch entries, run in the interpreter on fp16
+  inputs with every access in bounds and every gradient right (`tests/linear_memory/test_triton.py`
+  `test_triton_chunk_sm90_16bit_entries`): the faults are not our kernels' addressing.
 
 `NESTED_KERNELS_TRITON_16BIT_DOTS=1` keeps 16-bit operands anyway (to investigate).
 
