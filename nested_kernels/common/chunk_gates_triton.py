@@ -68,12 +68,18 @@ def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optiona
     row alone (`triton_chunk_gates(mom_write_last_row=True)`)."""
     n, C = lr.shape
     _check_chunk_size("chunk_gates_vjp", C)
+    d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *kernel_cotangents(grads, n, C, lr))
+    return d_lr, d_ret, None if momentum is None else d_mom
+
+
+def kernel_cotangents(grads, n: int, C: int, like: torch.Tensor) -> List[Optional[torch.Tensor]]:
+    """The cotangents of the six `ChunkGates` fields of n chunks (None or empty: zero) as the
+    backward kernel takes them: contiguous, zeros materialised, but E's left None (the kernel
+    then skips E's part)."""
     shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C)]
     present = lambda g: g is not None and g.numel() > 0
-    grads = [g.contiguous() if present(g) else lr.new_zeros(s) for g, s in zip(grads, shapes)] + [
+    return [g.contiguous() if present(g) else like.new_zeros(s) for g, s in zip(grads, shapes)] + [
         grads[5].contiguous() if present(grads[5]) else None]
-    d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *grads)
-    return d_lr, d_ret, None if momentum is None else d_mom
 
 
 def _backward(ctx, grads):

@@ -17,7 +17,7 @@ from ..common.inputs import as_gate
 from ..common.kept_states import keeping_chunk_states
 from ..common.triton_backend import triton_call_reason, warn_fp32_operands
 from .state import LinearMemoryState
-from .triton_gates import GateRows, StoredGates, gate_matrices, gate_row_grads, gate_rows, kernel_gates
+from .triton_gates import StoredGates, gate_grads, gate_matrices, kernel_gates
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 256
@@ -45,19 +45,19 @@ def _empty_if_none(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tenso
 
 
 def _residuals_present(mom: bool, dgd: bool, keep: bool) -> Tuple[bool, ...]:
-    """Which of the forward op's residuals exist (the others are empty): the rows η, α, μ, the six
-    StoredGates (E without momentum, as the write, or with DGD), the DGD inverse, and the kept
-    chunk-start states h, s and R, W."""
-    return (True, True, mom, True, mom, mom, dgd or not mom, mom, mom, dgd, keep, keep and mom, keep, keep and dgd)
+    """Which of the forward op's residuals exist (the others are empty): the six StoredGates (E
+    without momentum, as the write, or with DGD), the DGD inverse, and the kept chunk-start states
+    h, s and R, W."""
+    return (True, mom, mom, dgd or not mom, mom, mom, dgd, keep, keep and mom, keep, keep and dgd)
 
 
 # The ops (torch.library custom ops with fake kernels; plain eager calls skip the dispatch,
-# common/eager_ops.py). The forward op takes q, k, v `[B, T, H, ·]`, the gates `[B, T, H]` fp32 and
-# the layout's tensors, and returns o in the flat layout, the final states and the residuals its
-# backward reads (non-differentiable; absent ones empty): the gates' rows and matrices, the DGD
+# common/eager_ops.py). The forward op takes q, k, v `[B, T, H, ·]`, the gates `[B, T, H]` fp32
+# contiguous and the layout's tensors, and returns o in the flat layout, the final states and the
+# residuals its backward reads (non-differentiable; absent ones empty): the gate matrices, the DGD
 # inverse and, with `keep_states`, the chunk-start states and R, W (the backward then does not
-# recompute them). The backward op returns dq, dk, dv in the flat layout, the gates' rows' gradients
-# `[H · NC, C]` and dh0, ds0; the autograd formula maps them back to the inputs' layout.
+# recompute them). The backward op returns dq, dk, dv in the flat layout, the gates' gradients
+# `[B, T, H]` and dh0, ds0; the autograd formula maps dq, dk, dv back to the inputs' layout.
 
 
 def _fwd_impl(
@@ -72,8 +72,7 @@ def _fwd_impl(
 
     layout = FlatChunks(chunk_size, index, slots, chunk_offsets, last_rows)
     qf, kf, vf = _flat_operands(layout, q, k, v)
-    rows = gate_rows(layout, lr, retention, momentum)
-    gates = gate_matrices(rows, q.shape[2], last_rows.shape[0], dgd)
+    gates = gate_matrices(layout, lr, retention, momentum, dgd)
     dgd_inv = dgd_inverse_fwd(kf, gates.e_matrix) if dgd else None          # one program per chunk and head
     # chunk states read by the output kernel alone are stored in its products' operand dtype (the
     # same output, half the bytes for 16-bit operands); kept for the backward, in fp32
@@ -82,7 +81,7 @@ def _fwd_impl(
                                            h0, s0, scale=scale, dgd=dgd, output_final_state=True, out_dtype=v.dtype,
                                            state_dtype=state_dtype, residuals=keep_states)
     kept = states if keep_states else (None,) * 4
-    return [o, ht, *(_empty_if_none(x, ht) for x in (st, *rows, *gates, dgd_inv, *kept))]
+    return [o, ht, *(_empty_if_none(x, ht) for x in (st, *gates, dgd_inv, *kept))]
 
 
 def _fwd_fake(q, k, v, lr, retention, momentum, h0, s0, index, slots, chunk_offsets, last_rows, chunk_size, scale,
@@ -93,7 +92,7 @@ def _fwd_fake(q, k, v, lr, retention, momentum, h0, s0, index, slots, chunk_offs
 
     def f32(*shape, present=True):
         return q.new_empty(shape if present else (0,), dtype=torch.float32)
-    shapes = [(H * NC, C)] * 3 + [(H, NC, C + 1)] * 2 + [(H, NC, C + 1, C)] * 2 + [(H, NC), (H, NC, C), (H, NC, C, C),
+    shapes = [(H, NC, C + 1)] * 2 + [(H, NC, C + 1, C)] * 2 + [(H, NC), (H, NC, C), (H, NC, C, C),
               (H, NC, K, V), (H, NC, K, V), (NC * C, H, V), (NC * C, H, V)]
     residuals = [f32(*shape, present=p) for shape, p in zip(shapes, _residuals_present(mom, dgd, keep_states))]
     return [v.new_empty(NC * C, H, V), f32(N, H, K, V), f32(N, H, K, V, present=mom), *residuals]
@@ -102,8 +101,8 @@ def _fwd_fake(q, k, v, lr, retention, momentum, h0, s0, index, slots, chunk_offs
 def _bwd_impl(
     do: torch.Tensor, dht: Optional[torch.Tensor], dst: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor,
     v: torch.Tensor, h0: Optional[torch.Tensor], s0: Optional[torch.Tensor], index: Optional[torch.Tensor],
-    slots: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor, lr_rows: torch.Tensor,
-    retention_rows: torch.Tensor, momentum_rows: Optional[torch.Tensor], decay: torch.Tensor,
+    slots: Optional[torch.Tensor], chunk_offsets: torch.Tensor, last_rows: torch.Tensor, lr: torch.Tensor,
+    retention: torch.Tensor, momentum: Optional[torch.Tensor], decay: torch.Tensor,
     carry: Optional[torch.Tensor], write: Optional[torch.Tensor], e_matrix: Optional[torch.Tensor],
     mom_decay_last: Optional[torch.Tensor], mom_write_last: Optional[torch.Tensor], dgd_inv: Optional[torch.Tensor],
     h: Optional[torch.Tensor], s: Optional[torch.Tensor], res: Optional[torch.Tensor], pseudo: Optional[torch.Tensor],
@@ -115,7 +114,6 @@ def _bwd_impl(
 
     layout = FlatChunks(chunk_size, index, slots, chunk_offsets, last_rows)
     qf, kf, vf = _flat_operands(layout, q, k, v)
-    rows = GateRows(lr_rows, retention_rows, momentum_rows)
     gates = StoredGates(decay, carry, write, e_matrix, mom_decay_last, mom_write_last)
     kept = None if h is None else (h, s, res, pseudo)                         # None: the backward recomputes them
     contiguous = lambda x: None if x is None else x.contiguous()              # e.g. the expanded ones of .sum()
@@ -130,20 +128,20 @@ def _bwd_impl(
     if dgd:                                                                   # through the inverse: dK and dE
         dk_inverse, d_e_inverse = dgd_inverse_bwd(kf, e_matrix, dgd_inv, d_inv, input_dtype=k.dtype)
         dk = dk + dk_inverse
-    d_rows = gate_row_grads(rows, d_gates, d_e_inverse)
-    grads = [g.to(dtype) for g, dtype in zip((dq, dk, dv), dtypes)] + [*d_rows, dh0, ds0]
+    d_gates = gate_grads(layout, lr, retention, momentum, d_gates, d_e_inverse)
+    grads = [g.to(dtype) for g, dtype in zip((dq, dk, dv), dtypes)] + [*d_gates, dh0, ds0]
     return [_empty_if_none(g, dh0) for g in grads]                            # fp32 placeholders
 
 
-def _bwd_fake(do, dht, dst, q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, lr_rows, retention_rows,
-              momentum_rows, decay, carry, write, e_matrix, mom_decay_last, mom_write_last, dgd_inv, h, s, res, pseudo,
-              chunk_size, scale, dgd):
+def _bwd_fake(do, dht, dst, q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, lr, retention, momentum, decay,
+              carry, write, e_matrix, mom_decay_last, mom_write_last, dgd_inv, h, s, res, pseudo, chunk_size, scale,
+              dgd):
     N, (Tp, H, V), K = chunk_offsets.shape[0] - 1, do.shape, k.shape[-1]
-    mom = momentum_rows is not None
-    state = lr_rows.new_empty(N, H, K, V)
-    return [q.new_empty(Tp, H, K), k.new_empty(Tp, H, K), v.new_empty(Tp, H, V), torch.empty_like(lr_rows),
-            torch.empty_like(retention_rows), torch.empty_like(momentum_rows) if mom else lr_rows.new_empty(0),
-            state, torch.empty_like(state) if mom else lr_rows.new_empty(0)]
+    mom = momentum is not None
+    state = lr.new_empty(N, H, K, V)
+    return [q.new_empty(Tp, H, K), k.new_empty(Tp, H, K), v.new_empty(Tp, H, V), torch.empty_like(lr),
+            torch.empty_like(retention), torch.empty_like(momentum) if mom else lr.new_empty(0),
+            state, torch.empty_like(state) if mom else lr.new_empty(0)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -153,12 +151,12 @@ def _setup_context(ctx, inputs, output):
     residuals = output[3:]
     ctx.mark_non_differentiable(*residuals)
     ctx.set_materialize_grads(False)        # a loss without the final state: dht None, not zeros to read
-    ctx.save_for_backward(q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, *residuals)
+    ctx.save_for_backward(q, k, v, lr, retention, momentum, h0, s0, index, slots, chunk_offsets, last_rows, *residuals)
 
 
 def _backward(ctx, grads):
     do, dht, dst = grads[:3]
-    q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, *residuals = ctx.saved_tensors
+    q, k, v, lr, retention, momentum, h0, s0, index, slots, chunk_offsets, last_rows, *residuals = ctx.saved_tensors
     mom, dgd, keep = ctx.use_momentum, ctx.dgd, ctx.keep_states
     residuals = [x if present else None for x, present in zip(residuals, _residuals_present(mom, dgd, keep))]
     B, T, H = q.shape[:3]
@@ -172,12 +170,11 @@ def _backward(ctx, grads):
     elif dst is None and dht is not None:
         dst = torch.zeros_like(dht)
     dq, dk, dv, d_lr, d_ret, d_mom, dh0, ds0 = _triton_bwd(
-        do, dht, dst, q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, *residuals, ctx.chunk_size, ctx.scale,
-        dgd)
+        do, dht, dst, q, k, v, h0, s0, index, slots, chunk_offsets, last_rows, lr, retention, momentum, *residuals,
+        ctx.chunk_size, ctx.scale, dgd)
     layout = FlatChunks(ctx.chunk_size, index, slots, chunk_offsets, last_rows)
     tokens = lambda x: layout.unflatten(x, B, T)                              # [T', H, ·] -> [B, T, H, ·]
-    gate = lambda x: tokens(x.view(H, Tp).t())                                # rows [H · NC, C] -> [B, T, H]
-    return (tokens(dq), tokens(dk), tokens(dv), gate(d_lr), gate(d_ret), gate(d_mom) if mom else None,
+    return (tokens(dq), tokens(dk), tokens(dv), d_lr, d_ret, d_mom if mom else None,
             dh0 if h0 is not None else None, ds0 if s0 is not None else None) + (None,) * 8
 
 
@@ -192,7 +189,7 @@ def triton_op_args(q, k, v, lr, retention, momentum, *, dgd, chunk_size, scale, 
     f32 = torch.float32
     warn_fp32_operands(q, "linear_memory", stacklevel=3)                     # at linear_memory's caller
     layout = flat_chunks(B, T, chunk_size, cu_seqlens, q.device)
-    gates = [None if g is None else as_gate(g, q, f32) for g in (lr, retention, momentum)]
+    gates = [None if g is None else as_gate(g, q, f32).contiguous() for g in (lr, retention, momentum)]  # read as laid out
     h0 = s0 = None
     if initial_state is not None:
         h0 = initial_state.memory.to(f32).contiguous()

@@ -201,3 +201,36 @@ def _check_nan_gate_stays_local(gate, k, C, lead=(2, 3)):
         independent = a == b                                           # entries that do not depend on the gate
         assert torch.isfinite(x[independent]).all(), f"output {i}: NaN where the gate does not reach"
         torch.testing.assert_close(x[independent], a[independent], atol=1e-5, rtol=1e-4, msg=f"output {i}")
+
+
+@pytest.mark.parametrize("momentum", [False, True], ids=["nomom", "mom"])
+@pytest.mark.parametrize("T", [32, 45], ids=lambda t: f"T{t}")
+def test_token_layout_matches_rows(T, momentum):
+    """Gates read from `[B·T, H]` through a flat layout (`TokenGates`; at T = 45 with a padding index)
+    give the gate matrices of their chunk rows cut on the host with the padding values (η = 0,
+    α = μ = 1), and the backward writes the rows' gradients at the tokens: bit for bit."""
+    from nested_kernels.common.flat_chunks import flat_chunks
+    from nested_kernels.triton_kernels.common.chunk_gates import TokenGates, chunk_gates_bwd, chunk_gates_fwd
+
+    B, H, C = 2, 3, 16
+    layout = flat_chunks(B, T, C, None, torch.device(DEVICE))
+    gen = torch.Generator().manual_seed(T)
+    gates = [torch.rand(B, T, H, generator=gen).to(DEVICE) for _ in range(3 if momentum else 2)] + [None] * (
+        0 if momentum else 1)
+    NC = layout.last_rows.shape[0]
+    rows = [None if g is None else layout.to_chunk_major(layout.flatten(g, pad)).reshape(H * NC, C).contiguous()
+            for g, pad in zip(gates, (0.0, 1.0, 1.0))]
+    tokens = TokenGates(C, H, NC, layout.index)
+    assert (layout.index is None) == (T % C == 0)
+    by_rows = chunk_gates_fwd(*rows, dgd_write=True, mom_write_last_row=True)
+    by_tokens = chunk_gates_fwd(*gates, dgd_write=True, mom_write_last_row=True, tokens=tokens)
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(by_rows, by_tokens))
+    cot = [None if x is None else torch.randn(x.shape, generator=gen).to(DEVICE) for x in by_rows]
+    d_rows = chunk_gates_bwd(*rows, *cot)
+    d_tokens = chunk_gates_bwd(*gates, *cot, tokens=tokens)
+    for d_row, d_token in zip(d_rows, d_tokens):
+        if d_row is None:
+            assert d_token is None
+            continue
+        at_tokens = layout.unflatten(d_row.view(H, NC * C).t(), B, T)        # rows -> [B, T, H], padding dropped
+        assert d_token.shape == (B, T, H) and torch.equal(d_token, at_tokens)

@@ -59,13 +59,15 @@ def _chunk_products_specs(variants):
 
 
 AOT_SPECS = [
-    AotSpec(name=f"chunk_gates_{part}-C{C}-mom{'' if e else '-noE-Nlast'}", kernel=kernel,
-            signature={n: "*fp32" for n in names},
-            constexprs={"C": C, "USE_MOMENTUM": True, "USE_DGD_WRITE": e, "N_LAST_ROW": not e},
+    AotSpec(name=f"chunk_gates_{part}-C{C}-mom{'' if e else '-noE-Nlast-padded'}", kernel=kernel,
+            signature={**{n: "*fp32" for n in names}, "index": "*i64", "H": "i32", "NC": "i32"},
+            constexprs={"C": C, "USE_MOMENTUM": True, "USE_DGD_WRITE": e, "N_LAST_ROW": not e, "PADDED": not e},
             num_warps=NUM_WARPS)
     for part, kernel, names in (("fwd", chunk_gates_fwd_kernel, _FWD), ("bwd", chunk_gates_bwd_kernel, _BWD))
     for C in CHUNK_SIZES
-    for e in (True, False)      # every gate (mlp_memory), and linear_memory's without DGD: no E, N's last row
+    # every gate as rows (mlp_memory), and linear_memory's without DGD (no E, N's last row) from the
+    # token layout through its padding index
+    for e in (True, False)
 ] + list(_dgd_inverse_specs(OPERAND_VARIANTS)) + list(_chunk_products_specs((*OPERAND_VARIANTS, CONVERTED_VARIANT)))
 FP32_INPUT_SPECS = list(_dgd_inverse_specs(DGD_INVERSE_FP32_INPUTS, fp32_backward=False)) + list(
     _chunk_products_specs(FP32_INPUT_VARIANTS))
