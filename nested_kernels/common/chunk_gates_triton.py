@@ -33,8 +33,8 @@ def _fwd_fake(lr, retention, momentum, dgd_write, mom_write_last_row):
 
 
 def _bwd_impl(lr: torch.Tensor, retention: torch.Tensor, momentum: Optional[torch.Tensor], d_decay: torch.Tensor,
-              d_carry: torch.Tensor, d_write: torch.Tensor, d_mom_decay: torch.Tensor, d_mom_write: torch.Tensor,
-              d_dgd_write: Optional[torch.Tensor]) -> List[torch.Tensor]:
+              d_carry: Optional[torch.Tensor], d_write: Optional[torch.Tensor], d_mom_decay: Optional[torch.Tensor],
+              d_mom_write: Optional[torch.Tensor], d_dgd_write: Optional[torch.Tensor]) -> List[torch.Tensor]:
     from ..triton_kernels.common.chunk_gates import chunk_gates_bwd
 
     d_lr, d_ret, d_mom = chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_decay,
@@ -68,18 +68,20 @@ def chunk_gates_vjp(lr: torch.Tensor, retention: torch.Tensor, momentum: Optiona
     row alone (`triton_chunk_gates(mom_write_last_row=True)`)."""
     n, C = lr.shape
     _check_chunk_size("chunk_gates_vjp", C)
-    d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *kernel_cotangents(grads, n, C, lr))
+    d_lr, d_ret, d_mom = _bwd(lr, retention, momentum, *kernel_cotangents(grads, n, C, lr, momentum is not None))
     return d_lr, d_ret, None if momentum is None else d_mom
 
 
-def kernel_cotangents(grads, n: int, C: int, like: torch.Tensor) -> List[Optional[torch.Tensor]]:
+def kernel_cotangents(grads, n: int, C: int, like: torch.Tensor, momentum: bool) -> List[Optional[torch.Tensor]]:
     """The cotangents of the six `ChunkGates` fields of n chunks (None or empty: zero) as the
-    backward kernel takes them: contiguous, zeros materialised, but E's left None (the kernel
-    then skips E's part)."""
+    backward kernel takes them: contiguous, zeros materialised where it reads them, but E's left
+    None (the kernel then skips E's part), and without `momentum` those of f, G, m, N (it reads
+    none of them: two gate matrices of zeros a call, until 2026-11-27)."""
     shapes = [(n, C + 1), (n, C + 1), (n, C + 1, C), (n, C + 1), (n, C + 1, C)]
     present = lambda g: g is not None and g.numel() > 0
-    return [g.contiguous() if present(g) else like.new_zeros(s) for g, s in zip(grads, shapes)] + [
-        grads[5].contiguous() if present(grads[5]) else None]
+    read = [True] + [momentum] * 4
+    return [g.contiguous() if present(g) else like.new_zeros(s) if on else None
+            for g, s, on in zip(grads, shapes, read)] + [grads[5].contiguous() if present(grads[5]) else None]
 
 
 def _backward(ctx, grads):

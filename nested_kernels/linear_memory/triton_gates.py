@@ -83,4 +83,5 @@ def gate_grads(layout: FlatChunks, lr: torch.Tensor, retention: torch.Tensor, mo
         d_mom_decay[:, C] = d_mom_decay_last.reshape(n)
         cotangents = (d_decay, d_carry, d_write, d_mom_decay, d_mom_write_last.reshape(n, C),
                       _total(d_dgd_write, d_e_extra))
-    return chunk_gates_bwd(lr, retention, momentum, *kernel_cotangents(cotangents, n, C, lr), tokens=tokens)
+    return chunk_gates_bwd(lr, retention, momentum, *kernel_cotangents(cotangents, n, C, lr, momentum is not None),
+                           tokens=tokens)

@@ -269,8 +269,8 @@ def chunk_gates_bwd(lr, retention, momentum, d_decay, d_carry, d_write, d_mom_de
                     tokens: Optional[TokenGates] = None):
     """Gradients of lr, retention, momentum (None without momentum; in their layout, `tokens` as
     for `chunk_gates_fwd`) from those of the six outputs of `chunk_gates_fwd` (fp32 contiguous;
-    zeros where unused, but d_dgd_write may be None: zero, not read; d_mom_write `[n, C]`: that of
-    N's last row alone)."""
+    zeros where unused, but d_dgd_write may be None: zero, not read, and without momentum so may
+    those of carry, write, mom_decay, mom_write; d_mom_write `[n, C]`: that of N's last row alone)."""
     n, C, layout = _layout(lr, tokens)
     use_momentum = momentum is not None
     d_lr, d_ret = torch.empty_like(lr), torch.empty_like(retention)
