@@ -257,6 +257,8 @@ SM90_16BIT_FAULTS = [(2, 1, 1, 256, 256, 64, False, False, True), (2, 150, 1, 64
                      (2, 150, 1, 256, 256, 64, True, True, True)]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's view of the sm_90 entries: on a card "
+                    "the operands follow its Triton (the GPU tests and isolate_triton.py's bf16-raw rows)")
 @pytest.mark.parametrize("B,T,H,K,V,C,use_mom,dgd,use_h0", [
     pytest.param(*c, id="B{}-T{}-H{}-K{}-V{}-C{}-mom{}-dgd{}-h0{}".format(*c)) for c in SM90_16BIT_FAULTS])
 def test_triton_chunk_sm90_16bit_entries(monkeypatch, B, T, H, K, V, C, use_mom, dgd, use_h0):
