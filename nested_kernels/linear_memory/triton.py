@@ -1,7 +1,8 @@
 """The `triton` backend of `linear_memory`: the chunk kernels of `triton_kernels/linear_memory/`
-on the flat chunk layout, as ONE custom op per direction: the forward op cuts q, k, v and the gates
-into the layout, builds the gate matrices and (with DGD) each chunk's inverse with the shared
-kernels of `triton_kernels/common/`, and runs the chunk kernels; the backward op runs their
+on the flat chunk layout, as ONE custom op per direction: the forward op cuts q, k, v into the
+layout, builds the gate matrices (from the gates as it takes them) and (with DGD) each chunk's
+inverse with the shared kernels of `triton_kernels/common/`, and runs the chunk kernels; the
+backward op runs their
 backward kernels and those of the gates and of the DGD inverse. One autograd node per call: on the
 H100 the forward + backward at D64 was host-bound (benchmarks/results/h100-2026-11-27.md), and the
 separate gate and DGD-inverse ops with the layout's views between them made 34 autograd nodes per

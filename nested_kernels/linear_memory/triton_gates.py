@@ -24,6 +24,12 @@ class StoredGates(NamedTuple):
     mom_write_last: Optional[torch.Tensor]   # N[C, :] [.., C], with momentum
 
 
+def _contiguous(*gates: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+    """The gates as the kernels address them (row-major `[B, T, H]`; the op's callers pass them so,
+    the op itself may be called with any strides)."""
+    return tuple(None if g is None else g.contiguous() for g in gates)
+
+
 def token_gates(layout: FlatChunks, H: int):
     """Where the chunk-gates kernels find the gates `[B, T, H]` (contiguous) of the layout's chunks:
     chunk c of head h is row h · NC + c of the gate matrices; padding slots are η = 0, α = μ = 1
@@ -40,6 +46,7 @@ def gate_matrices(layout: FlatChunks, lr: torch.Tensor, retention: torch.Tensor,
     write) or with DGD."""
     from ..triton_kernels.common.chunk_gates import chunk_gates_fwd
 
+    lr, retention, momentum = _contiguous(lr, retention, momentum)
     tokens = token_gates(layout, lr.shape[-1])
     H, NC, C = tokens.heads, tokens.chunks, tokens.chunk_size
     decay, carry, write, mom_decay, mom_write, e_matrix = chunk_gates_fwd(
@@ -73,6 +80,7 @@ def gate_grads(layout: FlatChunks, lr: torch.Tensor, retention: torch.Tensor, mo
     `d_e_extra`, E's gradient through the DGD inverse (or None)."""
     from ..triton_kernels.common.chunk_gates import chunk_gates_bwd
 
+    lr, retention, momentum = _contiguous(lr, retention, momentum)
     d_decay, d_carry, d_write, d_dgd_write, d_mom_decay_last, d_mom_write_last = d_gates
     tokens = token_gates(layout, lr.shape[-1])
     n, C = tokens.heads * tokens.chunks, tokens.chunk_size

@@ -492,3 +492,25 @@ def test_one_autograd_node_per_call(use_mom, dgd):
     (op_node,) = [node for node, _ in o.grad_fn.next_functions if node is not None]
     inputs = [node.variable for node, _ in op_node.next_functions if node is not None]
     assert [x for x in (q, k, v, lr, retention, momentum) if x is not None] == inputs
+
+
+def test_op_takes_gates_of_any_strides():
+    """The forward and backward ops read the gates `[B, T, H]` row-major in their kernels; called with
+    transposed ones (the op is public, `torch.ops.nested_kernels.linear_memory_triton_fwd`), they
+    give what the row-major ones give, the gates' gradients included (T = 24: a padding index)."""
+    import importlib
+
+    triton_backend = importlib.import_module("nested_kernels.linear_memory.triton")
+    B, T, H, K = 2, 24, 3, 16
+    q, k, v = (x.to(DEVICE, torch.float32) for x in qkv(B, T, H, K, K))
+    gate_values = [x.to(DEVICE, torch.float32) for x in gates(B, T, H, momentum=True)]
+    runs = []
+    for strided in (False, True):
+        leaves = [g.transpose(1, 2).contiguous().transpose(1, 2) if strided else g.clone() for g in gate_values]
+        assert all(g.is_contiguous() != strided for g in leaves)
+        leaves = [g.requires_grad_() for g in leaves]
+        _, args = triton_backend.triton_op_args(q, k, v, *gate_values, dgd=True, chunk_size=16, scale=1.0,
+                                                initial_state=None, cu_seqlens=None)
+        o, ht, st, *_ = triton_backend._triton_fwd(q, k, v, *leaves, *args[6:])
+        runs.append((o, ht, *torch.autograd.grad((o * o).sum() + ht.sum(), leaves)))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

@@ -87,7 +87,7 @@ def _store_gates(x, index, h, c, value, H, C: tl.constexpr, PADDED: tl.constexpr
         tl.store(x + slot * H + h, value)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])
 def chunk_gates_fwd_kernel(lr, ret, mom, index, decay, carry, write, mom_decay, mom_write, dgd_write, H, NC,
                            C: tl.constexpr, USE_MOMENTUM: tl.constexpr, USE_DGD_WRITE: tl.constexpr,
                            N_LAST_ROW: tl.constexpr, PADDED: tl.constexpr):
@@ -135,7 +135,7 @@ def chunk_gates_fwd_kernel(lr, ret, mom, index, decay, carry, write, mom_decay, 
         tl.store(mom_write + o_in + o, p_m * eta)                             # N[C, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])
 def chunk_gates_bwd_kernel(lr, ret, mom, index, d_decay, d_carry, d_write, d_mom_decay, d_mom_write, d_dgd_write,
                            d_lr, d_ret, d_mom, rows_y, H, NC, C: tl.constexpr, USE_MOMENTUM: tl.constexpr,
                            USE_DGD_WRITE: tl.constexpr, N_LAST_ROW: tl.constexpr, PADDED: tl.constexpr):

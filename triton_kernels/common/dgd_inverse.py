@@ -17,11 +17,12 @@ the blocked form with the diagonal tiles one after the other 1.43 ms of 2.06 on 
 (h100-2026-11-27.md), a chain of 60 rows with two cross-warp reductions each (321 barriers in its
 sm_90 code under Triton 3.6). All diagonal tiles per row (dc11f88): 15 rows with one cross-warp
 reduction each (three barriers a row in the loop). Then, in sm_90 SASS under Triton 3.6 and 3.8,
-every shipped configuration: the loaded rows leave the substitution loop without barrier or
-shared memory at chunks 32 and 64 (at 16, unrolled, 58 barriers became 14); the batched L, one
-exchange of operands per block of keys instead of one per tile, took chunk 64 with 64 keys from
-100 barriers to 45 and from 2216 instructions to 1568, at 128 registers. None of the last three
-is timed on a card yet. Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on
+every shipped configuration: the loaded rows (051596b) left the substitution loop without barrier
+or shared memory at chunks 32 and 64 (at 16, unrolled, 58 barriers became 14); the batched L
+(5e7ff14, the kernel as it is), one exchange of operands per block of keys instead of one per
+tile, took chunk 64 with 64 keys from 100 barriers to 45 and from 2216 instructions to 1568, at
+128 registers (chunk 16, unrolled: 14 barriers). None of the last three is timed on
+a card yet. Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on
 [H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
