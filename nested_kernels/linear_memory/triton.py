@@ -126,9 +126,8 @@ def _bwd_impl(
         *operands, do.contiguous(), contiguous(dht), contiguous(dst), kernel_gates(gates, dgd), dgd_inv, chunk_offsets,
         last_rows, h0, s0, kept, scale=scale, dgd=dgd, grad_dtypes=dtypes)
     d_e_inverse = None
-    if dgd:                                                                   # through the inverse: dK and dE
-        dk_inverse, d_e_inverse = dgd_inverse_bwd(kf, e_matrix, dgd_inv, d_inv, input_dtype=k.dtype)
-        dk = dk + dk_inverse
+    if dgd:                                                                   # through the inverse: dK (all of it) and dE
+        dk, d_e_inverse = dgd_inverse_bwd(kf, e_matrix, dgd_inv, d_inv, input_dtype=k.dtype, dk_partial=dk)
     d_gates = gate_grads(layout, lr, retention, momentum, d_gates, d_e_inverse)
     grads = [g.to(dtype) for g, dtype in zip((dq, dk, dv), dtypes)] + [*d_gates, dh0, ds0]
     return [_empty_if_none(g, dh0) for g in grads]                            # fp32 placeholders

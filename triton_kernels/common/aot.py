@@ -29,7 +29,8 @@ DGD_INVERSE_FP32_INPUTS = [(name, qkv, archs, precision) for name, qkv, archs, p
 def _dgd_inverse_specs(variants, fp32_backward=True):
     """The DGD inverse, forward and backward, for each of `variants`; with `fp32_backward` the
     backward also for fp32 inputs (three-pass tf32 products)."""
-    signature = dict(k=None, dgd_write="*fp32", inv="*fp32", d_inv="*fp32", dk=None, d_dgd_write="*fp32", NC="i32")
+    signature = dict(k=None, dgd_write="*fp32", inv="*fp32", d_inv="*fp32", dk_partial="*fp32", dk=None,
+                     d_dgd_write="*fp32", NC="i32")            # dk_partial: linear_memory's (the most work)
     fwd, bwd = ("fwd", "", dgd_inverse_kernel), ("bwd", "_bwd", dgd_inverse_bwd_kernel)
     for (part, suffix, kernel), (variant, qkv, archs, precision) in itertools.chain(
             itertools.product([fwd, bwd], variants), [(bwd, BWD_FP32_INPUTS)] if fp32_backward else []):

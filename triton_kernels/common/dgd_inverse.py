@@ -180,8 +180,10 @@ def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, 
 
 
 @triton.jit(do_not_specialize=["NC"])
-def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H: tl.constexpr, K: tl.constexpr,
-                           C: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk_partial, dk, d_dgd_write, NC, H: tl.constexpr,
+                           K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dK (plus `dk_partial`, fp32, where given: the rest of the caller's dK, added before dK's one
+    rounding to its dtype) and dE_prev through inv = (I + L)^{-1}."""
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
     o = tl.arange(0, C)
     rows, cols = o[:, None], o[None, :]
@@ -210,7 +212,10 @@ def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H: tl.
         o_tk = (o_tok[:, None] * H + i_h) * K + k0 + tl.arange(0, BK)[None, :]
         m_k = k0 + tl.arange(0, BK)[None, :] < K
         b_k = tl.load(k + o_tk, mask=m_k, other=0.0).to(tl.float32)
-        tl.store(dk + o_tk, tl.dot(b_dkk, b_k, input_precision=DOT_PRECISION).to(dk.dtype.element_ty), mask=m_k)
+        b_dk = tl.dot(b_dkk, b_k, input_precision=DOT_PRECISION)
+        if dk_partial is not None:
+            b_dk += tl.load(dk_partial + o_tk, mask=m_k, other=0.0)
+        tl.store(dk + o_tk, b_dk.to(dk.dtype.element_ty), mask=m_k)
 
 
 def launch_params(part: str, C: int) -> dict:
@@ -232,14 +237,16 @@ def dgd_inverse_fwd(k, dgd_write):
     return inv
 
 
-def dgd_inverse_bwd(k, dgd_write, inv, d_inv, *, input_dtype):
+def dgd_inverse_bwd(k, dgd_write, inv, d_inv, *, input_dtype, dk_partial=None):
     """The gradients of k `[T', H, K]` (in k's dtype) and of dgd_write `[H, NC, C+1, C]` (fp32)
     through inv = `dgd_inverse_fwd(k, dgd_write)`, given d_inv; every tensor contiguous.
-    `input_dtype` is the op's (k may be an fp32 copy of 16-bit keys): its products' precision."""
+    `input_dtype` is the op's (k may be an fp32 copy of 16-bit keys): its products' precision.
+    `dk_partial` (fp32, like k): the caller's other part of dK, added in the kernel before the
+    store (no fp32 sum and cast after it: two elementwise passes over dK)."""
     Tp, H, K = k.shape
     _, NC, _, C = dgd_write.shape
     dk, d_dgd_write = torch.empty_like(k), torch.empty_like(dgd_write)
     precision = {"ieee": "tf32x3"}.get(dot_precision(input_dtype), "tf32")   # tf32x3: exact fp32 spilled
-    launcher.launch(dgd_inverse_bwd_kernel, (NC, H), k.device, k, dgd_write, inv, d_inv, dk, d_dgd_write, NC, H=H,
-                    K=K, C=C, DOT_PRECISION=precision, **launch_params("bwd", C))
+    launcher.launch(dgd_inverse_bwd_kernel, (NC, H), k.device, k, dgd_write, inv, d_inv, dk_partial, dk, d_dgd_write,
+                    NC, H=H, K=K, C=C, DOT_PRECISION=precision, **launch_params("bwd", C))
     return dk, d_dgd_write
