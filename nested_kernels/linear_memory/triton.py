@@ -2,12 +2,11 @@
 on the flat chunk layout, as ONE custom op per direction: the forward op cuts q, k, v into the
 layout, builds the gate matrices (from the gates as it takes them) and (with DGD) each chunk's
 inverse with the shared kernels of `triton_kernels/common/`, and runs the chunk kernels; the
-backward op runs their
-backward kernels and those of the gates and of the DGD inverse. One autograd node per call: on the
-H100 the forward + backward at D64 was host-bound (benchmarks/results/h100-2026-11-27.md), and the
-separate gate and DGD-inverse ops with the layout's views between them made 34 autograd nodes per
-call (36 with DGD); now 8 with momentum, six of them the inputs' AccumulateGrad. On a CPU the
-kernels run in Triton's interpreter."""
+backward op runs their backward kernels and those of the gates and of the DGD inverse. One
+autograd node per call: on the H100 the forward + backward at D64 was host-bound
+(benchmarks/results/h100-2026-11-27.md), and the separate gate and DGD-inverse ops with the
+layout's views between them made 34 autograd nodes per call (36 with DGD); now 8 with momentum,
+six of them the inputs' AccumulateGrad. On a CPU the kernels run in Triton's interpreter."""
 from typing import List, Optional, Tuple
 
 import torch
