@@ -46,6 +46,15 @@ def test_candidates_without_value_tile(sweep, warps, expected):
     assert all("BV" not in c for c in configs) and {c["num_warps"] for c in configs} == expected
 
 
+def test_candidates_leave_out_what_broke_the_context(sweep):
+    """dgd_inverse_bwd_kernel at 16 warps broke the CUDA context on an H100 (BREAKS_CONTEXT): its
+    sweep around 8 warps stops at 8; the forward's still reaches 16."""
+    for name, expected in (("dgd_inverse_bwd_kernel", {2, 4, 8}), ("dgd_inverse_kernel", {2, 4, 8, 16})):
+        kernel, _ = _fake_kernel(name)
+        configs = sweep.candidate_configs(sweep.Launch(kernel, (6,), (), dict(C=64, num_warps=8)))
+        assert {c["num_warps"] for c in configs} == expected, name
+
+
 @pytest.mark.parametrize("name,grid", [("linear_memory_fwd_kernel_h", (8, 4)), ("linear_memory_bwd_kernel_dq", (5, 1, 2))],
                          ids=["v-tiled-grid", "v-loop-grid"])
 def test_relaunch_regrids_value_tiles(sweep, name, grid):
