@@ -133,7 +133,8 @@ def key_tiles(monkeypatch, BK, BK_state):
         table = {kernel: {key: (*entry[:3], BK_state if kernel in RECURRENT else BK) for key, entry in rows.items()}
                  for kernel, rows in getattr(configs, name).items()}
         monkeypatch.setattr(configs, name, table)
-    monkeypatch.setattr(configs, "SM90", {})                                   # the same tiles on a Hopper GPU
+    for name in ("SM90", "SM90_FP32_OPERANDS"):                                # the same tiles on a Hopper GPU
+        monkeypatch.setattr(configs, name, {})
 
 
 @pytest.mark.parametrize("K,BK,BK_state,C,full",
@@ -221,8 +222,10 @@ def test_triton_chunk_k256(monkeypatch):
 def test_triton_chunk_k128_converted_loads(monkeypatch):
     """The shipped sm_90 launch entries at K = V = 128 with 64-token chunks for bf16 inputs whose
     products need fp32 operands (Hopper with Triton < 3.7.1; the interpreter too): their loads are
-    converted in the kernels, not copied, and both recurrences hold their states transposed
-    (`configs.converts_loads`, `configs.transposed_states`), in one 128-row tile."""
+    converted in the kernels, not copied, both recurrences hold their states transposed
+    (`configs.converts_loads`, `configs.transposed_states`), in one 128-row tile, and every kernel
+    runs its entry of `configs.SM90_FP32_OPERANDS` (value tiles, warps, stages)."""
+    from nested_kernels.triton_kernels.linear_memory import configs
     from nested_kernels.triton_kernels.utils import launch
 
     monkeypatch.setattr(launch, "device_arch", lambda device: 90)
@@ -232,6 +235,10 @@ def test_triton_chunk_k128_converted_loads(monkeypatch):
                    if name in RECURRENT_KERNELS]
     assert recurrences == [(name, True, 128, torch.bfloat16) for name in
                            ("linear_memory_fwd_kernel_h", "linear_memory_fwd_kernel_h", "linear_memory_bwd_kernel_dh")]
+    launched = {(name.replace("linear_memory_", "").replace("_kernel", ""), kw["BV"], kw["num_warps"], kw["num_stages"])
+                for name, _, kw in calls if name.startswith("linear_memory_")}
+    expected = {(part, *entries[(128, 64)][:3]) for part, entries in configs.SM90_FP32_OPERANDS.items()}
+    assert expected <= launched, expected - launched
 
 
 def test_triton_chunk_k256_backward_copies(monkeypatch):

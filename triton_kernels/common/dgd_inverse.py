@@ -222,8 +222,13 @@ def launch_params(part: str, C: int) -> dict:
     """BK (the blocks of K in K Kᵀ) and num_warps of the forward ("fwd": 16 × 16 tiles) and the
     backward ("bwd": C × C blocks; exact fp32 K Kᵀ products are FMA loops, short operands). The
     forward at C = 64 needs 8 warps: with 4 it holds 230 registers (Triton 3.6, sm_90; 16 warps use a
-    16-byte stack), with 8 and BK = 16, 128: at most 128 lets two programs share an SM."""
-    return dict(BK=16, num_warps={16: 4, 32: 4, 64: 8}[C])
+    16-byte stack), with 8 and BK = 16, 128: at most 128 lets two programs share an SM. The backward
+    at C = 64 takes 4 warps: timed alone on an H100 (Triton 3.6, the DGD backward of the benchmark's
+    first two shapes, benchmarks/results/config-sweep-h100-2026-11-27-7204b99-*), 4 warps took
+    0.36 ms at K = 64 and 0.59 at K = 128, the 8 it had 0.67 and 1.09. 2 warps were faster (0.28,
+    0.44) but spill with fp32 keys (16 B; 464 B for tf32x3) and give up wgmma; 16 warps broke the
+    CUDA context there."""
+    return dict(BK=16, num_warps={16: 4, 32: 4, 64: {"fwd": 8, "bwd": 4}[part]}[C])
 
 
 def dgd_inverse_fwd(k, dgd_write):
