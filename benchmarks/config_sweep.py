@@ -97,8 +97,8 @@ def record_launches(call: Callable[[], Any]) -> List[Launch]:
 
 
 # (kernel, num_warps) candidates that broke the CUDA context on a card, which stops a sweep there:
-# left out. dgd_inverse_bwd_kernel at 16 warps, on an H100 with Triton 3.6, with and without DGD's
-# other kernels (benchmarks/results/config-sweep-h100-2026-11-27-7204b99-*-dgd.md).
+# left out. dgd_inverse_bwd_kernel at 16 warps, on an H100 with Triton 3.6, in both DGD sweeps (D64
+# and D128: benchmarks/results/config-sweep-h100-2026-11-27-7204b99-*-dgd.md).
 BREAKS_CONTEXT = {("dgd_inverse_bwd_kernel", 16)}
 
 

@@ -226,8 +226,8 @@ def launch_params(part: str, C: int) -> dict:
     at C = 64 takes 4 warps: timed alone on an H100 (Triton 3.6, the DGD backward of the benchmark's
     first two shapes, benchmarks/results/config-sweep-h100-2026-11-27-7204b99-*), 4 warps took
     0.36 ms at K = 64 and 0.59 at K = 128, the 8 it had 0.67 and 1.09. 2 warps were faster (0.28,
-    0.44) but spill with fp32 keys (16 B; 464 B for tf32x3) and give up wgmma; 16 warps broke the
-    CUDA context there."""
+    0.44), but the compile report (Triton 3.8, sm_90) finds them spilling with fp32 keys (16 B;
+    464 B for tf32x3) and on mma rather than wgmma; 16 warps broke the CUDA context there."""
     return dict(BK=16, num_warps={16: 4, 32: 4, 64: {"fwd": 8, "bwd": 4}[part]}[C])
 
 

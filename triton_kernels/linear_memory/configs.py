@@ -121,18 +121,17 @@ SM90["bwd_dh"] = {(256, 64): (16, 8, 1, 128)}
 # the entries that differ on sm_90 with fp32 operands, after all of the above: timed on an H100
 # (Triton 3.6, bf16 inputs with converted loads, B8-T2048-H16-D64 and B4-T4096-H16-D128, momentum,
 # with and without DGD; benchmarks/results/config-sweep-h100-2026-11-27-7204b99-*), each kernel
-# alone at its shipped entry and its neighbours. Each is the fastest candidate that the compile
-# report finds clean (no spills; wgmma where the kernel had it) in every flag combination, for fp32 inputs and converted
-# loads, under Triton 3.6 and 3.8. Shipped → chosen ms, without DGD / with DGD where both were timed:
+# alone at its shipped entry and its neighbours. Each is the fastest candidate (fwd_o at K = 128:
+# the least sum over both sweeps) that compiles clean (no spills; wgmma where the kernel had it) in
+# every flag combination, for fp32 inputs and converted loads, under Triton 3.6 and 3.8
+# (benchmarks/results/compile-check-sm90-fp32ops-2026-11-27.md, with the winners it turned away).
+# Shipped → chosen ms, without DGD / with DGD where both were timed:
 #   K = 64: fwd_o 0.247 → 0.166; bwd_dk 0.524 → 0.417.
 #   K = 128: fwd_h 0.939 / 1.486 → 0.511 / 0.833; fwd_o 0.948 / 1.097 → 0.572 / 0.691;
 #   bwd_dh 1.393 / 2.290 → 0.879 / 1.216; bwd_dq 1.279 / 1.621 → 1.030 / 1.283;
 #   bwd_dk 1.722 / 2.029 → 1.426 / 1.665; bwd_dk_dgd 1.558 → 1.131; bwd_dgd_inv 1.094 → 0.605.
-# Faster candidates stayed out where some flag combination spilled: bwd_dq at 4 warps; bwd_dh at
-# K = 64 with 32-column value tiles (fp32 inputs); bwd_dk_dgd at K = 128 with 32 or 64 columns
-# (DGD without momentum). bwd_dh at K = 64 with 2 warps (0.279 / 0.465 ms) also stayed out: it
-# gives up wgmma. Other shapes, and the 16-bit operands of Triton ≥ 3.7.1, were not timed and keep
-# the entries above.
+# Other shapes, and the 16-bit operands of Triton ≥ 3.7.1, were not timed and keep the entries
+# above.
 SM90_FP32_OPERANDS = {
     "fwd_h": {(128, 64): (32, 8, 2, 128)},
     "fwd_o": {(64, 64): (64, 4, 2, 64), (128, 64): (64, 4, 2, 32)},
