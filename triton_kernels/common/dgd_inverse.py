@@ -21,8 +21,9 @@ every shipped configuration: the loaded rows (051596b) left the substitution loo
 or shared memory at chunks 32 and 64 (at 16, unrolled, 58 barriers became 14); the batched L
 (5e7ff14, the kernel as it is), one exchange of operands per block of keys instead of one per
 tile, took chunk 64 with 64 keys from 100 barriers to 45 and from 2216 instructions to 1568, at
-128 registers (chunk 16, unrolled: 14 barriers). None of the last three is timed on
-a card yet. Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on
+128 registers (chunk 16, unrolled: 14 barriers). With all three, 0.48 ms on an H100 at
+B8 T2048 H16 D64 (0.77 at D128, under the profiler: benchmarks/results/h100-2026-11-27-7204b99.md);
+none of the three was timed alone. Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on
 [H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
