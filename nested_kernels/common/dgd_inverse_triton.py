@@ -12,7 +12,7 @@ from .eager_ops import eager_op
 def _fwd(k: torch.Tensor, dgd_write: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
     from ..triton_kernels.common.dgd_inverse import dgd_inverse_fwd
 
-    return dgd_inverse_fwd(k.contiguous(), dgd_write.contiguous())
+    return dgd_inverse_fwd(k.contiguous(), dgd_write.contiguous(), input_dtype=input_dtype)
 
 
 def _fwd_fake(k, dgd_write, input_dtype):
@@ -45,4 +45,4 @@ dgd_inverse_triton_bwd, _ = eager_op("nested_kernels::dgd_inverse_triton_bwd", _
 dgd_inverse_triton, _ = eager_op("nested_kernels::dgd_inverse_triton", _fwd, fake=_fwd_fake,
                                  setup_context=_setup_context, backward=_backward)
 dgd_inverse_triton.__doc__ = """(I + L)^{-1} `[H, NC, C, C]` for keys `[T', H, K]` and E `[H, NC, C+1, C]` (fp32).
-`input_dtype`: the op's input dtype (k may be an fp32 copy), which sets the backward's precision."""
+`input_dtype`: the op's input dtype (k may be an fp32 copy), which sets the kernels' precision."""

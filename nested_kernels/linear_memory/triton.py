@@ -73,13 +73,16 @@ def _fwd_impl(
     layout = FlatChunks(chunk_size, index, slots, chunk_offsets, last_rows)
     qf, kf, vf = _flat_operands(layout, q, k, v)
     gates = gate_matrices(layout, lr, retention, momentum, dgd)
-    dgd_inv = dgd_inverse_fwd(kf, gates.e_matrix) if dgd else None          # one program per chunk and head
+    kernel_gate_list = kernel_gates(gates, dgd)
+    dgd_inv = kk_write = None
+    if dgd:                                                                   # one program per chunk and head
+        dgd_inv, kk_write = dgd_inverse_fwd(kf, gates.e_matrix, write=kernel_gate_list[2])
     # chunk states read by the output kernel alone are stored in its products' operand dtype (the
     # same output, half the bytes for 16-bit operands); kept for the backward, in fp32
     state_dtype = torch.float32 if keep_states else operand_dtype(q.device, q.dtype)
-    o, *states, ht, st = linear_memory_fwd(qf, kf, vf, kernel_gates(gates, dgd), dgd_inv, chunk_offsets, last_rows,
-                                           h0, s0, scale=scale, dgd=dgd, output_final_state=True, out_dtype=v.dtype,
-                                           state_dtype=state_dtype, residuals=keep_states)
+    o, *states, ht, st = linear_memory_fwd(qf, kf, vf, kernel_gate_list, dgd_inv, chunk_offsets, last_rows, h0, s0,
+                                           scale=scale, dgd=dgd, output_final_state=True, out_dtype=v.dtype,
+                                           kk_write=kk_write, state_dtype=state_dtype, residuals=keep_states)
     kept = states if keep_states else (None,) * 4
     return [o, ht, *(_empty_if_none(x, ht) for x in (st, *gates, dgd_inv, *kept))]
 

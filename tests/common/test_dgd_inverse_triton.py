@@ -27,9 +27,11 @@ def _inputs(C, K, H=2, NC=3):
 
 
 def _check(C, K, input_dtype):
-    """Inverse and gradients for keys of the op's `input_dtype` (here fp32 values: the precision of
-    the backward's products follows it, tf32 for 16-bit inputs, three-pass tf32 for fp32 ones)."""
+    """Inverse and gradients for keys of the op's `input_dtype`, as fp32 copies (the precision of the
+    products follows it: K Kᵀ on tf32 for 16-bit inputs, exact for their values, and exact fp32 for
+    fp32 ones; the backward's others tf32 for 16-bit inputs, three-pass tf32 for fp32 ones)."""
     k, e = _inputs(C, K)
+    k = k.to(input_dtype).double()                                            # values the input dtype holds
     H, NC = e.shape[:2]
     k_ref, e_ref = k.clone().requires_grad_(), e.clone().requires_grad_()
     kc = k_ref.unflatten(0, (NC, C)).permute(2, 0, 1, 3)
@@ -55,6 +57,26 @@ INPUT_DTYPES = [torch.float32, torch.bfloat16]
 @pytest.mark.parametrize("C,K", SHAPES, ids=lambda x: str(x))
 def test_inverse_and_gradients(C, K, input_dtype):
     _check(C, K, input_dtype)
+
+
+@pytest.mark.parametrize("input_dtype", INPUT_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("C,K", SHAPES, ids=lambda x: str(x))
+def test_kk_write_with_the_inverse(C, K, input_dtype):
+    """With `write`, the forward also returns linear_memory's DGD product (K Kᵀ) ⊙ G_{0..C−1} from its
+    own K Kᵀ (as `chunk_products`' kk_write), and the same inverse as without it."""
+    from nested_kernels.triton_kernels.common.dgd_inverse import dgd_inverse_fwd
+
+    k, e = _inputs(C, K)
+    k = k.to(input_dtype)
+    H, NC = e.shape[:2]
+    g = chunk_gates(*(torch.rand(H, NC, C, generator=torch.Generator().manual_seed(K), dtype=torch.float64)
+                      for _ in range(3)))
+    kc = k.double().unflatten(0, (NC, C)).permute(2, 0, 1, 3)
+    expected = (kc @ kc.transpose(-1, -2)) * g.write[:, :, :C]
+    dev = lambda x: x.to(DEVICE).contiguous()
+    inv, kk_write = dgd_inverse_fwd(dev(k), dev(e.float()), write=dev(g.write.float()))
+    torch.testing.assert_close(kk_write.cpu().double(), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(inv, dgd_inverse_fwd(dev(k), dev(e.float())), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("C", [16, 32, 64])

@@ -17,28 +17,28 @@ _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_m
 # the backward's products run at the op's input precision: tf32 for bf16 inputs (the fp32 copies
 # included), three-pass tf32 for fp32 inputs (dgd_inverse.py), on both archs
 BWD_FP32_INPUTS = ("fp32-tf32x3", "fp32", ARCHS, "tf32x3")
+# the DGD inverse's fp32 inputs beyond its default rows (`FP32_INPUT_VARIANTS`, not in CI): the
+# forward (its one product, K Kᵀ, at the op's precision) with tf32 allowed on sm_80 and exact on
+# both; the backward with tf32 allowed on sm_80 (its exact fp32 inputs are the tf32x3 rows)
+DGD_INVERSE_FP32_INPUTS = (FP32_INPUT_VARIANTS, [v for v in FP32_INPUT_VARIANTS if v[3] != "ieee"])
 
 
-# the DGD inverse's fp32 inputs beyond its default rows: tf32 allowed on sm_80 (`FP32_INPUT_VARIANTS`;
-# its exact fp32 ones run the same forward, which has no products of that precision, and the
-# backward's tf32x3 rows)
-DGD_INVERSE_FP32_INPUTS = [(name, qkv, archs, precision) for name, qkv, archs, precision in FP32_INPUT_VARIANTS
-                           if precision != "ieee"]
-
-
-def _dgd_inverse_specs(variants, fp32_backward=True):
-    """The DGD inverse, forward and backward, for each of `variants`; with `fp32_backward` the
-    backward also for fp32 inputs (three-pass tf32 products)."""
-    signature = dict(k=None, dgd_write="*fp32", inv="*fp32", d_inv="*fp32", dk_partial="*fp32", dk=None,
-                     d_dgd_write="*fp32", NC="i32")            # dk_partial: linear_memory's (the most work)
+def _dgd_inverse_specs(fwd_variants, bwd_variants):
+    """The DGD inverse's forward for each of (name, k dtype, archs, precision) `fwd_variants` and its
+    backward for each of `bwd_variants`; K Kᵀ at the op's precision in both (`dot_precision`: exact
+    fp32 where the backward's other products are three-pass tf32)."""
+    signature = dict(k=None, dgd_write="*fp32", write="*fp32", inv="*fp32", kk_write="*fp32", d_inv="*fp32",
+                     dk_partial="*fp32", dk=None, d_dgd_write="*fp32", NC="i32")
+    # kk_write: linear_memory's forward (the most work), dk_partial: its backward
     fwd, bwd = ("fwd", "", dgd_inverse_kernel), ("bwd", "_bwd", dgd_inverse_bwd_kernel)
     for (part, suffix, kernel), (variant, qkv, archs, precision) in itertools.chain(
-            itertools.product([fwd, bwd], variants), [(bwd, BWD_FP32_INPUTS)] if fp32_backward else []):
+            itertools.product([fwd], fwd_variants), itertools.product([bwd], bwd_variants)):
         runtime, flags = kernel_params(kernel)
         types = {n: signature[n] or f"*{qkv}" for n in runtime}
         for K, C in itertools.product((64, 128, 256), (16, 32, 64)):
             params = launch_params(part, C)
-            constexprs = dict(H=16, K=K, C=C, BK=params["BK"], DOT_PRECISION=precision)
+            constexprs = dict(H=16, K=K, C=C, BK=params["BK"], DOT_PRECISION=precision,
+                              KK_PRECISION={"tf32x3": "ieee"}.get(precision, precision))
             yield AotSpec(name=f"dgd_inverse{suffix}-K{K}-C{C}-{variant}", kernel=kernel, signature=types,
                           constexprs={n: x for n, x in constexprs.items() if n in flags},
                           num_warps=params["num_warps"], archs=archs)
@@ -69,6 +69,6 @@ AOT_SPECS = [
     # every gate as rows (mlp_memory), and linear_memory's without DGD (no E, N's last row) from the
     # token layout through its padding index
     for e in (True, False)
-] + list(_dgd_inverse_specs(OPERAND_VARIANTS)) + list(_chunk_products_specs((*OPERAND_VARIANTS, CONVERTED_VARIANT)))
-FP32_INPUT_SPECS = list(_dgd_inverse_specs(DGD_INVERSE_FP32_INPUTS, fp32_backward=False)) + list(
+] + list(_dgd_inverse_specs(OPERAND_VARIANTS, (*OPERAND_VARIANTS, BWD_FP32_INPUTS))) + list(_chunk_products_specs((*OPERAND_VARIANTS, CONVERTED_VARIANT)))
+FP32_INPUT_SPECS = list(_dgd_inverse_specs(*DGD_INVERSE_FP32_INPUTS)) + list(
     _chunk_products_specs(FP32_INPUT_VARIANTS))

@@ -1,15 +1,19 @@
 """The DGD system of each chunk (nested_kernels/common/chunk_state.py `dgd_inverse`, SPEC §2):
 (I + L)^{-1} with L_tj = (k_t·k_j) E_{t−1, j} strictly lower, one program per (chunk, head),
 blocked in 16 × 16 tiles (NB = C / 16 tile rows; X = (I + L)^{-1}, also block lower triangular).
-L is formed first, every tile on and below the diagonal in one batched product per block of keys
-(exact fp32), and stored into the output, where the inverse is then formed; the diagonal tiles
-are inverted by forward substitution in registers, row r of every tile in one step,
+L is formed first, from one C × C product K Kᵀ (at the op's input precision, `dot_precision`: on
+the matrix units for 16-bit inputs, whose values tf32 holds exactly; exact fp32 for fp32 inputs
+unless torch allows tf32), and stored into the output
+(zeros above the diagonal, which stay), where the inverse is then formed; for linear_memory's
+forward the same product times G is also stored as its DGD product kk_write (`chunk_products`
+need not run there). The diagonal tiles are inverted by forward substitution in registers, row r
+of every tile in one step,
     X_ii = (I + L_ii)^{-1}:  X_ii[r, :] = e_r − Σ_{s<r} L_ii[r, s] X_ii[s, :],
 each row of L_ii loaded from where it was stored (as fla's solve_tril reads its rows of A), and
 X_ii held transposed, so that the row's sum is within a warp; then the tiles below the diagonal
 by block forward substitution, two to four tile products each, with L_im loaded back,
     X_ij = −X_ii Σ_{m=j}^{i−1} L_im X_mj   (i > j);
-then, once no warp reads L any more, every tile of X is stored over it.
+then, once no warp reads L any more, every tile of X on and below the diagonal is stored over it.
 
 History, all at B8 T2048 H16 D64, chunk 64: the row-by-row substitution over the whole C × C
 matrix took 1.84 ms of the 2.79 ms DGD forward on an H200 (benchmarks/results/h200-2026-11-26.md);
@@ -19,18 +23,24 @@ sm_90 code under Triton 3.6). All diagonal tiles per row (dc11f88): 15 rows with
 reduction each (three barriers a row in the loop). Then, in sm_90 SASS under Triton 3.6 and 3.8,
 every shipped configuration: the loaded rows (051596b) left the substitution loop without barrier
 or shared memory at chunks 32 and 64 (at 16, unrolled, 58 barriers became 14); the batched L
-(5e7ff14, the kernel as it is), one exchange of operands per block of keys instead of one per
-tile, took chunk 64 with 64 keys from 100 barriers to 45 and from 2216 instructions to 1568, at
-128 registers (chunk 16, unrolled: 14 barriers). With all three, 0.48 ms on an H100 at
-B8 T2048 H16 D64 (0.77 at D128, under the profiler: benchmarks/results/h100-2026-11-27-7204b99.md);
-none of the three was timed alone. Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on
-[H, NC, C, C].
+(5e7ff14), one exchange of operands per block of keys instead of one per tile, took chunk 64
+with 64 keys from 100 barriers to 45 and from 2216 instructions to 1568, at 128 registers (chunk
+16, unrolled: 14 barriers). With all three, 0.48 ms on an H100 at B8 T2048 H16 D64 (0.77 at D128,
+under the profiler: benchmarks/results/h100-2026-11-27-7204b99.md); none of the three was timed
+alone. That batched L was exact fp32 for every input: a loop over blocks of 16 keys, each an FMA
+product of 16 tile pairs (532 FFMA in the sm_90 code of bf16's chunk 64 under Triton 3.8). L as
+one C × C product on tf32 for 16-bit inputs (the kernel as it is): 8 wgmma at K = 64, 16 at
+K = 128, and 276 FFMA in all (the substitution's), 1296 instructions at K = 64 where there were
+1520; and linear_memory's DGD forward launches one kernel fewer. Not timed on a card. Replaces a
+batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
 dA = −invᵀ d(inv) invᵀ, kept strictly lower (dL); L = (K Kᵀ) ⊙ E_prev gives
 dE_prev = dL ⊙ (K Kᵀ) (E's last row is not in L: 0) and dK = (dL ⊙ E_prev + (dL ⊙ E_prev)ᵀ) K.
 Replaces fp32 copies of K, three batched products, a mask and a zero-filled dE in PyTorch. K Kᵀ
-is recomputed in exact fp32 as in the forward; the three other products run on the matrix units
+is recomputed as in the forward (it was exact fp32 FMA for every input, 544 FFMA in the sm_90 code
+of bf16's chunk 64, now 32; on tf32, fp32 inputs where torch allows it spill 4 B at K = 64, chunk
+64 on sm_80 under Triton 3.6, `compile-report --fp32-inputs`); the three other products run on the matrix units
 at the op's input precision (`dot_precision`: tf32 for 16-bit inputs, whose fp32 copies
 included), except that exact fp32 ("ieee", fp32 inputs) becomes three-pass tf32 ("tf32x3", close
 to fp32): exact fp32 FMA products of C × C blocks spilled kilobytes. dA is summed over blocks of
@@ -49,16 +59,17 @@ TILE = tl.constexpr(16)          # the tiles of the forward's blocked inverse
 
 
 @triton.jit
-def _kk_block(k, o_rows, o_cols, i_h, H: tl.constexpr, K: tl.constexpr, R: tl.constexpr, S: tl.constexpr,
-              BK: tl.constexpr):
-    """k_t·k_j [R, S] for the tokens `o_rows` (R) and `o_cols` (S) of one head (rows of the flat
-    layout), exact fp32."""
-    kk = tl.zeros([R, S], dtype=tl.float32)
+def _kk(k, o_tok, i_h, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+        KK_PRECISION: tl.constexpr):
+    """K Kᵀ [C, C] of the tokens `o_tok` (C rows of the flat layout) of one head, on fp32 operands at
+    the op's input precision (`dot_precision`): tf32 for 16-bit inputs, which it holds exactly (exact
+    products on the matrix units, summed in fp32), exact fp32 for fp32 inputs unless torch allows tf32."""
+    kk = tl.zeros([C, C], dtype=tl.float32)
     for k0 in range(0, K, BK):
         o_k = k0 + tl.arange(0, BK)
-        b_k = tl.load(k + (o_rows[:, None] * H + i_h) * K + o_k[None, :], mask=o_k[None, :] < K, other=0.0)
-        b_kt = tl.load(k + (o_cols[None, :] * H + i_h) * K + o_k[:, None], mask=o_k[:, None] < K, other=0.0)
-        kk += tl.dot(b_k.to(tl.float32), b_kt.to(tl.float32), input_precision="ieee")
+        b_k = tl.load(k + (o_tok[:, None] * H + i_h) * K + o_k[None, :], mask=o_k[None, :] < K, other=0.0)
+        b_k = b_k.to(tl.float32)
+        kk = tl.dot(b_k, tl.trans(b_k), kk, input_precision=KK_PRECISION)
     return kk
 
 
@@ -71,30 +82,19 @@ def _tile_offsets(o_chunk, ti, tj, C: tl.constexpr):
 
 
 @triton.jit
-def _store_lower_tiles(k, dgd_write, inv, i_c, i_h, o_chunk, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
-                       BK: tl.constexpr):
-    """L = (K Kᵀ) ⊙ E_prev into the tiles of `inv` on and below the diagonal (strictly lower within
-    the diagonal ones), where the inverse is then formed. Every pair of tiles (p = ti·NB + tj) in
-    one batched product per BK keys, exact fp32: one exchange of operands per block of keys, where
-    tile by tile each of the NB (NB + 1) / 2 tiles took its own (two barriers each in sm_90's code);
-    the pairs above the diagonal are masked out of the loads."""
-    NB: tl.constexpr = C // TILE
-    o_p, o = tl.arange(0, NB * NB), tl.arange(0, TILE)
-    ti, tj = (o_p // NB)[:, None, None], (o_p % NB)[:, None, None]            # [P, 1, 1]
-    rows, cols = o[None, :, None], o[None, None, :]
-    lower = tj <= ti
-    tok_r = i_c * C + ti * TILE + rows                                       # [P, TILE, 1]: the token of r
-    tok_s = i_c * C + tj * TILE + cols                                       # [P, 1, TILE]: the token of s
-    kk = tl.zeros([NB * NB, TILE, TILE], dtype=tl.float32)                   # k_r·k_s
-    for k0 in range(0, K, BK):
-        o_k = k0 + tl.arange(0, BK)
-        m_k = o_k < K
-        b_k = tl.load(k + (tok_r * H + i_h) * K + o_k[None, None, :], mask=lower & m_k[None, None, :], other=0.0)
-        b_kt = tl.load(k + (tok_s * H + i_h) * K + o_k[None, :, None], mask=lower & m_k[None, :, None], other=0.0)
-        kk = tl.dot(b_k.to(tl.float32), b_kt.to(tl.float32), kk, input_precision="ieee")
-    strictly_lower = (tj < ti) | ((tj == ti) & (rows > cols))
-    e = tl.load(dgd_write + (o_chunk * (C + 1) + ti * TILE + rows) * C + tj * TILE + cols, mask=lower)   # E[r, s]
-    tl.store(inv + _tile_offsets(o_chunk, ti, tj, C), tl.where(strictly_lower, kk * e, 0.0), mask=lower)
+def _store_l(k, dgd_write, write, inv, kk_write, i_c, i_h, o_chunk, H: tl.constexpr, K: tl.constexpr,
+             C: tl.constexpr, BK: tl.constexpr, KK_PRECISION: tl.constexpr):
+    """L = (K Kᵀ) ⊙ E_prev, strictly lower, into `inv` (zeros above the diagonal, where they stay),
+    from one C × C product; with `kk_write` also (K Kᵀ) ⊙ G_prev there (`chunk_products`' kk_write,
+    which the chunk kernels read with DGD: K Kᵀ once per chunk)."""
+    o = tl.arange(0, C)
+    rows, cols = o[:, None], o[None, :]
+    kk = _kk(k, i_c * C + o, i_h, H, K, C, BK, KK_PRECISION)
+    o_prev = (o_chunk * (C + 1) + rows) * C + cols                            # rows 0..C−1 of the gates
+    o_mat = (o_chunk * C + rows) * C + cols
+    tl.store(inv + o_mat, tl.where(rows > cols, kk * tl.load(dgd_write + o_prev), 0.0))
+    if kk_write is not None:
+        tl.store(kk_write + o_mat, kk * tl.load(write + o_prev))
 
 
 @triton.jit
@@ -103,7 +103,7 @@ def _diagonal_inverses(inv, o_chunk, C: tl.constexpr):
     NB tiles per step:  X_ii[r, :] = e_r − Σ_s L_ii[r, s] X_ii[s, :].
     Returned transposed, `[NB, TILE, TILE]` (tile, column c, row s) = X_ii[s, c], so that the sum over
     s is a reduction over the last axis, within a warp. Row r of L_ii is loaded at each step from
-    the diagonal tiles of `inv` (`_store_lower_tiles`): a load, which no step waits on, in place of
+    the diagonal tiles of `inv` (`_store_l`): a load, which no step waits on, in place of
     a reduction of L's registers."""
     NB: tl.constexpr = C // TILE
     o_b, o = tl.arange(0, NB), tl.arange(0, TILE)
@@ -129,7 +129,7 @@ def _dot(a, b):
 
 @triton.jit
 def _l(inv, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, C: tl.constexpr):
-    """L_ij (TI > TJ), where `_store_lower_tiles` put it."""
+    """L_ij (TI > TJ), where `_store_l` put it."""
     return tl.load(inv + _tile_offsets(o_chunk, TI, TJ, C))
 
 
@@ -139,15 +139,15 @@ def _store(inv, o_chunk, TI: tl.constexpr, TJ: tl.constexpr, C: tl.constexpr, x)
 
 
 @triton.jit(do_not_specialize=["NC"])
-def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
-                       BK: tl.constexpr):
-    """L into inv's lower tiles; the diagonal tiles' inverses from their rows; the tiles below the
-    diagonal by block forward substitution, with L_ij loaded back; then, once no warp reads L, every
-    tile of X stored over it (zeros above the diagonal)."""
+def dgd_inverse_kernel(k, dgd_write, write, inv, kk_write, NC, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
+                       BK: tl.constexpr, KK_PRECISION: tl.constexpr):
+    """L into inv (and, with `kk_write`, the DGD product there); the diagonal tiles' inverses from
+    their rows; the tiles below the diagonal by block forward substitution, with L_ij loaded back;
+    then, once no warp reads L, every tile of X on and below the diagonal stored over it."""
     tl.static_assert(C == TILE or C == 2 * TILE or C == 4 * TILE, "chunk sizes 16, 32, 64")
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
     o_chunk = i_h * NC + i_c
-    _store_lower_tiles(k, dgd_write, inv, i_c, i_h, o_chunk, H, K, C, BK)
+    _store_l(k, dgd_write, write, inv, kk_write, i_c, i_h, o_chunk, H, K, C, BK, KK_PRECISION)
     tl.debug_barrier()                                       # L stored before any warp reads it
     x_diag = _diagonal_inverses(inv, o_chunk, C)
     x00 = _tile_of(x_diag, 0)
@@ -163,9 +163,6 @@ def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, 
         x31 = -_dot(x33, _dot(l31, x11) + _dot(l32, x21))
         x30 = -_dot(x33, _dot(_l(inv, o_chunk, 3, 0, C), x00) + _dot(l31, x10) + _dot(l32, x20))
     tl.debug_barrier()                                       # every read of L done before X goes over it
-    for ti in tl.static_range(C // TILE):                    # above the diagonal: 0
-        for tj in tl.static_range(ti + 1, C // TILE):
-            _store(inv, o_chunk, ti, tj, C, tl.zeros([TILE, TILE], dtype=tl.float32))
     _store(inv, o_chunk, 0, 0, C, x00)
     if C >= 2 * TILE:
         _store(inv, o_chunk, 1, 0, C, x10)
@@ -182,7 +179,8 @@ def dgd_inverse_kernel(k, dgd_write, inv, NC, H: tl.constexpr, K: tl.constexpr, 
 
 @triton.jit(do_not_specialize=["NC"])
 def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk_partial, dk, d_dgd_write, NC, H: tl.constexpr,
-                           K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                           K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                           KK_PRECISION: tl.constexpr):
     """dK (plus `dk_partial`, fp32, where given: the rest of the caller's dK, added before dK's one
     rounding to its dtype) and dE_prev through inv = (I + L)^{-1}."""
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
@@ -205,7 +203,7 @@ def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk_partial, dk, d_dgd_write
         b_da = tl.dot(b_z, b_inv_t, b_da, input_precision=DOT_PRECISION)
     b_dl = tl.where(rows > cols, -b_da, 0.0)                                  # dL = strictly lower part of dA
     o_e = (o_chunk * (C + 1) + rows) * C + cols                               # E rows 0..C−1: E_prev
-    tl.store(d_dgd_write + o_e, b_dl * _kk_block(k, o_tok, o_tok, i_h, H, K, C, C, BK))
+    tl.store(d_dgd_write + o_e, b_dl * _kk(k, o_tok, i_h, H, K, C, BK, KK_PRECISION))
     tl.store(d_dgd_write + (o_chunk * (C + 1) + C) * C + o, tl.zeros([C], dtype=tl.float32))
     b_dkk = b_dl * tl.load(dgd_write + o_e)                                   # d(K Kᵀ)
     b_dkk += tl.trans(b_dkk)
@@ -232,15 +230,19 @@ def launch_params(part: str, C: int) -> dict:
     return dict(BK=16, num_warps={16: 4, 32: 4, 64: {"fwd": 8, "bwd": 4}[part]}[C])
 
 
-def dgd_inverse_fwd(k, dgd_write):
+def dgd_inverse_fwd(k, dgd_write, *, input_dtype=None, write=None):
     """k `[T', H, K]` (flat chunk layout, any float dtype), dgd_write `[H, NC, C+1, C]` fp32
-    contiguous. Returns (I + L)^{-1} `[H, NC, C, C]` fp32."""
+    contiguous. Returns (I + L)^{-1} `[H, NC, C, C]` fp32. `input_dtype` is the op's (default k's;
+    k may be an fp32 copy of 16-bit keys): the precision of K Kᵀ. With `write` (G `[H, NC, C+1, C]`
+    fp32 contiguous) returns (inv, kk_write): also `chunk_products`' K Kᵀ ⊙ G_{0..C−1}, from the
+    same product."""
     Tp, H, K = k.shape
     _, NC, _, C = dgd_write.shape
-    inv = torch.empty(H, NC, C, C, dtype=torch.float32, device=k.device)
-    launcher.launch(dgd_inverse_kernel, (NC, H), k.device, k, dgd_write, inv, NC, H=H, K=K, C=C,
-                    **launch_params("fwd", C))
-    return inv
+    new = lambda: torch.empty(H, NC, C, C, dtype=torch.float32, device=k.device)
+    inv, kk_write = new(), None if write is None else new()
+    launcher.launch(dgd_inverse_kernel, (NC, H), k.device, k, dgd_write, write, inv, kk_write, NC, H=H, K=K, C=C,
+                    KK_PRECISION=dot_precision(input_dtype or k.dtype), **launch_params("fwd", C))
+    return inv if write is None else (inv, kk_write)
 
 
 def dgd_inverse_bwd(k, dgd_write, inv, d_inv, *, input_dtype, dk_partial=None):
@@ -252,7 +254,9 @@ def dgd_inverse_bwd(k, dgd_write, inv, d_inv, *, input_dtype, dk_partial=None):
     Tp, H, K = k.shape
     _, NC, _, C = dgd_write.shape
     dk, d_dgd_write = torch.empty_like(k), torch.empty_like(dgd_write)
-    precision = {"ieee": "tf32x3"}.get(dot_precision(input_dtype), "tf32")   # tf32x3: exact fp32 spilled
+    kk_precision = dot_precision(input_dtype)                                 # K Kᵀ as in the forward
+    precision = {"ieee": "tf32x3"}.get(kk_precision, "tf32")                  # tf32x3: exact fp32 spilled
     launcher.launch(dgd_inverse_bwd_kernel, (NC, H), k.device, k, dgd_write, inv, d_inv, dk_partial, dk, d_dgd_write,
-                    NC, H=H, K=K, C=C, DOT_PRECISION=precision, **launch_params("bwd", C))
+                    NC, H=H, K=K, C=C, DOT_PRECISION=precision, KK_PRECISION=kk_precision,
+                    **launch_params("bwd", C))
     return dk, d_dgd_write

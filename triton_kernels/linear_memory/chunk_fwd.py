@@ -180,7 +180,8 @@ def linear_memory_fwd_kernel_o(
 def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
                       out_dtype, output=True, kk_write=None, state_dtype=None, residuals=True):
     """Launch both forward kernels (the output's only with `output`: the backward's recomputation
-    needs the states alone, and passes the DGD product `kk_write` it has; computed here otherwise).
+    needs the states alone). With DGD, `kk_write` is the product K Kᵀ ⊙ G the caller has (the
+    forward op's from the DGD inverse, the backward's from its chunk products); computed here otherwise.
     q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
     dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`; h0, s0 `[N, H, K, V]` or None.
     `out_dtype` is the op's input dtype (q, k, v are in it, or, in the backward's recomputation, fp32
