@@ -14,8 +14,8 @@ Key tiles stay as shipped (the backward's partial sums are laid out by them). Ti
 `triton.testing.do_bench` medians; kernels are swept in the order of their shipped time, largest
 first, until `--budget-s`; the report is rewritten after each kernel, so a kill keeps what was
 timed, and a fault that breaks the CUDA context stops the sweep there. Only the first launch of
-each kernel is swept (e.g. the forward's chunk products, not the backward's). Every candidate's
-registers and local memory (Triton's `n_spills`, in 4-byte words) come from the compiled kernel: a
+each kernel is swept (e.g. the forward's state recurrence, not the backward's recomputation). Every
+candidate's registers and local memory (Triton's `n_spills`, in 4-byte words) come from the compiled kernel: a
 faster candidate still needs `nested-kernels compile-report` (spills, shared memory, both archs)
 before it goes into a table.
 

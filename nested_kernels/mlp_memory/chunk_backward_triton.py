@@ -117,7 +117,8 @@ def mlp_memory_chunk_backward_triton(q, k, v, lr, retention, momentum, w1, w2, s
         from ..triton_kernels.common.dgd_inverse import dgd_inverse_fwd
 
         k_pad = F.pad(k, (0, 0, 0, 0, 0, BT - C)).reshape(B * BT, H, K).contiguous()
-        inv = dgd_inverse_fwd(k_pad, gates.dgd_write.view(B, H, BT + 1, BT).transpose(0, 1).contiguous())  # [H, B, ..]
+        inv = dgd_inverse_fwd(k_pad, gates.dgd_write.view(B, H, BT + 1, BT).transpose(0, 1).contiguous(),
+                              input_dtype=do.dtype)                           # [H, B, ..], as the forward's
         dgd_inv = inv.transpose(0, 1).reshape(BH, BT, BT).contiguous()
 
     common = dict(C=C, H=H, K=K, V=V, BT=BT, DOT_PRECISION=dot_precision(do.dtype))   # dO: the op's input dtype

@@ -59,11 +59,7 @@ def test_inverse_and_gradients(C, K, input_dtype):
     _check(C, K, input_dtype)
 
 
-@pytest.mark.parametrize("input_dtype", INPUT_DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("C,K", SHAPES, ids=lambda x: str(x))
-def test_kk_write_with_the_inverse(C, K, input_dtype):
-    """With `write`, the forward also returns linear_memory's DGD product (K Kᵀ) ⊙ G_{0..C−1} from its
-    own K Kᵀ (as `chunk_products`' kk_write), and the same inverse as without it."""
+def _check_kk_write(C, K, input_dtype):
     from nested_kernels.triton_kernels.common.dgd_inverse import dgd_inverse_fwd
 
     k, e = _inputs(C, K)
@@ -77,6 +73,14 @@ def test_kk_write_with_the_inverse(C, K, input_dtype):
     inv, kk_write = dgd_inverse_fwd(dev(k), dev(e.float()), write=dev(g.write.float()))
     torch.testing.assert_close(kk_write.cpu().double(), expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(inv, dgd_inverse_fwd(dev(k), dev(e.float())), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("input_dtype", INPUT_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("C,K", SHAPES, ids=lambda x: str(x))
+def test_kk_write_with_the_inverse(C, K, input_dtype):
+    """With `write`, the forward also returns linear_memory's DGD product (K Kᵀ) ⊙ G_{0..C−1} from its
+    own K Kᵀ (as `chunk_products`' kk_write), and the same inverse as without it."""
+    _check_kk_write(C, K, input_dtype)
 
 
 @pytest.mark.parametrize("C", [16, 32, 64])
@@ -101,8 +105,10 @@ def test_inverse_nearly_parallel_keys(C):
 @pytest.mark.parametrize("input_dtype", INPUT_DTYPES, ids=["fp32-tf32x3", "bf16-tf32"])
 @pytest.mark.parametrize("C,K", SHAPES + [(64, 128), (64, 256)], ids=lambda x: str(x))
 def test_inverse_and_gradients_gpu(C, K, input_dtype):
-    """On the card the products run at the chosen precision (the interpreter computes fp32)."""
+    """On the card the products run at the chosen precision (the interpreter computes fp32): K Kᵀ
+    on the matrix units for bf16 keys (tf32, exact products), K Kᵀ ⊙ G with the inverse too."""
     _check(C, K, input_dtype)
+    _check_kk_write(C, K, input_dtype)
 
 
 def test_opcheck():

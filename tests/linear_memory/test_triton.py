@@ -370,7 +370,9 @@ def test_triton_opcheck(use_mom, dgd, keep):
 
 @pytest.mark.parametrize("use_mom,dgd", [(True, True), (False, False)], ids=["mom-dgd", "plain"])
 def test_kept_chunk_states_skip_the_recomputation(use_mom, dgd, monkeypatch):
-    """Inside keep_chunk_states() the backward uses the forward's chunk states: same gradients, one forward pass."""
+    """Inside keep_chunk_states() the backward uses the forward's chunk states: same gradients, one
+    forward pass. (With DGD the forward's K Kᵀ ⊙ G comes from the DGD inverse's kernel and the
+    recomputation's from the chunk products: the same sums here, exact fp32 over one block of keys.)"""
     import nested_kernels.triton_kernels.linear_memory.chunk_fwd as chunk_fwd
     from nested_kernels import keep_chunk_states
 
@@ -422,7 +424,8 @@ def test_output_kernel_states_in_operand_dtype(monkeypatch, dtype):
 
 def test_backward_recomputes_the_states_only(monkeypatch):
     """Without kept states the backward runs the forward's state recurrence again, not its output
-    kernel, and builds the BT × BT chunk products (DGD's included) once for both."""
+    kernel, and builds the BT × BT chunk products (DGD's included) once for both; the forward takes
+    DGD's K Kᵀ ⊙ G from the DGD inverse's kernel, without the chunk products."""
     calls = record_launches(monkeypatch)
     leaves = [x.to(DEVICE).requires_grad_() for x in (*qkv(1, 20, 1, 16, 16, dtype=torch.float32),
                                                       *gates(1, 20, 1, momentum=False, dtype=torch.float32)[:2])]
@@ -433,6 +436,7 @@ def test_backward_recomputes_the_states_only(monkeypatch):
     assert forward.count("linear_memory_fwd_kernel_o") == 1 and "linear_memory_fwd_kernel_o" not in backward
     assert backward.count("linear_memory_fwd_kernel_h") == 1 and "linear_memory_bwd_kernel_dh" in backward
     assert backward.count("chunk_products_kernel") == 1
+    assert "chunk_products_kernel" not in forward and forward.count("dgd_inverse_kernel") == 1
 
 
 @pytest.mark.parametrize("dtype,dgd", [(torch.float32, True), (torch.bfloat16, False)], ids=["fp32-dgd", "bf16-plain"])

@@ -18,8 +18,8 @@ _BWD = ("lr", "ret", "mom", "d_decay", "d_carry", "d_write", "d_mom_decay", "d_m
 # included), three-pass tf32 for fp32 inputs (dgd_inverse.py), on both archs
 BWD_FP32_INPUTS = ("fp32-tf32x3", "fp32", ARCHS, "tf32x3")
 # the DGD inverse's fp32 inputs beyond its default rows (`FP32_INPUT_VARIANTS`, not in CI): the
-# forward (its one product, K Kᵀ, at the op's precision) with tf32 allowed on sm_80 and exact on
-# both; the backward with tf32 allowed on sm_80 (its exact fp32 inputs are the tf32x3 rows)
+# forward (its K Kᵀ at the op's precision) with tf32 allowed on sm_80 and exact on both; the
+# backward with tf32 allowed on sm_80 (its exact fp32 inputs are the tf32x3 rows)
 DGD_INVERSE_FP32_INPUTS = (FP32_INPUT_VARIANTS, [v for v in FP32_INPUT_VARIANTS if v[3] != "ieee"])
 
 
@@ -69,6 +69,7 @@ AOT_SPECS = [
     # every gate as rows (mlp_memory), and linear_memory's without DGD (no E, N's last row) from the
     # token layout through its padding index
     for e in (True, False)
-] + list(_dgd_inverse_specs(OPERAND_VARIANTS, (*OPERAND_VARIANTS, BWD_FP32_INPUTS))) + list(_chunk_products_specs((*OPERAND_VARIANTS, CONVERTED_VARIANT)))
+] + list(_dgd_inverse_specs(OPERAND_VARIANTS, (*OPERAND_VARIANTS, BWD_FP32_INPUTS))) + list(
+    _chunk_products_specs((*OPERAND_VARIANTS, CONVERTED_VARIANT)))
 FP32_INPUT_SPECS = list(_dgd_inverse_specs(*DGD_INVERSE_FP32_INPUTS)) + list(
     _chunk_products_specs(FP32_INPUT_VARIANTS))

@@ -31,7 +31,9 @@ alone. That batched L was exact fp32 for every input: a loop over blocks of 16 k
 product of 16 tile pairs (532 FFMA in the sm_90 code of bf16's chunk 64 under Triton 3.8). L as
 one C × C product on tf32 for 16-bit inputs (the kernel as it is): 8 wgmma at K = 64, 16 at
 K = 128, and 276 FFMA in all (the substitution's), 1296 instructions at K = 64 where there were
-1520; and linear_memory's DGD forward launches one kernel fewer. Not timed on a card. Replaces a
+1520, with 53 barriers where there were 45 (61 at K = 128: the products' operands pass through
+shared memory, block by block); and linear_memory's DGD forward launches one kernel fewer. Not
+timed on a card. Replaces a
 batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
@@ -75,8 +77,7 @@ def _kk(k, o_tok, i_h, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl
 
 @triton.jit
 def _tile_offsets(o_chunk, ti, tj, C: tl.constexpr):
-    """Offsets of tile (ti, tj) of a chunk's C × C matrix in [H, NC, C, C]: [TILE, TILE] for scalar
-    `ti`, `tj`; [P, TILE, TILE] for P tiles at once (`ti`, `tj` [P, 1, 1])."""
+    """Offsets of tile (ti, tj) of a chunk's C × C matrix in [H, NC, C, C], [TILE, TILE]."""
     o = tl.arange(0, TILE)
     return (o_chunk * C + ti * TILE + o[:, None]) * C + tj * TILE + o[None, :]
 
@@ -218,10 +219,12 @@ def dgd_inverse_bwd_kernel(k, dgd_write, inv, d_inv, dk_partial, dk, d_dgd_write
 
 
 def launch_params(part: str, C: int) -> dict:
-    """BK (the blocks of K in K Kᵀ) and num_warps of the forward ("fwd": 16 × 16 tiles) and the
-    backward ("bwd": C × C blocks; exact fp32 K Kᵀ products are FMA loops, short operands). The
-    forward at C = 64 needs 8 warps: with 4 it holds 230 registers (Triton 3.6, sm_90; 16 warps use a
-    16-byte stack), with 8 and BK = 16, 128: at most 128 lets two programs share an SM. The backward
+    """BK (the blocks of K in K Kᵀ, and of dK in the backward) and num_warps of the forward ("fwd":
+    16 × 16 tiles) and the backward ("bwd": C × C blocks). The forward at C = 64 takes 8 warps: with
+    4 its batched L of tile pairs held 230 registers (Triton 3.6, sm_90; 16 warps used a 16-byte
+    stack). With 8, BK = 16 and L as one C × C product it holds 128 on sm_90 (Triton 3.6 and 3.8), so
+    two programs share an SM; on sm_80 up to 142 for 16-bit inputs at K ≥ 64 (one program per SM;
+    not timed; BK = 32 or 64 spilled the backward there under Triton 3.6). The backward
     at C = 64 takes 4 warps: timed alone on an H100 (Triton 3.6, the DGD backward of the benchmark's
     first two shapes, benchmarks/results/config-sweep-h100-2026-11-27-7204b99-*), 4 warps took
     0.36 ms at K = 64 and 0.59 at K = 128, the 8 it had 0.67 and 1.09. 2 warps were faster (0.28,

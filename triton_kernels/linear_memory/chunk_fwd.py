@@ -11,7 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.chunk_products import chunk_products
 from ..common.tiles import load_operand
 from ..utils import launch as launcher           # module attributes: tests patch them
 from ..utils.host_math import cdiv
@@ -180,8 +179,8 @@ def linear_memory_fwd_kernel_o(
 def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0, *, scale, dgd, output_final_state,
                       out_dtype, output=True, kk_write=None, state_dtype=None, residuals=True):
     """Launch both forward kernels (the output's only with `output`: the backward's recomputation
-    needs the states alone). With DGD, `kk_write` is the product K Kᵀ ⊙ G the caller has (the
-    forward op's from the DGD inverse, the backward's from its chunk products); computed here otherwise.
+    needs the states alone). With DGD, `kk_write` is the product K Kᵀ ⊙ G_{0..C−1} `[H, NC, BT, BT]`
+    the caller has (the forward op's from the DGD inverse, the backward's from its chunk products).
     q, k `[T', H, K]`, v `[T', H, V]` in the flat chunk layout; `gates` = (decay, carry, write,
     dgd_write, mom_decay_last, mom_write_last) over `[H, NC, ...]`; h0, s0 `[N, H, K, V]` or None.
     `out_dtype` is the op's input dtype (q, k, v are in it, or, in the backward's recomputation, fp32
@@ -201,6 +200,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
     N = chunk_offsets.numel() - 1
     assert K <= 256 and V <= 256, f"linear_memory triton: K and V up to 256, got K={K}, V={V}"
     assert BT in (16, 32, 64), f"linear_memory triton: chunk_size in (16, 32, 64), got {BT}"
+    assert (kk_write is not None) == dgd, "linear_memory_fwd: kk_write (K Kᵀ ⊙ G) with DGD, and only with it"
     use_momentum = carry is not None
     precision = dot_precision(out_dtype)
     fp32_operands = configs.operands_in_fp32(k, BT, backward=False)
@@ -221,8 +221,7 @@ def linear_memory_fwd(q, k, v, gates, dgd_inv, chunk_offsets, last_rows, h0, s0,
         linear_memory_fwd_kernel_h, (N * H, cdiv(V, cfg.BV)), k.device,
         k=k, v=v, decay=decay, carry=carry, write=write, dgd_write=dgd_write, mom_decay_last=mom_decay_last,
         mom_write_last=mom_write_last, last_rows=last_rows, dgd_inv=dgd_inv,
-        kk_write=kk_write if kk_write is not None else chunk_products(q, k, write, dgd_write, reads=False, dgd=dgd,
-                                                                      precision=precision)[2],
+        kk_write=kk_write,
         chunk_offsets=chunk_offsets,
         h0=h0, s0=s0, h=h, s=s, res=res, pseudo=pseudo, ht=ht, st=st,
         USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=output_final_state, STORE_RES=res is not None,
