@@ -3,11 +3,10 @@
 blocked in 16 × 16 tiles (NB = C / 16 tile rows; X = (I + L)^{-1}, also block lower triangular).
 L is formed first, from one C × C product K Kᵀ (at the op's input precision, `dot_precision`: on
 the matrix units for 16-bit inputs, whose values tf32 holds exactly; exact fp32 for fp32 inputs
-unless torch allows tf32), and stored into the output
-(zeros above the diagonal, which stay), where the inverse is then formed; for linear_memory's
-forward the same product times G is also stored as its DGD product kk_write (`chunk_products`
-need not run there). The diagonal tiles are inverted by forward substitution in registers, row r
-of every tile in one step,
+unless torch allows tf32), and stored into the output (zeros above the diagonal, which stay),
+where the inverse is then formed; for linear_memory's forward the same product times G is also
+stored as its DGD product kk_write (`chunk_products` need not run there). The diagonal tiles are
+inverted by forward substitution in registers, row r of every tile in one step,
     X_ii = (I + L_ii)^{-1}:  X_ii[r, :] = e_r − Σ_{s<r} L_ii[r, s] X_ii[s, :],
 each row of L_ii loaded from where it was stored (as fla's solve_tril reads its rows of A), and
 X_ii held transposed, so that the row's sum is within a warp; then the tiles below the diagonal
@@ -33,8 +32,8 @@ one C × C product on tf32 for 16-bit inputs (the kernel as it is): 8 wgmma at K
 K = 128, and 276 FFMA in all (the substitution's), 1296 instructions at K = 64 where there were
 1520, with 53 barriers where there were 45 (61 at K = 128: the products' operands pass through
 shared memory, block by block); and linear_memory's DGD forward launches one kernel fewer. Not
-timed on a card. Replaces a
-batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on [H, NC, C, C].
+timed on a card. Replaces a batched K Kᵀ, a mask and `torch.linalg.solve_triangular` on
+[H, NC, C, C].
 
 Its backward, one program per (chunk, head) as well: with A = I + L and inv = A^{-1},
 dA = −invᵀ d(inv) invᵀ, kept strictly lower (dL); L = (K Kᵀ) ⊙ E_prev gives
@@ -42,12 +41,12 @@ dE_prev = dL ⊙ (K Kᵀ) (E's last row is not in L: 0) and dK = (dL ⊙ E_prev 
 Replaces fp32 copies of K, three batched products, a mask and a zero-filled dE in PyTorch. K Kᵀ
 is recomputed as in the forward (it was exact fp32 FMA for every input, 544 FFMA in the sm_90 code
 of bf16's chunk 64, now 32; on tf32, fp32 inputs where torch allows it spill 4 B at K = 64, chunk
-64 on sm_80 under Triton 3.6, `compile-report --fp32-inputs`); the three other products run on the matrix units
-at the op's input precision (`dot_precision`: tf32 for 16-bit inputs, whose fp32 copies
-included), except that exact fp32 ("ieee", fp32 inputs) becomes three-pass tf32 ("tf32x3", close
-to fp32): exact fp32 FMA products of C × C blocks spilled kilobytes. dA is summed over blocks of
-32 columns at C = 64: two 64 × 64 tf32x3 products with their operands in registers (sm_80's
-mma.sync holds each split in high and low parts) spilled 360 B there."""
+64 on sm_80 under Triton 3.6, `compile-report --fp32-inputs`); the three other products run on
+the matrix units at the op's input precision (`dot_precision`: tf32 for 16-bit inputs, whose fp32
+copies included), except that exact fp32 ("ieee", fp32 inputs) becomes three-pass tf32
+("tf32x3", close to fp32): exact fp32 FMA products of C × C blocks spilled kilobytes. dA is summed
+over blocks of 32 columns at C = 64: two 64 × 64 tf32x3 products with their operands in registers
+(sm_80's mma.sync holds each split in high and low parts) spilled 360 B there."""
 import torch
 import triton
 import triton.language as tl
